@@ -1,0 +1,217 @@
+"""The typed configuration of a run: YAML files plus dotted ``key=value`` overrides, validated strictly.
+
+Every hyperparameter lives here, with its default and help text; a run writes the resolved config next to
+its outputs. Unknown keys are errors that name the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from atesd.data.loaders import ColumnMap
+from atesd.data.templates import PromptTemplates
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    output_dir: str = Field("runs", description="Folder under which run directories are made.")
+    name: str | None = Field(None, description="Run directory name; default: '<method>-seed<seed>'.")
+    seed: int = Field(0, description="Seeds data order, rollouts and initialisation.")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="Extra trackers besides metrics.jsonl and the console.")
+
+
+class EmbeddedTaskConfig(Section):
+    """The generated arithmetic task of SPEC §8."""
+
+    digits: int = Field(1, ge=1, description="Digits per operand.")
+    min_ops: int = Field(1, ge=1, description="Fewest operations per problem.")
+    max_ops: int = Field(4, ge=1, description="Most operations per problem (difficulty buckets ops=k).")
+    operators: str = Field("+-*", description="Operators drawn from.")
+    train_size: int = Field(4000, ge=1)
+    probe_size: int = Field(32, ge=0, description="Held-out training problems for probe_nll (never trained on).")
+    test_size: int = Field(200, ge=1)
+    seed: int = Field(1234, description="Seeds the problem generator (independent of run.seed).")
+
+
+class EmbeddedModelConfig(Section):
+    """The tiny Qwen3-architecture model and its cached warm-start pretraining."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    max_positions: int = 512
+    warm_start_steps: int = Field(600, ge=0)
+    warm_start_batch_size: int = Field(32, ge=1)
+    warm_start_lr: float = Field(3e-3, gt=0)
+    teacher_format_share: float = Field(
+        0.5, ge=0, le=1, description="Share of warm-start examples in teacher format (partial reference).")
+    seed: int = 0
+    cache_dir: str | None = Field(
+        None, description="Where the warm-started base model is cached; default $ATESD_CACHE or ~/.cache/atesd.")
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field("embedded", description="'embedded', a hub id or a local path.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = Field(False, description="Off by default: never run a repository's code unasked.")
+    gradient_checkpointing: bool = False
+    student_chat_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Chat-template arguments for the student (Qwen3: enable_thinking: false).")
+    teacher_chat_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Chat-template arguments for the teacher (Qwen3: enable_thinking: true).")
+    embedded: EmbeddedModelConfig = Field(default_factory=EmbeddedModelConfig)
+
+
+class DataConfig(Section):
+    train: str = Field("embedded", description="'embedded', a JSONL file or a `datasets` id/path.")
+    train_split: str = "train"
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    probe_size: int = Field(32, ge=0, description="Problems held out of training for probe_nll.")
+    task: EmbeddedTaskConfig = Field(default_factory=EmbeddedTaskConfig)
+
+
+class RolloutConfig(Section):
+    engine: Literal["hf"] = "hf"
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 disables top-k sampling.")
+    max_new_tokens: int = Field(64, ge=1)
+
+
+class LossConfig(Section):
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "sampled_token"] = "forward_kl"
+    beta: float = Field(0.5, ge=0, le=1, description="Generalized JSD weight (0 forward, 1 reverse).")
+    top_k: int | None = Field(None, ge=1, description="Renormalise both distributions on the teacher's top-k.")
+    clip: float | None = Field(None, gt=0, description="Pointwise clip of each vocabulary term (OPSD v3: 0.05).")
+    temperature: float = Field(1.0, gt=0)
+    chunk_size: int = Field(512, ge=1, description="Positions per chunk; bounds the loss's memory.")
+
+
+class TeacherConfig(Section):
+    weights: Literal["initial", "live", "ema"] = Field(
+        "initial", description="initial: frozen starting weights; live: current weights; ema: moving average.")
+    ema_decay: float = Field(0.99, ge=0, lt=1)
+
+
+class ExposureConfig(Section):
+    policy: Literal["fixed"] = "fixed"
+    alpha: float = Field(1.0, description="Exposure of the fixed policy: share of reference segments shown.")
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_in_unit_interval(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {value}")
+        return value
+
+
+class TrainConfig(Section):
+    steps: int = Field(100, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="Prompts per step, over all processes.")
+    micro_batch_size: int = Field(32, ge=1, description="Prompts per forward/backward (gradient accumulation).")
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    max_grad_norm: float = Field(1.0, gt=0)
+    bf16_autocast: bool = Field(False, description="bf16 autocast for scoring and the update.")
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    probe_every: int = Field(1, ge=1, description="Measure probe_nll every this many steps.")
+    max_consecutive_bad_steps: int = Field(
+        5, ge=1, description="Stop when this many steps in a row had a non-finite loss or gradient.")
+
+
+class EvalConfig(Section):
+    benchmarks: list[str] = Field(default_factory=lambda: ["embedded"],
+                                  description="'embedded', aime24, aime25, hmmt25, or JSONL paths.")
+    num_samples: int = Field(4, ge=1, description="k of Average@k / Pass@k / Maj@k.")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="Prompts per generate call.")
+    max_problems: int | None = Field(None, ge=1)
+    teacher_alpha: float | None = Field(
+        None, ge=0, le=1, description="Also evaluate the teacher prompt at this exposure (reference row).")
+
+
+class Config(Section):
+    method: Literal["opsd"] = "opsd"
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    templates: PromptTemplates = Field(default_factory=PromptTemplates)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    exposure: ExposureConfig = Field(default_factory=ExposureConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def apply_override(tree: dict[str, Any], dotted: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``1e-4``, ``[1, 2]``)."""
+    if "=" not in dotted:
+        raise ConfigError(f"override '{dotted}' is not of the form key=value")
+    key, raw = dotted.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def describe_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or the defaults when `path` is None) and apply dotted overrides."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for override in overrides:
+        apply_override(tree, override)
+    if overrides:
+        source += " with overrides " + " ".join(overrides)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source)) from None
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

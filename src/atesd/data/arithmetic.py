@@ -1,0 +1,109 @@
+"""The embedded task: generated chain-of-thought arithmetic (SPEC §8).
+
+A question such as ``Compute 17+25*3-8.`` has a reference solution of one line per operation, done in the
+usual order (multiplications first, then left to right) and ending with the boxed answer::
+
+    25*3=75
+    17+75=92
+    92-8=84
+    \\boxed{84}
+
+Problems are generated from a seed, so every split is reproducible, and the train, probe and test splits are
+disjoint by question text. The number of operations is the difficulty knob; it is kept in
+``problem.meta["bucket"]`` so that evaluations can report accuracy per difficulty.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from atesd.data.problem import Problem
+
+OPERATORS = "+-*"
+
+
+@dataclass(frozen=True)
+class ArithmeticSpec:
+    """How to generate problems: operand size, number of operations and which operators appear."""
+
+    digits: int = 2
+    min_ops: int = 2
+    max_ops: int = 4
+    operators: str = OPERATORS
+
+    def __post_init__(self) -> None:
+        if self.digits < 1:
+            raise ValueError(f"digits must be >= 1, got {self.digits}")
+        if not 1 <= self.min_ops <= self.max_ops:
+            raise ValueError(f"need 1 <= min_ops <= max_ops, got min_ops={self.min_ops}, max_ops={self.max_ops}")
+        unknown = set(self.operators) - set(OPERATORS)
+        if not self.operators or unknown:
+            raise ValueError(f"operators must be a non-empty subset of '{OPERATORS}', got '{self.operators}'")
+
+
+def _apply(left: int, op: str, right: int) -> int:
+    if op == "+":
+        return left + right
+    if op == "-":
+        return left - right
+    return left * right
+
+
+def solve_steps(operands: list[int], ops: list[str]) -> tuple[list[str], int]:
+    """The reference solution lines of an expression, multiplications first, then left to right."""
+    values, pending, lines = list(operands), list(ops), []
+    for precedence in ("*", "+-"):
+        i = 0
+        while i < len(pending):
+            if pending[i] in precedence:
+                result = _apply(values[i], pending[i], values[i + 1])
+                lines.append(f"{values[i]}{pending[i]}{values[i + 1]}={result}")
+                values[i : i + 2] = [result]
+                del pending[i]
+            else:
+                i += 1
+    return lines, values[0]
+
+
+def make_problem(rng: random.Random, num_ops: int, spec: ArithmeticSpec, problem_id: str) -> Problem:
+    """One random problem with `num_ops` operations."""
+    high = 10**spec.digits - 1
+    operands = [rng.randint(1, high) for _ in range(num_ops + 1)]
+    ops = [rng.choice(spec.operators) for _ in range(num_ops)]
+    expression = "".join(f"{a}{op}" for a, op in zip(operands, ops)) + str(operands[-1])
+    lines, answer = solve_steps(operands, ops)
+    return Problem(
+        id=problem_id,
+        question=f"Compute {expression}.",
+        solution="\n".join(lines) + f"\n\\boxed{{{answer}}}",
+        answer=str(answer),
+        meta={"bucket": f"ops={num_ops}", "num_ops": num_ops},
+    )
+
+
+def make_splits(spec: ArithmeticSpec, sizes: dict[str, int], seed: int) -> dict[str, list[Problem]]:
+    """Disjoint splits (e.g. ``{"train": 4000, "probe": 32, "test": 200}``), balanced over the operation counts.
+
+    One generator draws all splits in a fixed order and rejects repeated questions, so that no question
+    appears in two splits and a given seed always yields the same problems.
+    """
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    splits: dict[str, list[Problem]] = {}
+    num_ops_choices = list(range(spec.min_ops, spec.max_ops + 1))
+    for split, size in sizes.items():
+        problems: list[Problem] = []
+        attempts = 0
+        while len(problems) < size:
+            attempts += 1
+            if attempts > 100 * size + 1000:
+                raise ValueError(f"cannot draw {size} distinct '{split}' problems from {spec}: widen digits or ops")
+            num_ops = num_ops_choices[len(problems) % len(num_ops_choices)]
+            problem = make_problem(rng, num_ops, spec, f"{split}-{len(problems)}")
+            if problem.question in seen:
+                continue
+            seen.add(problem.question)
+            problems.append(problem)
+        splits[split] = problems
+    return splits

@@ -1,0 +1,73 @@
+"""Where a run's problems come from: the training set with its held-out probe set, and the benchmarks.
+
+Training data is the embedded task, a JSONL file, or a `datasets` id/path. The probe set (SPEC §3) is a fixed
+set of training problems held out of training, so probe_nll measures progress on problems the student has
+never been trained on. Benchmarks are named (``aime24``, ``aime25``, ``hmmt25``, ``embedded``) or given as a
+JSONL path; a named benchmark is read from ``$ATESD_BENCHMARK_DIR/<name>.jsonl`` when that file exists (for
+machines with no hub access), and from its hub dataset otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from atesd.data.loaders import ColumnMap, load_hf_dataset, load_jsonl
+from atesd.data.problem import Problem
+
+
+@dataclass(frozen=True)
+class BenchmarkSource:
+    hub_id: str
+    split: str
+    columns: ColumnMap
+
+
+BENCHMARKS: dict[str, BenchmarkSource] = {
+    "aime24": BenchmarkSource("HuggingFaceH4/aime_2024", "train", ColumnMap(id="id", solution=None)),
+    "aime25": BenchmarkSource("yentinglin/aime_2025", "train", ColumnMap(id="id", solution=None)),
+    "hmmt25": BenchmarkSource("MathArena/hmmt_feb_2025", "train", ColumnMap(id="problem_idx", solution=None)),
+}
+
+
+def _answer_check():
+    from atesd.eval.grading import check_answer_parses  # eval sits above data; imported where used
+
+    return check_answer_parses
+
+
+def load_problems(source: str, split: str = "train", columns: ColumnMap | None = None) -> list[Problem]:
+    """Problems from a JSONL file or a `datasets` id/path, every answer checked to parse."""
+    if source.endswith(".jsonl"):
+        return load_jsonl(source, columns, check_answer=_answer_check())
+    return load_hf_dataset(source, split=split, columns=columns, check_answer=_answer_check())
+
+
+def hold_out_probe(problems: list[Problem], probe_size: int, seed: int) -> tuple[list[Problem], list[Problem]]:
+    """Split off `probe_size` problems (chosen by `seed`) as the probe set: (train, probe)."""
+    if probe_size >= len(problems):
+        raise ValueError(f"probe_size {probe_size} leaves no training problems out of {len(problems)}")
+    order = list(range(len(problems)))
+    random.Random(seed).shuffle(order)
+    probe_ids = set(order[:probe_size])
+    train = [p for i, p in enumerate(problems) if i not in probe_ids]
+    probe = [p for i, p in enumerate(problems) if i in probe_ids]
+    return train, probe
+
+
+def load_benchmark(name_or_path: str) -> list[Problem]:
+    """A benchmark by name or JSONL path (the embedded test split is handled by the caller)."""
+    if name_or_path.endswith(".jsonl"):
+        return load_jsonl(name_or_path, ColumnMap(solution=None), check_answer=_answer_check())
+    if name_or_path not in BENCHMARKS:
+        known = ", ".join(["embedded", *BENCHMARKS])
+        raise ValueError(f"unknown benchmark '{name_or_path}': use one of {known} or a .jsonl path")
+    local_dir = os.environ.get("ATESD_BENCHMARK_DIR")
+    if local_dir and (Path(local_dir) / f"{name_or_path}.jsonl").is_file():
+        return load_jsonl(Path(local_dir) / f"{name_or_path}.jsonl", ColumnMap(solution=None),
+                          check_answer=_answer_check())
+    source = BENCHMARKS[name_or_path]
+    return load_hf_dataset(source.hub_id, split=source.split, columns=source.columns,
+                           check_answer=_answer_check())

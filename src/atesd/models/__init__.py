@@ -1,0 +1,1 @@
+"""Models and tokenizers: loading, the embedded tiny model, teacher weights, sequence scoring."""

@@ -1,0 +1,124 @@
+"""The embedded default's base model: a tiny Qwen3 warm-started on the arithmetic task, cached on disk.
+
+The warm start is a short supervised pretraining on reference solutions, half of them after the student
+prompt and half after teacher prompts at random exposures, so that the model learns both to solve problems
+and to use a reference in its context. Trained briefly, it leaves the gap self-distillation needs: the
+teacher (which sees the reference) clearly beats the student, which is only partly competent.
+The result is cached under a key of everything that shapes it and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from atesd.config import Config
+from atesd.data.arithmetic import ArithmeticSpec, make_splits
+from atesd.data.problem import Problem
+from atesd.data.templates import chat_prompt, student_message, teacher_message
+from atesd.models.sequences import completion_token_logprobs, pack_sequences
+from atesd.models.tiny import build_char_tokenizer, build_tiny_model
+
+WARM_START_VERSION = 1  # bump when the warm-start recipe changes, to invalidate caches
+
+
+def embedded_splits(config: Config) -> dict[str, list[Problem]]:
+    """Train, probe and test problems of the embedded task (disjoint, from the task seed)."""
+    task = config.data.task
+    spec = ArithmeticSpec(digits=task.digits, min_ops=task.min_ops, max_ops=task.max_ops, operators=task.operators)
+    sizes = {"train": task.train_size, "probe": task.probe_size, "test": task.test_size}
+    return make_splits(spec, sizes, seed=task.seed)
+
+
+def cache_root(config: Config) -> Path:
+    configured = config.model.embedded.cache_dir or os.environ.get("ATESD_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "atesd"
+
+
+def warm_start_key(config: Config) -> str:
+    """A hash of every setting that changes the warm-started model."""
+    shaping = {
+        "version": WARM_START_VERSION,
+        "model": config.model.embedded.model_dump(exclude={"cache_dir"}),
+        "task": config.data.task.model_dump(),
+        "templates": config.templates.model_dump(),
+        "student_chat_kwargs": config.model.student_chat_kwargs,
+        "teacher_chat_kwargs": config.model.teacher_chat_kwargs,
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def embedded_base_model(config: Config) -> Path:
+    """The directory of the warm-started base model (model + tokenizer), trained now if not cached."""
+    target = cache_root(config) / f"embedded-{warm_start_key(config)}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    model, tokenizer = warm_start(config)
+    model.save_pretrained(temporary)
+    tokenizer.save_pretrained(temporary)
+    try:
+        os.replace(temporary, target)
+    except OSError:  # another process published the same model first; theirs is as good as ours
+        shutil.rmtree(temporary, ignore_errors=True)
+    return target
+
+
+def warm_start(config: Config):
+    """Train the tiny model from scratch on student- and teacher-format reference solutions."""
+    settings = config.model.embedded
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(
+        tokenizer,
+        hidden_size=settings.hidden_size,
+        num_layers=settings.num_layers,
+        num_heads=settings.num_heads,
+        num_kv_heads=settings.num_kv_heads,
+        intermediate_size=settings.intermediate_size,
+        max_positions=settings.max_positions,
+        seed=settings.seed,
+    )
+    problems = embedded_splits(config)["train"]
+    rng = random.Random(settings.seed)
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def example(problem: Problem) -> tuple[list[int], list[int]]:
+        if rng.random() < settings.teacher_format_share:
+            message = teacher_message(problem, rng.random(), config.templates, tokenizer)
+            prompt = chat_prompt(tokenizer, message, config.model.teacher_chat_kwargs)
+        else:
+            prompt = chat_prompt(tokenizer, student_message(problem, config.templates),
+                                 config.model.student_chat_kwargs)
+        return encode(prompt), encode(problem.solution) + [tokenizer.eos_token_id]
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.warm_start_lr, weight_decay=0.01)
+    steps = settings.warm_start_steps
+    warmup = max(1, steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
+    model.train()
+    progress = tqdm(range(steps), desc="warm start (embedded base model)", unit="step")
+    for _ in progress:
+        batch = [example(p) for p in rng.sample(problems, settings.warm_start_batch_size)]
+        packed = pack_sequences([p for p, _ in batch], [c for _, c in batch], tokenizer.pad_token_id)
+        loss = -completion_token_logprobs(model, packed).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return model, tokenizer

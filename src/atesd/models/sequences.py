@@ -1,0 +1,119 @@
+"""Prompt + completion sequences as model inputs, and what a model says about the completion tokens.
+
+Every scoring pass in atesd (student and teacher distillation forwards, probe NLL, the teacher's log-prob of
+the reference, SFT) has the same shape: a batch of (prompt ids, completion ids) pairs whose completion tokens
+must be predicted from ``[prompt ; completion<n]``. Sequences are concatenated per example and right-padded,
+so no pad token ever sits between a prompt and its completion and positions start at 0 for every example.
+The logits that predict completion token n sit at position ``len(prompt) + n - 1``; those positions are
+gathered into one flat list of N completion positions, so that losses work on ``[N, ...]`` tensors and never
+on padded ``[B, T, V]`` ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class PackedSequences:
+    """A right-padded batch of ``[prompt ; completion]`` sequences with the flat completion positions."""
+
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T]
+    batch_index: torch.Tensor  # [N] example of each completion token
+    position_index: torch.Tensor  # [N] position whose output predicts that token
+    targets: torch.Tensor  # [N] the completion tokens
+    completion_lengths: list[int]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.targets.numel())
+
+    def to(self, device: torch.device | str) -> PackedSequences:
+        return PackedSequences(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.batch_index.to(device),
+            self.position_index.to(device),
+            self.targets.to(device),
+            self.completion_lengths,
+        )
+
+    def per_example_mean(self, per_token: torch.Tensor) -> torch.Tensor:
+        """Mean of a per-token value over each example's completion: ``[N] -> [B]`` (0 for empty ones)."""
+        batch_size = len(self.completion_lengths)
+        sums = torch.zeros(batch_size, dtype=per_token.dtype, device=per_token.device)
+        sums.index_add_(0, self.batch_index, per_token)
+        counts = torch.tensor(self.completion_lengths, dtype=per_token.dtype, device=per_token.device)
+        return sums / counts.clamp(min=1)
+
+
+def pack_sequences(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                   pad_token_id: int) -> PackedSequences:
+    """Concatenate each prompt with its completion and right-pad the batch."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token to predict its completion from")
+    lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
+    width = max(lengths)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    batch_index, position_index, targets = [], [], []
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        sequence = list(prompt) + list(completion)
+        input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        attention_mask[row, : len(sequence)] = 1
+        start = len(prompt) - 1
+        batch_index.extend([row] * len(completion))
+        position_index.extend(range(start, start + len(completion)))
+        targets.extend(completion)
+    return PackedSequences(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        batch_index=torch.tensor(batch_index, dtype=torch.long),
+        position_index=torch.tensor(position_index, dtype=torch.long),
+        targets=torch.tensor(targets, dtype=torch.long),
+        completion_lengths=[len(c) for c in completions],
+    )
+
+
+def completion_hidden_states(model: torch.nn.Module, batch: PackedSequences) -> torch.Tensor:
+    """The final (normed) hidden states at the N completion-predicting positions: ``[N, D]``.
+
+    Asking the model for a single position of logits (``logits_to_keep=1``) keeps it from building
+    ``[B, T, V]`` logits; the output head is applied later, chunk by chunk, by the loss.
+    """
+    outputs = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        output_hidden_states=True,
+        logits_to_keep=1,
+        use_cache=False,
+    )
+    hidden = outputs.hidden_states[-1]
+    return hidden[batch.batch_index, batch.position_index]
+
+
+def output_head(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output projection's weight ``[V, D]`` and bias of a causal LM."""
+    head = model.get_output_embeddings()
+    return head.weight, getattr(head, "bias", None)
+
+
+def completion_token_logprobs(model: torch.nn.Module, batch: PackedSequences,
+                              chunk_size: int = 1024) -> torch.Tensor:
+    """log p(completion token | context) for each of the N completion tokens, computed in chunks."""
+    hidden = completion_hidden_states(model, batch)
+    weight, bias = output_head(model)
+    pieces = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = torch.nn.functional.linear(hidden[start : start + chunk_size], weight, bias).float()
+        targets = batch.targets[start : start + chunk_size]
+        pieces.append(-torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
+    if not pieces:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(pieces)

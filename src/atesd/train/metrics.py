@@ -1,0 +1,51 @@
+"""Per-step metrics: one JSON line per step in ``metrics.jsonl``, plus any configured trackers.
+
+Only the main process writes. On resume, rows of steps after the checkpoint are dropped first, since those
+steps are about to be run again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLogger:
+    def __init__(self, path: Path, accelerator: Accelerator, keep_before_step: int = 0) -> None:
+        self.path = path
+        self.accelerator = accelerator
+        self.trackers = bool(accelerator.log_with)
+        self._file = None
+        if accelerator.is_main_process:
+            kept = [row for row in read_metrics(path) if row["step"] <= keep_before_step]
+            path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            self._file = open(path, "a")
+            if self.trackers:
+                accelerator.init_trackers(path.parent.name)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+        if self.trackers:
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self.accelerator.log(numbers, step=record["step"])
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            if self.trackers:
+                self.accelerator.end_training()
