@@ -27,7 +27,7 @@ from atesd.data.templates import chat_prompt, student_message, teacher_message
 from atesd.models.sequences import completion_token_logprobs, pack_sequences
 from atesd.models.tiny import build_char_tokenizer, build_tiny_model
 
-WARM_START_VERSION = 1  # bump when the warm-start recipe changes, to invalidate caches
+WARM_START_VERSION = 2  # bump when the warm-start recipe changes, to invalidate caches
 
 
 def embedded_splits(config: Config) -> dict[str, list[Problem]]:
@@ -96,7 +96,9 @@ def warm_start(config: Config):
 
     def example(problem: Problem) -> tuple[list[int], list[int]]:
         if rng.random() < settings.teacher_format_share:
-            message = teacher_message(problem, rng.random(), config.templates, tokenizer)
+            # floor(alpha*m) = m only at alpha = 1 exactly, so full exposure gets its own share of draws.
+            alpha = min(1.0, rng.uniform(0.0, 1.25))
+            message = teacher_message(problem, alpha, config.templates, tokenizer)
             prompt = chat_prompt(tokenizer, message, config.model.teacher_chat_kwargs)
         else:
             prompt = chat_prompt(tokenizer, student_message(problem, config.templates),

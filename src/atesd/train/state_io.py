@@ -18,13 +18,23 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def _unique_key(path: str, tensors: dict[str, torch.Tensor]) -> str:
+    # Paths can collide when keys contain dots ({"a.b": x, "a": {"b": y}}): never overwrite a tensor.
+    key, suffix = path, 1
+    while key in tensors:
+        key, suffix = f"{path}#{suffix}", suffix + 1
+    return key
+
+
 def _encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(value, torch.Tensor):
-        tensors[path] = value.detach().cpu().contiguous()
-        return {"__tensor__": path}
+        key = _unique_key(path, tensors)
+        tensors[key] = value.detach().cpu().contiguous()
+        return {"__tensor__": key}
     if isinstance(value, np.ndarray):
-        tensors[path] = torch.from_numpy(np.ascontiguousarray(value))
-        return {"__ndarray__": path}
+        key = _unique_key(path, tensors)
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(value))
+        return {"__ndarray__": key}
     if isinstance(value, dict):
         if all(isinstance(key, str) for key in value):
             return {"__dict__": {key: _encode(item, f"{path}.{key}", tensors) for key, item in value.items()}}

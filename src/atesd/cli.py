@@ -1,0 +1,172 @@
+"""The command line: ``atesd train | eval | demo``.
+
+    atesd train CONFIG [key=value ...] [--resume]
+    atesd eval CONFIG [key=value ...] [--model DIR] [--teacher-alpha A]
+    atesd demo [CONFIG] [key=value ...]
+
+Overrides are dotted config keys (``train.steps=50``); every run writes its resolved config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from atesd.config import Config, ConfigError, load_config
+from atesd.data.problem import DataError
+
+DEMO_CONFIG = Path("configs/embedded/opsd.yaml")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from atesd.analysis.plots import plot_training
+    from atesd.train.metrics import read_metrics
+    from atesd.train.trainer import Trainer
+
+    config = load_config(args.config, args.overrides)
+    trainer = Trainer(config, resume=args.resume)
+    run_dir = trainer.train()
+    if trainer.accelerator.is_main_process:
+        plot_training(read_metrics(run_dir / "metrics.jsonl"), run_dir / "training.png", run_dir.name)
+        print(f"run directory: {run_dir}")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from atesd.models.loading import load_model_and_tokenizer
+    from atesd.train.trainer import run_directory
+
+    config = load_config(args.config, args.overrides)
+    run_dir = run_directory(config)
+    model_path = args.model or (str(run_dir / "final_model") if (run_dir / "final_model").is_dir() else None)
+    model, tokenizer = load_model_and_tokenizer(config, model_path)
+    label = "teacher" if args.teacher_alpha is not None else "student"
+    out_dir = Path(args.out) if args.out else run_dir / "eval"
+    summaries = _evaluate(config, model, tokenizer, out_dir, label, args.teacher_alpha)
+    print(f"model: {model_path or config.model.name_or_path}")
+    for benchmark, summary in summaries.items():
+        print(f"\n{benchmark}\n" + markdown_table({label: summary}, config.eval.num_samples))
+    print(f"\nper-problem results: {out_dir}")
+
+
+def _evaluate(config: Config, model, tokenizer, out_dir: Path, label: str, teacher_alpha: float | None = None):
+    from atesd.eval.runner import evaluate_model
+
+    return evaluate_model(config, model, tokenizer, out_dir, label, teacher_alpha)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    """Base model vs OPSD-trained model on the embedded task, with the teacher at α = 1 for reference."""
+    from atesd.analysis.plots import plot_bucket_accuracy, plot_training
+    from atesd.models.loading import load_model_and_tokenizer
+    from atesd.train.metrics import read_metrics
+    from atesd.train.trainer import Trainer, run_directory
+
+    config_path = Path(args.config) if args.config else DEMO_CONFIG
+    if not config_path.is_file():
+        raise ConfigError(f"config file not found: {config_path} (run from the repository root or pass a config)")
+    config = load_config(config_path, args.overrides)
+    started = time.perf_counter()
+    run_dir = run_directory(config)
+    out_dir = run_dir / "eval"
+    k = config.eval.num_samples
+
+    base_model, tokenizer = load_model_and_tokenizer(config)
+    print(f"[{_clock(started)}] base model ready; evaluating it on held-out problems (k={k})")
+    rows = {"base (student)": _evaluate(config, base_model, tokenizer, out_dir, "base")}
+    if config.eval.teacher_alpha is not None:
+        rows[f"base teacher (alpha={config.eval.teacher_alpha:g})"] = _evaluate(
+            config, base_model, tokenizer, out_dir, "teacher", config.eval.teacher_alpha)
+    del base_model
+
+    print(f"[{_clock(started)}] training {config.method} for {config.train.steps} steps")
+    trainer = Trainer(config, resume=args.resume)
+    trainer.train()
+    trained_model, tokenizer = load_model_and_tokenizer(config, str(run_dir / "final_model"))
+    print(f"[{_clock(started)}] evaluating the trained model")
+    rows[f"{config.method} (student)"] = _evaluate(config, trained_model, tokenizer, out_dir, "trained")
+
+    plot_training(read_metrics(run_dir / "metrics.jsonl"), run_dir / "training.png", f"{config.method} on embedded")
+    report = [f"# {config.method} on the embedded task\n", f"Command: `atesd demo {config_path}"
+              + "".join(f" {o}" for o in args.overrides) + "`\n"]
+    for benchmark in config.eval.benchmarks:
+        per_label = {label: summaries[benchmark] for label, summaries in rows.items()}
+        table = markdown_table(per_label, k)
+        report.append(f"## {benchmark}\n\n{table}\n")
+        print(f"\nheld-out {benchmark}, Average@{k} per difficulty bucket:\n{table}")
+        plot_bucket_accuracy(per_label, f"average@{k}", run_dir / f"accuracy-{Path(benchmark).stem}.png",
+                             f"{benchmark}: Average@{k} per bucket")
+    (run_dir / "summary.md").write_text("\n".join(report))
+    (run_dir / "summary.json").write_text(json.dumps(rows, indent=1))
+    print(f"\n[{_clock(started)}] done. run directory: {run_dir} (config, metrics.jsonl, checkpoints, "
+          "final_model, eval/, training.png, summary.md)")
+
+
+def markdown_table(per_label: dict[str, dict[str, dict]], k: int) -> str:
+    """Rows: labels; columns: Average@k overall and per bucket, then Pass@k, Maj@k and boxed rate."""
+    buckets = [b for b in next(iter(per_label.values())) if b != "all"]
+    header = ["model", f"Average@{k}", *buckets, f"Pass@{k}", f"Maj@{k}", "boxed"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, summary in per_label.items():
+        overall = summary["all"]
+        cells = [label, _pct(overall[f"average@{k}"]), *(_pct(summary[b][f"average@{k}"]) for b in buckets),
+                 _pct(overall[f"pass@{k}"]), _pct(overall[f"maj@{k}"]), _pct(overall["boxed_rate"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def _clock(started: float) -> str:
+    seconds = int(time.perf_counter() - started)
+    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atesd", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train with a config")
+    train.add_argument("config")
+    train.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    train.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a model on the config's benchmarks")
+    evaluate.add_argument("config")
+    evaluate.add_argument("overrides", nargs="*")
+    evaluate.add_argument("--model", help="model directory (default: the run's final_model, else the base model)")
+    evaluate.add_argument("--teacher-alpha", type=float, help="evaluate the teacher prompt at this exposure")
+    evaluate.add_argument("--out", help="folder for the per-problem JSON (default: <run>/eval)")
+    evaluate.set_defaults(handler=_eval)
+
+    demo = commands.add_parser("demo", help="the embedded default end to end: base vs trained, with a table")
+    demo.add_argument("config", nargs="?", help=f"default: {DEMO_CONFIG}")
+    demo.add_argument("overrides", nargs="*")
+    demo.add_argument("--resume", action="store_true")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo" and args.config and "=" in args.config:  # `atesd demo key=value` without a config
+        args.overrides.insert(0, args.config)
+        args.config = None
+    try:
+        args.handler(args)
+    except (ConfigError, DataError, FileNotFoundError) as error:
+        print(f"atesd: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

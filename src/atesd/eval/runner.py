@@ -1,0 +1,49 @@
+"""Evaluating a model on the configured benchmarks, with the student prompt or a teacher prompt at α."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from atesd.config import Config
+from atesd.data.problem import Problem
+from atesd.data.sources import load_benchmark
+from atesd.eval.evaluate import evaluate, write_results
+from atesd.rollout import HFGenerateEngine, SamplingParams
+from atesd.train.prompts import PromptBuilder
+
+
+def benchmark_problems(config: Config, name: str) -> list[Problem]:
+    if name == "embedded":
+        from atesd.models.embedded import embedded_splits
+
+        problems = embedded_splits(config)["test"]
+    else:
+        problems = load_benchmark(name)
+    return problems[: config.eval.max_problems] if config.eval.max_problems else problems
+
+
+def evaluate_model(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+                   label: str, teacher_alpha: float | None = None) -> dict[str, dict]:
+    """Evaluate on every configured benchmark; writes ``out_dir/<label>-<benchmark>.json`` and returns
+    ``{benchmark: summary_by_bucket}``. With `teacher_alpha`, prompts are teacher prompts at that exposure."""
+    prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
+                            config.model.teacher_chat_kwargs)
+    engine = HFGenerateEngine(model, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                              batch_size=config.eval.batch_size)
+    sampling = SamplingParams(config.eval.temperature, config.eval.top_p, config.eval.top_k,
+                              config.eval.max_new_tokens)
+
+    def prompt_ids(problem: Problem) -> list[int]:
+        return prompts.student(problem) if teacher_alpha is None else prompts.teacher(problem, teacher_alpha)
+
+    summaries = {}
+    for name in config.eval.benchmarks:
+        results = evaluate(benchmark_problems(config, name), prompt_ids, engine,
+                           lambda ids: tokenizer.decode(ids, skip_special_tokens=True), sampling,
+                           config.eval.num_samples, seed=config.run.seed, batch_size=config.eval.batch_size,
+                           description=f"eval {label} on {name}")
+        safe_name = Path(name).stem if name.endswith(".jsonl") else name
+        summaries[name] = write_results(results, config.eval.num_samples, out_dir / f"{label}-{safe_name}.json")
+    return summaries

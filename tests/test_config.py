@@ -1,0 +1,157 @@
+"""Config loading: strict keys, range checks, YAML overrides, file errors, save/load round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from atesd.config import Config, ConfigError, apply_override, load_config, save_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted((REPO_ROOT / "configs").rglob("*.yaml")) + sorted((REPO_ROOT / "configs").rglob("*.yml"))
+
+
+def error_lines(excinfo: pytest.ExceptionInfo) -> list[str]:
+    return [line.strip() for line in str(excinfo.value).splitlines()]
+
+
+@pytest.mark.parametrize("override,key", [
+    ("stepz=3", "stepz"),
+    ("train.stepz=3", "train.stepz"),
+    ("model.embedded.hidden_sise=8", "model.embedded.hidden_sise"),
+])
+def test_unknown_override_key_names_full_path(override, key):
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(None, [override])
+    assert f"{key}: unknown key" in error_lines(excinfo)
+
+
+def test_unknown_key_in_file_names_full_path_and_file(tmp_path):
+    # From a file, the key path is not in the source text: the message itself must name it.
+    path = tmp_path / "typo.yaml"
+    path.write_text("train:\n  steps: 3\n  lr_sheduler: cosine\nmodle:\n  dtype: float32\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    lines = error_lines(excinfo)
+    assert "train.lr_sheduler: unknown key" in lines
+    assert "modle: unknown key" in lines
+    assert str(path) in str(excinfo.value)
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1"])
+def test_alpha_outside_unit_interval_is_rejected(value):
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(None, [f"exposure.alpha={value}"])
+    matching = [line for line in error_lines(excinfo) if line.startswith("exposure.alpha:")]
+    assert len(matching) == 1
+    assert value in matching[0]
+
+
+@pytest.mark.parametrize("value", ["0.0", "1.0", "0.5"])
+def test_alpha_inside_unit_interval_is_accepted(value):
+    assert load_config(None, [f"exposure.alpha={value}"]).exposure.alpha == float(value)
+
+
+def test_out_of_range_value_names_key():
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(None, ["train.lr=-1.0"])
+    assert any(line.startswith("train.lr:") for line in error_lines(excinfo))
+
+
+def test_missing_config_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="config file not found") as excinfo:
+        load_config(missing)
+    assert str(missing) in str(excinfo.value)
+
+
+def test_invalid_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train: {steps: 3\n  lr: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as excinfo:
+        load_config(path)
+    assert str(path) in str(excinfo.value)
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == Config()
+
+
+@pytest.mark.parametrize("bad", ["train.lr", "train.lr.x=1"])
+def test_malformed_overrides(bad):
+    with pytest.raises(ConfigError):
+        load_config(None, [bad])
+
+
+def test_overrides_parse_yaml_values():
+    config = load_config(None, [
+        "train.lr=1e-4",
+        "eval.benchmarks=[a,b]",
+        "train.steps=7",
+        "train.bf16_autocast=true",
+        "run.name=null",
+        "loss.clip=0.05",
+        "model.teacher_chat_kwargs={enable_thinking: true}",
+        "model.student_chat_kwargs.enable_thinking=false",
+    ])
+    assert isinstance(config.train.lr, float) and config.train.lr == 1e-4
+    assert config.eval.benchmarks == ["a", "b"]
+    assert config.train.steps == 7 and isinstance(config.train.steps, int)
+    assert config.train.bf16_autocast is True
+    assert config.run.name is None
+    assert config.loss.clip == 0.05
+    assert config.model.teacher_chat_kwargs == {"enable_thinking": True}
+    assert config.model.student_chat_kwargs == {"enable_thinking": False}
+
+
+def test_override_value_keeps_equals_signs():
+    tree: dict = {}
+    apply_override(tree, "run.name=a=b")
+    assert tree == {"run": {"name": "a=b"}}
+
+
+def test_overrides_apply_on_top_of_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  steps: 3\n  lr: 0.5\n")
+    config = load_config(path, ["train.steps=9"])
+    assert (config.train.steps, config.train.lr) == (9, 0.5)
+
+
+def test_save_then_load_round_trips(tmp_path):
+    config = load_config(REPO_ROOT / "configs" / "embedded" / "opsd.yaml", [
+        "train.lr=2.5e-5", "eval.benchmarks=[aime24, /data/x.jsonl]", "run.name=round-trip",
+        "model.teacher_chat_kwargs.enable_thinking=true", "loss.top_k=5", "teacher.weights=ema",
+    ])
+    path = tmp_path / "saved.yaml"
+    save_config(config, path)
+    loaded = load_config(path)
+    assert loaded == config
+    assert loaded.model_dump() == config.model_dump()
+    assert loaded.templates.answer_line == "Answer: \\boxed{{answer}}"
+
+
+def test_defaults_round_trip(tmp_path):
+    path = tmp_path / "defaults.yaml"
+    save_config(Config(), path)
+    assert load_config(path) == Config()
+
+
+def test_config_files_exist():
+    assert REPO_ROOT / "configs" / "embedded" / "opsd.yaml" in CONFIG_FILES
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=[str(p.relative_to(REPO_ROOT)) for p in CONFIG_FILES])
+def test_every_shipped_config_loads(path):
+    config = load_config(path)
+    assert isinstance(config, Config)
+    assert 0.0 <= config.exposure.alpha <= 1.0

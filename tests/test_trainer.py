@@ -1,0 +1,242 @@
+"""End-to-end training on the tiny embedded model: outputs, exact resume, guards, non-finite steps."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import atesd.train.trainer as trainer_module
+from atesd.config import ConfigError, load_config
+from atesd.exposure import FixedExposure, build_exposure_policy
+from atesd.train.checkpoint import latest_checkpoint
+from atesd.train.metrics import read_metrics
+from atesd.train.trainer import NonFiniteLossError, Trainer
+
+SPEC_STATISTICS = ["kl_mean", "kl_p90", "kl_p99", "top1_disagree", "confidence", "probe_nll", "teacher_ref_logp"]
+LOGGED = SPEC_STATISTICS + ["loss", "rollout_accuracy", "completion_length", "alpha"]
+TIMINGS = {"rollout_time", "update_time", "step_time"}
+
+
+def same_weights(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> bool:
+    return set(left) == set(right) and all(torch.equal(left[k], right[k]) for k in left)
+
+
+# ---------------------------------------------------------------------------------------- a 4-step run
+
+@pytest.fixture(scope="module")
+def four_step_run(tiny_config, tmp_path_factory):
+    config = tiny_config(tmp_path_factory.mktemp("four"), "run.name=four", "train.steps=4",
+                         "train.checkpoint_every=2")
+    trainer = Trainer(config)
+    start = trainer.trainable_state()
+    run_dir = trainer.train()
+    return config, trainer, run_dir, start
+
+
+def test_run_writes_resolved_config(four_step_run):
+    config, _, run_dir, _ = four_step_run
+    assert run_dir == Path(config.run.output_dir) / "four"
+    saved = load_config(run_dir / "config.yaml")
+    assert saved == config
+    assert saved.train.steps == 4 and saved.model.embedded.hidden_size == 32
+
+
+def test_run_writes_metrics_with_every_statistic(four_step_run):
+    _, trainer, run_dir, _ = four_step_run
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    for row in rows:
+        missing = [key for key in LOGGED if key not in row]
+        assert not missing, f"step {row['step']} lacks {missing}"
+        for key in LOGGED:
+            assert isinstance(row[key], (int, float)) and math.isfinite(row[key]), (row["step"], key, row[key])
+        assert row["alpha"] == 1.0
+        assert row["kl_mean"] >= 0.0
+        assert 0.0 <= row["kl_p90"] <= row["kl_p99"]
+        assert 0.0 <= row["top1_disagree"] <= 1.0
+        assert 0.0 < row["confidence"] <= 1.0
+        assert row["probe_nll"] > 0.0
+        assert row["teacher_ref_logp"] < 0.0
+        assert 0.0 <= row["rollout_accuracy"] <= 1.0
+        assert 0 < row["completion_length"] <= 16  # rollout.max_new_tokens
+        assert row["loss"] == pytest.approx(row["kl_mean"], rel=1e-5, abs=1e-9)  # forward KL, unclipped
+        assert row["skipped"] is False and row["skipped_steps"] == 0
+        assert math.isfinite(row["grad_norm"]) and row["lr"] == pytest.approx(3e-4)
+    # probe_nll_before chains: each step's "before" is the previous step's value
+    for previous, row in itertools.pairwise(rows):
+        assert row["probe_nll_before"] == previous["probe_nll"]
+    assert trainer.step == 4 and trainer.skipped_steps == 0
+
+
+def test_run_writes_checkpoints_and_final_model(four_step_run):
+    _, trainer, run_dir, start = four_step_run
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
+    assert checkpoints == ["step-0000002", "step-0000004"]
+    latest = latest_checkpoint(run_dir)
+    assert latest.name == "step-0000004"
+    state = json.loads((latest / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["skipped_steps"] == 0 and state["data_position"] == 16
+    for name in ("model.safetensors", "optimizer.json", "optimizer.safetensors", "exposure.json", "rng.json",
+                 "teacher.json"):
+        assert (latest / name).is_file(), name
+
+    final_state = trainer.trainable_state()
+    assert same_weights(load_file(str(latest / "model.safetensors")), final_state)
+    assert not same_weights(start, final_state), "four steps should have moved the weights"
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "final_model")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "final_model")
+    loaded = dict(model.named_parameters())
+    for name, tensor in final_state.items():
+        assert torch.equal(loaded[name].detach(), tensor), name
+    assert tokenizer.eos_token == trainer.tokenizer.eos_token
+    assert tokenizer("1+2=3")["input_ids"] == trainer.tokenizer("1+2=3")["input_ids"]
+
+
+def test_the_warm_start_ran_once(embedded_cache, four_step_run):
+    assert len([p for p in embedded_cache.iterdir() if p.name.startswith("embedded-")]) == 1
+
+
+def test_resume_with_changed_setting_is_refused(four_step_run):
+    config, _, run_dir, _ = four_step_run
+    changed = config.model_copy(deep=True)
+    changed.train.lr = 1e-3
+    with pytest.raises(ConfigError, match="train.lr") as excinfo:
+        Trainer(changed, resume=True)
+    assert "train.steps" not in str(excinfo.value)
+    assert read_metrics(run_dir / "metrics.jsonl")[-1]["step"] == 4  # untouched
+
+
+def test_new_run_in_a_directory_with_checkpoints_is_refused(four_step_run):
+    config, _, run_dir, _ = four_step_run
+    with pytest.raises(ConfigError, match="--resume"):
+        Trainer(config)
+    assert latest_checkpoint(run_dir).name == "step-0000004"
+    assert len(read_metrics(run_dir / "metrics.jsonl")) == 4
+
+
+def test_resume_without_checkpoint_is_an_error(tiny_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        Trainer(tiny_config(tmp_path, "run.name=nothing"), resume=True)
+
+
+# ---------------------------------------------------------------------------------------- exact resume
+
+@pytest.mark.parametrize("teacher", ["initial", "ema"])
+def test_resume_matches_uninterrupted_run(tiny_config, tmp_path, teacher):
+    # warmup: the learning rate changes at every step, so the scheduler state must be restored too
+    common = ("train.checkpoint_every=3", "train.lr=3e-3", "train.warmup_steps=5", f"teacher.weights={teacher}",
+              "teacher.ema_decay=0.5")
+
+    run_a = Trainer(tiny_config(tmp_path, "run.name=a", "train.steps=6", *common))
+    run_a.train()
+
+    first_half = Trainer(tiny_config(tmp_path, "run.name=b", "train.steps=3", *common))
+    first_half.train()
+    del first_half
+    run_b = Trainer(tiny_config(tmp_path, "run.name=b", "train.steps=6", *common), resume=True)
+    assert run_b.step == 3
+    run_b.train()
+
+    assert same_weights(run_a.trainable_state(), run_b.trainable_state())
+    if teacher == "ema":
+        assert same_weights(run_a.teacher.state_dict(), run_b.teacher.state_dict())
+    rows_a = read_metrics(run_a.run_dir / "metrics.jsonl")
+    rows_b = read_metrics(run_b.run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b] == [1, 2, 3, 4, 5, 6]
+    for row_a, row_b in zip(rows_a, rows_b):
+        assert row_a["loss"] == row_b["loss"], row_a["step"]
+        assert {k: v for k, v in row_a.items() if k not in TIMINGS} == \
+               {k: v for k, v in row_b.items() if k not in TIMINGS}
+    assert len({row["loss"] for row in rows_a}) == 6  # the steps really differ from each other
+
+
+# ---------------------------------------------------------------------------------------- non-finite steps
+
+def nan_on_steps(monkeypatch, trainer: Trainer, bad_steps) -> None:
+    """Make the distillation loss NaN on the given (0-based) steps."""
+    real = trainer_module.divergence_from_hidden
+
+    def patched(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if bad_steps is None or trainer.step in bad_steps:
+            out.loss_sum = out.loss_sum * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_module, "divergence_from_hidden", patched)
+
+
+def test_non_finite_loss_never_reaches_the_weights(tiny_config, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(tmp_path, "run.name=nan-once", "train.steps=3", "train.lr=3e-3"))
+    nan_on_steps(monkeypatch, trainer, {1})
+    snapshots = []
+    real_step = trainer.train_step
+
+    def recorded_step():
+        before = trainer.trainable_state()
+        optimizer_state = {k: v["exp_avg"].clone() for k, v in enumerate(trainer.optimizer.state.values())}
+        record = real_step()
+        after_optimizer = {k: v["exp_avg"].clone() for k, v in enumerate(trainer.optimizer.state.values())}
+        snapshots.append((before, trainer.trainable_state(), optimizer_state, after_optimizer))
+        return record
+
+    monkeypatch.setattr(trainer, "train_step", recorded_step)
+    trainer.train()
+
+    (before0, after0, _, _), (before1, after1, adam1, adam1_after), (before2, after2, _, _) = snapshots
+    assert not same_weights(before0, after0)
+    assert same_weights(before1, after1), "the NaN step changed the weights"
+    assert adam1.keys() == adam1_after.keys() and all(torch.equal(adam1[k], adam1_after[k]) for k in adam1)
+    assert not same_weights(before2, after2), "training should go on after a skipped step"
+    assert trainer.skipped_steps == 1 and trainer.consecutive_bad_steps == 0
+
+    rows = read_metrics(trainer.run_dir / "metrics.jsonl")
+    assert [(r["step"], r["skipped"], r["skipped_steps"]) for r in rows] == \
+           [(1, False, 0), (2, True, 1), (3, False, 1)]
+    assert rows[1]["loss"] is None and rows[1]["grad_norm"] is None  # NaN is written as null
+    assert all(math.isfinite(rows[i]["loss"]) for i in (0, 2))
+
+
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
+def test_non_finite_loss_on_every_step_stops_training(tiny_config, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(tmp_path, "run.name=nan-always", "train.steps=5",
+                                  "train.max_consecutive_bad_steps=2"))
+    start = trainer.trainable_state()
+    nan_on_steps(monkeypatch, trainer, None)
+    with pytest.raises(NonFiniteLossError, match="2 steps in a row had a non-finite loss") as excinfo:
+        trainer.train()
+    assert "no update reached the weights" in str(excinfo.value)
+    assert trainer.skipped_steps == 2
+    assert same_weights(start, trainer.trainable_state())
+
+
+# ---------------------------------------------------------------------------------------- input errors
+
+def test_missing_model_path_is_named(tiny_config, tmp_path):
+    config = tiny_config(tmp_path, "model.name_or_path=/nonexistent/model")
+    with pytest.raises(FileNotFoundError, match="/nonexistent/model"):
+        Trainer(config)
+
+
+@pytest.mark.parametrize("alpha", [1.5, -0.1, float("nan"), float("inf")])
+def test_fixed_exposure_rejects_alpha_outside_unit_interval(alpha):
+    with pytest.raises(ValueError, match="alpha must be in"):
+        FixedExposure(alpha)
+
+
+def test_fixed_exposure_policy():
+    policy = FixedExposure(0.25)
+    assert [policy.alpha(step) for step in range(3)] == [0.25, 0.25, 0.25]
+    assert policy.state_dict() == {"policy": "fixed", "alpha": 0.25}
+    policy.load_state_dict({"policy": "fixed", "alpha": 0.25})
+    with pytest.raises(ValueError, match="fixed alpha 0.5"):
+        policy.load_state_dict({"policy": "fixed", "alpha": 0.5})
+    assert FixedExposure(0).alpha(0) == 0.0 and FixedExposure(1).alpha(0) == 1.0
+    assert build_exposure_policy(load_config(None, ["exposure.alpha=0.75"]).exposure).alpha(0) == 0.75
