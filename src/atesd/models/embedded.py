@@ -27,7 +27,7 @@ from atesd.data.templates import chat_prompt, student_message, teacher_message
 from atesd.models.sequences import completion_token_logprobs, pack_sequences
 from atesd.models.tiny import build_char_tokenizer, build_tiny_model
 
-WARM_START_VERSION = 2  # bump when the warm-start recipe changes, to invalidate caches
+WARM_START_VERSION = 3  # bump when the warm-start recipe changes, to invalidate caches
 
 
 def embedded_splits(config: Config) -> dict[str, list[Problem]]:

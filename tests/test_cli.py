@@ -1,0 +1,64 @@
+"""The command line end to end on the tiny embedded setting: demo, train + resume, eval, and error exits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from atesd.cli import main
+from atesd.config import save_config
+
+
+def _write(config, path: Path) -> Path:
+    save_config(config, path)
+    return path
+
+
+def test_demo_writes_table_plots_and_run_directory(tiny_config, tmp_path, capsys):
+    config = tiny_config(tmp_path, "train.steps=2", "eval.num_samples=2", "eval.max_problems=8",
+                         "eval.max_new_tokens=16")
+    path = _write(config, tmp_path / "demo.yaml")
+    assert main(["demo", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| model | Average@2 |" in out
+    assert "| base (student) |" in out and "| opsd (student) |" in out and "| base teacher (alpha=1) |" in out
+    run = Path(config.run.output_dir) / "opsd-seed0"
+    for name in ["config.yaml", "metrics.jsonl", "training.png", "accuracy-embedded.png", "summary.md",
+                 "final_model/config.json", "eval/base-embedded.json", "eval/teacher-embedded.json",
+                 "eval/trained-embedded.json"]:
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary) == {"base (student)", "base teacher (alpha=1)", "opsd (student)"}
+    per_problem = json.loads((run / "eval/trained-embedded.json").read_text())
+    assert len(per_problem["problems"]) == 8
+    assert all(len(p["completions"]) == 2 for p in per_problem["problems"])
+
+
+def test_train_resume_and_eval(tiny_config, tmp_path, capsys):
+    config = tiny_config(tmp_path, "train.steps=2", "train.checkpoint_every=1", "eval.num_samples=1",
+                         "eval.max_problems=4", "eval.max_new_tokens=8")
+    path = _write(config, tmp_path / "run.yaml")
+    assert main(["train", str(path)]) == 0
+    run = Path(config.run.output_dir) / "opsd-seed0"
+    assert (run / "checkpoints" / "latest").read_text() == "step-0000002"
+    # Extending the run: --resume continues from step 2 to step 3.
+    assert main(["train", str(path), "train.steps=3", "--resume"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    capsys.readouterr()
+    assert main(["eval", str(path), "train.steps=3"]) == 0
+    out = capsys.readouterr().out
+    assert "final_model" in out and "| student |" in out
+    assert (run / "eval" / "student-embedded.json").is_file()
+
+
+def test_errors_exit_2_with_a_message(tiny_config, tmp_path, capsys):
+    path = _write(tiny_config(tmp_path), tmp_path / "run.yaml")
+    assert main(["train", str(path), "train.stepz=3"]) == 2
+    assert "train.stepz: unknown key" in capsys.readouterr().err
+    assert main(["train", str(path), "exposure.alpha=2"]) == 2
+    assert "exposure.alpha" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["train", str(path), "model.name_or_path=/nonexistent/model"]) == 2
+    assert "/nonexistent/model" in capsys.readouterr().err
