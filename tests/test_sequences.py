@@ -135,13 +135,3 @@ def test_completion_token_logprobs_empty_and_gradients(model_and_tokenizer):
     logprobs.sum().backward()
     assert model.get_output_embeddings().weight.grad is not None
     model.zero_grad(set_to_none=True)
-
-
-def test_per_example_mean():
-    batch = pack_sequences([[1], [1, 2], [1]], [[2, 3], [3, 4, 5], []], PAD)
-    per_token = torch.tensor([1.0, 2.0, 3.0, 4.0, 8.0])
-    means = batch.per_example_mean(per_token)
-    assert means.tolist() == [1.5, 5.0, 0.0]
-    assert means.dtype == per_token.dtype
-    doubles = batch.per_example_mean(per_token.double())
-    assert doubles.dtype == torch.float64 and doubles.tolist() == [1.5, 5.0, 0.0]

@@ -37,7 +37,7 @@ class EmbeddedTaskConfig(Section):
 
     digits: int = Field(1, ge=1, description="Digits per operand.")
     min_ops: int = Field(2, ge=1, description="Fewest operations per problem.")
-    max_ops: int = Field(5, ge=1, description="Most operations per problem (difficulty buckets ops=k).")
+    max_ops: int = Field(6, ge=1, description="Most operations per problem (difficulty buckets ops=k).")
     operators: str = Field("+-", description="Operators drawn from (a subset of +-*).")
     train_size: int = Field(4000, ge=1)
     probe_size: int = Field(32, ge=0, description="Held-out training problems for probe_nll (never trained on).")
@@ -54,11 +54,11 @@ class EmbeddedModelConfig(Section):
     num_kv_heads: int = 2
     intermediate_size: int = 384
     max_positions: int = 512
-    warm_start_steps: int = Field(1200, ge=0)
+    warm_start_steps: int = Field(1000, ge=0)
     warm_start_batch_size: int = Field(16, ge=1)
-    warm_start_lr: float = Field(1e-2, gt=0)
+    warm_start_lr: float = Field(5e-3, gt=0)
     teacher_format_share: float = Field(
-        0.7, ge=0, le=1, description="Share of warm-start examples in teacher format (partial reference).")
+        0.85, ge=0, le=1, description="Share of warm-start examples in teacher format (partial reference).")
     seed: int = 0
     cache_dir: str | None = Field(
         None, description="Where the warm-started base model is cached; default $ATESD_CACHE or ~/.cache/atesd.")

@@ -42,14 +42,6 @@ class PackedSequences:
             self.completion_lengths,
         )
 
-    def per_example_mean(self, per_token: torch.Tensor) -> torch.Tensor:
-        """Mean of a per-token value over each example's completion: ``[N] -> [B]`` (0 for empty ones)."""
-        batch_size = len(self.completion_lengths)
-        sums = torch.zeros(batch_size, dtype=per_token.dtype, device=per_token.device)
-        sums.index_add_(0, self.batch_index, per_token)
-        counts = torch.tensor(self.completion_lengths, dtype=per_token.dtype, device=per_token.device)
-        return sums / counts.clamp(min=1)
-
 
 def pack_sequences(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
                    pad_token_id: int) -> PackedSequences:

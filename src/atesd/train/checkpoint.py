@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from atesd.train.state_io import atomic_write_text
 
@@ -63,8 +63,3 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
                                 "edited by hand; point it at an existing step-* directory")
     return path
 
-
-def read_json_field(data: dict[str, Any], key: str, source: Path) -> Any:
-    if key not in data:
-        raise ValueError(f"{source}: missing field '{key}': the checkpoint is incomplete or from another version")
-    return data[key]
