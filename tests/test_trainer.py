@@ -68,7 +68,7 @@ def test_run_writes_metrics_with_every_statistic(four_step_run):
         assert 0 < row["completion_length"] <= 16  # rollout.max_new_tokens
         assert row["loss"] == pytest.approx(row["kl_mean"], rel=1e-5, abs=1e-9)  # forward KL, unclipped
         assert row["skipped"] is False and row["skipped_steps"] == 0
-        assert math.isfinite(row["grad_norm"]) and row["lr"] == pytest.approx(3e-4)
+        assert math.isfinite(row["grad_norm"]) and row["lr"] == pytest.approx(trainer.config.train.lr)
     # probe_nll_before chains: each step's "before" is the previous step's value
     for previous, row in itertools.pairwise(rows):
         assert row["probe_nll_before"] == previous["probe_nll"]
