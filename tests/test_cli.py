@@ -62,3 +62,29 @@ def test_errors_exit_2_with_a_message(tiny_config, tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
     assert main(["train", str(path), "model.name_or_path=/nonexistent/model"]) == 2
     assert "/nonexistent/model" in capsys.readouterr().err
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_training_from_a_jsonl_file(tiny_config, tmp_path):
+    rows = [{"id": f"q{i}", "problem": f"Compute {i}+{i + 1}.", "solution": f"{i}+{i + 1}={2 * i + 1}\n\\boxed{{{2 * i + 1}}}",
+             "answer": str(2 * i + 1)} for i in range(1, 13)]
+    data = _jsonl(tmp_path / "train.jsonl", rows)
+    config = tiny_config(tmp_path, f"data.train={data}", "data.probe_size=4", "train.steps=2")
+    path = _write(config, tmp_path / "run.yaml")
+    assert main(["train", str(path)]) == 0
+    run = Path(config.run.output_dir) / "opsd-seed0"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(row["probe_nll"] > 0 for row in metrics)
+
+
+def test_a_bad_training_row_names_file_row_and_field(tiny_config, tmp_path, capsys):
+    good = {"id": "a", "problem": "Compute 1+1.", "solution": "1+1=2\n\\boxed{2}", "answer": "2"}
+    data = _jsonl(tmp_path / "bad.jsonl", [good, {**good, "id": "b", "answer": ""}])
+    path = _write(tiny_config(tmp_path, f"data.train={data}", "data.probe_size=1"), tmp_path / "run.yaml")
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "row 2" in err and "'answer'" in err
