@@ -8,8 +8,8 @@ exposure for the reference row of the demo table) and returns one `ProblemResult
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm

@@ -8,7 +8,8 @@ decisions as an uninterrupted one.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from atesd.config import ExposureConfig
 

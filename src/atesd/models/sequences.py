@@ -11,8 +11,8 @@ on padded ``[B, T, V]`` ones.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -6,7 +6,7 @@ and stripped of padding, so callers never see pad tokens.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

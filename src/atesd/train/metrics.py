@@ -29,7 +29,7 @@ class MetricsLogger:
         if accelerator.is_main_process:
             kept = [row for row in read_metrics(path) if row["step"] <= keep_before_step]
             path.write_text("".join(json.dumps(row) + "\n" for row in kept))
-            self._file = open(path, "a")
+            self._file = open(path, "a")  # noqa: SIM115 - held open for the run, closed in close()
             if self.trackers:
                 accelerator.init_trackers(path.parent.name)
 
