@@ -16,11 +16,10 @@ import numbers
 import re
 from typing import Any, Literal
 
+from atesd.data.boxed import BOX_OPENING, matching_brace
+
 SegmentUnit = Literal["line", "paragraph", "sentence", "token"]
 
-# The boxed-answer openings that grading (`atesd.eval.grading.extract_boxed`) reads, so that an answer taken
-# from a solution is also the one stripped from it.
-_BOX_OPENING = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # Math delimiters that may wrap a final boxed answer, longest first so that `$$` is not read as `$`.
 _DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\[", "\\]"), ("\\(", "\\)"))
 # What may follow the final boxed answer and still count as "the solution ends with it".
@@ -28,28 +27,6 @@ _TRAILER = re.compile(r"(?:\s|\.|\$|\\\]|\\\))*\Z")
 # A sentence: from a non-space character up to `.`, `!` or `?` followed by whitespace or the end of the
 # line, or up to the end of the line when no such mark comes.
 _SENTENCE = re.compile(r"\S.*?(?:[.!?]+(?=\s|\Z)|\Z)", re.DOTALL)
-
-
-def _matching_brace(text: str, open_index: int) -> int | None:
-    """Index of the `}` closing the `{` at `open_index`, or None if it is never closed.
-
-    Backslash escapes (`\\{`, `\\}`, `\\\\`) are skipped, so escaped braces do not count.
-    """
-    depth = 0
-    i = open_index
-    while i < len(text):
-        char = text[i]
-        if char == "\\":
-            i += 2
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return None
 
 
 def strip_final_boxed(solution: str) -> str:
@@ -63,8 +40,8 @@ def strip_final_boxed(solution: str) -> str:
     """
     text = solution.rstrip()
     # From the last opening backwards, so that the outer box of `\boxed{\boxed{5}}` is found too.
-    for opening in reversed(list(_BOX_OPENING.finditer(text))):
-        close = _matching_brace(text, opening.end() - 1)
+    for opening in reversed(list(BOX_OPENING.finditer(text))):
+        close = matching_brace(text, opening.end() - 1)
         if close is not None and _TRAILER.match(text, close + 1):
             return _remove_boxed(text[: opening.start()], text[close + 1:])
     return text

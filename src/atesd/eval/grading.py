@@ -11,14 +11,12 @@ interpreter. Grade in the main thread, or in worker processes; never in a thread
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 
 from math_verify import parse, verify
 from math_verify.errors import TimeoutException
 
-# `\boxed {x}` (with a space) is valid LaTeX and models do write it, so the space is allowed.
-_BOX_OPENING = re.compile(r"\\(?:boxed|fbox)\s*\{")
+from atesd.data.boxed import BOX_OPENING, matching_brace
 
 # Distinct (answer, gold) pairs seen in a run: a few per problem and step; 65k bounds the memory.
 _CACHE_SIZE = 2**16
@@ -47,26 +45,11 @@ def extract_boxed(text: str) -> str | None:
     Nested braces are kept (``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``). Returns None when there is no
     boxed answer or when the last one is never closed (a completion cut off by the token limit).
     """
-    openings = list(_BOX_OPENING.finditer(text))
+    openings = list(BOX_OPENING.finditer(text))
     if not openings:
         return None
-    start = openings[-1].end()
-    depth = 1
-    position = start
-    while position < len(text):
-        char = text[position]
-        if char == "\\":
-            # An escaped brace (`\{`, `\}`: a set in LaTeX) is text, not grouping: skip it.
-            position += 2
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:position]
-        position += 1
-    return None
+    close = matching_brace(text, openings[-1].end() - 1)
+    return None if close is None else text[openings[-1].end() : close]
 
 
 def _as_latex_math(answer: str) -> str:
