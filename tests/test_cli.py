@@ -50,6 +50,7 @@ def test_train_resume_and_eval(tiny_config, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "final_model" in out and "| student |" in out
     assert (run / "eval" / "student-embedded.json").is_file()
+    assert (run / "eval" / "student-config.yaml").is_file()
 
 
 def test_errors_exit_2_with_a_message(tiny_config, tmp_path, capsys):

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from atesd.config import Config, ConfigError, load_config
+from atesd.config import Config, ConfigError, load_config, save_config
 from atesd.data.problem import DataError
 
 DEMO_CONFIG = Path("configs/embedded/opsd.yaml")
@@ -45,6 +45,7 @@ def _eval(args: argparse.Namespace) -> None:
     label = "teacher" if args.teacher_alpha is not None else "student"
     out_dir = Path(args.out) if args.out else run_dir / "eval"
     summaries = _evaluate(config, model, tokenizer, out_dir, label, args.teacher_alpha)
+    save_config(config, out_dir / f"{label}-config.yaml")
     print(f"model: {model_path or config.model.name_or_path}")
     for benchmark, summary in summaries.items():
         print(f"\n{benchmark}\n" + markdown_table({label: summary}, config.eval.num_samples))
