@@ -155,3 +155,9 @@ def test_every_shipped_config_loads(path):
     config = load_config(path)
     assert isinstance(config, Config)
     assert 0.0 <= config.exposure.alpha <= 1.0
+
+
+def test_sampled_token_refuses_top_k_and_clip():
+    with pytest.raises(ConfigError, match="loss: Value error, top_k and clip"):
+        load_config(None, ["loss.divergence=sampled_token", "loss.clip=0.05"])
+    assert load_config(None, ["loss.divergence=sampled_token"]).loss.clip is None

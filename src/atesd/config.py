@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from atesd.data.loaders import ColumnMap
 from atesd.data.templates import PromptTemplates
@@ -99,6 +99,13 @@ class LossConfig(Section):
     clip: float | None = Field(None, gt=0, description="Pointwise clip of each vocabulary term (OPSD v3: 0.05).")
     temperature: float = Field(1.0, gt=0)
     chunk_size: int = Field(512, ge=1, description="Positions per chunk; bounds the loss's memory.")
+
+    @model_validator(mode="after")
+    def _options_apply_to_the_divergence(self) -> LossConfig:
+        if self.divergence == "sampled_token" and (self.top_k is not None or self.clip is not None):
+            raise ValueError("top_k and clip act on the full distributions; divergence 'sampled_token' uses "
+                             "the sampled token only: unset loss.top_k and loss.clip")
+        return self
 
 
 class TeacherConfig(Section):
