@@ -28,7 +28,7 @@ TINY_MODEL_OVERRIDES = (
     "model.embedded.warm_start_batch_size=8",
     "data.task.train_size=64",
     "data.task.test_size=16",
-    "data.task.probe_size=8",
+    "data.probe_size=8",
 )
 # Run-size settings: small and fast; a test may override them.
 TINY_RUN_OVERRIDES = (

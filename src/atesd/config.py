@@ -40,7 +40,6 @@ class EmbeddedTaskConfig(Section):
     max_ops: int = Field(6, ge=1, description="Most operations per problem (difficulty buckets ops=k).")
     operators: str = Field("+-", description="Operators drawn from (a subset of +-*).")
     train_size: int = Field(4000, ge=1)
-    probe_size: int = Field(32, ge=0, description="Held-out training problems for probe_nll (never trained on).")
     test_size: int = Field(200, ge=1)
     seed: int = Field(1234, description="Seeds the problem generator (independent of run.seed).")
 
@@ -80,7 +79,8 @@ class DataConfig(Section):
     train: str = Field("embedded", description="'embedded', a JSONL file or a `datasets` id/path.")
     train_split: str = "train"
     columns: ColumnMap = Field(default_factory=ColumnMap)
-    probe_size: int = Field(32, ge=0, description="Problems held out of training for probe_nll.")
+    probe_size: int = Field(32, ge=0, description="Training problems held out for probe_nll (never trained on).")
+    probe_seed: int = Field(0, description="Chooses which problems of a file/dataset form the probe set.")
     task: EmbeddedTaskConfig = Field(default_factory=EmbeddedTaskConfig)
 
 

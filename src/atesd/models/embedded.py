@@ -34,7 +34,7 @@ def embedded_splits(config: Config) -> dict[str, list[Problem]]:
     """Train, probe and test problems of the embedded task (disjoint, from the task seed)."""
     task = config.data.task
     spec = ArithmeticSpec(digits=task.digits, min_ops=task.min_ops, max_ops=task.max_ops, operators=task.operators)
-    sizes = {"train": task.train_size, "probe": task.probe_size, "test": task.test_size}
+    sizes = {"train": task.train_size, "probe": config.data.probe_size, "test": task.test_size}
     return make_splits(spec, sizes, seed=task.seed)
 
 

@@ -65,7 +65,7 @@ def training_problems(config: Config) -> tuple[list[Problem], list[Problem]]:
         splits = embedded_splits(config)
         return splits["train"], splits["probe"]
     problems = load_problems(config.data.train, config.data.train_split, config.data.columns)
-    return hold_out_probe(problems, config.data.probe_size, seed=config.data.task.seed)
+    return hold_out_probe(problems, config.data.probe_size, seed=config.data.probe_seed)
 
 
 def run_directory(config: Config) -> Path:
