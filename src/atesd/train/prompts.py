@@ -1,4 +1,5 @@
-"""Token ids of student and teacher prompts, built once per problem (and exposure) and reused."""
+"""Token ids of student and teacher prompts and of reference solutions, built once per problem (and exposure)
+and reused."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class PromptBuilder:
         self.student_chat_kwargs = dict(student_chat_kwargs)
         self.teacher_chat_kwargs = dict(teacher_chat_kwargs)
         self._student = lru_cache(maxsize=None)(self._student_ids)
+        self._solution = lru_cache(maxsize=None)(self._solution_ids)
         self._teacher = lru_cache(maxsize=200_000)(self._teacher_ids)
 
     def encode(self, text: str) -> list[int]:
@@ -39,11 +41,14 @@ class PromptBuilder:
 
     def solution(self, problem: Problem) -> list[int]:
         """The reference solution as a completion, ending with EOS (what probe NLL and g_t score)."""
-        return self.encode(problem.solution) + [self.tokenizer.eos_token_id]
+        return self._solution(problem)
 
     def _student_ids(self, problem: Problem) -> list[int]:
         message = student_message(problem, self.templates)
         return self.encode(chat_prompt(self.tokenizer, message, self.student_chat_kwargs))
+
+    def _solution_ids(self, problem: Problem) -> list[int]:
+        return self.encode(problem.solution) + [self.tokenizer.eos_token_id]
 
     def _teacher_ids(self, problem: Problem, reference: str) -> list[int]:
         message = teacher_message_with_reference(problem, reference, self.templates)
