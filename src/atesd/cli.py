@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from atesd.config import Config, ConfigError, load_config, save_config
+from atesd.config import ConfigError, load_config, save_config
 from atesd.data.problem import DataError
 
 DEMO_CONFIG = Path("configs/embedded/opsd.yaml")
@@ -35,6 +35,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from atesd.eval.runner import evaluate_model
     from atesd.models.loading import load_model_and_tokenizer
     from atesd.train.trainer import run_directory
 
@@ -44,7 +45,7 @@ def _eval(args: argparse.Namespace) -> None:
     model, tokenizer = load_model_and_tokenizer(config, model_path)
     label = "teacher" if args.teacher_alpha is not None else "student"
     out_dir = Path(args.out) if args.out else run_dir / "eval"
-    summaries = _evaluate(config, model, tokenizer, out_dir, label, args.teacher_alpha)
+    summaries = evaluate_model(config, model, tokenizer, out_dir, label, args.teacher_alpha)
     save_config(config, out_dir / f"{label}-config.yaml")
     print(f"model: {model_path or config.model.name_or_path}")
     for benchmark, summary in summaries.items():
@@ -52,15 +53,10 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"\nper-problem results: {out_dir}")
 
 
-def _evaluate(config: Config, model, tokenizer, out_dir: Path, label: str, teacher_alpha: float | None = None):
-    from atesd.eval.runner import evaluate_model
-
-    return evaluate_model(config, model, tokenizer, out_dir, label, teacher_alpha)
-
-
 def _demo(args: argparse.Namespace) -> None:
     """Base model vs OPSD-trained model on the embedded task, with the teacher at α = 1 for reference."""
     from atesd.analysis.plots import plot_bucket_accuracy, plot_training
+    from atesd.eval.runner import evaluate_model
     from atesd.models.loading import load_model_and_tokenizer
     from atesd.train.metrics import read_metrics
     from atesd.train.trainer import Trainer, run_directory
@@ -76,9 +72,9 @@ def _demo(args: argparse.Namespace) -> None:
 
     base_model, tokenizer = load_model_and_tokenizer(config)
     print(f"[{_clock(started)}] base model ready; evaluating it on held-out problems (k={k})")
-    rows = {"base (student)": _evaluate(config, base_model, tokenizer, out_dir, "base")}
+    rows = {"base (student)": evaluate_model(config, base_model, tokenizer, out_dir, "base")}
     if config.eval.teacher_alpha is not None:
-        rows[f"base teacher (alpha={config.eval.teacher_alpha:g})"] = _evaluate(
+        rows[f"base teacher (alpha={config.eval.teacher_alpha:g})"] = evaluate_model(
             config, base_model, tokenizer, out_dir, "teacher", config.eval.teacher_alpha)
     del base_model
 
@@ -87,7 +83,7 @@ def _demo(args: argparse.Namespace) -> None:
     trainer.train()
     trained_model, tokenizer = load_model_and_tokenizer(config, str(run_dir / "final_model"))
     print(f"[{_clock(started)}] evaluating the trained model")
-    rows[f"{config.method} (student)"] = _evaluate(config, trained_model, tokenizer, out_dir, "trained")
+    rows[f"{config.method} (student)"] = evaluate_model(config, trained_model, tokenizer, out_dir, "trained")
 
     plot_training(read_metrics(run_dir / "metrics.jsonl"), run_dir / "training.png", f"{config.method} on embedded")
     report = [f"# {config.method} on the embedded task\n", f"Command: `atesd demo {config_path}"
