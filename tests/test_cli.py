@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from atesd.cli import main
-from atesd.config import save_config
+from atesd.cli import DEMO_CONFIG, main
+from atesd.config import load_config, save_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write(config, path: Path) -> Path:
@@ -14,21 +16,31 @@ def _write(config, path: Path) -> Path:
     return path
 
 
+def test_the_demo_trains_atesd_by_default():
+    assert load_config(REPO_ROOT / DEMO_CONFIG).method == "atesd"
+
+
 def test_demo_writes_table_plots_and_run_directory(tiny_config, tmp_path, capsys):
-    config = tiny_config(tmp_path, "train.steps=2", "eval.num_samples=2", "eval.max_problems=8",
-                         "eval.max_new_tokens=16")
+    # the main job: ATESD (a controller small enough to make and reward decisions in 6 steps)
+    config = tiny_config(tmp_path, "method=atesd", "exposure.policy=controller", "exposure.hold_steps=2",
+                         "exposure.controller.lookahead=3", "train.steps=6", "eval.num_samples=2",
+                         "eval.max_problems=8", "eval.max_new_tokens=16")
     path = _write(config, tmp_path / "demo.yaml")
     assert main(["demo", str(path)]) == 0
     out = capsys.readouterr().out
     assert "| model | Average@2 |" in out
-    assert "| base (student) |" in out and "| opsd (student) |" in out and "| base teacher (alpha=1) |" in out
-    run = Path(config.run.output_dir) / "opsd-seed0"
-    for name in ["config.yaml", "metrics.jsonl", "training.png", "accuracy-embedded.png", "summary.md",
-                 "final_model/config.json", "eval/base-embedded.json", "eval/teacher-embedded.json",
-                 "eval/trained-embedded.json"]:
+    assert "| base (student) |" in out and "| atesd (student) |" in out and "| base teacher (alpha=1) |" in out
+    run = Path(config.run.output_dir) / "atesd-seed0"
+    for name in ["config.yaml", "metrics.jsonl", "decisions.jsonl", "training.png", "alpha.png",
+                 "accuracy-embedded.png", "summary.md", "final_model/config.json", "eval/base-embedded.json",
+                 "eval/teacher-embedded.json", "eval/trained-embedded.json"]:
         assert (run / name).is_file(), name
+    assert "alpha.png" in out
+    decisions = [json.loads(line) for line in (run / "decisions.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in decisions] == [1, 3, 5]
+    assert [row["R"] is not None for row in decisions] == [True, True, False]
     summary = json.loads((run / "summary.json").read_text())
-    assert set(summary) == {"base (student)", "base teacher (alpha=1)", "opsd (student)"}
+    assert set(summary) == {"base (student)", "base teacher (alpha=1)", "atesd (student)"}
     per_problem = json.loads((run / "eval/trained-embedded.json").read_text())
     assert len(per_problem["problems"]) == 8
     assert all(len(p["completions"]) == 2 for p in per_problem["problems"])

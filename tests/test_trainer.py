@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import atesd.train.trainer as trainer_module
 from atesd.config import ConfigError, load_config
-from atesd.exposure import FixedExposure, build_exposure_policy
 from atesd.train.checkpoint import latest_checkpoint
 from atesd.train.metrics import read_metrics
 from atesd.train.trainer import NonFiniteLossError, Trainer
@@ -225,18 +224,60 @@ def test_missing_model_path_is_named(tiny_config, tmp_path):
         Trainer(config)
 
 
-@pytest.mark.parametrize("alpha", [1.5, -0.1, float("nan"), float("inf")])
-def test_fixed_exposure_rejects_alpha_outside_unit_interval(alpha):
-    with pytest.raises(ValueError, match="alpha must be in"):
-        FixedExposure(alpha)
+# ---------------------------------------------------------------------------------------- ATESD
+
+# A controller small and quick enough to update several times in a 10-step run (H = 2, L = 3, B = 2).
+SMALL_CONTROLLER = ("method=atesd", "exposure.policy=controller", "exposure.hold_steps=2",
+                    "exposure.controller.lookahead=3", "exposure.controller.decisions_per_update=2",
+                    "exposure.controller.lr=0.1", "exposure.controller.hidden_sizes=[8]")
 
 
-def test_fixed_exposure_policy():
-    policy = FixedExposure(0.25)
-    assert [policy.alpha(step) for step in range(3)] == [0.25, 0.25, 0.25]
-    assert policy.state_dict() == {"policy": "fixed", "alpha": 0.25}
-    policy.load_state_dict({"policy": "fixed", "alpha": 0.25})
-    with pytest.raises(ValueError, match="fixed alpha 0.5"):
-        policy.load_state_dict({"policy": "fixed", "alpha": 0.5})
-    assert FixedExposure(0).alpha(0) == 0.0 and FixedExposure(1).alpha(0) == 1.0
-    assert build_exposure_policy(load_config(None, ["exposure.alpha=0.75"]).exposure).alpha(0) == 0.75
+def test_atesd_resumed_mid_window_after_a_crash_matches_an_uninterrupted_run(tiny_config, tmp_path, monkeypatch):
+    common = (*SMALL_CONTROLLER, "train.steps=10", "train.checkpoint_every=5", "train.lr=3e-3")
+    run_a = Trainer(tiny_config(tmp_path, "run.name=a", *common))
+    run_a.train()
+
+    crashing = Trainer(tiny_config(tmp_path, "run.name=b", *common))
+    real_step = crashing.train_step
+
+    def crash_after_seven_steps():
+        if crashing.step == 7:
+            raise KeyboardInterrupt
+        return real_step()
+
+    monkeypatch.setattr(crashing, "train_step", crash_after_seven_steps)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.train()
+    run_b = Trainer(tiny_config(tmp_path, "run.name=b", *common), resume=True)
+    assert run_b.step == 5  # the checkpoint falls inside the hold window of updates 5 and 6
+    assert run_b.policy.current.step == 4 and run_b.policy.waiting
+    run_b.train()
+
+    rows_a = read_metrics(run_a.run_dir / "metrics.jsonl")
+    rows_b = read_metrics(run_b.run_dir / "metrics.jsonl")
+    alphas = [row["alpha"] for row in rows_a]
+    assert alphas == [row["alpha"] for row in rows_b]
+    assert alphas[0::2] == alphas[1::2] and len(set(alphas)) == 5  # one new α per window of 2 updates
+    updates = [row["step"] for row in rows_a if "controller_updates" in row]
+    assert updates and min(updates) <= 5 < max(updates)  # the controller learned before and after the checkpoint
+    assert [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows_a] == \
+           [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows_b]
+    decisions_a = read_metrics(run_a.run_dir / "decisions.jsonl")
+    assert decisions_a == read_metrics(run_b.run_dir / "decisions.jsonl")
+    assert [row["step"] for row in decisions_a] == [1, 3, 5, 7, 9]
+    assert [row["alpha"] for row in decisions_a] == alphas[0::2]
+    assert [row["R"] is None for row in decisions_a] == [False] * 4 + [True]  # the last window runs past the end
+    assert same_weights(run_a.trainable_state(), run_b.trainable_state())
+    for left, right in zip(run_a.policy.net.parameters(), run_b.policy.net.parameters()):
+        assert torch.equal(left, right)
+
+
+def test_atesd_statistics_reach_the_controller(tiny_config, tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, *SMALL_CONTROLLER, "train.steps=4"))
+    trainer.train()
+    rows = read_metrics(trainer.run_dir / "metrics.jsonl")
+    state = trainer.policy.state
+    assert state.normalizer.count == 4
+    assert state.emas["probe_nll_ema"] is not None and state.confidence == rows[-1]["confidence"]
+    assert sorted(trainer.policy.losses) == [2, 3, 4]  # ℓ kept only from the oldest waiting decision (step 2) on
+    assert trainer.policy.losses[4] == rows[-1]["probe_nll"]

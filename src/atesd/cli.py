@@ -18,20 +18,19 @@ from pathlib import Path
 from atesd.config import ConfigError, load_config, save_config
 from atesd.data.problem import DataError
 
-DEMO_CONFIG = Path("configs/embedded/opsd.yaml")
+DEMO_CONFIG = Path("configs/embedded/atesd.yaml")
 
 
 def _train(args: argparse.Namespace) -> None:
-    from atesd.analysis.plots import plot_training
-    from atesd.train.metrics import read_metrics
+    from atesd.analysis.plots import plot_run
     from atesd.train.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
     trainer = Trainer(config, resume=args.resume)
     run_dir = trainer.train()
     if trainer.accelerator.is_main_process:
-        plot_training(read_metrics(run_dir / "metrics.jsonl"), run_dir / "training.png", run_dir.name)
-        print(f"run directory: {run_dir}")
+        plots = plot_run(run_dir, run_dir.name)
+        print(f"run directory: {run_dir} (plots: {', '.join(p.name for p in plots)})")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -54,11 +53,11 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    """Base model vs OPSD-trained model on the embedded task, with the teacher at α = 1 for reference."""
-    from atesd.analysis.plots import plot_bucket_accuracy, plot_training
+    """Base model vs the trained model (ATESD by default) on the embedded task, with the base teacher at α = 1
+    for reference."""
+    from atesd.analysis.plots import plot_bucket_accuracy, plot_run
     from atesd.eval.runner import evaluate_model
     from atesd.models.loading import load_model_and_tokenizer
-    from atesd.train.metrics import read_metrics
     from atesd.train.trainer import Trainer, run_directory
 
     config_path = Path(args.config) if args.config else DEMO_CONFIG
@@ -85,7 +84,7 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"[{_clock(started)}] evaluating the trained model")
     rows[f"{config.method} (student)"] = evaluate_model(config, trained_model, tokenizer, out_dir, "trained")
 
-    plot_training(read_metrics(run_dir / "metrics.jsonl"), run_dir / "training.png", f"{config.method} on embedded")
+    plots = plot_run(run_dir, f"{config.method} on embedded")
     report = [f"# {config.method} on the embedded task\n", f"Command: `atesd demo {config_path}"
               + "".join(f" {o}" for o in args.overrides) + "`\n"]
     for benchmark in config.eval.benchmarks:
@@ -97,8 +96,8 @@ def _demo(args: argparse.Namespace) -> None:
                              f"{benchmark}: Average@{k} per bucket")
     (run_dir / "summary.md").write_text("\n".join(report))
     (run_dir / "summary.json").write_text(json.dumps(rows, indent=1))
-    print(f"\n[{_clock(started)}] done. run directory: {run_dir} (config, metrics.jsonl, checkpoints, "
-          "final_model, eval/, training.png, summary.md)")
+    print(f"\n[{_clock(started)}] done. run directory: {run_dir} (config.yaml, metrics.jsonl, decisions.jsonl, "
+          f"checkpoints, final_model, eval/, summary.md, {', '.join(p.name for p in plots)})")
 
 
 def markdown_table(per_label: dict[str, dict[str, dict]], k: int) -> str:

@@ -114,16 +114,49 @@ class TeacherConfig(Section):
     ema_decay: float = Field(0.99, ge=0, lt=1)
 
 
-class ExposureConfig(Section):
-    policy: Literal["fixed"] = "fixed"
-    alpha: float = Field(1.0, description="Exposure of the fixed policy: share of reference segments shown.")
+class ControllerConfig(Section):
+    """The learned Beta-policy controller of SPEC §4 (every default is ours: the paper gives none)."""
 
-    @field_validator("alpha")
+    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64], description="Policy MLP hidden layers (tanh).")
+    initial_beta: tuple[float, float] = Field(
+        (2.0, 2.0), description="(a, b) of the starting policy, set through the output bias (ours: Beta(2, 2)).")
+    lookahead: int = Field(8, ge=1, description="L: updates over which a decision's reward is summed.")
+    discount: float = Field(0.9, ge=0, le=1, description="gamma of the discounted reward.")
+    progress_signal: Literal["probe_nll", "distill_loss"] = Field(
+        "probe_nll", description="The loss l whose drops make G_lp.")
+    teacher_grounded_weight: float = Field(0.1, ge=0, description="lambda_gt: weight of G_gt in R (0: G_lp only).")
+    decisions_per_update: int = Field(8, ge=2, description="B: rewarded decisions per REINFORCE update.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the policy.")
+    entropy_coef: float = Field(0.01, ge=0, description="c: weight of the one-sided entropy hinge.")
+    entropy_target: float = Field(-0.5, description="H_target: Beta entropy above which the hinge acts.")
+    advantage_eps: float = Field(1e-8, gt=0, description="epsilon of the advantage normalisation.")
+    state_ema_decay: float = Field(0.9, ge=0, lt=1, description="Decay of the state's EMAs (ours).")
+    feature_clip: float = Field(5.0, gt=0, description="Normalised state features are clipped to +-this (ours).")
+
+    @field_validator("initial_beta")
     @classmethod
-    def _alpha_in_unit_interval(cls, value: float) -> float:
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {value}")
+    def _initial_beta_above_one(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if min(value) <= 1.0:
+            raise ValueError(f"(a, b) = 1 + softplus(.) is always above 1; got {list(value)}")
         return value
+
+
+class ExposureConfig(Section):
+    policy: Literal["fixed", "random", "schedule", "controller"] = Field(
+        "fixed", description="fixed alpha; random alpha per hold window; linear schedule; the ATESD controller.")
+    alpha: float = Field(1.0, ge=0, le=1, description="Exposure of the fixed policy: share of reference segments.")
+    alpha_min: float = Field(0.05, ge=0, le=1, description="Lower clip of random and controller exposures.")
+    alpha_max: float = Field(1.0, ge=0, le=1, description="Upper clip of random and controller exposures.")
+    hold_steps: int = Field(4, ge=1, description="H: updates each random or controller decision is held for.")
+    schedule_start: float = Field(1.0, ge=0, le=1, description="Linear schedule: alpha at the first step (ours).")
+    schedule_end: float = Field(0.05, ge=0, le=1, description="Linear schedule: alpha at the last step (ours).")
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+
+    @model_validator(mode="after")
+    def _clip_range_is_ordered(self) -> ExposureConfig:
+        if self.alpha_min > self.alpha_max:
+            raise ValueError(f"alpha_min ({self.alpha_min}) is above alpha_max ({self.alpha_max})")
+        return self
 
 
 class TrainConfig(Section):
@@ -158,7 +191,9 @@ class EvalConfig(Section):
 
 
 class Config(Section):
-    method: Literal["opsd"] = "opsd"
+    method: Literal["opsd", "atesd"] = Field(
+        "opsd", description="opsd: distillation at a non-learned exposure (fixed, random, schedule); "
+                            "atesd: distillation with the learned exposure controller.")
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -169,6 +204,18 @@ class Config(Section):
     exposure: ExposureConfig = Field(default_factory=ExposureConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _method_matches_exposure(self) -> Config:
+        learned = self.exposure.policy == "controller"
+        if self.method == "atesd" and not learned:
+            raise ValueError("method 'atesd' learns the exposure: set exposure.policy: controller")
+        if self.method == "opsd" and learned:
+            raise ValueError("exposure.policy 'controller' is ATESD: set method: atesd")
+        if learned and self.exposure.controller.progress_signal == "probe_nll" and self.data.probe_size == 0:
+            raise ValueError("the controller's reward uses probe_nll, which needs a probe set: set data.probe_size "
+                             "> 0 or exposure.controller.progress_signal: distill_loss")
+        return self
 
 
 def apply_override(tree: dict[str, Any], dotted: str) -> None:
@@ -189,10 +236,38 @@ def apply_override(tree: dict[str, Any], dotted: str) -> None:
 def describe_validation_error(error: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
+        key = ".".join(str(part) for part in item["loc"]) or "config"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)
+
+
+def read_config_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of a config file, with ``extends: other.yaml`` (relative to the file) merged under it."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (f" (extended by {_seen[-1]})" if _seen else ""))
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'extends' makes a cycle through {', '.join(map(str, _seen))}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'extends' must be the path of another config file")
+    return _deep_merge(read_config_tree(path.parent / parent, (*_seen, path.resolve())), tree)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -200,16 +275,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
+        tree = read_config_tree(Path(path))
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for override in overrides:
         apply_override(tree, override)
     if overrides:

@@ -1,4 +1,5 @@
-"""Plots of a run: training curves from metrics.jsonl and held-out accuracy per difficulty bucket."""
+"""Plots of a run: training curves from metrics.jsonl, the exposure trajectory with decisions.jsonl, and held-out
+accuracy per difficulty bucket."""
 
 from __future__ import annotations
 
@@ -57,3 +58,56 @@ def plot_bucket_accuracy(summaries: dict[str, dict[str, dict]], metric: str, pat
     axis.grid(axis="y", alpha=0.3)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def plot_exposure(metrics: list[dict[str, Any]], decisions: list[dict[str, Any]], path: Path, title: str) -> None:
+    """α over training: the α each update used (from metrics.jsonl) and, for the controller, the policy's Beta
+    mean ± one standard deviation at each decision; below, each decision's reward terms (decisions.jsonl)."""
+    rewarded = [row for row in decisions if row.get("R") is not None]
+    panels = 3 if rewarded else 1
+    figure, axes = plt.subplots(panels, 1, figsize=(10, 3.2 * panels), sharex=True, squeeze=False,
+                                constrained_layout=True)
+    axis = axes[0, 0]
+    steps = [row["step"] for row in metrics]
+    axis.step(steps, [row["alpha"] for row in metrics], where="post", label="α used", linewidth=1.4)
+    beta = [row for row in decisions if row.get("mean") is not None]
+    if beta:
+        # each decision's Beta holds until the next decision; the last one until the final step
+        edges = [row["step"] for row in beta] + [max(steps, default=beta[-1]["step"]) + 1]
+        means = [row["mean"] for row in beta] + [beta[-1]["mean"]]
+        low = [max(0.0, row["mean"] - row["std"]) for row in beta] + [max(0.0, beta[-1]["mean"] - beta[-1]["std"])]
+        high = [min(1.0, row["mean"] + row["std"]) for row in beta] + [min(1.0, beta[-1]["mean"] + beta[-1]["std"])]
+        axis.step(edges, means, where="post", color="C1", label="policy mean")
+        axis.fill_between(edges, low, high, step="post", color="C1", alpha=0.2, label="policy mean ± std")
+    axis.set_ylim(0, 1.02)
+    axis.set_ylabel("exposure α")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="best", fontsize=8)
+    if rewarded:
+        decided = [row["step"] for row in rewarded]
+        axes[1, 0].plot(decided, [row["R"] for row in rewarded], "o-", label="R", markersize=3)
+        axes[1, 0].plot(decided, [row["G_lp"] for row in rewarded], "s--", label="G_lp", markersize=3)
+        axes[1, 0].set_ylabel("reward")
+        axes[2, 0].plot(decided, [row["G_gt"] for row in rewarded], "^-", color="C2", label="G_gt", markersize=3)
+        axes[2, 0].set_ylabel("teacher log-prob")
+        for extra in (axes[1, 0], axes[2, 0]):
+            extra.grid(alpha=0.3)
+            extra.legend(loc="best", fontsize=8)
+    axes[-1, 0].set_xlabel("step (decision rows at their first update)")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_run(run_dir: Path, title: str) -> list[Path]:
+    """The plots of a finished run directory: ``training.png``, and ``alpha.png`` when the exposure varied."""
+    from atesd.train.metrics import read_metrics
+
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    decisions = read_metrics(run_dir / "decisions.jsonl")
+    written = [run_dir / "training.png"]
+    plot_training(metrics, written[0], title)
+    if decisions or len({row["alpha"] for row in metrics}) > 1:
+        written.append(run_dir / "alpha.png")
+        plot_exposure(metrics, decisions, written[-1], f"{title}: exposure")
+    return written

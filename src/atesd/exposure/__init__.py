@@ -1,5 +1,8 @@
 """Exposure policies: who decides how much of the reference solution the teacher sees at each step."""
 
-from atesd.exposure.base import ExposurePolicy, FixedExposure, build_exposure_policy
+from atesd.exposure.base import ExposurePolicy, build_exposure_policy
+from atesd.exposure.controller import ControllerExposure
+from atesd.exposure.simple import FixedExposure, LinearScheduleExposure, RandomExposure
 
-__all__ = ["ExposurePolicy", "FixedExposure", "build_exposure_policy"]
+__all__ = ["ControllerExposure", "ExposurePolicy", "FixedExposure", "LinearScheduleExposure", "RandomExposure",
+           "build_exposure_policy"]

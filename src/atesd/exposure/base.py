@@ -1,13 +1,13 @@
-"""The interface between the trainer and an exposure policy, and the fixed-α policy (α = 1 is OPSD).
+"""The interface between the trainer and an exposure policy, and the factory that builds one from the config.
 
 The trainer asks the policy for α before each step and hands it the step's statistics afterwards; the policy
-never sees the trainer. A policy's whole state goes into checkpoints so that a resumed run takes the same
-decisions as an uninterrupted one.
+never sees the trainer. Only the main process asks for α (and broadcasts it); every process observes the same
+statistics, already averaged over processes. A policy's whole state goes into checkpoints so that a resumed run
+takes the same decisions as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -16,11 +16,19 @@ from atesd.config import ExposureConfig
 
 class ExposurePolicy(Protocol):
     def alpha(self, step: int) -> float:
-        """The exposure to use for `step` (0-based optimizer step)."""
+        """The exposure to use for `step` (0-based optimizer step). Asking twice for a step gives the same α."""
         ...
 
-    def observe(self, step: int, stats: Mapping[str, float]) -> None:
-        """The statistics measured at `step` (SPEC §3), already averaged over processes."""
+    def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]:
+        """Take the statistics measured at `step` (SPEC §3); returns extra metrics for the step's record."""
+        ...
+
+    def drain_decisions(self) -> list[dict[str, Any]]:
+        """Rows for ``decisions.jsonl`` that became final since the last call (empty for per-step policies)."""
+        ...
+
+    def open_decisions(self) -> list[dict[str, Any]]:
+        """Rows of decisions whose reward is still incomplete (written once, at the end of a run)."""
         ...
 
     def state_dict(self) -> dict[str, Any]:
@@ -30,30 +38,17 @@ class ExposurePolicy(Protocol):
         ...
 
 
-class FixedExposure:
-    """The same α at every step."""
+def build_exposure_policy(config: ExposureConfig, total_steps: int, seed: int) -> ExposurePolicy:
+    """The policy named by ``config.policy``; `total_steps` sets schedules and the progress feature."""
+    from atesd.exposure.controller import ControllerExposure
+    from atesd.exposure.simple import FixedExposure, LinearScheduleExposure, RandomExposure
 
-    def __init__(self, alpha: float) -> None:
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
-            raise ValueError(f"exposure alpha must be in [0, 1], got {alpha!r}")
-        self.fixed_alpha = float(alpha)
-
-    def alpha(self, step: int) -> float:
-        return self.fixed_alpha
-
-    def observe(self, step: int, stats: Mapping[str, float]) -> None:
-        pass  # a fixed policy learns nothing
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"policy": "fixed", "alpha": self.fixed_alpha}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("alpha") != self.fixed_alpha:
-            raise ValueError(f"checkpoint was taken with fixed alpha {state.get('alpha')}, config says "
-                             f"{self.fixed_alpha}")
-
-
-def build_exposure_policy(config: ExposureConfig) -> ExposurePolicy:
     if config.policy == "fixed":
         return FixedExposure(config.alpha)
+    if config.policy == "random":
+        return RandomExposure(config.alpha_min, config.alpha_max, config.hold_steps, seed)
+    if config.policy == "schedule":
+        return LinearScheduleExposure(config.schedule_start, config.schedule_end, total_steps)
+    if config.policy == "controller":
+        return ControllerExposure(config, total_steps, seed)
     raise ValueError(f"unknown exposure policy '{config.policy}'")

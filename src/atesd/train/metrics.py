@@ -1,7 +1,8 @@
-"""Per-step metrics: one JSON line per step in ``metrics.jsonl``, plus any configured trackers.
+"""Run logs as JSON lines: per-step metrics in ``metrics.jsonl`` (plus any configured trackers), exposure
+decisions in ``decisions.jsonl``.
 
-Only the main process writes. On resume, rows of steps after the checkpoint are dropped first, since those
-steps are about to be run again.
+Only the main process writes. On resume, rows written after the checkpoint's step are dropped first, since
+those steps are about to be run again.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 class MetricsLogger:
-    def __init__(self, path: Path, accelerator: Accelerator, keep_before_step: int = 0) -> None:
+    """Appends rows to `path`. `step_key` names the field holding the step a row was written at (rows without
+    one are dropped on resume); `trackers` also sends numeric fields to accelerate's trackers."""
+
+    def __init__(self, path: Path, accelerator: Accelerator, keep_before_step: int = 0, step_key: str = "step",
+                 trackers: bool = True) -> None:
         self.path = path
         self.accelerator = accelerator
-        self.trackers = bool(accelerator.log_with)
+        self.trackers = trackers and bool(accelerator.log_with)
         self._file = None
         if accelerator.is_main_process:
-            kept = [row for row in read_metrics(path) if row["step"] <= keep_before_step]
+            kept = [row for row in read_metrics(path)
+                    if row.get(step_key) is not None and row[step_key] <= keep_before_step]
             path.write_text("".join(json.dumps(row) + "\n" for row in kept))
             self._file = open(path, "a")  # noqa: SIM115 - held open for the run, closed in close()
             if self.trackers:

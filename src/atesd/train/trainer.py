@@ -9,7 +9,8 @@ One step, top to bottom (`Trainer.train_step`):
    student scores it after the student prompt; the divergence between their per-token distributions is the
    loss (SPEC §2), normalised by the completion tokens of the whole step over all processes;
 5. one optimizer step, unless the loss or the gradient is not finite: then the step is skipped and counted;
-6. the statistics of SPEC §3 are measured, averaged over processes, logged and handed to the policy.
+6. the statistics of SPEC §3 are measured, averaged over processes, logged and handed to the policy, which
+   may finish decisions (logged to ``decisions.jsonl``) and learn from them (the ATESD controller).
 
 Checkpoints are atomic and hold everything needed to continue the run exactly (`--resume`).
 """
@@ -136,7 +137,7 @@ class Trainer:
                                        batch_size=config.train.micro_batch_size)
         self.prompts = PromptBuilder(self.tokenizer, config.templates, config.model.student_chat_kwargs,
                                      config.model.teacher_chat_kwargs)
-        self.policy = build_exposure_policy(config.exposure)
+        self.policy = build_exposure_policy(config.exposure, config.train.steps, config.run.seed)
         self.order = EpochOrder(len(self.train_problems), config.train.batch_size, config.run.seed)
         self.sampling = SamplingParams(config.rollout.temperature, config.rollout.top_p, config.rollout.top_k,
                                        config.rollout.max_new_tokens)
@@ -157,8 +158,10 @@ class Trainer:
             if checkpoint is None:
                 raise FileNotFoundError(f"--resume: {self.run_dir} has no checkpoint to resume from")
             self.load_checkpoint(checkpoint)
-        self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", self.accelerator,
-                                     keep_before_step=self.step if resume else 0)
+        kept = self.step if resume else 0
+        self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", self.accelerator, keep_before_step=kept)
+        self.decisions = MetricsLogger(self.run_dir / "decisions.jsonl", self.accelerator, keep_before_step=kept,
+                                       step_key="logged_at", trackers=False)
 
     # ------------------------------------------------------------------ the loop
 
@@ -177,6 +180,8 @@ class Trainer:
             while self.step < total:
                 record = self.train_step()
                 self.metrics.log(record)
+                for row in self.policy.drain_decisions():
+                    self.decisions.log(row)
                 progress.update(1)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rollout_accuracy']:.2f}",
                                      alpha=f"{record['alpha']:.2f}")
@@ -188,8 +193,12 @@ class Trainer:
                                    "with --resume")
             raise
         progress.close()
+        # Decisions still waiting for their reward are written once, at the end (a resume drops them again).
+        for row in self.policy.open_decisions():
+            self.decisions.log(row)
         self.save_final_model()
         self.metrics.close()
+        self.decisions.close()
         return self.run_dir
 
     def train_step(self) -> dict[str, Any]:
@@ -217,7 +226,7 @@ class Trainer:
         record = self._step_record(alpha, rollouts, correct, scores, teacher_ref_logp, probe, probe_before)
         record.update(rollout_time=rollout_done - started, update_time=update_done - rollout_done,
                       step_time=time.perf_counter() - started)
-        self.policy.observe(step, record)
+        record.update(self.policy.observe(step, record))
         return record
 
     def _shared_alpha(self, step: int) -> float:

@@ -1,0 +1,69 @@
+"""The controller's reward and its REINFORCE objective (SPEC §4), as plain functions of numbers.
+
+Indexing, with t0 the first update governed by a decision (0-based optimizer steps) and L the look-ahead:
+
+- ``losses`` are ℓ_{t0}, ℓ_{t0+1}, …, ℓ_{t0+L}: ℓ_{t0} is measured before update t0, ℓ_{t0+i} after the i-th
+  update of the window. With the probe signal, ℓ_{t0+i} is the probe NLL after update t0+i-1; with the
+  distillation-loss signal it is the loss measured at step t0+i (before that step's update).
+- ``teacher_logps`` are g_{t0+1}, …, g_{t0+L}: g_{t0+i} is the teacher's reference log-prob measured at the
+  i-th update of the window (step t0+i-1), at the exposure of that step.
+
+When L > H the window runs past the decision's own H updates into later decisions' (windows overlap): the
+credit for a delayed effect of α reaches the decision that caused it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from itertools import pairwise
+
+import torch
+
+
+def discount_weights(length: int, discount: float) -> list[float]:
+    """γ^0, γ^1, …, γ^{length-1} (with γ^0 = 1 also for γ = 0: the immediate reward)."""
+    return [discount**i for i in range(length)]
+
+
+def learning_progress(losses: Sequence[float], discount: float) -> float:
+    """G_lp = Σ_{i=1..L} γ^{i-1} · max(0, ℓ_{t0+i-1} − ℓ_{t0+i}) from ``losses`` = ℓ_{t0..t0+L}.
+
+    A drop with a non-finite end (a skipped step's loss) counts as no progress.
+    """
+    drops = [before - after if math.isfinite(before) and math.isfinite(after) else 0.0
+             for before, after in pairwise(losses)]
+    return sum(w * max(0.0, drop) for w, drop in zip(discount_weights(len(drops), discount), drops))
+
+
+def teacher_grounding(teacher_logps: Sequence[float], discount: float) -> float:
+    """G_gt = Σ γ^{i-1} g_{t0+i} / Σ γ^{i-1}: the discounted mean of ``teacher_logps`` (non-finite ones left out)."""
+    pairs = [(w, g) for w, g in zip(discount_weights(len(teacher_logps), discount), teacher_logps)
+             if math.isfinite(g) and w > 0]
+    total = sum(w for w, _ in pairs)
+    return sum(w * g for w, g in pairs) / total if total > 0 else 0.0
+
+
+def decision_reward(losses: Sequence[float], teacher_logps: Sequence[float], discount: float,
+                    teacher_grounded_weight: float) -> tuple[float, float, float]:
+    """(R, G_lp, G_gt) with R = G_lp + λ_gt · G_gt."""
+    progress = learning_progress(losses, discount)
+    grounding = teacher_grounding(teacher_logps, discount)
+    return progress + teacher_grounded_weight * grounding, progress, grounding
+
+
+def normalized_advantages(rewards: torch.Tensor, eps: float) -> torch.Tensor:
+    """A_j = (R_j − mean R) / (std R + ε), with the population std (over the B decisions of the update)."""
+    return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + eps)
+
+
+def entropy_hinge(entropy: torch.Tensor, target: float) -> torch.Tensor:
+    """max(0, H − H_target)²: zero while the policy is at least as concentrated as the target, quadratic above."""
+    return torch.clamp(entropy - target, min=0.0) ** 2
+
+
+def controller_loss(log_probs: torch.Tensor, advantages: torch.Tensor, entropies: torch.Tensor,
+                    entropy_coef: float, entropy_target: float) -> torch.Tensor:
+    """L_ctrl = −mean_j A_j · log π(α_j | s_j) + c · mean_j max(0, H_j − H_target)²."""
+    policy_gradient = -(advantages.detach() * log_probs).mean()
+    return policy_gradient + entropy_coef * entropy_hinge(entropies, entropy_target).mean()
