@@ -15,14 +15,8 @@ def _check_unit(name: str, value: float) -> float:
     return float(value)
 
 
-class FixedExposure:
-    """The same α at every step."""
-
-    def __init__(self, alpha: float) -> None:
-        self.fixed_alpha = _check_unit("alpha", alpha)
-
-    def alpha(self, step: int) -> float:
-        return self.fixed_alpha
+class NonLearningPolicy:
+    """What a policy that learns nothing answers to the trainer's statistics: nothing to log, nothing waiting."""
 
     def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]:
         return {}
@@ -33,6 +27,16 @@ class FixedExposure:
     def open_decisions(self) -> list[dict[str, Any]]:
         return []
 
+
+class FixedExposure(NonLearningPolicy):
+    """The same α at every step."""
+
+    def __init__(self, alpha: float) -> None:
+        self.fixed_alpha = _check_unit("alpha", alpha)
+
+    def alpha(self, step: int) -> float:
+        return self.fixed_alpha
+
     def state_dict(self) -> dict[str, Any]:
         return {"policy": "fixed", "alpha": self.fixed_alpha}
 
@@ -42,7 +46,7 @@ class FixedExposure:
                              f"{self.fixed_alpha}")
 
 
-class LinearScheduleExposure:
+class LinearScheduleExposure(NonLearningPolicy):
     """α moves linearly from `start` at the first step to `end` at the last, a new value every step (ours: the
     paper names the ablation without its endpoints; the default goes from full exposure down to α_min)."""
 
@@ -54,15 +58,6 @@ class LinearScheduleExposure:
         progress = min(step / max(self.total_steps - 1, 1), 1.0)
         return self.start + (self.end - self.start) * progress
 
-    def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]:
-        return {}
-
-    def drain_decisions(self) -> list[dict[str, Any]]:
-        return []
-
-    def open_decisions(self) -> list[dict[str, Any]]:
-        return []
-
     def state_dict(self) -> dict[str, Any]:
         return {"policy": "schedule"}  # α is a function of the step alone
 
@@ -70,7 +65,7 @@ class LinearScheduleExposure:
         pass
 
 
-class RandomExposure:
+class RandomExposure(NonLearningPolicy):
     """α ~ Uniform[α_min, α_max], drawn every `hold_steps` updates and held in between (the random-exposure
     ablation). Draws come from the policy's own generator, saved in checkpoints."""
 
@@ -88,15 +83,9 @@ class RandomExposure:
             self._rows.append({"step": step + 1, "alpha": self.current_alpha, "logged_at": step + 1})
         return self.current_alpha
 
-    def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]:
-        return {}
-
     def drain_decisions(self) -> list[dict[str, Any]]:
         rows, self._rows = self._rows, []
         return rows
-
-    def open_decisions(self) -> list[dict[str, Any]]:
-        return []
 
     def state_dict(self) -> dict[str, Any]:
         return {"policy": "random", "rng": self.rng.bit_generator.state, "window_start": self.window_start,

@@ -1,0 +1,135 @@
+"""Step-time cost of ATESD over fixed exposure α = 1 (OPSD) on the embedded default, and where it goes.
+
+Three variants of ``configs/embedded/atesd.yaml`` train for the same number of steps from the same cached
+base model and seed:
+
+- ``opsd-no-probe``: fixed α = 1, the probe set measured only once at the start (the leanest OPSD step);
+- ``opsd``: fixed α = 1, probe NLL measured after every update (what a logged OPSD run does by default);
+- ``atesd``: the controller, probe NLL after every update (its reward needs it).
+
+Per variant it reports the mean ± std wall time of a step (after `--warmup` steps), and inside the step the
+time of the probe NLL, of g_t (the teacher's reference log-prob, measured for every variant) and of the
+controller itself (choosing α, observing, REINFORCE updates). The overhead of ATESD is its step time against
+each OPSD variant. Teacher prompts are shorter at α < 1, so a step of ATESD also scores fewer teacher tokens:
+the table shows teacher prompt tokens per step so that effect can be told apart from the controller's cost.
+
+    python benchmarks/bench_exposure.py --steps 40 --out runs/bench_exposure.json
+
+Not a test: nothing is asserted; it prints a table and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from atesd.config import load_config
+from atesd.train.trainer import Trainer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "opsd-no-probe": ["method=opsd", "exposure.policy=fixed", "exposure.alpha=1.0", "train.probe_every=1000000"],
+    "opsd": ["method=opsd", "exposure.policy=fixed", "exposure.alpha=1.0"],
+    "atesd": [],
+}
+
+
+def timed(method, bucket: list[float]):
+    """Wrap a bound method so each call's wall time is appended to `bucket`."""
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            bucket.append(time.perf_counter() - started)
+    return wrapper
+
+
+def run_variant(name: str, overrides: list[str], args: argparse.Namespace, output_dir: str) -> dict:
+    config = load_config(REPO_ROOT / "configs/embedded/atesd.yaml", [
+        *overrides, f"run.output_dir={output_dir}", f"run.name={name}", f"train.steps={args.steps}",
+        f"run.seed={args.seed}", f"train.checkpoint_every={args.steps}"])
+    trainer = Trainer(config)
+    trainer.last_probe_nll = trainer.probe_nll()  # what train() does before the first step
+    parts: dict[str, list[float]] = defaultdict(list)
+    trainer.probe_nll = timed(trainer.probe_nll, parts["probe"])
+    trainer.teacher_reference_logprob = timed(trainer.teacher_reference_logprob, parts["teacher_ref_logp"])
+    trainer.policy.alpha = timed(trainer.policy.alpha, parts["controller"])
+    trainer.policy.observe = timed(trainer.policy.observe, parts["controller"])
+    original_teacher = trainer.prompts.teacher
+    teacher_tokens: list[int] = []
+
+    def counting_teacher(problem, alpha):
+        ids = original_teacher(problem, alpha)
+        teacher_tokens.append(len(ids))
+        return ids
+
+    trainer.prompts.teacher = counting_teacher
+    step_times, per_step = [], defaultdict(list)
+    for step in range(args.steps):
+        marks = {key: len(values) for key, values in parts.items()}
+        tokens_before = len(teacher_tokens)
+        started = time.perf_counter()
+        trainer.train_step()
+        elapsed = time.perf_counter() - started
+        if step >= args.warmup:
+            step_times.append(elapsed)
+            for key, values in parts.items():
+                per_step[key].append(sum(values[marks.get(key, 0):]))
+            per_step["teacher_prompt_tokens"].append(sum(teacher_tokens[tokens_before:]))
+    return {
+        "variant": name,
+        "steps_timed": len(step_times),
+        "step_s_mean": statistics.mean(step_times),
+        "step_s_std": statistics.stdev(step_times) if len(step_times) > 1 else 0.0,
+        **{f"{key}_s_mean": statistics.mean(values) for key, values in per_step.items() if key != "teacher_prompt_tokens"},
+        "teacher_prompt_tokens_mean": statistics.mean(per_step["teacher_prompt_tokens"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the timing")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    results = []
+    with tempfile.TemporaryDirectory() as output_dir:
+        for name in args.variants:
+            results.append(run_variant(name, VARIANTS[name], args, output_dir))
+            print(f"{name}: {results[-1]['step_s_mean'] * 1000:.0f} ms/step", flush=True)
+
+    baseline = {row["variant"]: row["step_s_mean"] for row in results}
+    header = ("| variant | step ms (± std) | probe ms | g_t ms | controller ms | teacher prompt tokens/step | "
+              "vs opsd-no-probe | vs opsd |")
+    lines = [header, "|" + "---|" * 8]
+    for row in results:
+        ratios = [f"{row['step_s_mean'] / baseline[b]:.3f}×" if b in baseline else "–"
+                  for b in ("opsd-no-probe", "opsd")]
+        lines.append(f"| {row['variant']} | {row['step_s_mean'] * 1000:.0f} (± {row['step_s_std'] * 1000:.0f}) | "
+                     f"{row.get('probe_s_mean', 0) * 1000:.1f} | {row.get('teacher_ref_logp_s_mean', 0) * 1000:.1f} | "
+                     f"{row.get('controller_s_mean', 0) * 1000:.2f} | {row['teacher_prompt_tokens_mean']:.0f} | "
+                     f"{ratios[0]} | {ratios[1]} |")
+    print("\n".join(lines))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"steps": args.steps, "warmup": args.warmup, "seed": args.seed, "threads": torch.get_num_threads(),
+                "torch": torch.__version__}
+        args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
