@@ -38,7 +38,8 @@ from atesd.data.sources import hold_out_probe, load_problems
 from atesd.eval.grading import grade
 from atesd.exposure import build_exposure_policy
 from atesd.losses import DivergenceSpec, divergence_from_hidden
-from atesd.models.loading import load_model_and_tokenizer
+from atesd.models.export import save_final_model
+from atesd.models.loading import load_training_model, resolve_model_path
 from atesd.models.sequences import (
     completion_hidden_states,
     completion_token_logprobs,
@@ -46,7 +47,7 @@ from atesd.models.sequences import (
     pack_sequences,
 )
 from atesd.models.teacher import Teacher
-from atesd.rollout import Completions, HFGenerateEngine, SamplingParams
+from atesd.rollout import Completions, SamplingParams, build_rollout_engine
 from atesd.train.checkpoint import latest_checkpoint, save_checkpoint
 from atesd.train.metrics import MetricsLogger
 from atesd.train.prompts import PromptBuilder
@@ -122,18 +123,20 @@ class Trainer:
                               f"of processes ({world})")
 
         self.train_problems, self.probe_problems = training_problems(config)
-        model, self.tokenizer = load_model_and_tokenizer(config)
+        refuse_sharded_parameters(self.accelerator)
+        model, self.tokenizer = load_training_model(config)
         model.train()
-        self.teacher = Teacher(model, config.teacher.weights, config.teacher.ema_decay)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
         # The scheduler stays outside accelerate.prepare: our batch size is already global, and a prepared
         # scheduler would step once per process.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.engine = HFGenerateEngine(self.unwrapped, pad_token_id=self.tokenizer.pad_token_id,
-                                       eos_token_id=self.tokenizer.eos_token_id,
-                                       batch_size=config.train.micro_batch_size)
+        # Made after prepare, so that a teacher copy (full fine-tuning) sits on the training device too.
+        self.teacher = Teacher(self.unwrapped, config.teacher.weights, config.teacher.ema_decay)
+        self.engine = build_rollout_engine(config, self.unwrapped, self.tokenizer, resolve_model_path(config),
+                                           batch_size=config.train.micro_batch_size,
+                                           seed=step_seed(config.run.seed, self.accelerator.process_index))
         self.prompts = PromptBuilder(self.tokenizer, config.templates, config.model.student_chat_kwargs,
                                      config.model.teacher_chat_kwargs)
         self.policy = build_exposure_policy(config.exposure)
@@ -202,6 +205,7 @@ class Trainer:
         teacher_prompts = [self.prompts.teacher(p, alpha) for p in problems]
 
         generator = torch.Generator().manual_seed(step_seed(config.run.seed, step, self.accelerator.process_index, 1))
+        self.engine.update_weights()  # a separate engine (vLLM) samples with the weights of the last update
         rollouts = self.engine.generate(student_prompts, self.sampling, generator)
         rollout_done = time.perf_counter()
         correct = [grade(self.tokenizer.decode(ids, skip_special_tokens=True), p.answer).correct
@@ -463,12 +467,22 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
 
     def save_final_model(self) -> None:
-        """The trained model and tokenizer as a `from_pretrained` directory: ``<run>/final_model``."""
+        """The trained model (the adapter, for LoRA) and tokenizer in ``<run>/final_model`` (see models.export)."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            target = self.run_dir / "final_model"
-            self.unwrapped.save_pretrained(target)
-            self.tokenizer.save_pretrained(target)
+            lora = self.config.model.lora
+            save_final_model(self.unwrapped, self.tokenizer, self.run_dir, save_merged=bool(lora and lora.save_merged))
+
+
+def refuse_sharded_parameters(accelerator: Accelerator) -> None:
+    """Rollouts (HF generate, and the vLLM weight sync) read full parameters on every process; FSDP and
+    DeepSpeed ZeRO-3 shard them, and gathering them around generation is not implemented yet."""
+    state = accelerator.state
+    zero_stage = state.deepspeed_plugin.zero_stage if state.deepspeed_plugin is not None else None
+    if state.distributed_type.name == "FSDP" or zero_stage == 3:
+        raise ConfigError("the accelerate config shards parameters (FSDP or DeepSpeed ZeRO-3), which atesd's "
+                          "rollouts do not support yet: use configs/accelerate/ddp.yaml or deepspeed_zero2.yaml "
+                          "(see docs/scaling.md)")
 
 
 def _quantile(values: torch.Tensor, q: float) -> float:
