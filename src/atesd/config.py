@@ -94,9 +94,13 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    train: str = Field("embedded", description="'embedded', a JSONL file or a `datasets` id/path.")
+    train: str = Field("embedded", description="'embedded', 'champ', a JSONL or Parquet file, or a `datasets` "
+                       "id/path (e.g. siyanzhao/Openthoughts_math_30k_opsd).")
     train_split: str = "train"
     columns: ColumnMap = Field(default_factory=ColumnMap)
+    skip_invalid_rows: bool = Field(
+        False, description="Leave out rows with an empty field or no parseable answer (counted in a warning) "
+        "instead of stopping; a column missing from the data is always an error.")
     probe_size: int = Field(32, ge=0, description="Training problems held out for probe_nll (never trained on).")
     probe_seed: int = Field(0, description="Chooses which problems of a file/dataset form the probe set.")
     task: EmbeddedTaskConfig = Field(default_factory=EmbeddedTaskConfig)

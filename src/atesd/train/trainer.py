@@ -65,7 +65,8 @@ def training_problems(config: Config) -> tuple[list[Problem], list[Problem]]:
 
         splits = embedded_splits(config)
         return splits["train"], splits["probe"]
-    problems = load_problems(config.data.train, config.data.train_split, config.data.columns)
+    problems = load_problems(config.data.train, config.data.train_split, config.data.columns,
+                             skip_invalid=config.data.skip_invalid_rows)
     return hold_out_probe(problems, config.data.probe_size, seed=config.data.probe_seed)
 
 
