@@ -1,5 +1,6 @@
 """The loop under ``accelerate launch`` with 2 CPU processes (gloo): one α for both, identical weights,
-statistics combined across processes, and checkpoint + resume equal to an uninterrupted run."""
+statistics combined across processes, and checkpoint + resume equal to an uninterrupted run; DeepSpeed and
+FSDP refused with a message."""
 
 from __future__ import annotations
 
@@ -116,3 +117,18 @@ def test_resume_from_a_checkpoint_continues_exactly(two_process_runs):
     keep = ("loss", "kl_mean", "probe_nll", "teacher_ref_logp", "alpha", "rollout_accuracy", "grad_norm")
     assert [{k: r[k] for k in keep} for r in read_metrics(resumed_dir / "metrics.jsonl")] == \
         [{k: r[k] for k in keep} for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+@pytest.mark.parametrize("kind", ["DEEPSPEED", "FSDP"])
+def test_deepspeed_and_fsdp_are_refused_with_the_config_to_use(kind):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from atesd.config import ConfigError
+    from atesd.train.trainer import refuse_unsupported_distribution
+
+    accelerator = SimpleNamespace(state=SimpleNamespace(distributed_type=DistributedType[kind]))
+    with pytest.raises(ConfigError, match=f"uses {kind}.*configs/accelerate/ddp.yaml"):
+        refuse_unsupported_distribution(accelerator)
+    refuse_unsupported_distribution(SimpleNamespace(state=SimpleNamespace(distributed_type=DistributedType.MULTI_GPU)))

@@ -97,3 +97,4 @@ def test_full_fine_tuning_keeps_a_frozen_copy_as_initial_teacher(tiny_config, tm
     assert trainer.teacher.copy is not None
     assert all(not p.requires_grad for p in trainer.teacher.copy.parameters())
     assert all(p.requires_grad for p in trainer.unwrapped.parameters())
+

@@ -124,7 +124,7 @@ class Trainer:
                               f"of processes ({world})")
 
         self.train_problems, self.probe_problems = training_problems(config)
-        refuse_sharded_parameters(self.accelerator)
+        refuse_unsupported_distribution(self.accelerator)
         model, self.tokenizer = load_training_model(config)
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -475,15 +475,15 @@ class Trainer:
             save_final_model(self.unwrapped, self.tokenizer, self.run_dir, save_merged=bool(lora and lora.save_merged))
 
 
-def refuse_sharded_parameters(accelerator: Accelerator) -> None:
-    """Rollouts (HF generate, and the vLLM weight sync) read full parameters on every process; FSDP and
-    DeepSpeed ZeRO-3 shard them, and gathering them around generation is not implemented yet."""
-    state = accelerator.state
-    zero_stage = state.deepspeed_plugin.zero_stage if state.deepspeed_plugin is not None else None
-    if state.distributed_type.name == "FSDP" or zero_stage == 3:
-        raise ConfigError("the accelerate config shards parameters (FSDP or DeepSpeed ZeRO-3), which atesd's "
-                          "rollouts do not support yet: use configs/accelerate/ddp.yaml or deepspeed_zero2.yaml "
-                          "(see docs/scaling.md)")
+def refuse_unsupported_distribution(accelerator: Accelerator) -> None:
+    """DDP (or one process) only, for now. Under DeepSpeed, `accelerator.backward` runs DeepSpeed's own optimizer
+    step after every backward, which would bypass this loop's micro-batch accumulation, non-finite-step skipping
+    and clipping; FSDP (and ZeRO-3) shard the parameters that rollouts (HF generate, the vLLM weight sync) read
+    in full on every process."""
+    kind = accelerator.state.distributed_type.name
+    if kind in ("DEEPSPEED", "FSDP"):
+        raise ConfigError(f"the accelerate config uses {kind}, which atesd's training loop does not support yet: "
+                          "use configs/accelerate/ddp.yaml (see docs/scaling.md)")
 
 
 def _quantile(values: torch.Tensor, q: float) -> float:
