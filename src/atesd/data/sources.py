@@ -1,8 +1,10 @@
 """Where a run's problems come from: the training set with its held-out probe set, and the benchmarks.
 
-Training data is the embedded task, a JSONL file, or a `datasets` id/path. The probe set (SPEC §3) is a fixed
+Training data is the embedded task, a named source (``champ``), a JSONL or Parquet file, or a `datasets`
+id/path (a hub dataset such as ``siyanzhao/Openthoughts_math_30k_opsd``, whose ``problem`` and ``solution``
+columns the default column map reads, the answer coming from the solution's last ``\boxed{}``). The probe set (SPEC §3) is a fixed
 set of training problems held out of training, so probe_nll measures progress on problems the student has
-never been trained on. Benchmarks are named (``aime24``, ``aime25``, ``hmmt25``, ``embedded``) or given as a
+never been trained on. Benchmarks are named (``aime24``, ``aime25``, ``hmmt25``, ``champ``, ``embedded``) or given as a
 JSONL path; a named benchmark is read from ``$ATESD_BENCHMARK_DIR/<name>.jsonl`` when that file exists (for
 machines with no hub access), and from its hub dataset otherwise.
 """
@@ -11,11 +13,16 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from atesd.data.champ import load_champ
 from atesd.data.loaders import ColumnMap, load_hf_dataset, load_jsonl
 from atesd.data.problem import Problem
+
+# Sources that ship with a Python package, usable as training data and as benchmarks.
+NAMED_SOURCES: dict[str, Callable[[], list[Problem]]] = {"champ": load_champ}
 
 
 @dataclass(frozen=True)
@@ -38,11 +45,21 @@ def _answer_check():
     return check_answer_parses
 
 
-def load_problems(source: str, split: str = "train", columns: ColumnMap | None = None) -> list[Problem]:
-    """Problems from a JSONL file or a `datasets` id/path, every answer checked to parse."""
+def load_problems(source: str, split: str = "train", columns: ColumnMap | None = None,
+                  skip_invalid: bool = False) -> list[Problem]:
+    """Problems from a named source, a JSONL or Parquet file, or a `datasets` id/path, every answer checked to
+    parse. With `skip_invalid`, rows that fail validation are left out (and counted in a warning)."""
+    if source in NAMED_SOURCES:
+        return NAMED_SOURCES[source]()
     if source.endswith(".jsonl"):
-        return load_jsonl(source, columns, check_answer=_answer_check())
-    return load_hf_dataset(source, split=split, columns=columns, check_answer=_answer_check())
+        return load_jsonl(source, columns, check_answer=_answer_check(), skip_invalid=skip_invalid)
+    if source.endswith(".parquet"):
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"no such Parquet file: {source}")
+        return load_hf_dataset("parquet", split="train", columns=columns, check_answer=_answer_check(),
+                               skip_invalid=skip_invalid, source=source, data_files=source)
+    return load_hf_dataset(source, split=split, columns=columns, check_answer=_answer_check(),
+                           skip_invalid=skip_invalid)
 
 
 def hold_out_probe(problems: list[Problem], probe_size: int, seed: int) -> tuple[list[Problem], list[Problem]]:
@@ -61,8 +78,10 @@ def load_benchmark(name_or_path: str) -> list[Problem]:
     """A benchmark by name or JSONL path (the embedded test split is handled by the caller)."""
     if name_or_path.endswith(".jsonl"):
         return load_jsonl(name_or_path, ColumnMap(solution=None), check_answer=_answer_check())
+    if name_or_path in NAMED_SOURCES:
+        return NAMED_SOURCES[name_or_path]()
     if name_or_path not in BENCHMARKS:
-        known = ", ".join(["embedded", *BENCHMARKS])
+        known = ", ".join(["embedded", *BENCHMARKS, *NAMED_SOURCES])
         raise ValueError(f"unknown benchmark '{name_or_path}': use one of {known} or a .jsonl path")
     local_dir = os.environ.get("ATESD_BENCHMARK_DIR")
     if local_dir and (Path(local_dir) / f"{name_or_path}.jsonl").is_file():

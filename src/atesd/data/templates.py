@@ -119,16 +119,25 @@ def chat_prompt(tokenizer: Any, message: str, chat_template_kwargs: Mapping[str,
     """`message` as one user turn in the tokenizer's chat template, ending with the assistant's turn opening.
 
     `chat_template_kwargs` go to the template, e.g. ``{"enable_thinking": False}`` for a Qwen3 student.
+
+    The result is tokenized on its own and a completion's ids are appended to it (never re-tokenized from the
+    joined text), so no BPE merge can join the prompt's last token with the completion's first one; see
+    docs/models.md.
     """
-    if not getattr(tokenizer, "chat_template", None):
-        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        raise ValueError(
-            f"tokenizer {name!r} has no chat template: use a chat/instruct model, or add a "
-            "'chat_template' to the model directory's tokenizer_config.json"
-        )
+    require_chat_template(tokenizer)
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": message}],
         tokenize=False,
         add_generation_prompt=True,
         **dict(chat_template_kwargs or {}),
     )
+
+
+def require_chat_template(tokenizer: Any) -> None:
+    """Raise a ValueError naming the config key to set when `tokenizer` has no chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(
+            f"tokenizer {name!r} has no chat template: set model.chat_template to a Jinja chat template (or "
+            "the path of a file holding one), or use a chat/instruct model"
+        )

@@ -1,11 +1,21 @@
-"""Loading a causal LM and its tokenizer: the embedded model, a local directory, or a hub id.
+"""Loading a causal LM and its tokenizer: the embedded model, a local directory, a GGUF file, or a hub id.
 
-The embedded default is built and warm-started locally (see `atesd.models.embedded`) and then loaded from
-its cache directory through exactly the same `from_pretrained` path as any other model.
+- The embedded default is built and warm-started locally (see `atesd.models.embedded`) and then loaded from
+  its cache directory through exactly the same `from_pretrained` path as any other model.
+- A ``.gguf`` file is converted once into a `from_pretrained` directory (dequantised to float32
+  safetensors, tokenizer and chat template included) under the cache, because reading a GGUF file is slow
+  (half a minute for a 135M model) and `transformers` cannot save a model loaded from one.
+- A directory holding a peft adapter (``adapter_config.json``, e.g. a LoRA run's ``final_model``) is loaded
+  onto the configured base model and merged, so evaluation runs a plain model.
+
+`load_training_model` adds what training needs: LoRA adapters (`model.lora`) and gradient checkpointing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -14,6 +24,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from atesd.config import Config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def cache_root() -> Path:
+    """Where converted models are kept: ``$ATESD_CACHE`` or ``~/.cache/atesd``."""
+    configured = os.environ.get("ATESD_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "atesd"
 
 
 def resolve_model_path(config: Config) -> str:
@@ -23,22 +40,115 @@ def resolve_model_path(config: Config) -> str:
         from atesd.models.embedded import embedded_base_model
 
         return str(embedded_base_model(config))
-    looks_local = name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
-    if looks_local and not Path(name).expanduser().is_dir():
-        raise FileNotFoundError(f"model.name_or_path: '{name}' does not exist (give a model directory, a hub "
-                                "id, or 'embedded')")
-    return str(Path(name).expanduser()) if looks_local else name
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise FileNotFoundError(f"model.name_or_path: GGUF file '{name}' does not exist")
+        return str(converted_gguf(path))
+    looks_local = name.startswith((".", "/", "~")) or path.exists()
+    if looks_local and not path.is_dir():
+        raise FileNotFoundError(f"model.name_or_path: '{name}' does not exist (give a model directory, a .gguf "
+                                "file, a hub id, or 'embedded')")
+    return str(path) if looks_local else name
+
+
+def converted_gguf(gguf_path: Path, cache: Path | None = None) -> Path:
+    """The `from_pretrained` directory made from a GGUF file, converted now unless already cached.
+
+    The cache key is the file's resolved path, size and modification time, so a replaced file is converted
+    again.
+    """
+    gguf_path = gguf_path.resolve()
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = (cache or cache_root()) / "gguf" / f"{gguf_path.stem}-{key}"
+    if not (target / "config.json").is_file():
+        gguf_to_pretrained(gguf_path, target)
+    return target
+
+
+def gguf_to_pretrained(gguf_path: Path, target: Path) -> Path:
+    """Dequantise a GGUF model and its tokenizer into a `from_pretrained` directory at `target` (atomically)."""
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    # The weights are dequantised already; what is left of the GGUF quantizer only blocks save_pretrained.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    model.save_pretrained(temporary)
+    tokenizer.save_pretrained(temporary)
+    try:
+        os.replace(temporary, target)
+    except OSError:  # another process published the same conversion first
+        shutil.rmtree(temporary, ignore_errors=True)
+    return target
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
 def load_model_and_tokenizer(config: Config, path: str | None = None
                              ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model (in the configured dtype) and tokenizer; pad token defaults to EOS when the model has none."""
-    source = path or resolve_model_path(config)
+    """The model (in the configured dtype) and tokenizer, as a plain `transformers` model.
+
+    `path` overrides the configured model; a peft adapter directory is merged into the configured base model.
+    The pad token defaults to EOS when the model has none; `model.chat_template` replaces the tokenizer's.
+    """
     trust = config.model.trust_remote_code
+    dtype = DTYPES[config.model.dtype]
+    source = path or resolve_model_path(config)
+    if is_adapter_dir(source):
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(resolve_model_path(config), dtype=dtype, trust_remote_code=trust)
+        model = PeftModel.from_pretrained(base, source).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[config.model.dtype], trust_remote_code=trust)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if config.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if config.model.chat_template is not None:
+        tokenizer.chat_template = _chat_template_text(config.model.chat_template)
     return model, tokenizer
+
+
+def _chat_template_text(value: str) -> str:
+    """`model.chat_template` is a Jinja template or the path of a file holding one."""
+    if "{" not in value:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model.chat_template: '{value}' is neither a Jinja template nor a file")
+        return path.read_text()
+    return value
+
+
+def load_training_model(config: Config) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """The model to train: with LoRA adapters when `model.lora` is set, gradient checkpointing when asked."""
+    model, tokenizer = load_model_and_tokenizer(config)
+    if config.model.gradient_checkpointing:
+        # Non-reentrant checkpointing works when the inputs of a checkpointed block need no gradient, which is
+        # the case with LoRA (the embeddings are frozen).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.model.lora is not None:
+        model = add_lora(model, config)
+    return model, tokenizer
+
+
+def add_lora(model: PreTrainedModel, config: Config) -> torch.nn.Module:
+    """`model` wrapped in a peft model with fresh LoRA adapters; only the adapters are trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = config.model.lora
+    present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Linear)}
+    missing = [name for name in lora.target_modules if name not in present]
+    if missing:
+        raise ValueError(f"model.lora.target_modules: {missing} are not linear layers of this model; it has "
+                         f"{sorted(present)}")
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_config)

@@ -15,11 +15,9 @@ from typing import Literal
 
 import torch
 
+from atesd.models.export import is_peft_model
+
 TeacherWeights = Literal["initial", "live", "ema"]
-
-
-def _is_peft_model(model: torch.nn.Module) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
 class Teacher:
@@ -30,7 +28,7 @@ class Teacher:
         self.weights = weights
         self.ema_decay = ema_decay
         self.copy: torch.nn.Module | None = None
-        if weights == "ema" or (weights == "initial" and not _is_peft_model(student)):
+        if weights == "ema" or (weights == "initial" and not is_peft_model(student)):
             self.copy = copy.deepcopy(student).eval()
             self.copy.requires_grad_(False)
 

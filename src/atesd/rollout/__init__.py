@@ -1,6 +1,32 @@
 """Rollout engines: sample completions for a batch of prompts behind one small interface."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
 from atesd.rollout.base import Completions, RolloutEngine, SamplingParams
 from atesd.rollout.hf import HFGenerateEngine
 
-__all__ = ["Completions", "HFGenerateEngine", "RolloutEngine", "SamplingParams"]
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from atesd.config import Config
+
+
+def build_rollout_engine(config: Config, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                         model_path: str, *, batch_size: int, seed: int) -> RolloutEngine:
+    """The engine `rollout.engine` names, sampling from `model` (the training model, unwrapped)."""
+    if config.rollout.engine == "vllm":
+        from atesd.rollout.vllm import VLLMEngine
+
+        settings = config.rollout.vllm
+        return VLLMEngine(model, model_path, eos_token_id=tokenizer.eos_token_id, dtype=config.model.dtype,
+                          seed=seed, gpu_memory_utilization=settings.gpu_memory_utilization,
+                          max_model_len=settings.max_model_len, enforce_eager=settings.enforce_eager)
+    return HFGenerateEngine(model, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                            batch_size=batch_size)
+
+
+__all__ = ["Completions", "HFGenerateEngine", "RolloutEngine", "SamplingParams", "build_rollout_engine"]

@@ -36,6 +36,10 @@ class Completions:
 
 
 class RolloutEngine(Protocol):
+    def update_weights(self) -> None:
+        """Make later rollouts use the training model's current weights (called before each step's rollouts)."""
+        ...
+
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingParams,
                  generator: torch.Generator | None = None) -> Completions:
         """Sample one completion per prompt (repeat a prompt to get several)."""

@@ -23,6 +23,9 @@ class HFGenerateEngine:
         self.eos_token_id = eos_token_id
         self.batch_size = batch_size
 
+    def update_weights(self) -> None:
+        """Nothing to do: this engine samples from the training model itself."""
+
     @torch.no_grad()
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingParams,
                  generator: torch.Generator | None = None) -> Completions:

@@ -11,7 +11,13 @@ from transformers import PreTrainedTokenizerBase
 
 from atesd.data.problem import Problem
 from atesd.data.segments import exposed_reference
-from atesd.data.templates import PromptTemplates, chat_prompt, student_message, teacher_message_with_reference
+from atesd.data.templates import (
+    PromptTemplates,
+    chat_prompt,
+    require_chat_template,
+    student_message,
+    teacher_message_with_reference,
+)
 
 
 class PromptBuilder:
@@ -20,6 +26,7 @@ class PromptBuilder:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, templates: PromptTemplates,
                  student_chat_kwargs: Mapping[str, Any], teacher_chat_kwargs: Mapping[str, Any]) -> None:
+        require_chat_template(tokenizer)  # fail at set-up, not at the first prompt
         self.tokenizer = tokenizer
         self.templates = templates
         self.student_chat_kwargs = dict(student_chat_kwargs)

@@ -39,7 +39,8 @@ from atesd.data.sources import hold_out_probe, load_problems
 from atesd.eval.grading import grade
 from atesd.exposure import build_exposure_policy
 from atesd.losses import DivergenceSpec, divergence_from_hidden
-from atesd.models.loading import load_model_and_tokenizer
+from atesd.models.export import save_final_model
+from atesd.models.loading import load_training_model, resolve_model_path
 from atesd.models.sequences import (
     completion_hidden_states,
     completion_token_logprobs,
@@ -47,7 +48,7 @@ from atesd.models.sequences import (
     pack_sequences,
 )
 from atesd.models.teacher import Teacher
-from atesd.rollout import Completions, HFGenerateEngine, SamplingParams
+from atesd.rollout import Completions, SamplingParams, build_rollout_engine
 from atesd.train.checkpoint import latest_checkpoint, save_checkpoint
 from atesd.train.metrics import MetricsLogger
 from atesd.train.prompts import PromptBuilder
@@ -65,7 +66,8 @@ def training_problems(config: Config) -> tuple[list[Problem], list[Problem]]:
 
         splits = embedded_splits(config)
         return splits["train"], splits["probe"]
-    problems = load_problems(config.data.train, config.data.train_split, config.data.columns)
+    problems = load_problems(config.data.train, config.data.train_split, config.data.columns,
+                             skip_invalid=config.data.skip_invalid_rows)
     return hold_out_probe(problems, config.data.probe_size, seed=config.data.probe_seed)
 
 
@@ -123,18 +125,20 @@ class Trainer:
                               f"of processes ({world})")
 
         self.train_problems, self.probe_problems = training_problems(config)
-        model, self.tokenizer = load_model_and_tokenizer(config)
+        refuse_unsupported_distribution(self.accelerator)
+        model, self.tokenizer = load_training_model(config)
         model.train()
-        self.teacher = Teacher(model, config.teacher.weights, config.teacher.ema_decay)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
         # The scheduler stays outside accelerate.prepare: our batch size is already global, and a prepared
         # scheduler would step once per process.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.engine = HFGenerateEngine(self.unwrapped, pad_token_id=self.tokenizer.pad_token_id,
-                                       eos_token_id=self.tokenizer.eos_token_id,
-                                       batch_size=config.train.micro_batch_size)
+        # Made after prepare, so that a teacher copy (full fine-tuning) sits on the training device too.
+        self.teacher = Teacher(self.unwrapped, config.teacher.weights, config.teacher.ema_decay)
+        self.engine = build_rollout_engine(config, self.unwrapped, self.tokenizer, resolve_model_path(config),
+                                           batch_size=config.train.micro_batch_size,
+                                           seed=step_seed(config.run.seed, self.accelerator.process_index))
         self.prompts = PromptBuilder(self.tokenizer, config.templates, config.model.student_chat_kwargs,
                                      config.model.teacher_chat_kwargs)
         self.policy = build_exposure_policy(config.exposure, config.train.steps, config.run.seed)
@@ -211,6 +215,7 @@ class Trainer:
         teacher_prompts = [self.prompts.teacher(p, alpha) for p in problems]
 
         generator = torch.Generator().manual_seed(step_seed(config.run.seed, step, self.accelerator.process_index, 1))
+        self.engine.update_weights()  # a separate engine (vLLM) samples with the weights of the last update
         rollouts = self.engine.generate(student_prompts, self.sampling, generator)
         rollout_done = time.perf_counter()
         correct = [grade(self.tokenizer.decode(ids, skip_special_tokens=True), p.answer).correct
@@ -472,12 +477,22 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
 
     def save_final_model(self) -> None:
-        """The trained model and tokenizer as a `from_pretrained` directory: ``<run>/final_model``."""
+        """The trained model (the adapter, for LoRA) and tokenizer in ``<run>/final_model`` (see models.export)."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            target = self.run_dir / "final_model"
-            self.unwrapped.save_pretrained(target)
-            self.tokenizer.save_pretrained(target)
+            lora = self.config.model.lora
+            save_final_model(self.unwrapped, self.tokenizer, self.run_dir, save_merged=bool(lora and lora.save_merged))
+
+
+def refuse_unsupported_distribution(accelerator: Accelerator) -> None:
+    """DDP (or one process) only, for now. Under DeepSpeed, `accelerator.backward` runs DeepSpeed's own optimizer
+    step after every backward, which would bypass this loop's micro-batch accumulation, non-finite-step skipping
+    and clipping; FSDP (and ZeRO-3) shard the parameters that rollouts (HF generate, the vLLM weight sync) read
+    in full on every process."""
+    kind = accelerator.state.distributed_type.name
+    if kind in ("DEEPSPEED", "FSDP"):
+        raise ConfigError(f"the accelerate config uses {kind}, which atesd's training loop does not support yet: "
+                          "use configs/accelerate/ddp.yaml (see docs/scaling.md)")
 
 
 def _quantile(values: torch.Tensor, q: float) -> float:

@@ -1,0 +1,56 @@
+"""The weights a run hands on: merged LoRA weights (for export and for syncing a rollout engine) and the
+final model directories.
+
+A LoRA run's ``final_model`` holds the adapter (``adapter_model.safetensors`` + ``adapter_config.json``) and
+the tokenizer; `atesd eval` and `load_model_and_tokenizer` load it onto the base model. With
+``model.lora.save_merged`` the run also writes ``final_model_merged``: a plain `from_pretrained` directory
+with the adapter merged into the base weights (what vLLM or any other tool loads). A full fine-tuning run's
+``final_model`` is a plain directory already.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+def is_peft_model(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+@torch.no_grad()
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights under the base model's parameter names, with every LoRA update added in.
+
+    The delta ``scale * B @ A`` is added to a copy of each adapted weight: the training model is never
+    merged and unmerged in place, which in bf16 would not restore the exact base weights.
+    """
+    if not is_peft_model(model):
+        return dict(model.state_dict())
+    from peft.tuners.lora import LoraLayer
+
+    inner = model.get_base_model()
+    adapter = model.active_adapter
+    deltas = {f"{name}.weight": module.get_delta_weight(adapter)
+              for name, module in inner.named_modules() if isinstance(module, LoraLayer)}
+    merged = {}
+    for key, value in inner.state_dict().items():
+        if ".lora_" in key:
+            continue
+        name = key.replace(".base_layer.", ".")
+        merged[name] = value + deltas[name].to(value.dtype) if name in deltas else value
+    return merged
+
+
+def save_final_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path,
+                     save_merged: bool) -> None:
+    """``run_dir/final_model`` (the adapter for LoRA, else the full model) and, when asked for a LoRA run,
+    ``run_dir/final_model_merged``."""
+    model.save_pretrained(run_dir / "final_model")
+    tokenizer.save_pretrained(run_dir / "final_model")
+    if save_merged and is_peft_model(model):
+        target = run_dir / "final_model_merged"
+        model.get_base_model().save_pretrained(target, state_dict=merged_state_dict(model))
+        tokenizer.save_pretrained(target)

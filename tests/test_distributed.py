@@ -1,0 +1,134 @@
+"""The loop under ``accelerate launch`` with 2 CPU processes (gloo): one α for both, identical weights,
+statistics combined across processes, and checkpoint + resume equal to an uninterrupted run; DeepSpeed and
+FSDP refused with a message."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from atesd.config import save_config
+from atesd.train.checkpoint import LATEST
+from atesd.train.metrics import read_metrics
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+STEPS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(config_path: Path, out_dir: Path, *flags: str) -> None:
+    """``accelerate launch`` of the worker on 2 CPU processes (``--multi_gpu`` picks torchrun; the CPU
+    switch makes it gloo on CPU)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), str(WORKER), str(config_path), str(out_dir), *flags]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tiny_config, tmp_path_factory):
+    """An uninterrupted 4-step run, and the same run resumed from its step-2 checkpoint."""
+    root = tmp_path_factory.mktemp("ddp")
+    config = tiny_config(root, "run.name=ddp", f"train.steps={STEPS}", "train.checkpoint_every=2",
+                         "train.keep_checkpoints=2", "train.batch_size=4", "train.micro_batch_size=1")
+    config_path = root / "config.yaml"
+    save_config(config, config_path)
+    launch(config_path, root / "full")
+    run_dir = Path(config.run.output_dir) / "ddp"
+
+    # The interrupted run: the same directory as it was at step 2 (the checkpoint layout is documented in
+    # atesd.train.checkpoint), then resumed.
+    resumed_config = config.model_copy(deep=True)
+    resumed_config.run.name = "ddp-resumed"
+    resumed_dir = Path(config.run.output_dir) / "ddp-resumed"
+    shutil.copytree(run_dir, resumed_dir)
+    shutil.rmtree(resumed_dir / "checkpoints" / "step-0000004")
+    shutil.rmtree(resumed_dir / "final_model")
+    (resumed_dir / "checkpoints" / LATEST).write_text("step-0000002")
+    save_config(resumed_config, resumed_dir / "config.yaml")
+    resumed_path = root / "resumed.yaml"
+    save_config(resumed_config, resumed_path)
+    launch(resumed_path, root / "resumed", "--resume")
+    return root, run_dir, resumed_dir
+
+
+def ranks(out_dir: Path) -> list[dict]:
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_both_processes_use_the_main_process_alpha(two_process_runs):
+    root, _, _ = two_process_runs
+    seen = ranks(root / "full")
+    assert all(rank["world"] == 2 for rank in seen)
+    assert [step["alpha"] for step in seen[0]["local"]] == [0.25, 0.5, 0.75, 0.25]
+    assert [step["alpha"] for step in seen[1]["local"]] == [0.25, 0.5, 0.75, 0.25]  # its own policy says 1.0
+
+
+def test_processes_train_on_different_prompts_into_identical_weights(two_process_runs, tiny_config, tmp_path):
+    root, run_dir, _ = two_process_runs
+    seen = ranks(root / "full")
+    for step in range(STEPS):
+        assert seen[0]["local"][step]["prompts"] != seen[1]["local"][step]["prompts"]
+    weights = [load_file(str(root / "full" / f"rank{r}.safetensors")) for r in range(2)]
+    assert set(weights[0]) == set(weights[1])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    final = load_file(str(run_dir / "final_model" / "model.safetensors"))
+    name = next(k for k in final if k in weights[0])
+    assert torch.equal(final[name], weights[0][name])
+
+
+def test_statistics_are_combined_across_processes(two_process_runs):
+    root, run_dir, _ = two_process_runs
+    seen = ranks(root / "full")
+    assert seen[0]["observed"] == seen[1]["observed"]  # the policy sees the same numbers on every process
+    logged = read_metrics(run_dir / "metrics.jsonl")
+    assert [row["step"] for row in logged] == list(range(1, STEPS + 1))
+    for step, row in enumerate(logged):
+        parts = [rank["local"][step] for rank in seen]
+        tokens = sum(p["tokens"] for p in parts)
+        assert row["kl_mean"] == pytest.approx(sum(p["kl_sum"] for p in parts) / tokens, rel=1e-5)
+        assert row["rollout_accuracy"] == pytest.approx(sum(p["correct"] for p in parts) / 4)
+        assert row["generated_tokens"] == tokens
+        assert seen[0]["observed"][step]["kl_mean"] == pytest.approx(row["kl_mean"])
+
+
+def test_resume_from_a_checkpoint_continues_exactly(two_process_runs):
+    root, run_dir, resumed_dir = two_process_runs
+    full = load_file(str(root / "full" / "rank0.safetensors"))
+    for rank in range(2):
+        resumed = load_file(str(root / "resumed" / f"rank{rank}.safetensors"))
+        assert all(torch.equal(full[k], resumed[k]) for k in full)
+    keep = ("loss", "kl_mean", "probe_nll", "teacher_ref_logp", "alpha", "rollout_accuracy", "grad_norm")
+    assert [{k: r[k] for k in keep} for r in read_metrics(resumed_dir / "metrics.jsonl")] == \
+        [{k: r[k] for k in keep} for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+@pytest.mark.parametrize("kind", ["DEEPSPEED", "FSDP"])
+def test_deepspeed_and_fsdp_are_refused_with_the_config_to_use(kind):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from atesd.config import ConfigError
+    from atesd.train.trainer import refuse_unsupported_distribution
+
+    accelerator = SimpleNamespace(state=SimpleNamespace(distributed_type=DistributedType[kind]))
+    with pytest.raises(ConfigError, match=f"uses {kind}.*configs/accelerate/ddp.yaml"):
+        refuse_unsupported_distribution(accelerator)
+    refuse_unsupported_distribution(SimpleNamespace(state=SimpleNamespace(distributed_type=DistributedType.MULTI_GPU)))

@@ -1,0 +1,61 @@
+"""The Qwen3 OPSD recipes carry SPEC §7's hyperparameters and the evaluation configs SPEC §6's protocol; the
+accelerate configs are ones `accelerate` reads. (Every atesd config loading: tests/test_config.py.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+
+from atesd.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+QWEN3 = {"qwen3-1.7b": "Qwen/Qwen3-1.7B", "qwen3-4b": "Qwen/Qwen3-4B", "qwen3-8b": "Qwen/Qwen3-8B"}
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def test_every_qwen3_size_has_its_recipes():
+    for size in QWEN3:
+        assert {p.name for p in (CONFIGS / size).glob("*.yaml")} == {"opsd.yaml", "atesd.yaml", "eval.yaml"}
+
+
+@pytest.mark.parametrize("size", QWEN3)
+def test_opsd_recipe_has_the_paper_hyperparameters(size):
+    config = load_config(CONFIGS / size / "opsd.yaml")
+    assert config.method == "opsd"
+    assert config.model.name_or_path == QWEN3[size] and config.model.dtype == "bfloat16"
+    lora = config.model.lora
+    assert (lora.r, lora.alpha, lora.target_modules) == (64, 128, ALL_PROJECTIONS)
+    assert config.model.student_chat_kwargs == {"enable_thinking": False}
+    assert config.model.teacher_chat_kwargs == {"enable_thinking": True}
+    assert config.data.train == "siyanzhao/Openthoughts_math_30k_opsd"
+    assert (config.data.columns.question, config.data.columns.solution) == ("problem", "solution")
+    assert config.train.lr == 5e-6 and config.train.batch_size == 32 and config.train.steps == 100
+    assert config.train.batch_size % config.train.micro_batch_size == 0
+    rollout = config.rollout
+    assert (rollout.temperature, rollout.top_p, rollout.top_k, rollout.max_new_tokens) == (1.1, 0.95, 20, 1024)
+    assert (config.loss.divergence, config.loss.clip) == ("forward_kl", 0.05)
+    assert config.teacher.weights == "initial"
+    assert (config.exposure.policy, config.exposure.alpha) == ("fixed", 1.0)
+
+
+@pytest.mark.parametrize("size", QWEN3)
+def test_eval_config_is_the_paper_protocol(size):
+    config = load_config(CONFIGS / size / "eval.yaml")
+    assert config.model.name_or_path == QWEN3[size] and config.model.lora.r == 64
+    assert config.model.student_chat_kwargs == {"enable_thinking": True}  # thinking on
+    evaluation = config.eval
+    assert evaluation.benchmarks == ["aime24", "aime25", "hmmt25"]
+    assert (evaluation.num_samples, evaluation.temperature, evaluation.top_p, evaluation.max_new_tokens) == \
+        (12, 1.0, 0.95, 38912)
+    assert load_config(CONFIGS / size / "opsd.yaml").eval == evaluation
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"])
+def test_accelerate_configs_load(name):
+    config = load_config_from_file(str(CONFIGS / "accelerate" / f"{name}.yaml"))
+    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}
+    assert config.distributed_type.name == expected[name]
+    if name.startswith("deepspeed"):
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
