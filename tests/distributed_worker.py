@@ -1,6 +1,7 @@
-"""Run by test_distributed.py under ``accelerate launch`` with 2 CPU processes: trains with an exposure policy
-whose own answer differs per process, and writes what each process saw to ``<out>/rank<r>.json`` and its
-trained weights to ``<out>/rank<r>.safetensors``.
+"""Run by test_distributed.py under ``accelerate launch`` with 2 CPU processes: trains with the run's real
+exposure policy (the ATESD controller) wrapped so that on processes other than the main one it answers α = 1,
+and writes what each process saw to ``<out>/rank<r>.json`` and its trained weights to
+``<out>/rank<r>.safetensors``.
 
     python distributed_worker.py CONFIG OUT_DIR [--resume]
 """
@@ -16,39 +17,50 @@ from safetensors.torch import save_file
 
 import atesd.train.trainer as trainer_module
 from atesd.config import load_config
+from atesd.exposure import build_exposure_policy
 from atesd.train.trainer import Trainer
 
 
-class PerProcessExposure:
-    """Answers differently on every process, so the trainer must broadcast the main process's decision."""
+class RecordingExposure:
+    """The real policy on the main process; elsewhere its answer is 1.0, so the trainer must broadcast the main
+    process's decision. Records how often it was asked and the statistics it observed."""
 
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
+    def __init__(self, policy, rank: int) -> None:
+        self.policy, self.rank = policy, rank
+        self.asked = 0
         self.observed: list[dict] = []
 
     def alpha(self, step: int) -> float:
-        return (0.25, 0.5, 0.75)[step % 3] if self.rank == 0 else 1.0
+        self.asked += 1
+        return self.policy.alpha(step) if self.rank == 0 else 1.0
 
-    def observe(self, step: int, stats: dict) -> None:
+    def observe(self, step: int, stats: dict) -> dict:
         self.observed.append({k: v for k, v in stats.items() if not k.endswith("_time")})
+        return self.policy.observe(step, stats)
+
+    def drain_decisions(self) -> list[dict]:
+        return self.policy.drain_decisions()
+
+    def open_decisions(self) -> list[dict]:
+        return self.policy.open_decisions()
 
     def state_dict(self) -> dict:
-        return {}
+        return self.policy.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        self.policy.load_state_dict(state)
 
 
 def main(config_path: str, out_dir: str, resume: bool) -> None:
     torch.set_num_threads(1)
     config = load_config(config_path)
-    policies: list[PerProcessExposure] = []
+    policies: list[RecordingExposure] = []
     local: list[dict] = []
 
-    def build_policy(_config):
+    def build_policy(*args):
         from accelerate import PartialState
 
-        policies.append(PerProcessExposure(PartialState().process_index))
+        policies.append(RecordingExposure(build_exposure_policy(*args), PartialState().process_index))
         return policies[-1]
 
     trainer_module.build_exposure_policy = build_policy
@@ -69,7 +81,8 @@ def main(config_path: str, out_dir: str, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file(trainer.trainable_state(), str(out / f"rank{rank}.safetensors"))
     (out / f"rank{rank}.json").write_text(json.dumps({
-        "world": trainer.accelerator.num_processes, "observed": policies[0].observed, "local": local}))
+        "world": trainer.accelerator.num_processes, "asked": policies[0].asked, "observed": policies[0].observed,
+        "local": local}))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,7 @@ from atesd.config import Config, ConfigError, apply_override, load_config, save_
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # configs/accelerate/ holds accelerate's configs, not atesd's (tests/test_recipes.py reads them with accelerate).
-# The Qwen3 atesd.yaml recipes name the controller (issue 3) and validate once it has landed: then drop the
-# second condition.
-CONFIG_FILES = [p for p in sorted((REPO_ROOT / "configs").rglob("*.y*ml"))
-                if p.parent.name != "accelerate" and not (p.parent.name.startswith("qwen3-") and p.name == "atesd.yaml")]
+CONFIG_FILES = [p for p in sorted((REPO_ROOT / "configs").rglob("*.y*ml")) if p.parent.name != "accelerate"]
 
 
 def error_lines(excinfo: pytest.ExceptionInfo) -> list[str]:

@@ -1,6 +1,6 @@
-"""The loop under ``accelerate launch`` with 2 CPU processes (gloo): one α for both, identical weights,
-statistics combined across processes, and checkpoint + resume equal to an uninterrupted run; DeepSpeed and
-FSDP refused with a message."""
+"""The loop under ``accelerate launch`` with 2 CPU processes (gloo), training ATESD: one α for both (the main
+process's controller decides), identical weights, statistics combined across processes before the controller
+sees them, and checkpoint + resume equal to an uninterrupted run; DeepSpeed and FSDP refused with a message."""
 
 from __future__ import annotations
 
@@ -45,7 +45,12 @@ def launch(config_path: Path, out_dir: Path, *flags: str) -> None:
 def two_process_runs(tiny_config, tmp_path_factory):
     """An uninterrupted 4-step run, and the same run resumed from its step-2 checkpoint."""
     root = tmp_path_factory.mktemp("ddp")
-    config = tiny_config(root, "run.name=ddp", f"train.steps={STEPS}", "train.checkpoint_every=2",
+    # A controller that decides before every update and learns every 2 (L = 1, B = 2): updates before and
+    # after the step-2 checkpoint.
+    controller = ("method=atesd", "exposure.policy=controller", "exposure.hold_steps=1",
+                  "exposure.controller.lookahead=1", "exposure.controller.decisions_per_update=2",
+                  "exposure.controller.lr=0.1", "exposure.controller.hidden_sizes=[8]")
+    config = tiny_config(root, *controller, "run.name=ddp", f"train.steps={STEPS}", "train.checkpoint_every=2",
                          "train.keep_checkpoints=2", "train.batch_size=4", "train.micro_batch_size=1")
     config_path = root / "config.yaml"
     save_config(config, config_path)
@@ -73,11 +78,17 @@ def ranks(out_dir: Path) -> list[dict]:
 
 
 def test_both_processes_use_the_main_process_alpha(two_process_runs):
-    root, _, _ = two_process_runs
+    root, run_dir, _ = two_process_runs
     seen = ranks(root / "full")
     assert all(rank["world"] == 2 for rank in seen)
-    assert [step["alpha"] for step in seen[0]["local"]] == [0.25, 0.5, 0.75, 0.25]
-    assert [step["alpha"] for step in seen[1]["local"]] == [0.25, 0.5, 0.75, 0.25]  # its own policy says 1.0
+    alphas = [step["alpha"] for step in seen[0]["local"]]
+    assert [step["alpha"] for step in seen[1]["local"]] == alphas  # its own policy would have said 1.0
+    assert seen[1]["asked"] == 0 and seen[0]["asked"] >= STEPS
+    assert len(set(alphas)) == STEPS and 1.0 not in alphas  # a new controller decision before every update
+    decisions = read_metrics(run_dir / "decisions.jsonl")
+    assert [row["alpha"] for row in sorted(decisions, key=lambda row: row["step"])] == alphas
+    assert [row["controller_updates"] for row in read_metrics(run_dir / "metrics.jsonl")
+            if "controller_updates" in row] == [1, 2]
 
 
 def test_processes_train_on_different_prompts_into_identical_weights(two_process_runs, tiny_config, tmp_path):

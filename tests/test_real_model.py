@@ -25,8 +25,8 @@ from atesd.train.metrics import read_metrics
 from atesd.train.prompts import PromptBuilder
 from atesd.train.trainer import Trainer
 
-# The method under test; the one place to switch it (to `method=atesd` once the controller has landed).
-METHOD_OVERRIDES = ("method=opsd",)
+# The method under test: ATESD, the controller choosing the teacher's exposure.
+METHOD_OVERRIDES = ("method=atesd", "exposure.policy=controller")
 
 
 def smollm2_config(model_dir: Path, tmp_path: Path, *overrides: str):
@@ -110,7 +110,11 @@ def test_lora_distillation_and_evaluation_on_champ(smollm2_dir, tmp_path):
     for row in rows:
         for key in ("loss", "kl_mean", "kl_p90", "probe_nll", "teacher_ref_logp", "confidence", "grad_norm"):
             assert math.isfinite(row[key]), (key, row)
-        assert row["alpha"] == 1.0 and not row["skipped"] and row["generated_tokens"] > 0
+        assert not row["skipped"] and row["generated_tokens"] > 0
+    # one controller decision, held for both updates (H = 4), still waiting for its reward at the end
+    decisions = read_metrics(run_dir / "decisions.jsonl")
+    assert [(row["step"], row["R"]) for row in decisions] == [(1, None)]
+    assert rows[0]["alpha"] == rows[1]["alpha"] == decisions[0]["alpha"] and 0.05 <= rows[0]["alpha"] <= 1.0
     # only the adapter moved; the checkpoint and the final model hold the adapter alone
     assert torch.equal(model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight, base_before)
     checkpoint = load_file(str(run_dir / "checkpoints" / "step-0000002" / "model.safetensors"))
@@ -133,7 +137,8 @@ def test_lora_distillation_and_evaluation_on_champ(smollm2_dir, tmp_path):
     evaluated, tokenizer = load_model_and_tokenizer(config, str(run_dir / "final_model"))
     with torch.no_grad():
         assert torch.allclose(evaluated(ids).logits, merged(ids).logits, atol=1e-4)
-        assert torch.allclose(evaluated(ids).logits, model(ids).logits, atol=1e-4)
+        # merged W + BA against W x + B(A x): float32 rounding only (the adapter itself moves logits by ~9 here)
+        assert torch.allclose(evaluated(ids).logits, model(ids).logits, atol=1e-3)
     out_dir = run_dir / "eval"
     student = evaluate_model(config, evaluated, tokenizer, out_dir, "student")["champ"]["all"]
     teacher = evaluate_model(config, evaluated, tokenizer, out_dir, "teacher", teacher_alpha=1.0)["champ"]["all"]

@@ -1,5 +1,6 @@
-"""The Qwen3 OPSD recipes carry SPEC §7's hyperparameters and the evaluation configs SPEC §6's protocol; the
-accelerate configs are ones `accelerate` reads. (Every atesd config loading: tests/test_config.py.)"""
+"""The Qwen3 OPSD recipes carry SPEC §7's hyperparameters, the ATESD recipes are those plus the controller at
+SPEC §4's defaults, and the evaluation configs SPEC §6's protocol; the accelerate configs are ones `accelerate`
+reads. (Every atesd config loading: tests/test_config.py.)"""
 
 from __future__ import annotations
 
@@ -38,6 +39,18 @@ def test_opsd_recipe_has_the_paper_hyperparameters(size):
     assert (config.loss.divergence, config.loss.clip) == ("forward_kl", 0.05)
     assert config.teacher.weights == "initial"
     assert (config.exposure.policy, config.exposure.alpha) == ("fixed", 1.0)
+
+
+@pytest.mark.parametrize("size", QWEN3)
+def test_atesd_recipe_is_the_opsd_recipe_with_the_controller(size):
+    atesd = load_config(CONFIGS / size / "atesd.yaml")
+    opsd = load_config(CONFIGS / size / "opsd.yaml")
+    assert atesd.method == "atesd" and atesd.exposure.policy == "controller"
+    assert atesd.model_dump(exclude={"method", "exposure"}) == opsd.model_dump(exclude={"method", "exposure"})
+    controller = atesd.exposure.controller
+    assert (atesd.exposure.hold_steps, controller.lookahead, controller.discount) == (4, 8, 0.9)
+    assert (controller.teacher_grounded_weight, controller.decisions_per_update, controller.lr) == (0.1, 8, 1e-3)
+    assert (controller.entropy_coef, controller.entropy_target, atesd.data.probe_size) == (0.01, -0.5, 32)
 
 
 @pytest.mark.parametrize("size", QWEN3)
