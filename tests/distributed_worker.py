@@ -68,7 +68,7 @@ def main(config_path: str, out_dir: str, resume: bool) -> None:
 
     def step_record(self, alpha, rollouts, correct, scores, *args):
         # What this process measured before the statistics are combined across processes.
-        local.append({"alpha": alpha, "kl_sum": float(scores.per_token_kl.sum()),
+        local.append({"alpha": alpha, "kl_sum": float(scores.per_token_kl.sum()), "kl": scores.per_token_kl.tolist(),
                       "tokens": int(scores.per_token_kl.numel()), "correct": sum(correct), "count": len(correct),
                       "prompts": [list(p) for p in rollouts.prompt_ids]})
         return original_step_record(self, alpha, rollouts, correct, scores, *args)

@@ -116,6 +116,9 @@ def test_statistics_are_combined_across_processes(two_process_runs):
         assert row["kl_mean"] == pytest.approx(sum(p["kl_sum"] for p in parts) / tokens, rel=1e-5)
         assert row["rollout_accuracy"] == pytest.approx(sum(p["correct"] for p in parts) / 4)
         assert row["generated_tokens"] == tokens
+        every_kl = torch.tensor([value for p in parts for value in p["kl"]])  # quantiles over all tokens
+        assert row["kl_p90"] == pytest.approx(float(torch.quantile(every_kl, 0.9)), rel=1e-5)
+        assert row["kl_p99"] == pytest.approx(float(torch.quantile(every_kl, 0.99)), rel=1e-5)
         assert seen[0]["observed"][step]["kl_mean"] == pytest.approx(row["kl_mean"])
 
 

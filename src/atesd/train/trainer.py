@@ -362,8 +362,12 @@ class Trainer:
         ], device=self.accelerator.device)
         sums = self.accelerator.reduce(sums, "sum").tolist()
         tokens = max(sums[3], 1.0)
-        quantiles = torch.tensor([_quantile(kl, 0.9), _quantile(kl, 0.99)], device=self.accelerator.device)
-        quantiles = self.accelerator.reduce(quantiles, "mean").tolist()
+        # The tail quantiles are over every completion token of the step, all processes together: each
+        # process's per-token KL is padded to the longest (NaN) and gathered, the padding dropped.
+        all_kl = self.accelerator.gather(self.accelerator.pad_across_processes(
+            kl.float().to(self.accelerator.device), pad_index=float("nan")))
+        all_kl = all_kl[~torch.isnan(all_kl)]
+        quantiles = [_quantile(all_kl, 0.9), _quantile(all_kl, 0.99)]
         return {
             "step": self.step,
             "alpha": alpha,
