@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from atesd.data.loaders import ColumnMap
 from atesd.data.templates import PromptTemplates
@@ -149,7 +157,8 @@ class TeacherConfig(Section):
 class ControllerConfig(Section):
     """The learned Beta-policy controller of SPEC §4 (every default is ours: the paper gives none)."""
 
-    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64], description="Policy MLP hidden layers (tanh).")
+    hidden_sizes: list[PositiveInt] = Field(
+        default_factory=lambda: [64, 64], description="Policy MLP hidden layers (tanh); [] is a linear policy.")
     initial_beta: tuple[float, float] = Field(
         (2.0, 2.0), description="(a, b) of the starting policy, set through the output bias (ours: Beta(2, 2)).")
     lookahead: int = Field(8, ge=1, description="L: updates over which a decision's reward is summed.")
