@@ -24,6 +24,7 @@ from atesd.config import Config
 from atesd.data.arithmetic import ArithmeticSpec, make_splits
 from atesd.data.problem import Problem
 from atesd.data.templates import chat_prompt, student_message, teacher_message
+from atesd.models.loading import cache_root
 from atesd.models.sequences import completion_token_logprobs, pack_sequences
 from atesd.models.tiny import build_char_tokenizer, build_tiny_model
 
@@ -38,9 +39,10 @@ def embedded_splits(config: Config) -> dict[str, list[Problem]]:
     return make_splits(spec, sizes, seed=task.seed)
 
 
-def cache_root(config: Config) -> Path:
-    configured = config.model.embedded.cache_dir or os.environ.get("ATESD_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "atesd"
+def embedded_cache_root(config: Config) -> Path:
+    """`model.embedded.cache_dir` when set, else atesd's cache (``$ATESD_CACHE`` or ``~/.cache/atesd``)."""
+    configured = config.model.embedded.cache_dir
+    return Path(configured) if configured else cache_root()
 
 
 def warm_start_key(config: Config) -> str:
@@ -58,7 +60,7 @@ def warm_start_key(config: Config) -> str:
 
 def embedded_base_model(config: Config) -> Path:
     """The directory of the warm-started base model (model + tokenizer), trained now if not cached."""
-    target = cache_root(config) / f"embedded-{warm_start_key(config)}"
+    target = embedded_cache_root(config) / f"embedded-{warm_start_key(config)}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
