@@ -35,7 +35,8 @@ def test_demo_writes_table_plots_and_run_directory(tiny_config, tmp_path, capsys
                  "accuracy-embedded.png", "summary.md", "final_model/config.json", "eval/base-embedded.json",
                  "eval/teacher-embedded.json", "eval/trained-embedded.json"]:
         assert (run / name).is_file(), name
-    assert "alpha.png" in out
+    assert "alpha.png" in out and "3 controller decisions, policy mean 0.50 → " in out
+    assert "exposure: α used" in (run / "summary.md").read_text()
     decisions = [json.loads(line) for line in (run / "decisions.jsonl").read_text().splitlines()]
     assert [row["step"] for row in decisions] == [1, 3, 5]
     assert [row["R"] is not None for row in decisions] == [True, True, False]

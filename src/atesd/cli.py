@@ -30,6 +30,9 @@ def _train(args: argparse.Namespace) -> None:
     run_dir = trainer.train()
     if trainer.accelerator.is_main_process:
         plots = plot_run(run_dir, run_dir.name)
+        summary = exposure_summary(run_dir)
+        if summary:
+            print(summary)
         print(f"run directory: {run_dir} (plots: {', '.join(p.name for p in plots)})")
 
 
@@ -87,6 +90,10 @@ def _demo(args: argparse.Namespace) -> None:
     plots = plot_run(run_dir, f"{config.method} on embedded")
     report = [f"# {config.method} on the embedded task\n", f"Command: `atesd demo {config_path}"
               + "".join(f" {o}" for o in args.overrides) + "`\n"]
+    exposure = exposure_summary(run_dir)
+    if exposure:
+        print(f"\n{exposure}")
+        report.append(f"{exposure}\n")
     for benchmark in config.eval.benchmarks:
         per_label = {label: summaries[benchmark] for label, summaries in rows.items()}
         table = markdown_table(per_label, k)
@@ -98,6 +105,25 @@ def _demo(args: argparse.Namespace) -> None:
     (run_dir / "summary.json").write_text(json.dumps(rows, indent=1))
     print(f"\n[{_clock(started)}] done. run directory: {run_dir} (config.yaml, metrics.jsonl, decisions.jsonl, "
           f"checkpoints, final_model, eval/, summary.md, {', '.join(p.name for p in plots)})")
+
+
+def exposure_summary(run_dir: Path) -> str | None:
+    """One line on the exposure a run used (None when it was fixed): the α range and, for the controller, how
+    the policy's Beta mean moved and how often it learned."""
+    from atesd.train.metrics import read_metrics
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    alphas = [row["alpha"] for row in rows]
+    if len(set(alphas)) < 2:
+        return None
+    line = f"exposure: α used {min(alphas):.2f}–{max(alphas):.2f}, mean {sum(alphas) / len(alphas):.2f}"
+    decisions = sorted(read_metrics(run_dir / "decisions.jsonl"), key=lambda row: row["step"])
+    means = [row["mean"] for row in decisions if row.get("mean") is not None]
+    if means:
+        updates = max((row.get("controller_updates", 0) for row in rows), default=0)
+        line += (f"; {len(means)} controller decisions, policy mean {means[0]:.2f} → {means[-1]:.2f} after "
+                 f"{updates} controller updates")
+    return line + " (alpha.png)"
 
 
 def markdown_table(per_label: dict[str, dict[str, dict]], k: int) -> str:
