@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import shutil
 from pathlib import Path
 
 import torch
@@ -24,7 +22,7 @@ from atesd.config import Config
 from atesd.data.arithmetic import ArithmeticSpec, make_splits
 from atesd.data.problem import Problem
 from atesd.data.templates import chat_prompt, student_message, teacher_message
-from atesd.models.loading import cache_root
+from atesd.models.loading import cache_root, save_pretrained_atomically
 from atesd.models.sequences import completion_token_logprobs, pack_sequences
 from atesd.models.tiny import build_char_tokenizer, build_tiny_model
 
@@ -63,17 +61,8 @@ def embedded_base_model(config: Config) -> Path:
     target = embedded_cache_root(config) / f"embedded-{warm_start_key(config)}"
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
     model, tokenizer = warm_start(config)
-    model.save_pretrained(temporary)
-    tokenizer.save_pretrained(temporary)
-    try:
-        os.replace(temporary, target)
-    except OSError:  # another process published the same model first; theirs is as good as ours
-        shutil.rmtree(temporary, ignore_errors=True)
-    return target
+    return save_pretrained_atomically(model, tokenizer, target)
 
 
 def warm_start(config: Config):

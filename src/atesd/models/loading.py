@@ -75,6 +75,13 @@ def gguf_to_pretrained(gguf_path: Path, target: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    return save_pretrained_atomically(model, tokenizer, target)
+
+
+def save_pretrained_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> Path:
+    """Save model and tokenizer to a temporary directory beside `target`, then rename it into place, so a
+    crash never leaves a half-written cache entry. If another process published `target` first, theirs is
+    kept (it holds the same thing)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
@@ -82,7 +89,7 @@ def gguf_to_pretrained(gguf_path: Path, target: Path) -> Path:
     tokenizer.save_pretrained(temporary)
     try:
         os.replace(temporary, target)
-    except OSError:  # another process published the same conversion first
+    except OSError:
         shutil.rmtree(temporary, ignore_errors=True)
     return target
 
