@@ -200,10 +200,28 @@ class ExposureConfig(Section):
         return self
 
 
+class GRPOConfig(Section):
+    """GRPO (SPEC §5): G rollouts per prompt, graded 1/0, group-normalised advantages, PPO-style ratio clip."""
+
+    group_size: int = Field(8, ge=2, description="G: rollouts per prompt (train.batch_size counts prompts).")
+    clip_epsilon: float = Field(0.2, gt=0, description="epsilon of the ratio clip [1 - eps, 1 + eps].")
+    kl_coef: float = Field(
+        0.0, ge=0, description="beta of the per-token KL (k3 estimator) to the teacher weights (`teacher.weights`, "
+        "default the initial ones); 0 (the default) skips the reference forward entirely.")
+    scale_rewards: bool = Field(
+        True, description="Divide group-centred rewards by the group's standard deviation (Dr. GRPO: false).")
+    advantage_eps: float = Field(1e-4, gt=0, description="Added to the group standard deviation.")
+    loss_normalization: Literal["token", "sequence"] = Field(
+        "token", description="token: sum over every completion token of the step / their number (DAPO, and "
+        "the distillation loss's reduction); sequence: mean over each completion's tokens, then over completions "
+        "(the original GRPO).")
+
+
 class TrainConfig(Section):
     steps: int = Field(100, ge=1, description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="Prompts per step, over all processes.")
-    micro_batch_size: int = Field(32, ge=1, description="Prompts per forward/backward (gradient accumulation).")
+    micro_batch_size: int = Field(32, ge=1, description="Sequences per forward/backward (gradient accumulation): prompts, or completions for GRPO "
+        "(prompts x group_size).")
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
@@ -232,9 +250,10 @@ class EvalConfig(Section):
 
 
 class Config(Section):
-    method: Literal["opsd", "atesd"] = Field(
+    method: Literal["opsd", "atesd", "grpo", "sft"] = Field(
         "opsd", description="opsd: distillation at a non-learned exposure (fixed, random, schedule); "
-                            "atesd: distillation with the learned exposure controller.")
+                            "atesd: distillation with the learned exposure controller; grpo: policy gradient on "
+                            "graded rollouts (no teacher); sft: NLL of the reference solutions (no rollouts).")
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -243,6 +262,7 @@ class Config(Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     exposure: ExposureConfig = Field(default_factory=ExposureConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
