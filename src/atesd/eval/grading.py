@@ -5,7 +5,10 @@ A completion is graded by its last ``\\boxed{...}`` (or ``\\fbox{...}``) answer,
 a parse error or a timeout makes the completion wrong and is recorded in ``GradeResult.error``.
 
 math-verify enforces its timeouts with ``signal.alarm``, which works only in the main thread of the main
-interpreter. Grade in the main thread, or in worker processes; never in a thread pool.
+interpreter. Grade in the main thread, or in worker processes; never in a thread pool. atesd grades in the
+calling thread: worker processes were measured and do not pay at its batch sizes, since a fresh worker needs
+seconds before its first math-verify comparison against milliseconds per answer in a warm process
+(benchmarks/bench_grading.py, docs/performance.md).
 """
 
 from __future__ import annotations
