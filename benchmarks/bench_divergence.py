@@ -8,7 +8,11 @@ the same figure taken after the inputs are made and touched. The student's gradi
 both variants (the caller needs it either way). With --hidden-dim D, two more variants start from hidden
 states [N, D] and an LM head [V, D]: chunked `divergence_from_hidden` against `hidden @ head.T` + direct.
 
-    python benchmarks/bench_divergence.py --out runs/bench_divergence.json
+Then a check of the two at N = ``--check-positions`` with float32 inputs: the loss's relative difference and
+the largest absolute difference of the student-logit gradients (the issue asks for both within 1e-5), and the
+verdict on memory: chunked peak extra memory over direct's at the largest N where both ran (target <= 1/4).
+
+    python benchmarks/bench_divergence.py --out runs/bench/divergence.json
     python benchmarks/bench_divergence.py --vocab 4096 --positions 64 256 --out /tmp/small.json
 
 Not a test: nothing is asserted; it prints a table and writes the figures as JSON.
@@ -23,9 +27,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
+from harness import add_common_flags, apply_threads, machine
 
 from atesd.losses import DivergenceSpec, divergence_from_hidden, divergence_from_logits
 
@@ -131,6 +135,51 @@ def measure(variant: str, positions: int, vocab: int, hidden_dim: int, dtype: to
             "time_s_all": times, "loss": loss_value}
 
 
+def agreement(positions: int, vocab: int, chunk_size: int, device: str) -> dict:
+    """Runs inside the child process: chunked against direct on the same float32 inputs, values and gradients."""
+    torch.manual_seed(0)
+    spec = DivergenceSpec(kind="forward_kl", clip=CLIP, chunk_size=chunk_size)
+    student = torch.randn(positions, vocab, device=device).mul_(3).requires_grad_()
+    teacher = torch.randn(positions, vocab, device=device).mul_(3)
+    targets = torch.randint(0, vocab, (positions,), device=device)
+    chunked_loss = divergence_from_logits(student, teacher, targets, spec).loss_sum
+    chunked_loss.backward()
+    chunked_grad, student.grad = student.grad, None
+    direct = direct_loss(student, teacher, targets)
+    direct.backward()
+    return {"N": positions, "V": vocab, "dtype": "float32", "loss_chunked": chunked_loss.item(),
+            "loss_direct": direct.item(),
+            "loss_rel_diff": abs(chunked_loss.item() - direct.item()) / abs(direct.item()),
+            "grad_max_abs_diff": (chunked_grad - student.grad).abs().max().item(),
+            "grad_max_abs": student.grad.abs().max().item()}
+
+
+def run_child(argv: list[str], child: str) -> dict:
+    """One measurement in a fresh process, so that one run's memory cannot hide in another's peak."""
+    proc = subprocess.run([sys.executable, __file__, *argv, "--child", child], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        # Out of memory is a result too: the direct version is expected to fail first.
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def verdict(results: list[dict], agree: dict) -> dict:
+    """The issue's targets: chunked peak extra <= 1/4 of direct's, values and gradients within 1e-5."""
+    peaks = {(r["variant"], r["N"]): r["peak_extra_mib"] for r in results if "error" not in r}
+    out: dict = {"tolerance": 1e-5}
+    for suffix in ("", "_hidden"):  # logits in, and hidden states + head in (what the trainer calls)
+        both = sorted(n for variant, n in peaks if variant == f"direct{suffix}" and (f"chunked{suffix}", n) in peaks)
+        if both:
+            n = both[-1]
+            ratio = peaks[f"chunked{suffix}", n] / peaks[f"direct{suffix}", n]
+            out[f"memory{suffix}"] = {"N": n, "ratio": ratio, "ok": ratio <= 0.25}
+    if "error" not in agree:
+        out["values_ok"] = agree["loss_rel_diff"] <= 1e-5
+        out["gradients_ok"] = agree["grad_max_abs_diff"] <= 1e-5
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vocab", type=int, default=151_936, help="vocabulary size V (Qwen3: 151,936)")
@@ -142,47 +191,62 @@ def main() -> None:
                         help="dtype of the inputs (model logits are usually bf16)")
     parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    parser.add_argument("--repeats", type=int, default=2, help="timed rounds")
+    parser.add_argument("--check-positions", type=int, default=2048,
+                        help="N of the float32 agreement check (0: no check)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads for torch (0: torch's default). On a busy small machine 1 gives "
-                             "steadier timings")
-    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    add_common_flags(parser, repeats=2)
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one measurement, print JSON
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
+    apply_threads(args.threads)
 
     if args.child:
-        if args.threads:
-            torch.set_num_threads(args.threads)
         variant, positions = args.child.split(":")
-        result = measure(variant, int(positions), args.vocab, args.hidden_dim, dtype, args.chunk_size,
-                         args.warmup, args.repeats, args.device)
+        if variant == "agree":
+            result = agreement(int(positions), args.vocab, args.chunk_size, args.device)
+        else:
+            result = measure(variant, int(positions), args.vocab, args.hidden_dim, dtype, args.chunk_size,
+                             args.warmup, args.repeats, args.device)
         print(json.dumps(result))
         return
+    if args.quick:  # the issue's vocabulary; one N, two chunks of the default 512
+        args.positions, args.check_positions = [1024], min(args.check_positions, 256)
+        args.warmup, args.repeats = 0, 1
 
     results = []
     header = f"{'variant':<15} {'N':>6} {'peak extra MiB':>15} {'fwd+bwd s':>10} {'loss':>12}"
     print(f"V={args.vocab} dtype={args.dtype} chunk_size={args.chunk_size} device={args.device} "
           f"threads={args.threads or 'default'}\n{header}")
+    # The children get the parsed sizes (--quick already applied), not --quick itself.
+    child_argv = [arg for arg in sys.argv[1:] if arg != "--quick"] + [
+        "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
     for positions in args.positions:
         for variant in args.variants:
-            command = [sys.executable, __file__, *sys.argv[1:], "--child", f"{variant}:{positions}"]
-            proc = subprocess.run(command, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                # Out of memory is a result too: the direct version is expected to fail first.
-                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                results.append({"variant": variant, "N": positions, "error": tail})
-                print(f"{variant:<15} {positions:>6} failed: {tail}")
-                continue
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            result = {"variant": variant, "N": positions, **run_child(child_argv, f"{variant}:{positions}")}
             results.append(result)
+            if "error" in result:
+                print(f"{variant:<15} {positions:>6} failed: {result['error']}")
+                continue
             print(f"{variant:<15} {positions:>6} {result['peak_extra_mib']:>15.1f} "
-                  f"{result['time_s_median']:>10.3f} {result['loss']:>12.4f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": args.device, "torch": torch.__version__, "results": results},
-                                   indent=2))
-    print(f"wrote {args.out}")
+                  f"{result['time_s_median']:>10.3f} {result['loss']:>12.4f}", flush=True)
+    agree = run_child(child_argv, f"agree:{args.check_positions}") if args.check_positions else {"error": "skipped"}
+    summary = verdict(results, agree)
+    if "error" in agree:
+        print(f"agreement check: {agree['error']}")
+    else:
+        print(f"agreement at N={agree['N']} (float32): loss rel diff {agree['loss_rel_diff']:.2e}, "
+              f"gradient max abs diff {agree['grad_max_abs_diff']:.2e} (largest |grad| {agree['grad_max_abs']:.2e})")
+    for key in ("memory", "memory_hidden"):
+        if key in summary:
+            memory = summary[key]
+            print(f"chunked{key[6:]} / direct{key[6:]} peak extra memory at N={memory['N']}: {memory['ratio']:.3f} "
+                  f"(target <= 0.25: {'met' if memory['ok'] else 'NOT met'})")
+    document = {"benchmark": "divergence", "machine": machine(), "flags": vars(args) | {"out": str(args.out)},
+                "results": results, "agreement": agree, "verdict": summary}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(document, indent=1))
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

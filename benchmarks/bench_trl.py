@@ -1,0 +1,179 @@
+"""An OPSD step of atesd against the same step done by TRL's `trl.experimental.sdft.SDFTTrainer`, side by side.
+
+Same model (the embedded default's warm-started Qwen3, loaded by both from its cache directory), same data (the
+embedded training problems), same batch (32 prompts, one completion each, one optimizer step per batch, no
+gradient accumulation), same rollout (64 new tokens at temperature 1, top_p 1, no top_k, HF ``generate``), same
+loss (forward KL over the full vocabulary, no clip; SDFT's ``full_logits`` with ``distillation_alpha=0`` and no
+importance-sampling clip), same teacher (the frozen initial weights), AdamW at the same learning rate, float32.
+
+The prompts: SDFT takes the student prompt and builds the teacher prompt as ``{prompt}\\n\\n{privileged_context}``.
+Both get atesd's chat-formatted student prompt text, and the privileged context is atesd's teacher message at
+α = 1 without the question (reference, answer, transition, instruction), so the teacher prompts hold the same
+information at nearly the same length; the table reports both lengths in tokens.
+
+What atesd does that SDFT does not: g_t (the teacher's log-prob of the reference solutions, a SPEC §3 statistic)
+and grading the rollouts. They are timed inside atesd's step and the ``same work`` column leaves them out. The
+probe NLL is switched off (``train.probe_every`` past the run) for this comparison. TRL's configs turn gradient
+(activation) checkpointing on by default, which recomputes the forward in backward; atesd's embedded recipe does
+not, so the same-work comparison runs SDFT without it, and the full run (not ``--quick``) also times SDFT as
+configured by default.
+
+Order: half of atesd's steps, TRL's, then the other half of atesd's, so that a machine that gets busier or quieter
+during the run weighs on both. Each side's first `--warmup` steps are not timed.
+
+    pip install -e ".[bench]"   # trl, pinned
+    python benchmarks/bench_trl.py --out runs/bench/trl.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from harness import add_common_flags, apply_threads, markdown_table, write_results
+
+import atesd.train.trainer as trainer_module
+from atesd.config import load_config
+from atesd.data.templates import chat_prompt, student_message, teacher_message
+from atesd.models.embedded import embedded_base_model, embedded_splits
+from atesd.train.trainer import Trainer
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "opsd.yaml"
+
+
+def timed(function, bucket: list[float]):
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            bucket.append(time.perf_counter() - started)
+    return wrapper
+
+
+def atesd_steps(config, count: int, trainer: Trainer | None) -> tuple[Trainer, list[dict]]:
+    """`count` OPSD steps of atesd; per step its wall time and the time of the work SDFT does not do."""
+    trainer = trainer or Trainer(config)
+    extra: list[float] = []
+    trainer.teacher_reference_logprob = timed(trainer.teacher_reference_logprob, extra)
+    grade = trainer_module.grade
+    trainer_module.grade = timed(grade, extra)  # the trainer grades each rollout with this module-level name
+    rows = []
+    try:
+        for _ in range(count):
+            extra.clear()
+            started = time.perf_counter()
+            record = trainer.train_step()
+            wall = time.perf_counter() - started
+            rows.append({"step_s": wall, "same_work_s": wall - sum(extra),
+                         "generated_tokens": record["generated_tokens"]})
+    finally:
+        trainer_module.grade = grade
+        del trainer.teacher_reference_logprob  # back to the class's method
+    return trainer, rows
+
+
+def trl_steps(config, model_dir: Path, problems, steps: int, output_dir: str,
+              checkpointing: bool) -> tuple[list[dict], dict]:
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    templates, model_config = config.templates, config.model
+    rows = {"prompt": [], "privileged_context": []}
+    for problem in problems:
+        rows["prompt"].append(chat_prompt(tokenizer, student_message(problem, templates),
+                                          model_config.student_chat_kwargs))
+        rows["privileged_context"].append(teacher_message(problem, 1.0, templates).replace(problem.question, "", 1))
+    rollout, train = config.rollout, config.train
+    args = SDFTConfig(
+        output_dir=output_dir, max_steps=steps, per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=1, num_generations=1, max_prompt_length=None,
+        max_completion_length=rollout.max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
+        top_k=rollout.top_k, distillation_mode="full_logits", distillation_alpha=0.0, distillation_is_clip=None,
+        teacher_model_kind="base", learning_rate=train.lr, lr_scheduler_type="constant", warmup_steps=0,
+        weight_decay=train.weight_decay, max_grad_norm=train.max_grad_norm, seed=config.run.seed, use_cpu=True,
+        bf16=False, gradient_checkpointing=checkpointing, report_to="none", save_strategy="no", logging_steps=steps + 1, disable_tqdm=True,
+        dataloader_num_workers=0)
+    trainer = SDFTTrainer(model=str(model_dir), args=args, train_dataset=Dataset.from_dict(rows),
+                          processing_class=tokenizer)
+
+    class StepTimes(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self._started = 0.0
+
+        def on_step_begin(self, *args, **kwargs):
+            self._started = time.perf_counter()
+
+        def on_step_end(self, *args, **kwargs):
+            self.times.append(time.perf_counter() - self._started)
+
+    clock = StepTimes()
+    trainer.add_callback(clock)
+    trainer.train()
+    teacher_tokens = [len(ids) for ids in trainer._tokenize_prompts(
+        [args.teacher_prompt_template.format(prompt=p, privileged_context=c)
+         for p, c in zip(rows["prompt"], rows["privileged_context"])])]
+    return [{"step_s": t} for t in clock.times], {"teacher_prompt_tokens_mean": statistics.mean(teacher_tokens)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_flags(parser, repeats=10)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first, on each side")
+    args = parser.parse_args()
+    if args.quick:
+        args.warmup, args.repeats = 1, min(args.repeats, 2)
+    apply_threads(args.threads)
+    try:
+        import trl
+    except ImportError:
+        raise SystemExit("bench_trl needs trl: pip install -e '.[bench]'") from None
+
+    steps = args.warmup + args.repeats
+    with tempfile.TemporaryDirectory() as output_dir:
+        config = load_config(CONFIG, [f"run.output_dir={output_dir}", "run.name=atesd-opsd",
+                                      f"train.steps={2 * steps}", f"train.probe_every={10 * steps}",
+                                      f"train.checkpoint_every={10 * steps}"])
+        model_dir = embedded_base_model(config)
+        problems = embedded_splits(config)["train"]
+        first = steps // 2 + args.warmup
+        trainer, atesd_rows = atesd_steps(config, first, None)
+        data = problems[: steps * config.train.batch_size]
+        trl_rows, trl_info = trl_steps(config, model_dir, data, steps, output_dir + "/trl", checkpointing=False)
+        trl_default = None if args.quick else trl_steps(config, model_dir, data, steps, output_dir + "/trl-default",
+                                                        checkpointing=True)[0]
+        _, more = atesd_steps(config, steps - first + args.warmup, trainer)
+        atesd_teacher = statistics.mean(len(trainer.prompts.teacher(p, 1.0)) for p in problems[:256])
+
+    atesd_timed = atesd_rows[args.warmup:] + more[args.warmup:]
+    trl_timed = trl_rows[args.warmup:]
+    result = {
+        "trl_version": trl.__version__,
+        "atesd_step_s": statistics.median(r["step_s"] for r in atesd_timed),
+        "atesd_same_work_s": statistics.median(r["same_work_s"] for r in atesd_timed),
+        "trl_step_s": statistics.median(r["step_s"] for r in trl_timed),
+        "atesd_generated_tokens": statistics.mean(r["generated_tokens"] for r in atesd_timed),
+        "atesd_teacher_prompt_tokens_mean": atesd_teacher, **{f"trl_{k}": v for k, v in trl_info.items()},
+        "trl_default_checkpointing_step_s": (statistics.median(r["step_s"] for r in trl_default[args.warmup:])
+                                             if trl_default else None),
+        "atesd_steps": atesd_timed, "trl_steps": trl_timed,
+    }
+    result["ratio_step"] = result["atesd_step_s"] / result["trl_step_s"]
+    result["ratio_same_work"] = result["atesd_same_work_s"] / result["trl_step_s"]
+    print(markdown_table(
+        ["atesd step s", "atesd same-work s", f"TRL {trl.__version__} SDFT step s", "SDFT with its default checkpointing s",
+         "atesd / TRL", "same work / TRL", "teacher prompt tokens (atesd / TRL)"],
+        [[result["atesd_step_s"], result["atesd_same_work_s"], result["trl_step_s"],
+          result["trl_default_checkpointing_step_s"], result["ratio_step"], result["ratio_same_work"],
+          f"{atesd_teacher:.0f} / {result['trl_teacher_prompt_tokens_mean']:.0f}"]]))
+    write_results(args.out, "trl", args, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""PromptBuilder: its cached token ids are exactly what tokenizing the prompt text afresh gives, at every
+exposure, and the cache is keyed so that two exposures share ids only when they show the same reference."""
+
+from __future__ import annotations
+
+import pytest
+
+from atesd.data import Problem, PromptTemplates, chat_prompt, student_message, teacher_message
+from atesd.models.tiny import build_char_tokenizer
+from atesd.train.prompts import PromptBuilder
+
+PROBLEM = Problem(id="p", question="Compute 1+2*3-4.", solution="2*3=6\n1+6=7\n7-4=3\n\\boxed{3}", answer="3")
+# Same id, other text: the cache must not confuse two problems that share an id.
+SAME_ID = Problem(id="p", question="Compute 9-8+7.", solution="9-8=1\n1+7=8\n\\boxed{8}", answer="8")
+STUDENT_KWARGS, TEACHER_KWARGS = {"enable_thinking": False}, {"enable_thinking": True}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture()
+def builder(tokenizer):
+    return PromptBuilder(tokenizer, PromptTemplates(), STUDENT_KWARGS, TEACHER_KWARGS)
+
+
+def fresh(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.2, 1 / 3, 0.34, 0.5, 2 / 3, 0.99, 1.0])
+def test_teacher_ids_equal_a_fresh_tokenization_at_every_exposure(builder, tokenizer, alpha):
+    for problem in (PROBLEM, SAME_ID):
+        for _ in range(2):  # the second call is served by the cache
+            expected = fresh(tokenizer, chat_prompt(tokenizer, teacher_message(problem, alpha, PromptTemplates()),
+                                                    TEACHER_KWARGS))
+            assert builder.teacher(problem, alpha) == expected
+
+
+def test_student_and_solution_ids(builder, tokenizer):
+    for problem in (PROBLEM, SAME_ID, PROBLEM):
+        assert builder.student(problem) == fresh(
+            tokenizer, chat_prompt(tokenizer, student_message(problem, PromptTemplates()), STUDENT_KWARGS))
+        assert builder.solution(problem) == fresh(tokenizer, problem.solution) + [tokenizer.eos_token_id]
+
+
+def test_exposures_share_ids_exactly_when_they_show_the_same_segments(builder):
+    # Three segments: alpha in [1/3, 2/3) shows one of them.
+    assert builder.teacher(PROBLEM, 0.34) == builder.teacher(PROBLEM, 0.6)
+    assert builder.teacher(PROBLEM, 0.6) != builder.teacher(PROBLEM, 0.67)
+    assert builder.teacher(PROBLEM, 0.0) != builder.teacher(PROBLEM, 0.34)
+    assert builder.teacher(PROBLEM, 0.5) != builder.teacher(SAME_ID, 0.5)
