@@ -144,7 +144,7 @@ def exposure_summary(run_dir: Path) -> str | None:
     from atesd.train.metrics import read_metrics
 
     rows = read_metrics(run_dir / "metrics.jsonl")
-    alphas = [row["alpha"] for row in rows]
+    alphas = [row["alpha"] for row in rows if row.get("alpha") is not None]
     if len(set(alphas)) < 2:
         return None
     line = f"exposure: α used {min(alphas):.2f}–{max(alphas):.2f}, mean {sum(alphas) / len(alphas):.2f}"
