@@ -77,9 +77,12 @@ def test_settings_guard_names_what_differs(tmp_path):
 
 @pytest.fixture(scope="module")
 def recipes(tiny_config, tmp_path_factory) -> Path:
-    """A recipe folder of tiny embedded OPSD and ATESD configs."""
+    """A recipe folder of tiny embedded OPSD, ATESD, SFT and GRPO configs."""
     folder = tmp_path_factory.mktemp("recipes")
     save_config(tiny_config(folder, *TINY_RECIPE), folder / "opsd.yaml")
+    save_config(tiny_config(folder, *TINY_RECIPE, "method=sft"), folder / "sft.yaml")
+    save_config(tiny_config(folder, *TINY_RECIPE, "method=grpo", "grpo.group_size=2", "train.batch_size=2"),
+                folder / "grpo.yaml")
     save_config(tiny_config(folder, *TINY_RECIPE, "method=atesd", "exposure.policy=controller",
                             "exposure.controller.lookahead=1", "exposure.controller.decisions_per_update=2"),
                 folder / "atesd.yaml")
@@ -129,8 +132,9 @@ def test_sweep_writes_csv_table_and_plots(sweep_dir, recipes, capsys):
 
 def test_compare_killed_midway_continues_without_redoing_runs(recipes, sweep_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "compare"
-    args = ["compare", "--recipes", str(recipes), "--methods", "base", "opsd", "fixed-best", "random", "atesd",
-            "--seeds", "2", "--out", str(out), "--sweep", str(sweep_dir)]
+    methods = ["opsd", "fixed-best", "random", "atesd", "sft", "grpo"]
+    args = ["compare", "--recipes", str(recipes), "--methods", "base", *methods, "--seeds", "2", "--out", str(out),
+            "--sweep", str(sweep_dir)]
     started: list[tuple[str, bool]] = []
     steps: list[str] = []
     original_init, original_step = Trainer.__init__, Trainer.train_step
@@ -156,9 +160,10 @@ def test_compare_killed_midway_continues_without_redoing_runs(recipes, sweep_dir
     started.clear()
     assert main(args) == 0
     # random-seed0 is never retrained; atesd-seed0 resumes from its checkpoint at step 1
-    assert started == [("atesd-seed0", True), ("random-seed1", False), ("atesd-seed1", False)]
+    assert started == [("atesd-seed0", True), ("sft-seed0", False), ("grpo-seed0", False), ("random-seed1", False),
+                       ("atesd-seed1", False), ("sft-seed1", False), ("grpo-seed1", False)]
     out_text = capsys.readouterr().out
-    assert "[5/10] random seed 0: finished earlier" in out_text and "[6/10] atesd seed 0 ..." in out_text
+    assert "[5/14] random seed 0: finished earlier" in out_text and "[6/14] atesd seed 0 ..." in out_text
     metrics = [json.loads(line) for line in (out / "runs/atesd-seed0/metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in metrics] == [1, 2]
     assert not (out / "runs/opsd-seed0").exists() and not (out / "runs/base-seed0").exists()
@@ -167,16 +172,16 @@ def test_compare_killed_midway_continues_without_redoing_runs(recipes, sweep_dir
                  "alpha_trajectories.png"]:
         assert (out / name).is_file(), name
     results = read_csv(out / "results.csv")
-    assert [r["method"] for r in results] == ["base", "base", *["opsd", "fixed-best", "random", "atesd"] * 2]
+    assert [r["method"] for r in results] == ["base", "base", *methods * 2]
     assert list(results[0])[:4] == ["method", "seed", "benchmark", "average@2"]
     for row in results:
         assert 0 <= float(row["average@2"]) <= 1
-        trained = row["method"] != "base"
-        assert (int(row["updates"]) == 2) == trained and (int(row["generated_tokens"]) > 0) == trained
+        trained, rolls_out = row["method"] != "base", row["method"] not in ("base", "sft")
+        assert (int(row["updates"]) == 2) == trained and (int(row["forward_tokens"]) > 0) == trained
+        assert (int(row["generated_tokens"]) > 0) == rolls_out
         assert float(row["eval_seconds"]) > 0
     summary = read_csv(out / "summary.csv")
-    assert [(r["method"], r["seeds"]) for r in summary] == [(m, "2") for m in
-                                                           ["base", "opsd", "fixed-best", "random", "atesd"]]
+    assert [(r["method"], r["seeds"]) for r in summary] == [(m, "2") for m in ["base", *methods]]
     assert {"average@2_mean", "average@2_std", "pass@2_mean", "maj@2_std", "generated_tokens_mean",
             "forward_tokens_mean", "train_seconds_mean"} <= set(summary[0])
     report = (out / "report.md").read_text()
