@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", default="runs/compare", help="output folder (default %(default)s)")
     compare.add_argument("--quick", action="store_true", help="fewer seeds, steps and eval problems")
     compare.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES, metavar="METHOD",
-                         help=f"methods to run (default all: {' '.join(METHOD_NAMES)})")
+                         help=f"methods to run (default all: {' '.join(METHOD_NAMES)}); put key=value overrides "
+                         "before this option, which takes every word after it")
     best = compare.add_mutually_exclusive_group()
     best.add_argument("--best-alpha", type=float, help="α of fixed-best (default 0.5, the paper's best)")
     best.add_argument("--sweep", help="a sweep's out folder: fixed-best takes its best α, and its finished runs "
