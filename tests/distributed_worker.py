@@ -3,7 +3,10 @@ exposure policy (the ATESD controller) wrapped so that on processes other than t
 and writes what each process saw to ``<out>/rank<r>.json`` and its trained weights to
 ``<out>/rank<r>.safetensors``.
 
-    python distributed_worker.py CONFIG OUT_DIR [--resume]
+    python distributed_worker.py CONFIG OUT_DIR [--resume] [--grade-by-length]
+
+``--grade-by-length`` replaces the grader with one that calls even-length completions right, so that the tiny,
+barely trained model's GRPO groups have mixed rewards to learn from.
 """
 
 from __future__ import annotations
@@ -51,8 +54,15 @@ class RecordingExposure:
         self.policy.load_state_dict(state)
 
 
-def main(config_path: str, out_dir: str, resume: bool) -> None:
+class GradeByLength:
+    def __init__(self, text: str, answer: str) -> None:
+        self.correct = len(text) % 2 == 0
+
+
+def main(config_path: str, out_dir: str, resume: bool, grade_by_length: bool) -> None:
     torch.set_num_threads(1)
+    if grade_by_length:
+        trainer_module.grade = GradeByLength
     config = load_config(config_path)
     policies: list[RecordingExposure] = []
     local: list[dict] = []
@@ -64,16 +74,30 @@ def main(config_path: str, out_dir: str, resume: bool) -> None:
         return policies[-1]
 
     trainer_module.build_exposure_policy = build_policy
-    original_step_record = Trainer._step_record
+    original_shared_alpha = Trainer._shared_alpha
+    original_distillation_record = Trainer._distillation_record
+    original_rollout_record = Trainer._rollout_record
 
-    def step_record(self, alpha, rollouts, correct, scores, *args):
-        # What this process measured before the statistics are combined across processes.
-        local.append({"alpha": alpha, "kl_sum": float(scores.per_token_kl.sum()), "kl": scores.per_token_kl.tolist(),
-                      "tokens": int(scores.per_token_kl.numel()), "correct": sum(correct), "count": len(correct),
-                      "prompts": [list(p) for p in rollouts.prompt_ids]})
-        return original_step_record(self, alpha, rollouts, correct, scores, *args)
+    # What this process measured before the statistics are combined across processes.
+    def shared_alpha(self, step):
+        alpha = original_shared_alpha(self, step)
+        local.append({"alpha": alpha})
+        return alpha
 
-    Trainer._step_record = step_record
+    def distillation_record(self, scores):
+        local[-1].update(kl_sum=float(scores.per_token_kl.sum()), kl=scores.per_token_kl.tolist(),
+                         tokens=int(scores.per_token_kl.numel()))
+        return original_distillation_record(self, scores)
+
+    def rollout_record(self, rollouts, correct):
+        if not local or "prompts" in local[-1]:  # GRPO: no exposure decision opened this step's entry
+            local.append({})
+        local[-1].update(correct=sum(correct), count=len(correct), prompts=[list(p) for p in rollouts.prompt_ids])
+        return original_rollout_record(self, rollouts, correct)
+
+    Trainer._shared_alpha = shared_alpha
+    Trainer._distillation_record = distillation_record
+    Trainer._rollout_record = rollout_record
     trainer = Trainer(config, resume=resume)
     trainer.train()
     rank = trainer.accelerator.process_index
@@ -86,4 +110,4 @@ def main(config_path: str, out_dir: str, resume: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], "--resume" in sys.argv[3:])
+    main(sys.argv[1], sys.argv[2], "--resume" in sys.argv[3:], "--grade-by-length" in sys.argv[3:])

@@ -122,6 +122,28 @@ def test_statistics_are_combined_across_processes(two_process_runs):
         assert seen[0]["observed"][step]["kl_mean"] == pytest.approx(row["kl_mean"])
 
 
+def test_grpo_groups_stay_on_their_process_and_the_weights_agree(tiny_config, tmp_path):
+    """GRPO under 2 processes: each process samples whole groups for its own prompts (group normalisation is
+    local), the policy-gradient loss is normalised over both processes' tokens, and both end with one model."""
+    config = tiny_config(tmp_path, "method=grpo", "grpo.group_size=2", "run.name=grpo", "train.steps=2",
+                         "train.batch_size=4", "train.micro_batch_size=2")
+    config_path = tmp_path / "grpo.yaml"
+    save_config(config, config_path)
+    launch(config_path, tmp_path / "out", "--grade-by-length")
+    seen = ranks(tmp_path / "out")
+    for step in range(2):
+        prompts = [rank["local"][step]["prompts"] for rank in seen]
+        for own in prompts:  # 2 prompts per process, each repeated for its group of 2
+            assert len(own) == 4 and own[0] == own[1] and own[2] == own[3]
+        assert prompts[0] != prompts[1]
+    weights = [load_file(str(tmp_path / "out" / f"rank{r}.safetensors")) for r in range(2)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    rows = read_metrics(Path(config.run.output_dir) / "grpo" / "metrics.jsonl")
+    assert min(row["groups_without_signal"] for row in rows) < 1.0 and any(row["grad_norm"] > 0 for row in rows)
+    assert [row["rollout_accuracy"] * 8 for row in rows] == \
+        [sum(rank["local"][step]["correct"] for rank in seen) for step in range(2)]
+
+
 def test_resume_from_a_checkpoint_continues_exactly(two_process_runs):
     root, run_dir, resumed_dir = two_process_runs
     full = load_file(str(root / "full" / "rank0.safetensors"))

@@ -14,7 +14,7 @@ from atesd.train.trainer import Trainer
 
 # Dropout draws random numbers, so exact resume also covers the RNG; alpha/r = 4 makes updates visible.
 LORA = ("model.lora={r: 4, alpha: 16, dropout: 0.1, target_modules: [q_proj, v_proj, up_proj]}",)
-TIMINGS = {"rollout_time", "update_time", "step_time"}
+TIMINGS = {"rollout_time", "teacher_time", "update_time", "probe_time", "step_time"}
 
 
 def test_lora_run_resumes_exactly_and_checkpoints_only_the_adapter(tiny_config, tmp_path):

@@ -1,6 +1,6 @@
-"""The Qwen3 OPSD recipes carry SPEC §7's hyperparameters, the ATESD recipes are those plus the controller at
-SPEC §4's defaults, and the evaluation configs SPEC §6's protocol; the accelerate configs are ones `accelerate`
-reads. (Every atesd config loading: tests/test_config.py.)"""
+"""The Qwen3 OPSD recipes carry SPEC §7's hyperparameters; the ATESD recipes are those plus the controller at
+SPEC §4's defaults, the GRPO and SFT recipes those plus their method (SPEC §5, §7); the evaluation configs follow
+SPEC §6's protocol; the accelerate configs are ones `accelerate` reads. (Every atesd config loading: tests/test_config.py.)"""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 def test_every_qwen3_size_has_its_recipes():
     for size in QWEN3:
-        assert {p.name for p in (CONFIGS / size).glob("*.yaml")} == {"opsd.yaml", "atesd.yaml", "eval.yaml"}
+        assert {p.name for p in (CONFIGS / size).glob("*.yaml")} == {"opsd.yaml", "atesd.yaml", "grpo.yaml", "sft.yaml",
+                                                                       "eval.yaml"}
 
 
 @pytest.mark.parametrize("size", QWEN3)
@@ -51,6 +52,20 @@ def test_atesd_recipe_is_the_opsd_recipe_with_the_controller(size):
     assert (atesd.exposure.hold_steps, controller.lookahead, controller.discount) == (4, 8, 0.9)
     assert (controller.teacher_grounded_weight, controller.decisions_per_update, controller.lr) == (0.1, 8, 1e-3)
     assert (controller.entropy_coef, controller.entropy_target, atesd.data.probe_size) == (0.01, -0.5, 32)
+
+
+@pytest.mark.parametrize("size", QWEN3)
+def test_baseline_recipes_share_the_opsd_recipe(size):
+    opsd = load_config(CONFIGS / size / "opsd.yaml")
+    grpo = load_config(CONFIGS / size / "grpo.yaml")
+    sft = load_config(CONFIGS / size / "sft.yaml")
+    assert sft.method == "sft" and sft.model_dump(exclude={"method"}) == opsd.model_dump(exclude={"method"})
+    # SPEC §7: 8 rollouts of up to 16k tokens at temperature 1.2, 500 steps; SPEC §5: clip 0.2, no KL
+    assert grpo.method == "grpo"
+    assert (grpo.grpo.group_size, grpo.rollout.max_new_tokens, grpo.rollout.temperature) == (8, 16384, 1.2)
+    assert (grpo.train.steps, grpo.grpo.clip_epsilon, grpo.grpo.kl_coef) == (500, 0.2, 0.0)
+    assert grpo.train.batch_size * grpo.grpo.group_size % grpo.train.micro_batch_size == 0
+    assert grpo.model == opsd.model and grpo.data == opsd.data and grpo.eval == opsd.eval
 
 
 @pytest.mark.parametrize("size", QWEN3)

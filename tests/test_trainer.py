@@ -20,7 +20,7 @@ from atesd.train.trainer import NonFiniteLossError, Trainer
 
 SPEC_STATISTICS = ["kl_mean", "kl_p90", "kl_p99", "top1_disagree", "confidence", "probe_nll", "teacher_ref_logp"]
 LOGGED = SPEC_STATISTICS + ["loss", "rollout_accuracy", "completion_length", "alpha"]
-TIMINGS = {"rollout_time", "update_time", "step_time"}
+TIMINGS = {"rollout_time", "teacher_time", "update_time", "probe_time", "step_time"}
 
 
 def same_weights(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> bool:
@@ -281,3 +281,74 @@ def test_atesd_statistics_reach_the_controller(tiny_config, tmp_path):
     assert state.emas["probe_nll_ema"] is not None and state.confidence == rows[-1]["confidence"]
     assert sorted(trainer.policy.losses) == [2, 3, 4]  # ℓ kept only from the oldest waiting decision (step 2) on
     assert trainer.policy.losses[4] == rows[-1]["probe_nll"]
+
+
+# ---------------------------------------------------------------------------------------- the baselines
+
+BASELINE = {"grpo": ("method=grpo", "grpo.group_size=2", "train.batch_size=2"), "sft": ("method=sft",)}
+
+
+class GradeByLength:
+    """A stand-in grader that gives the tiny, barely trained model's rollouts mixed rewards: even lengths win."""
+
+    def __init__(self, text: str, answer: str) -> None:
+        self.correct = len(text) % 2 == 0
+
+
+@pytest.mark.parametrize("method", ["grpo", "sft"])
+def test_baseline_resume_matches_uninterrupted_run(tiny_config, tmp_path, monkeypatch, method):
+    monkeypatch.setattr(trainer_module, "grade", GradeByLength)
+    common = (*BASELINE[method], "train.checkpoint_every=2", "train.lr=3e-3")
+    run_a = Trainer(tiny_config(tmp_path, "run.name=a", "train.steps=4", *common))
+    start = run_a.trainable_state()
+    run_a.train()
+    Trainer(tiny_config(tmp_path, "run.name=b", "train.steps=2", *common)).train()
+    run_b = Trainer(tiny_config(tmp_path, "run.name=b", "train.steps=4", *common), resume=True)
+    run_b.train()
+
+    assert not same_weights(start, run_a.trainable_state())
+    assert same_weights(run_a.trainable_state(), run_b.trainable_state())
+    rows_a = read_metrics(run_a.run_dir / "metrics.jsonl")
+    rows_b = read_metrics(run_b.run_dir / "metrics.jsonl")
+    assert [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows_a] == \
+           [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows_b]
+    assert (run_a.run_dir / "final_model" / "model.safetensors").is_file()
+
+
+def test_grpo_records_its_rollouts_and_costs(tiny_config, tmp_path):
+    run_dir = Trainer(tiny_config(tmp_path, "train.steps=2", *BASELINE["grpo"])).train()
+    for row in read_metrics(run_dir / "metrics.jsonl"):
+        assert "alpha" not in row and "kl_mean" not in row  # no teacher at an exposure
+        assert 0.0 <= row["rollout_accuracy"] <= 1.0 and 0.0 <= row["groups_without_signal"] <= 1.0
+        assert row["clip_fraction"] == 0.0  # one update per batch: the ratio is exactly 1
+        # 2 prompts x 2 rollouts of at most 16 tokens
+        assert 4 <= row["generated_tokens"] == round(4 * row["completion_length"]) <= 64
+        assert row["forward_tokens"] > row["generated_tokens"]
+        assert math.isfinite(row["loss"]) and row["probe_nll"] > 0.0
+        assert set(TIMINGS) <= set(row) and row["teacher_time"] == 0.0  # no KL term: no reference forward
+
+
+def test_grpo_without_reward_differences_leaves_the_weights_alone(tiny_config, tmp_path, monkeypatch):
+    """Every rollout graded the same: all advantages are 0, so the gradient and (Adam, no decay) the update are 0;
+    a KL term to the reference then is the only force, and it is 0 too while the weights equal the reference."""
+    class AlwaysWrong:
+        correct = False
+
+    monkeypatch.setattr(trainer_module, "grade", lambda *args: AlwaysWrong())
+    trainer = Trainer(tiny_config(tmp_path, "train.steps=2", "grpo.kl_coef=0.1", *BASELINE["grpo"]))
+    start = trainer.trainable_state()
+    trainer.train()
+    assert same_weights(start, trainer.trainable_state())
+    rows = read_metrics(trainer.run_dir / "metrics.jsonl")
+    assert all(row["groups_without_signal"] == 1.0 and row["kl_ref"] == 0.0 for row in rows)
+    assert all(row["teacher_time"] > 0.0 for row in rows)
+
+
+def test_sft_trains_on_references_without_rollouts(tiny_config, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(tmp_path, "train.steps=2", *BASELINE["sft"]))
+    monkeypatch.setattr(trainer.engine, "generate", lambda *args: pytest.fail("SFT must not sample"))
+    trainer.train()
+    for row in read_metrics(trainer.run_dir / "metrics.jsonl"):
+        assert row["generated_tokens"] == 0 and "rollout_accuracy" not in row
+        assert row["loss"] > 0.0 and row["reference_tokens"] > 0
+        assert row["forward_tokens"] > row["reference_tokens"]

@@ -1,8 +1,14 @@
-"""The command line: ``atesd train | eval | demo``.
+"""The command line: ``atesd train | eval | demo | sweep | compare``.
 
     atesd train CONFIG [key=value ...] [--resume]
     atesd eval CONFIG [key=value ...] [--model DIR] [--teacher-alpha A]
     atesd demo [CONFIG] [key=value ...]
+    atesd sweep [CONFIG] [key=value ...] [--alphas A ...] [--seeds N] [--out DIR] [--mismatch-problems P]
+    atesd compare [key=value ...] [--recipes DIR] [--seeds N] [--out DIR] [--quick] [--methods M ...]
+                  [--best-alpha A | --sweep SWEEP_DIR]
+
+Overrides are dotted config keys (``train.steps=50``); every run writes its resolved config. A sweep or
+comparison killed midway continues where it stopped when started again with the same arguments.
 
 Overrides are dotted config keys (``train.steps=50``); every run writes its resolved config.
 """
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -19,6 +26,8 @@ from atesd.config import ConfigError, load_config, save_config
 from atesd.data.problem import DataError
 
 DEMO_CONFIG = Path("configs/embedded/atesd.yaml")
+SWEEP_CONFIG = Path("configs/embedded/opsd.yaml")
+RECIPES = Path("configs/embedded")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -107,13 +116,35 @@ def _demo(args: argparse.Namespace) -> None:
           f"checkpoints, final_model, eval/, summary.md, {', '.join(p.name for p in plots)})")
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from atesd.analysis.sweep import run_sweep
+
+    config_path = Path(args.config) if args.config else SWEEP_CONFIG
+    if not config_path.is_file():
+        raise ConfigError(f"config file not found: {config_path} (run from the repository root or pass a config)")
+    written = run_sweep(config_path, args.overrides, args.alphas, args.seeds, Path(args.out), args.mismatch_problems,
+                        args.command_line)
+    print(f"sweep done: {', '.join(str(p) for p in written)}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from atesd.analysis.compare import run_compare
+    from atesd.analysis.presets import DEFAULT_SEEDS, QUICK_SEEDS
+
+    seeds = args.seeds or (QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
+    written = run_compare(Path(args.recipes), args.methods, args.overrides, seeds, Path(args.out), quick=args.quick,
+                          best=args.best_alpha, sweep_dir=Path(args.sweep) if args.sweep else None,
+                          command=args.command_line)
+    print(f"comparison done: {', '.join(str(p) for p in written)}")
+
+
 def exposure_summary(run_dir: Path) -> str | None:
     """One line on the exposure a run used (None when it was fixed): the α range and, for the controller, how
     the policy's Beta mean moved and how often it learned."""
     from atesd.train.metrics import read_metrics
 
     rows = read_metrics(run_dir / "metrics.jsonl")
-    alphas = [row["alpha"] for row in rows]
+    alphas = [row["alpha"] for row in rows if row.get("alpha") is not None]
     if len(set(alphas)) < 2:
         return None
     line = f"exposure: α used {min(alphas):.2f}–{max(alphas):.2f}, mean {sum(alphas) / len(alphas):.2f}"
@@ -171,13 +202,43 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*")
     demo.add_argument("--resume", action="store_true")
     demo.set_defaults(handler=_demo)
+
+    from atesd.analysis.presets import DEFAULT_ALPHAS, DEFAULT_MISMATCH_PROBLEMS, DEFAULT_SEEDS, METHOD_NAMES
+
+    sweep = commands.add_parser("sweep", help="train at each fixed exposure α over several seeds; accuracy and "
+                                "mismatch per α (CSV, table, plots)")
+    sweep.add_argument("config", nargs="?", help=f"default: {SWEEP_CONFIG}")
+    sweep.add_argument("overrides", nargs="*")
+    sweep.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_ALPHAS))
+    sweep.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="seeds 0..N-1 (default %(default)s)")
+    sweep.add_argument("--out", default="runs/sweep", help="output folder (default %(default)s)")
+    sweep.add_argument("--mismatch-problems", type=int, default=DEFAULT_MISMATCH_PROBLEMS,
+                       help="training problems whose rollouts measure the mismatch (default %(default)s)")
+    sweep.set_defaults(handler=_sweep)
+
+    compare = commands.add_parser("compare", help="base, SFT, GRPO, OPSD, best fixed α, random, ATESD and its "
+                                  "ablations over several seeds (CSV, report.md, plots)")
+    compare.add_argument("overrides", nargs="*", help="dotted key=value overrides for every method")
+    compare.add_argument("--recipes", default=str(RECIPES), help="folder of method configs (default %(default)s)")
+    compare.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 3; 2 with --quick)")
+    compare.add_argument("--out", default="runs/compare", help="output folder (default %(default)s)")
+    compare.add_argument("--quick", action="store_true", help="fewer seeds, steps and eval problems")
+    compare.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES, metavar="METHOD",
+                         help=f"methods to run (default all: {' '.join(METHOD_NAMES)}); put key=value overrides "
+                         "before this option, which takes every word after it")
+    best = compare.add_mutually_exclusive_group()
+    best.add_argument("--best-alpha", type=float, help="α of fixed-best (default 0.5, the paper's best)")
+    best.add_argument("--sweep", help="a sweep's out folder: fixed-best takes its best α, and its finished runs "
+                      "that match a method's config are reused")
+    compare.set_defaults(handler=_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "demo" and args.config and "=" in args.config:  # `atesd demo key=value` without a config
+    args.command_line = shlex.join(["atesd", *(sys.argv[1:] if argv is None else argv)])  # for the reports
+    if args.command in ("demo", "sweep") and args.config and "=" in args.config:  # overrides without a config
         args.overrides.insert(0, args.config)
         args.config = None
     try:

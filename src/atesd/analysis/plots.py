@@ -30,10 +30,12 @@ def plot_training(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         pairs = [(s, v) for s, v in zip(steps, values) if v is not None]
         if pairs:
             axis.plot(*zip(*pairs), label=key, linewidth=1.2)
+            axis.legend(loc="best", fontsize=8)
+        else:  # a statistic this method does not measure (GRPO and SFT have no teacher at an exposure)
+            axis.text(0.5, 0.5, "not measured by this method", ha="center", va="center", transform=axis.transAxes)
         axis.set_title(label)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
-        axis.legend(loc="best", fontsize=8)
     figure.suptitle(title)
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -107,7 +109,7 @@ def plot_run(run_dir: Path, title: str) -> list[Path]:
     decisions = read_metrics(run_dir / "decisions.jsonl")
     written = [run_dir / "training.png"]
     plot_training(metrics, written[0], title)
-    if decisions or len({row["alpha"] for row in metrics}) > 1:
+    if decisions or len({row.get("alpha") for row in metrics}) > 1:
         written.append(run_dir / "alpha.png")
         plot_exposure(metrics, decisions, written[-1], f"{title}: exposure")
     return written

@@ -24,6 +24,12 @@ def benchmark_problems(config: Config, name: str) -> list[Problem]:
     return problems[: config.eval.max_problems] if config.eval.max_problems else problems
 
 
+def results_file(out_dir: Path, label: str, benchmark: str) -> Path:
+    """Where `evaluate_model` writes the per-problem results of `label` on `benchmark`."""
+    safe_name = Path(benchmark).stem if benchmark.endswith(".jsonl") else benchmark
+    return out_dir / f"{label}-{safe_name}.json"
+
+
 def evaluate_model(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
                    label: str, teacher_alpha: float | None = None) -> dict[str, dict]:
     """Evaluate on every configured benchmark; writes ``out_dir/<label>-<benchmark>.json`` and returns
@@ -44,6 +50,5 @@ def evaluate_model(config: Config, model: PreTrainedModel, tokenizer: PreTrained
                            lambda ids: tokenizer.decode(ids, skip_special_tokens=True), sampling,
                            config.eval.num_samples, seed=config.run.seed, batch_size=config.eval.batch_size,
                            description=f"eval {label} on {name}")
-        safe_name = Path(name).stem if name.endswith(".jsonl") else name
-        summaries[name] = write_results(results, config.eval.num_samples, out_dir / f"{label}-{safe_name}.json")
+        summaries[name] = write_results(results, config.eval.num_samples, results_file(out_dir, label, name))
     return summaries

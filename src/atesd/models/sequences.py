@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -96,16 +97,39 @@ def output_head(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
     return head.weight, getattr(head, "bias", None)
 
 
+def token_logprobs_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                               targets: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+    """log p(target) for N positions from hidden states ``[N, D]`` and an output head ``[V, D]``, float32.
+
+    Positions are taken `chunk_size` at a time and, when gradients are needed, each chunk runs under a
+    non-reentrant checkpoint, so that neither the forward nor the backward ever holds more than one chunk's
+    ``[chunk, V]`` float32 logits (float64 inputs stay float64; SFT and GRPO train through this at Qwen3's V = 151,936). Chunks come from
+    `split`, whose backward is one concatenation, never a zero-filled ``[N, D]`` per slice.
+    """
+    if hidden.shape[0] == 0:
+        # still connected to the hidden states, so a backward through an empty batch works
+        return hidden.sum(-1).float()[:0]
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    pieces = []
+    for hidden_chunk, target_chunk in zip(hidden.split(chunk_size), targets.split(chunk_size)):
+        if needs_grad:
+            pieces.append(checkpoint(_chunk_logprobs, hidden_chunk, weight, bias, target_chunk,
+                                     use_reentrant=False, preserve_rng_state=False))
+        else:
+            pieces.append(_chunk_logprobs(hidden_chunk, weight, bias, target_chunk))
+    return torch.cat(pieces)
+
+
+def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    targets: torch.Tensor) -> torch.Tensor:
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> float32; float64 stays
+    return -torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
 def completion_token_logprobs(model: torch.nn.Module, batch: PackedSequences,
                               chunk_size: int = 1024) -> torch.Tensor:
     """log p(completion token | context) for each of the N completion tokens, computed in chunks."""
-    hidden = completion_hidden_states(model, batch)
     weight, bias = output_head(model)
-    pieces = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        logits = torch.nn.functional.linear(hidden[start : start + chunk_size], weight, bias).float()
-        targets = batch.targets[start : start + chunk_size]
-        pieces.append(-torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
-    if not pieces:
-        return hidden.new_zeros(0, dtype=torch.float32)
-    return torch.cat(pieces)
+    return token_logprobs_from_hidden(completion_hidden_states(model, batch), weight, bias, batch.targets,
+                                      chunk_size)

@@ -1,6 +1,6 @@
-"""The training loop: on-policy self-distillation with teacher exposure, on `accelerate`.
+"""The training loop: on-policy self-distillation with teacher exposure, and its baselines, on `accelerate`.
 
-One step, top to bottom (`Trainer.train_step`):
+One distillation step (OPSD, ATESD), top to bottom (`Trainer.train_step`, `_distillation_step`):
 
 1. the exposure policy gives α (decided on the main process and broadcast, so every process uses the same);
 2. this process's share of the step's prompts is sampled by a seeded, resumable order;
@@ -12,6 +12,14 @@ One step, top to bottom (`Trainer.train_step`):
 6. the statistics of SPEC §3 are measured, averaged over processes, logged and handed to the policy, which
    may finish decisions (logged to ``decisions.jsonl``) and learn from them (the ATESD controller).
 
+The baselines run in the same loop, with the same data order, rollout engine, update (accumulation, clipping,
+skipping), probe NLL, logging and checkpoints (SPEC §5): GRPO (`_grpo_step`) samples G completions per prompt,
+grades them and takes the ratio-clipped policy gradient with group-normalised advantages (no teacher prompt,
+no exposure); SFT (`_sft_step`) trains on the NLL of the reference solutions, without rollouts.
+
+Every step's record also says what it cost: generated tokens, tokens through scoring forwards
+(``forward_tokens``), and seconds per part (rollout with grading, teacher forwards, student update, probe).
+
 Checkpoints are atomic and hold everything needed to continue the run exactly (`--resume`).
 """
 
@@ -22,6 +30,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +48,16 @@ from atesd.data.sources import hold_out_probe, load_problems
 from atesd.eval.grading import grade
 from atesd.exposure import build_exposure_policy
 from atesd.losses import DivergenceSpec, divergence_from_hidden
+from atesd.losses.policy import clipped_policy_loss, group_advantages, k3_kl, sft_loss, token_weights
 from atesd.models.export import save_final_model
 from atesd.models.loading import load_training_model, resolve_model_path
 from atesd.models.sequences import (
+    PackedSequences,
     completion_hidden_states,
     completion_token_logprobs,
     output_head,
     pack_sequences,
+    token_logprobs_from_hidden,
 )
 from atesd.models.teacher import Teacher
 from atesd.rollout import Completions, SamplingParams, build_rollout_engine
@@ -108,7 +120,6 @@ class StepScores:
     per_token_kl: torch.Tensor
     top1_disagree: torch.Tensor
     student_token_prob: torch.Tensor
-    finite: bool
 
 
 class Trainer:
@@ -153,6 +164,9 @@ class Trainer:
         self.consecutive_bad_steps = 0
         self.last_probe_nll: float | None = None
         self._last_grad_norm = float("nan")
+        self._last_step_skipped = False
+        self._seconds = {"rollout": 0.0, "teacher": 0.0}  # of the current step, per part (see train_step)
+        self._forward_tokens = 0  # tokens through the current step's scoring forwards on this process
 
         if self.accelerator.is_main_process:
             self._prepare_run_dir(resume)
@@ -187,8 +201,8 @@ class Trainer:
                 for row in self.policy.drain_decisions():
                     self.decisions.log(row)
                 progress.update(1)
-                progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rollout_accuracy']:.2f}",
-                                     alpha=f"{record['alpha']:.2f}")
+                progress.set_postfix({key: f"{record[key]:.{digits}f}" for key, digits in
+                                      (("loss", 4), ("rollout_accuracy", 2), ("alpha", 2)) if key in record})
                 if self.step % self.config.train.checkpoint_every == 0 or self.step == total:
                     self.save_checkpoint()
         except KeyboardInterrupt:
@@ -206,33 +220,115 @@ class Trainer:
         return self.run_dir
 
     def train_step(self) -> dict[str, Any]:
+        """One student update of the configured method; returns the step's record (SPEC §3 statistics and more)."""
         step, config = self.step, self.config
         started = time.perf_counter()
         torch.manual_seed(step_seed(config.run.seed, step, self.accelerator.process_index))
-        alpha = self._shared_alpha(step)
+        self._seconds = {"rollout": 0.0, "teacher": 0.0}
+        self._forward_tokens = 0
         problems = self._local_problems(step)
-        student_prompts = [self.prompts.student(p) for p in problems]
-        teacher_prompts = [self.prompts.teacher(p, alpha) for p in problems]
-
-        generator = torch.Generator().manual_seed(step_seed(config.run.seed, step, self.accelerator.process_index, 1))
-        self.engine.update_weights()  # a separate engine (vLLM) samples with the weights of the last update
-        rollouts = self.engine.generate(student_prompts, self.sampling, generator)
-        rollout_done = time.perf_counter()
-        correct = [grade(self.tokenizer.decode(ids, skip_special_tokens=True), p.answer).correct
-                   for ids, p in zip(rollouts.completion_ids, problems)]
-
-        teacher_ref_logp = self.teacher_reference_logprob(problems, teacher_prompts)
-        scores = self._distill_and_update(student_prompts, teacher_prompts, rollouts)
+        if config.method == "sft":
+            record = self._sft_step(problems)
+        elif config.method == "grpo":
+            record = self._grpo_step(problems, step)
+        else:
+            record = self._distillation_step(problems, step)
         update_done = time.perf_counter()
         self.step += 1
         probe = self.probe_nll() if self.step % config.train.probe_every == 0 else self.last_probe_nll
         probe_before, self.last_probe_nll = self.last_probe_nll, probe
+        finished = time.perf_counter()
 
-        record = self._step_record(alpha, rollouts, correct, scores, teacher_ref_logp, probe, probe_before)
-        record.update(rollout_time=rollout_done - started, update_time=update_done - rollout_done,
-                      step_time=time.perf_counter() - started)
-        record.update(self.policy.observe(step, record))
+        forward_tokens = self._global_sums({"forward_tokens": float(self._forward_tokens)})["forward_tokens"]
+        record = {"step": self.step, **record, "probe_nll": probe, "probe_nll_before": probe_before,
+                  "grad_norm": self._last_grad_norm, "lr": self.scheduler.get_last_lr()[0],
+                  "skipped": self._last_step_skipped, "skipped_steps": self.skipped_steps,
+                  "forward_tokens": int(forward_tokens)}
+        rollout_time, teacher_time = self._seconds["rollout"], self._seconds["teacher"]
+        record.update(rollout_time=rollout_time, teacher_time=teacher_time,
+                      update_time=update_done - started - rollout_time - teacher_time,
+                      probe_time=finished - update_done, step_time=finished - started)
+        if config.method in ("opsd", "atesd"):
+            record.update(self.policy.observe(step, record))
         return record
+
+    # ------------------------------------------------------------------ the methods
+
+    def _distillation_step(self, problems: list[Problem], step: int) -> dict[str, Any]:
+        """OPSD / ATESD: the teacher at α scores the student's rollouts; the student learns its distributions."""
+        alpha = self._shared_alpha(step)
+        student_prompts = [self.prompts.student(p) for p in problems]
+        teacher_prompts = [self.prompts.teacher(p, alpha) for p in problems]
+        rollouts, correct = self._rollouts(student_prompts, problems, step)
+        teacher_ref_logp = self.teacher_reference_logprob(problems, teacher_prompts)
+        scores = self._distill_and_update(student_prompts, teacher_prompts, rollouts)
+        return {"alpha": alpha, **self._distillation_record(scores), "teacher_ref_logp": teacher_ref_logp,
+                **self._rollout_record(rollouts, correct)}
+
+    def _grpo_step(self, problems: list[Problem], step: int) -> dict[str, Any]:
+        """GRPO (SPEC §5): G graded rollouts per prompt, group-normalised advantages, the ratio-clipped policy
+        gradient (losses.policy), optionally a KL to the teacher weights; no teacher prompt, no exposure."""
+        grpo = self.config.grpo
+        group_problems = [p for p in problems for _ in range(grpo.group_size)]
+        prompts = [self.prompts.student(p) for p in group_problems]
+        rollouts, correct = self._rollouts(prompts, group_problems, step)
+        rewards = torch.tensor(correct, dtype=torch.float32)
+        advantages = group_advantages(rewards, grpo.group_size, grpo.scale_rewards, grpo.advantage_eps)
+        lengths = [len(ids) for ids in rollouts.completion_ids]
+        token_advantages = advantages.repeat_interleave(torch.tensor(lengths)).to(self.accelerator.device)
+        weights = token_weights(lengths, grpo.loss_normalization, self.accelerator.device)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+        units = sum(lengths) if grpo.loss_normalization == "token" else len(lengths)
+        scale = self._loss_scale(units)
+        totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0}
+
+        def micro_loss(span: slice) -> torch.Tensor:
+            batch = self._packed(prompts[span], rollouts.completion_ids[span])
+            tokens = slice(offsets[span.start], offsets[min(span.stop, len(lengths))])
+            logprobs = self._student_token_logprobs(batch)
+            per_token, clipped = clipped_policy_loss(logprobs, logprobs.detach(), token_advantages[tokens],
+                                                     grpo.clip_epsilon)
+            if grpo.kl_coef > 0:
+                kl = k3_kl(logprobs, self._teacher_token_logprobs(batch))
+                per_token = per_token + grpo.kl_coef * kl
+                totals["kl"] += float(kl.detach().sum())
+            loss = (per_token * weights[tokens]).sum()
+            totals["loss"] += float(loss.detach())
+            totals["clipped"] += float(clipped.sum())
+            return loss * scale
+
+        self._update(self._micro_batches(len(prompts)), micro_loss)
+        groups = rewards.view(-1, grpo.group_size)
+        sums = self._global_sums({
+            "loss": totals["loss"], "units": float(units), "clipped": totals["clipped"], "kl": totals["kl"],
+            "tokens": float(sum(lengths)), "group_std": float(groups.std(dim=1).sum()),
+            "groups": float(groups.shape[0]), "flat_groups": float((groups.std(dim=1) == 0).sum())})
+        tokens = max(sums["tokens"], 1.0)
+        record = {"loss": sums["loss"] / max(sums["units"], 1.0), "reward_std": sums["group_std"] / sums["groups"],
+                  "groups_without_signal": sums["flat_groups"] / sums["groups"], "clip_fraction": sums["clipped"] / tokens}
+        if grpo.kl_coef > 0:
+            record["kl_ref"] = sums["kl"] / tokens
+        return {**record, **self._rollout_record(rollouts, correct)}
+
+    def _sft_step(self, problems: list[Problem]) -> dict[str, Any]:
+        """SFT (SPEC §5): the NLL of the reference solutions after the student prompt; no rollouts."""
+        prompts = [self.prompts.student(p) for p in problems]
+        solutions = [self.prompts.solution(p) for p in problems]
+        num_tokens = sum(len(ids) for ids in solutions)
+        scale = self._loss_scale(num_tokens)
+        totals = {"loss": 0.0}
+
+        def micro_loss(span: slice) -> torch.Tensor:
+            loss = sft_loss(self._student_token_logprobs(self._packed(prompts[span], solutions[span]))).sum()
+            totals["loss"] += float(loss.detach())
+            return loss * scale
+
+        self._update(self._micro_batches(len(prompts)), micro_loss)
+        sums = self._global_sums({"loss": totals["loss"], "tokens": float(num_tokens)})
+        return {"loss": sums["loss"] / max(sums["tokens"], 1.0), "reference_tokens": int(sums["tokens"]),
+                "generated_tokens": 0}
+
+    # ------------------------------------------------------------------ the parts the methods share
 
     def _shared_alpha(self, step: int) -> float:
         """The policy decides on the main process; every process uses that decision."""
@@ -246,42 +342,95 @@ class Trainer:
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         return [self.train_problems[i] for i in indices[rank::world]]
 
+    def _rollouts(self, prompts: list[list[int]], problems: list[Problem], step: int) -> tuple[Completions, list[bool]]:
+        """One sampled completion per prompt from the current weights, and whether each one's answer is right."""
+        started = time.perf_counter()
+        config = self.config
+        generator = torch.Generator().manual_seed(step_seed(config.run.seed, step, self.accelerator.process_index, 1))
+        self.engine.update_weights()  # a separate engine (vLLM) samples with the weights of the last update
+        rollouts = self.engine.generate(prompts, self.sampling, generator)
+        correct = [grade(self.tokenizer.decode(ids, skip_special_tokens=True), p.answer).correct
+                   for ids, p in zip(rollouts.completion_ids, problems)]
+        self._seconds["rollout"] += time.perf_counter() - started
+        return rollouts, correct
+
+    def _rollout_record(self, rollouts: Completions, correct: list[bool]) -> dict[str, Any]:
+        sums = self._global_sums({
+            "correct": float(sum(correct)), "count": float(len(correct)),
+            "tokens": float(rollouts.num_tokens), "truncated": float(sum(not f for f in rollouts.finished))})
+        count = max(sums["count"], 1.0)
+        return {"rollout_accuracy": sums["correct"] / count, "completion_length": sums["tokens"] / count,
+                "truncated_rate": sums["truncated"] / count, "generated_tokens": int(sums["tokens"])}
+
+    def _micro_batches(self, size: int) -> list[slice]:
+        micro = self.config.train.micro_batch_size
+        return [slice(start, start + micro) for start in range(0, size, micro)]
+
+    def _loss_scale(self, local_units: int) -> float:
+        """DDP averages gradients over processes; scaling each process's loss sum by world / (units of the whole
+        step) turns that average into "sum over the step / number of units" (SPEC §2), whatever the split."""
+        global_units = self._global_sums({"units": float(local_units)})["units"]
+        return self.accelerator.num_processes / max(global_units, 1.0)
+
+    def _packed(self, prompts: list[list[int]], completions: list[list[int]]) -> PackedSequences:
+        batch = pack_sequences(prompts, completions, self.tokenizer.pad_token_id).to(self.accelerator.device)
+        self._forward_tokens += int(batch.attention_mask.sum())
+        return batch
+
+    def _student_token_logprobs(self, batch: PackedSequences) -> torch.Tensor:
+        weight, bias = output_head(self.unwrapped)
+        return token_logprobs_from_hidden(completion_hidden_states(self.model, batch), weight, bias, batch.targets,
+                                          self.config.loss.chunk_size)
+
+    def _teacher_token_logprobs(self, batch: PackedSequences) -> torch.Tensor:
+        with self._timed("teacher"), self.teacher.scoring() as teacher_model, self._autocast():
+            return completion_token_logprobs(teacher_model, batch, self.config.loss.chunk_size)
+
     def _distill_and_update(self, student_prompts: list[list[int]], teacher_prompts: list[list[int]],
                             rollouts: Completions) -> StepScores:
         """Teacher and student scoring, the distillation loss, and the optimizer step (or a counted skip)."""
-        config, accelerator = self.config, self.accelerator
-        pad = self.tokenizer.pad_token_id
-        local_tokens = torch.tensor(float(rollouts.num_tokens), device=accelerator.device)
-        global_tokens = accelerator.reduce(local_tokens, reduction="sum").item()
-        # DDP averages gradients over processes; scaling by world / global tokens turns that average into
-        # "sum over every completion token of the step / number of those tokens" (SPEC §2).
-        scale = accelerator.num_processes / max(global_tokens, 1.0)
-        micro = config.train.micro_batch_size
-        starts = list(range(0, len(student_prompts), micro))
-        loss_sum, finite, parts = 0.0, True, []
-        self.optimizer.zero_grad(set_to_none=True)
-        for index, start in enumerate(starts):
-            span = slice(start, start + micro)
+        scale = self._loss_scale(rollouts.num_tokens)
+        loss_sum, parts = 0.0, []
+
+        def micro_loss(span: slice) -> torch.Tensor:
+            nonlocal loss_sum
             completions = rollouts.completion_ids[span]
-            student_batch = pack_sequences(student_prompts[span], completions, pad).to(accelerator.device)
-            teacher_batch = pack_sequences(teacher_prompts[span], completions, pad).to(accelerator.device)
-            with self.teacher.scoring() as teacher_model, self._autocast():
+            student_batch = self._packed(student_prompts[span], completions)
+            teacher_batch = self._packed(teacher_prompts[span], completions)
+            with self._timed("teacher"), self.teacher.scoring() as teacher_model:
                 teacher_hidden = completion_hidden_states(teacher_model, teacher_batch)
                 teacher_head, teacher_bias = output_head(teacher_model)
-            last = index == len(starts) - 1
-            sync = accelerator.no_sync(self.model) if not last else contextlib.nullcontext()
-            with sync, self._autocast():
-                student_hidden = completion_hidden_states(self.model, student_batch)
-                head, bias = output_head(self.unwrapped)
-                out = divergence_from_hidden(student_hidden, teacher_hidden, head, teacher_head,
-                                             student_batch.targets, self.divergence, bias, teacher_bias)
-                loss = out.loss_sum * scale
-                if torch.isfinite(loss):
-                    accelerator.backward(loss)
-                else:
-                    finite = False
+            student_hidden = completion_hidden_states(self.model, student_batch)
+            head, bias = output_head(self.unwrapped)
+            out = divergence_from_hidden(student_hidden, teacher_hidden, head, teacher_head,
+                                         student_batch.targets, self.divergence, bias, teacher_bias)
             loss_sum += float(out.loss_sum.detach())
             parts.append(out)
+            return out.loss_sum * scale
+
+        self._update(self._micro_batches(len(student_prompts)), micro_loss)
+        return StepScores(
+            loss_sum=loss_sum,
+            per_token_kl=torch.cat([p.per_token_kl for p in parts]),
+            top1_disagree=torch.cat([p.top1_disagree for p in parts]),
+            student_token_prob=torch.cat([p.student_token_prob for p in parts]),
+        )
+
+    def _update(self, micro_batches: list[slice], micro_loss: Callable[[slice], torch.Tensor]) -> bool:
+        """Backward of each micro-batch's (already scaled) loss, then one clipped optimizer step. A step whose loss
+        or gradient is not finite on any process is skipped and counted; too many in a row stop the run."""
+        config, accelerator = self.config, self.accelerator
+        finite = True
+        self.optimizer.zero_grad(set_to_none=True)
+        for index, span in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            sync = accelerator.no_sync(self.model) if not last else contextlib.nullcontext()
+            with sync, self._autocast():
+                loss = micro_loss(span)
+                finite = finite and bool(torch.isfinite(loss))
+                # Backward even for a non-finite loss: every process must join the gradient all-reduce; the
+                # step is then skipped below.
+                accelerator.backward(loss)
 
         finite = self._all_processes_agree(finite)
         grad_norm = float("nan")
@@ -303,13 +452,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self._last_grad_norm = grad_norm
-        return StepScores(
-            loss_sum=loss_sum,
-            per_token_kl=torch.cat([p.per_token_kl for p in parts]),
-            top1_disagree=torch.cat([p.top1_disagree for p in parts]),
-            student_token_prob=torch.cat([p.student_token_prob for p in parts]),
-            finite=finite,
-        )
+        self._last_step_skipped = not finite
+        return finite
 
     # ------------------------------------------------------------------ statistics (SPEC §3)
 
@@ -322,12 +466,9 @@ class Trainer:
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
-        micro = self.config.train.micro_batch_size
-        for start in range(0, len(self.probe_problems), micro):
-            chunk = self.probe_problems[start : start + micro]
-            batch = pack_sequences([self.prompts.student(p) for p in chunk],
-                                   [self.prompts.solution(p) for p in chunk],
-                                   self.tokenizer.pad_token_id).to(self.accelerator.device)
+        for span in self._micro_batches(len(self.probe_problems)):
+            chunk = self.probe_problems[span]
+            batch = self._packed([self.prompts.student(p) for p in chunk], [self.prompts.solution(p) for p in chunk])
             with self._autocast():
                 logprobs = completion_token_logprobs(model, batch, self.config.loss.chunk_size)
             total -= float(logprobs.sum())
@@ -339,55 +480,32 @@ class Trainer:
     def teacher_reference_logprob(self, problems: list[Problem], teacher_prompts: list[list[int]]) -> float:
         """g_t: mean per-token log-prob the teacher at the current α gives the full reference solutions."""
         total, count = 0.0, 0
-        micro = self.config.train.micro_batch_size
-        for start in range(0, len(problems), micro):
-            batch = pack_sequences(teacher_prompts[start : start + micro],
-                                   [self.prompts.solution(p) for p in problems[start : start + micro]],
-                                   self.tokenizer.pad_token_id).to(self.accelerator.device)
-            with self.teacher.scoring() as teacher_model, self._autocast():
-                logprobs = completion_token_logprobs(teacher_model, batch, self.config.loss.chunk_size)
-            total += float(logprobs.sum())
+        for span in self._micro_batches(len(problems)):
+            batch = self._packed(teacher_prompts[span], [self.prompts.solution(p) for p in problems[span]])
+            total += float(self._teacher_token_logprobs(batch).sum())
             count += batch.num_tokens
-        totals = self.accelerator.reduce(torch.tensor([total, float(count)], device=self.accelerator.device), "sum")
-        return float(totals[0] / totals[1].clamp(min=1))
+        sums = self._global_sums({"total": total, "count": float(count)})
+        return sums["total"] / max(sums["count"], 1.0)
 
-    def _step_record(self, alpha: float, rollouts: Completions, correct: list[bool], scores: StepScores,
-                     teacher_ref_logp: float, probe_nll: float, probe_nll_before: float) -> dict[str, Any]:
+    def _distillation_record(self, scores: StepScores) -> dict[str, float]:
         kl = scores.per_token_kl
-        sums = torch.tensor([
-            float(kl.sum()), float(scores.top1_disagree.float().sum()), float(scores.student_token_prob.sum()),
-            float(kl.numel()), float(sum(correct)), float(len(correct)),
-            float(sum(len(c) for c in rollouts.completion_ids)), float(sum(not f for f in rollouts.finished)),
-            scores.loss_sum,
-        ], device=self.accelerator.device)
-        sums = self.accelerator.reduce(sums, "sum").tolist()
-        tokens = max(sums[3], 1.0)
+        sums = self._global_sums({
+            "kl": float(kl.sum()), "disagree": float(scores.top1_disagree.float().sum()),
+            "confidence": float(scores.student_token_prob.sum()), "tokens": float(kl.numel()),
+            "loss": scores.loss_sum})
+        tokens = max(sums["tokens"], 1.0)
         # The tail quantiles are over every completion token of the step, all processes together: each
         # process's per-token KL is padded to the longest (NaN) and gathered, the padding dropped.
         all_kl = self.accelerator.gather(self.accelerator.pad_across_processes(
             kl.float().to(self.accelerator.device), pad_index=float("nan")))
         all_kl = all_kl[~torch.isnan(all_kl)]
-        quantiles = [_quantile(all_kl, 0.9), _quantile(all_kl, 0.99)]
         return {
-            "step": self.step,
-            "alpha": alpha,
-            "loss": sums[8] / tokens,
-            "kl_mean": sums[0] / tokens,
-            "kl_p90": quantiles[0],
-            "kl_p99": quantiles[1],
-            "top1_disagree": sums[1] / tokens,
-            "confidence": sums[2] / tokens,
-            "probe_nll": probe_nll,
-            "probe_nll_before": probe_nll_before,
-            "teacher_ref_logp": teacher_ref_logp,
-            "rollout_accuracy": sums[4] / max(sums[5], 1.0),
-            "completion_length": sums[6] / max(sums[5], 1.0),
-            "truncated_rate": sums[7] / max(sums[5], 1.0),
-            "generated_tokens": int(sums[6]),
-            "grad_norm": self._last_grad_norm,
-            "lr": self.scheduler.get_last_lr()[0],
-            "skipped": not scores.finite,
-            "skipped_steps": self.skipped_steps,
+            "loss": sums["loss"] / tokens,
+            "kl_mean": sums["kl"] / tokens,
+            "kl_p90": _quantile(all_kl, 0.9),
+            "kl_p99": _quantile(all_kl, 0.99),
+            "top1_disagree": sums["disagree"] / tokens,
+            "confidence": sums["confidence"] / tokens,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -401,6 +519,22 @@ class Trainer:
         if train.lr_scheduler == "cosine":
             return warmup * 0.5 * (1.0 + math.cos(math.pi * progress))
         return warmup
+
+    def _global_sums(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value summed over processes (one reduce for all of them)."""
+        if self.accelerator.num_processes == 1:
+            return values
+        summed = self.accelerator.reduce(torch.tensor(list(values.values()), dtype=torch.float64,
+                                                      device=self.accelerator.device), "sum")
+        return dict(zip(values, summed.tolist()))
+
+    @contextlib.contextmanager
+    def _timed(self, part: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._seconds[part] += time.perf_counter() - started
 
     def _autocast(self):
         enabled = self.config.train.bf16_autocast

@@ -1,0 +1,213 @@
+"""A resumable queue of experiment runs, shared by `atesd sweep` and `atesd compare`.
+
+A run is (label, config file, overrides, seed) and lives in ``<out>/runs/<label>-seed<seed>``. It trains (or,
+for the base pseudo-run, does not), evaluates the final model and writes ``result.json``. What a run does
+depends on what its directory already holds, so that a killed sweep or comparison, started again with the
+same arguments, continues at the first unfinished run and never redoes a finished one:
+
+- ``result.json``: finished; it is loaded, nothing runs;
+- ``trained.json``: training finished; only the evaluation is left;
+- a checkpoint: training was interrupted; it resumes from the latest checkpoint;
+- otherwise: training starts from scratch.
+
+``trained.json`` is written once the trainer has returned, that is once ``final_model/`` is complete: the
+directory alone could be a save that was cut short. Every run's directory keeps the resolved ``config.yaml``;
+a run whose saved config differs from the one asked for is an error, never silently reused.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from atesd.analysis.presets import BASE_LABEL
+from atesd.config import Config, ConfigError, load_config, save_config
+from atesd.train.state_io import atomic_write_text
+
+RUNS_DIR = "runs"
+RESULT_FILE = "result.json"
+TRAINED_FILE = "trained.json"
+EVAL_LABELS = {True: "trained", False: "base"}  # eval file label, by whether the run trains
+# Settings that name where a run lives, not what it is: two runs that differ only here are the same experiment.
+LOCATION_KEYS = ("run.output_dir", "run.name")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run: `config_path` with `overrides`, at `seed`; ``trains=False`` evaluates the starting model."""
+
+    label: str
+    config_path: Path
+    overrides: tuple[str, ...]
+    seed: int
+    trains: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}-seed{self.seed}"
+
+    def config(self, out: Path) -> Config:
+        # JSON strings are YAML strings: a path like "1.5" or "a: b" stays a path.
+        return load_config(self.config_path, [*self.overrides, f"run.output_dir={json.dumps(str(out / RUNS_DIR))}",
+                                              f"run.name={self.name}", f"run.seed={self.seed}"])
+
+
+@dataclass(frozen=True)
+class Run:
+    """A spec resolved to its config and the directory it runs in (another experiment's, when reused)."""
+
+    spec: RunSpec
+    config: Config
+    directory: Path
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    run: Run
+    result: dict[str, Any]
+
+    def eval_file(self, benchmark: str) -> Path:
+        return self.run.directory / self.result["benchmarks"][benchmark]["eval_file"]
+
+
+def plan(specs: Sequence[RunSpec], out: Path) -> list[Run]:
+    """Each spec's config, resolved now so that a bad override fails before the first run starts."""
+    runs = []
+    for spec in specs:
+        config = spec.config(out)
+        runs.append(Run(spec, config, Path(config.run.output_dir) / spec.name))
+    return runs
+
+
+def run_all(runs: Sequence[Run]) -> list[FinishedRun]:
+    """Run the queue in order, printing one line per run; finished runs are loaded, not redone."""
+    finished = []
+    for index, run in enumerate(runs, 1):
+        prefix = f"[{index}/{len(runs)}] {run.spec.label} seed {run.spec.seed}"
+        if (run.directory / RESULT_FILE).is_file():
+            check_saved_config(run)
+            print(f"{prefix}: finished earlier ({run.directory / RESULT_FILE})", flush=True)
+        else:
+            print(f"{prefix} ...", flush=True)
+            started = time.perf_counter()
+            execute(run)
+            print(f"{prefix} done in {time.perf_counter() - started:.0f}s", flush=True)
+        finished.append(FinishedRun(run, json.loads((run.directory / RESULT_FILE).read_text())))
+    return finished
+
+
+def execute(run: Run) -> None:
+    """Train (or resume) the run when it trains, evaluate its model, and write ``result.json``."""
+    from atesd.eval.runner import evaluate_model, results_file
+    from atesd.models.loading import load_model_and_tokenizer
+
+    config, directory, trains = run.config, run.directory, run.spec.trains
+    check_saved_config(run)
+    if trains and not (directory / TRAINED_FILE).is_file():
+        train(config, directory)
+    if not trains:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_config(config, directory / "config.yaml")
+
+    started = time.perf_counter()
+    model, tokenizer = load_model_and_tokenizer(config, str(directory / "final_model") if trains else None)
+    label = EVAL_LABELS[trains]
+    summaries = evaluate_model(config, model, tokenizer, directory / "eval", label)
+    eval_seconds = time.perf_counter() - started
+    del model
+    gc.collect()
+
+    result = {
+        "label": run.spec.label,
+        "seed": run.spec.seed,
+        "method": config.method if trains else BASE_LABEL,
+        "benchmarks": {name: {"eval_file": str(results_file(directory / "eval", label, name).relative_to(directory)),
+                              "summary": summary} for name, summary in summaries.items()},
+        **compute_columns(directory, trains),
+        "eval_seconds": eval_seconds,
+    }
+    atomic_write_text(directory / RESULT_FILE, json.dumps(result, indent=1))
+
+
+def train(config: Config, directory: Path) -> None:
+    """Train the run to `train.steps`, resuming from its latest checkpoint when it has one."""
+    from atesd.train.checkpoint import latest_checkpoint
+    from atesd.train.trainer import Trainer
+
+    trainer = Trainer(config, resume=latest_checkpoint(directory) is not None)
+    trainer.train()
+    del trainer
+    gc.collect()
+    atomic_write_text(directory / TRAINED_FILE, json.dumps({"steps": config.train.steps}))
+
+
+def compute_columns(directory: Path, trains: bool) -> dict[str, float | int | None]:
+    """Training cost from ``metrics.jsonl``: updates, generated and forward tokens, and training seconds.
+
+    Seconds are the sum of the steps' own times, so time lost to an interruption (steps redone after a
+    resume replace their earlier rows) does not count. A key no row has is None (an older trainer's log).
+    """
+    from atesd.train.metrics import read_metrics
+
+    if not trains:
+        return {"updates": 0, "generated_tokens": 0, "forward_tokens": 0, "train_seconds": 0.0}
+    rows = read_metrics(directory / "metrics.jsonl")
+    return {
+        "updates": max((row["step"] for row in rows), default=0),
+        "generated_tokens": _total(rows, "generated_tokens"),
+        "forward_tokens": _total(rows, "forward_tokens"),
+        "train_seconds": _total(rows, "step_time"),
+    }
+
+
+def _total(rows: list[dict[str, Any]], key: str) -> float | int | None:
+    values = [row[key] for row in rows if row.get(key) is not None]
+    return sum(values) if values else None
+
+
+def check_saved_config(run: Run) -> None:
+    """Refuse to continue or reuse a run directory whose ``config.yaml`` is not this run's config."""
+    path = run.directory / "config.yaml"
+    if not path.is_file():
+        return
+    changed = differing_keys(load_config(path), run.config)
+    if changed:
+        raise ConfigError(f"{path} differs from this run's config in: {', '.join(changed)}; use another --out "
+                          "or the arguments that made it")
+
+
+def differing_keys(left: Config, right: Config) -> list[str]:
+    """Dotted keys whose values differ between two configs, ignoring where the runs live (LOCATION_KEYS)."""
+    flat_left, flat_right = _flatten(left.model_dump(mode="json")), _flatten(right.model_dump(mode="json"))
+    return sorted(key for key in flat_left.keys() | flat_right.keys()
+                  if key not in LOCATION_KEYS and flat_left.get(key) != flat_right.get(key))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def guard_settings(path: Path, settings: dict[str, Any]) -> None:
+    """Record an experiment's settings in `path`, or refuse when the folder was made with different ones."""
+    settings = json.loads(json.dumps(settings))  # tuples → lists, as they read back
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = sorted(key for key in saved.keys() | settings.keys() if saved.get(key) != settings.get(key))
+        if changed:
+            details = "; ".join(f"{key}: {saved.get(key)!r} there, {settings.get(key)!r} now" for key in changed)
+            raise ConfigError(f"{path.parent} was made with other settings ({details}): continue it with the same "
+                              "arguments, or pass another --out")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(settings, indent=1))

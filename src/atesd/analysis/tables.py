@@ -1,0 +1,106 @@
+"""Rows and tables of an experiment: one row per run and benchmark (metrics re-summarised by difficulty bucket,
+plus the run's compute), mean ± std over seeds, CSV files and markdown tables."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from atesd.analysis.buckets import BUCKETS, difficulty_buckets, read_problem_results, rebucketed_summary
+from atesd.analysis.runs import FinishedRun
+
+COMPUTE_COLUMNS = ("generated_tokens", "forward_tokens", "train_seconds", "eval_seconds", "updates")
+
+
+def metric_columns(k: int) -> list[str]:
+    """Average@k overall and per bucket, Pass@k, Maj@k and the boxed rate."""
+    return [f"average@{k}", *(f"average@{k}_{bucket}" for bucket in BUCKETS), f"pass@{k}", f"maj@{k}", "boxed_rate"]
+
+
+def run_rows(finished: Sequence[FinishedRun], k: int) -> list[dict[str, Any]]:
+    """One row per run and benchmark: label, seed, benchmark, `metric_columns(k)` and `COMPUTE_COLUMNS`.
+
+    Buckets come from the base runs among `finished` (``trains=False``), pooled over their seeds.
+    """
+    base = [f for f in finished if not f.run.spec.trains]
+    if not base:
+        raise ValueError("difficulty buckets need at least one base run among the finished runs")
+    benchmarks = list(base[0].result["benchmarks"])
+    buckets = {name: difficulty_buckets(read_problem_results(f.eval_file(name)) for f in base)
+               for name in benchmarks}
+    rows = []
+    for run in finished:
+        for name in benchmarks:
+            path = run.eval_file(name)
+            summary = rebucketed_summary(read_problem_results(path), buckets[name], k, path)
+            metrics = [summary["all"][f"average@{k}"],
+                       *(summary[b][f"average@{k}"] if b in summary else None for b in BUCKETS),
+                       summary["all"][f"pass@{k}"], summary["all"][f"maj@{k}"], summary["all"]["boxed_rate"]]
+            # The spec's label, not the result's: a run reused from another experiment keeps its own there.
+            rows.append({"label": run.run.spec.label, "seed": run.run.spec.seed, "benchmark": name,
+                         **dict(zip(metric_columns(k), metrics)),
+                         **{column: run.result.get(column) for column in COMPUTE_COLUMNS}})
+    return rows
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for one value) of the values that are not None."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None, None
+    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else 0.0
+
+
+def aggregate(rows: Sequence[dict[str, Any]], group_by: Sequence[str], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Per group (in first-seen order): the group keys, ``seeds`` (rows in the group), and ``<column>_mean`` and
+    ``<column>_std`` for each column."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[key] for key in group_by), []).append(row)
+    summary = []
+    for key, members in groups.items():
+        entry: dict[str, Any] = {**dict(zip(group_by, key)), "seeds": len(members)}
+        for column in columns:
+            entry[f"{column}_mean"], entry[f"{column}_std"] = mean_std([m.get(column) for m in members])
+        summary.append(entry)
+    return summary
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Rows as CSV with the first row's keys as the header; None becomes an empty cell."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([{key: "" if value is None else value for key, value in row.items()} for row in rows])
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def count(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
+def seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def mean_std_cell(entry: dict[str, Any], column: str, fmt: Callable[[float | None], str]) -> str:
+    """``mean ± std`` of an `aggregate` entry's column, each formatted with `fmt`."""
+    mean, std = entry[f"{column}_mean"], entry[f"{column}_std"]
+    return fmt(mean) if mean is None else f"{fmt(mean)} ± {fmt(std)}"
+
+
+def markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
