@@ -10,6 +10,7 @@ Parts (each its own script here, run in its own process with the same --threads 
 - ``rollout``: HF-engine sampling throughput over batch sizes;
 - ``grading``: answers/s on the benchmark answer files, in-process against worker pools;
 - ``prompts``: prompt tokenization per step, fresh against PromptBuilder's caches;
+- ``scoring``: the teacher's two scoring passes of a distillation step, separate against one batched forward;
 - ``trl``: an OPSD step of atesd against TRL's SDFTTrainer on the same work (needs ``pip install -e .[bench]``).
 
     python benchmarks/run_all.py --out runs/bench/all.json            # the full set
@@ -41,6 +42,7 @@ PARTS: dict[str, list[str]] = {
     "rollout": ["bench_rollout.py"],
     "grading": ["bench_grading.py"],
     "prompts": ["bench_prompts.py"],
+    "scoring": ["bench_scoring.py"],
     "trl": ["bench_trl.py"],
 }
 
@@ -86,6 +88,9 @@ def headline(part: str, document: dict[str, Any]) -> list[list[Any]]:
     elif part == "prompts":
         rows += [[part, f"{r['mode']} ({r['prompts_per_step']} prompts)", r["median_s"] * 1000, "ms/step"]
                  for r in results]
+    elif part == "scoring":
+        rows += [[part, f"teacher scoring, {r['mode']}", r["median_s"] * 1000, "ms"] for r in results["modes"]]
+        rows.append([part, "teacher prompt tokens / all teacher tokens", results["teacher_prompt_token_share"], ""])
     elif part == "trl":
         rows.append([part, f"atesd OPSD step / same work / TRL {results['trl_version']} SDFT step",
                      (f"{results['atesd_step_s']:.2f} / {results['atesd_same_work_s']:.2f} / "
