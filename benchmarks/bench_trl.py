@@ -18,6 +18,11 @@ probe NLL is switched off (``train.probe_every`` past the run) for this comparis
 not, so the same-work comparison runs SDFT without it, and the full run (not ``--quick``) also times SDFT as
 configured by default.
 
+Both learn at a negligible rate (``--lr``, 1e-12 by default): the two losses normalise differently (atesd by the
+step's tokens, SDFT per sequence), so at a real rate the two policies drift apart and sample completions of
+different lengths, which is different work; at 1e-12 every step still runs the optimizer, and both keep sampling
+from the base model. Times are also reported per 1,000 generated tokens.
+
 Order: half of atesd's steps, TRL's, then the other half of atesd's, so that a machine that gets busier or quieter
 during the run weighs on both. Each side's first `--warmup` steps are not timed.
 
@@ -115,17 +120,28 @@ def trl_steps(config, model_dir: Path, problems, steps: int, output_dir: str,
 
     clock = StepTimes()
     trainer.add_callback(clock)
+    generated: list[int] = []
+    generate = trainer._generate
+
+    def counting_generate(prompt_ids):
+        prompt_out, completions = generate(prompt_ids)
+        generated.append(sum(map(len, completions)))
+        return prompt_out, completions
+
+    trainer._generate = counting_generate
     trainer.train()
     teacher_tokens = [len(ids) for ids in trainer._tokenize_prompts(
         [args.teacher_prompt_template.format(prompt=p, privileged_context=c)
          for p, c in zip(rows["prompt"], rows["privileged_context"])])]
-    return [{"step_s": t} for t in clock.times], {"teacher_prompt_tokens_mean": statistics.mean(teacher_tokens)}
+    steps_out = [{"step_s": t, "generated_tokens": n} for t, n in zip(clock.times, generated, strict=True)]
+    return steps_out, {"teacher_prompt_tokens_mean": statistics.mean(teacher_tokens)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_flags(parser, repeats=10)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first, on each side")
+    parser.add_argument("--lr", type=float, default=1e-12, help="learning rate of both (see the docstring)")
     args = parser.parse_args()
     if args.quick:
         args.warmup, args.repeats = 1, min(args.repeats, 2)
@@ -139,7 +155,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as output_dir:
         config = load_config(CONFIG, [f"run.output_dir={output_dir}", "run.name=atesd-opsd",
                                       f"train.steps={2 * steps}", f"train.probe_every={10 * steps}",
-                                      f"train.checkpoint_every={10 * steps}"])
+                                      f"train.checkpoint_every={10 * steps}", f"train.lr={args.lr}"])
         model_dir = embedded_base_model(config)
         problems = embedded_splits(config)["train"]
         first = steps // 2 + args.warmup
@@ -153,8 +169,15 @@ def main() -> None:
 
     atesd_timed = atesd_rows[args.warmup:] + more[args.warmup:]
     trl_timed = trl_rows[args.warmup:]
+    def per_k_tokens(rows: list[dict], key: str = "step_s") -> float:
+        return 1000 * sum(r[key] for r in rows) / sum(r["generated_tokens"] for r in rows)
+
     result = {
         "trl_version": trl.__version__,
+        "atesd_s_per_k_tokens": per_k_tokens(atesd_timed),
+        "atesd_same_work_s_per_k_tokens": per_k_tokens(atesd_timed, "same_work_s"),
+        "trl_s_per_k_tokens": per_k_tokens(trl_timed),
+        "trl_generated_tokens": statistics.mean(r["generated_tokens"] for r in trl_timed),
         "atesd_step_s": statistics.median(r["step_s"] for r in atesd_timed),
         "atesd_same_work_s": statistics.median(r["same_work_s"] for r in atesd_timed),
         "trl_step_s": statistics.median(r["step_s"] for r in trl_timed),
@@ -166,11 +189,16 @@ def main() -> None:
     }
     result["ratio_step"] = result["atesd_step_s"] / result["trl_step_s"]
     result["ratio_same_work"] = result["atesd_same_work_s"] / result["trl_step_s"]
+    result["ratio_per_token"] = result["atesd_s_per_k_tokens"] / result["trl_s_per_k_tokens"]
+    result["ratio_same_work_per_token"] = result["atesd_same_work_s_per_k_tokens"] / result["trl_s_per_k_tokens"]
     print(markdown_table(
         ["atesd step s", "atesd same-work s", f"TRL {trl.__version__} SDFT step s", "SDFT with its default checkpointing s",
-         "atesd / TRL", "same work / TRL", "teacher prompt tokens (atesd / TRL)"],
+         "atesd / TRL", "same work / TRL", "same work / TRL per token", "generated tokens (atesd / TRL)",
+         "teacher prompt tokens (atesd / TRL)"],
         [[result["atesd_step_s"], result["atesd_same_work_s"], result["trl_step_s"],
           result["trl_default_checkpointing_step_s"], result["ratio_step"], result["ratio_same_work"],
+          result["ratio_same_work_per_token"],
+          f"{result['atesd_generated_tokens']:.0f} / {result['trl_generated_tokens']:.0f}",
           f"{atesd_teacher:.0f} / {result['trl_teacher_prompt_tokens_mean']:.0f}"]]))
     write_results(args.out, "trl", args, result)
 
