@@ -209,8 +209,9 @@ def main() -> None:
                              args.warmup, args.repeats, args.device)
         print(json.dumps(result))
         return
-    if args.quick:  # the vocabulary; one N, two chunks of the default 512
+    if args.quick:  # the vocabulary; one N, two chunks of the default 512; a narrower hidden state
         args.positions, args.check_positions = [1024], min(args.check_positions, 256)
+        args.hidden_dim = min(args.hidden_dim, 512)
         args.warmup, args.repeats = 0, 1
 
     results = []
@@ -219,7 +220,7 @@ def main() -> None:
           f"threads={args.threads or 'default'}\n{header}")
     # The children get the parsed sizes (--quick already applied), not --quick itself.
     child_argv = [arg for arg in sys.argv[1:] if arg != "--quick"] + [
-        "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+        "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--hidden-dim", str(args.hidden_dim)]
     for positions in args.positions:
         for variant in args.variants:
             result = {"variant": variant, "N": positions, **run_child(child_argv, f"{variant}:{positions}")}
