@@ -31,6 +31,7 @@ import time
 import torch
 from harness import add_common_flags, apply_threads, machine
 
+from atesd.config import LossConfig
 from atesd.losses import DivergenceSpec, divergence_from_hidden, divergence_from_logits
 
 CLIP = 0.05
@@ -189,7 +190,8 @@ def main() -> None:
     parser.add_argument("--hidden-dim", type=int, default=2048, help="D for the *_hidden variants")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                         help="dtype of the inputs (model logits are usually bf16)")
-    parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--chunk-size", type=int, default=LossConfig.model_fields["chunk_size"].default,
+                        help="positions per chunk (default: loss.chunk_size's default)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--check-positions", type=int, default=2048,
                         help="N of the float32 agreement check (0: no check)")

@@ -125,6 +125,25 @@ def test_hidden_states_and_head_give_the_full_logits(model_and_tokenizer):
     torch.testing.assert_close(logits, full[batch.batch_index, batch.position_index], rtol=0, atol=1e-5)
 
 
+class WholeModelOnly(torch.nn.Module):
+    """Stands for a wrapper such as DistributedDataParallel: callable, but without ``get_decoder``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = model
+
+    def forward(self, **inputs):
+        return self.module(**inputs)
+
+
+def test_a_wrapper_without_a_decoder_gives_the_same_hidden_states(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    batch = pack_sequences([[30, 31, 32], [40]], [[50, 51], [52, 53, 54]], PAD)
+    with torch.no_grad():
+        torch.testing.assert_close(completion_hidden_states(WholeModelOnly(model), batch),
+                                   completion_hidden_states(model, batch), rtol=0, atol=0)
+
+
 def test_completion_token_logprobs_empty_and_gradients(model_and_tokenizer):
     model, _ = model_and_tokenizer
     empty = completion_token_logprobs(model, pack_sequences([[1, 2]], [[]], PAD))

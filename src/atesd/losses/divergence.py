@@ -74,7 +74,7 @@ class DivergenceSpec:
     top_k: int | None = None
     clip: float | None = None
     temperature: float = 1.0
-    chunk_size: int = 512
+    chunk_size: int = 256
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(Divergence):

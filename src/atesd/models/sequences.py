@@ -77,17 +77,19 @@ def pack_sequences(prompts: Sequence[Sequence[int]], completions: Sequence[Seque
 def completion_hidden_states(model: torch.nn.Module, batch: PackedSequences) -> torch.Tensor:
     """The final (normed) hidden states at the N completion-predicting positions: ``[N, D]``.
 
-    Asking the model for a single position of logits (``logits_to_keep=1``) keeps it from building
-    ``[B, T, V]`` logits; the output head is applied later, chunk by chunk, by the loss.
+    The model's decoder (``get_decoder()``: the transformer without its output head) is run directly, so that
+    no ``[B, T, V]`` logits are made and no per-layer outputs are held: asking the whole model for
+    ``output_hidden_states`` would keep every layer's ``[B, T, D]`` output alive to the end of the forward,
+    which under ``no_grad`` (the teacher) are otherwise freed layer by layer. A wrapper without ``get_decoder``
+    (DistributedDataParallel, whose forward must run for its gradient hooks) is called whole, asking for one
+    position of logits only; the output head is applied later, chunk by chunk, by the loss.
     """
-    outputs = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        output_hidden_states=True,
-        logits_to_keep=1,
-        use_cache=False,
-    )
-    hidden = outputs.hidden_states[-1]
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
+    get_decoder = getattr(model, "get_decoder", None)
+    if get_decoder is not None:
+        hidden = get_decoder()(**inputs).last_hidden_state
+    else:
+        hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
     return hidden[batch.batch_index, batch.position_index]
 
 
