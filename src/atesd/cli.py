@@ -9,8 +9,6 @@
 
 Overrides are dotted config keys (``train.steps=50``); every run writes its resolved config. A sweep or
 comparison killed midway continues where it stopped when started again with the same arguments.
-
-Overrides are dotted config keys (``train.steps=50``); every run writes its resolved config.
 """
 
 from __future__ import annotations
@@ -22,6 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+from atesd.analysis.presets import (
+    DEFAULT_ALPHAS,
+    DEFAULT_MISMATCH_PROBLEMS,
+    DEFAULT_SEEDS,
+    METHOD_NAMES,
+    QUICK_SEEDS,
+)
 from atesd.config import ConfigError, load_config, save_config
 from atesd.data.problem import DataError
 
@@ -129,7 +134,6 @@ def _sweep(args: argparse.Namespace) -> None:
 
 def _compare(args: argparse.Namespace) -> None:
     from atesd.analysis.compare import run_compare
-    from atesd.analysis.presets import DEFAULT_SEEDS, QUICK_SEEDS
 
     seeds = args.seeds or (QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
     written = run_compare(Path(args.recipes), args.methods, args.overrides, seeds, Path(args.out), quick=args.quick,
@@ -202,8 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*")
     demo.add_argument("--resume", action="store_true")
     demo.set_defaults(handler=_demo)
-
-    from atesd.analysis.presets import DEFAULT_ALPHAS, DEFAULT_MISMATCH_PROBLEMS, DEFAULT_SEEDS, METHOD_NAMES
 
     sweep = commands.add_parser("sweep", help="train at each fixed exposure α over several seeds; accuracy and "
                                 "mismatch per α (CSV, table, plots)")
