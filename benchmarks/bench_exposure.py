@@ -29,6 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from harness import timed
 
 from atesd.config import load_config
 from atesd.train.trainer import Trainer
@@ -40,16 +41,6 @@ VARIANTS = {
     "atesd": [],
 }
 
-
-def timed(method, bucket: list[float]):
-    """Wrap a bound method so each call's wall time is appended to `bucket`."""
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return method(*args, **kwargs)
-        finally:
-            bucket.append(time.perf_counter() - started)
-    return wrapper
 
 
 def run_variant(name: str, overrides: list[str], args: argparse.Namespace, output_dir: str) -> dict:

@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import add_common_flags, apply_threads, markdown_table, write_results
+from harness import add_common_flags, apply_threads, markdown_table, timed, write_results
 
 import atesd.train.trainer as trainer_module
 from atesd.config import load_config
@@ -48,15 +48,6 @@ from atesd.train.trainer import Trainer
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "opsd.yaml"
 
-
-def timed(function, bucket: list[float]):
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            bucket.append(time.perf_counter() - started)
-    return wrapper
 
 
 def atesd_steps(config, count: int, trainer: Trainer | None) -> tuple[Trainer, list[dict]]:

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,17 @@ def machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def timed(function, bucket: list[float]):
+    """Wrap `function` (often a bound method) so that each call's wall time is appended to `bucket`."""
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            bucket.append(time.perf_counter() - started)
+    return wrapper
 
 
 def summary(times: list[float]) -> dict[str, float]:
