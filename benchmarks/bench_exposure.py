@@ -8,7 +8,8 @@ base model and seed:
 - ``atesd``: the controller, probe NLL after every update (its reward needs it).
 
 Per variant it reports the mean ± std wall time of a step (after `--warmup` steps), and inside the step the
-time of the probe NLL, of g_t (the teacher's reference log-prob, measured for every variant) and of the
+time of the probe NLL, of the teacher's scoring (the distillation targets and g_t, the teacher's reference
+log-prob, measured for every variant: one pass over the teacher prompts, two continuations) and of the
 controller itself (choosing α, observing, REINFORCE updates). The overhead of ATESD is its step time against
 each OPSD variant. Teacher prompts are shorter at α < 1, so a step of ATESD also scores fewer teacher tokens:
 the table shows teacher prompt tokens per step so that effect can be told apart from the controller's cost.
@@ -51,7 +52,7 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, outpu
     trainer.last_probe_nll = trainer.probe_nll()  # what train() does before the first step
     parts: dict[str, list[float]] = defaultdict(list)
     trainer.probe_nll = timed(trainer.probe_nll, parts["probe"])
-    trainer.teacher_reference_logprob = timed(trainer.teacher_reference_logprob, parts["teacher_ref_logp"])
+    trainer._teacher_scoring = timed(trainer._teacher_scoring, parts["teacher"])
     trainer.policy.alpha = timed(trainer.policy.alpha, parts["controller"])
     trainer.policy.observe = timed(trainer.policy.observe, parts["controller"])
     original_teacher = trainer.prompts.teacher
@@ -104,14 +105,14 @@ def main() -> None:
             print(f"{name}: {results[-1]['step_s_mean'] * 1000:.0f} ms/step", flush=True)
 
     baseline = {row["variant"]: row["step_s_mean"] for row in results}
-    header = ("| variant | step ms (± std) | probe ms | g_t ms | controller ms | teacher prompt tokens/step | "
+    header = ("| variant | step ms (± std) | probe ms | teacher ms | controller ms | teacher prompt tokens/step | "
               "vs opsd-no-probe | vs opsd |")
     lines = [header, "|" + "---|" * 8]
     for row in results:
         ratios = [f"{row['step_s_mean'] / baseline[b]:.3f}×" if b in baseline else "–"
                   for b in ("opsd-no-probe", "opsd")]
         lines.append(f"| {row['variant']} | {row['step_s_mean'] * 1000:.0f} (± {row['step_s_std'] * 1000:.0f}) | "
-                     f"{row.get('probe_s_mean', 0) * 1000:.1f} | {row.get('teacher_ref_logp_s_mean', 0) * 1000:.1f} | "
+                     f"{row.get('probe_s_mean', 0) * 1000:.1f} | {row.get('teacher_s_mean', 0) * 1000:.1f} | "
                      f"{row.get('controller_s_mean', 0) * 1000:.2f} | {row['teacher_prompt_tokens_mean']:.0f} | "
                      f"{ratios[0]} | {ratios[1]} |")
     print("\n".join(lines))

@@ -12,7 +12,9 @@ Both get atesd's chat-formatted student prompt text, and the privileged context 
 information at nearly the same length; the table reports both lengths in tokens.
 
 What atesd does that SDFT does not: g_t (the teacher's log-prob of the reference solutions, a SPEC §3 statistic)
-and grading the rollouts. They are timed inside atesd's step and the ``same work`` column leaves them out. The
+and grading the rollouts. Grading is timed inside atesd's step and the ``same work`` column leaves it out; g_t
+is scored as a second continuation of the teacher prompts the rollouts are scored after (the prompts run once),
+so it cannot be timed apart and stays in: ``same work`` is an upper bound of atesd's time for SDFT's work. The
 probe NLL is switched off (``train.probe_every`` past the run) for this comparison. TRL's configs turn gradient
 (activation) checkpointing on by default, which recomputes the forward in backward; atesd's embedded recipe does
 not, so the same-work comparison runs SDFT without it, and the full run (not ``--quick``) also times SDFT as
@@ -51,10 +53,9 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "opsd.ya
 
 
 def atesd_steps(config, count: int, trainer: Trainer | None) -> tuple[Trainer, list[dict]]:
-    """`count` OPSD steps of atesd; per step its wall time and the time of the work SDFT does not do."""
+    """`count` OPSD steps of atesd; per step its wall time and that time less grading (which SDFT does not do)."""
     trainer = trainer or Trainer(config)
     extra: list[float] = []
-    trainer.teacher_reference_logprob = timed(trainer.teacher_reference_logprob, extra)
     grade = trainer_module.grade
     trainer_module.grade = timed(grade, extra)  # the trainer grades each rollout with this module-level name
     rows = []
@@ -68,7 +69,6 @@ def atesd_steps(config, count: int, trainer: Trainer | None) -> tuple[Trainer, l
                          "generated_tokens": record["generated_tokens"]})
     finally:
         trainer_module.grade = grade
-        del trainer.teacher_reference_logprob  # back to the class's method
     return trainer, rows
 
 

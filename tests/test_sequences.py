@@ -10,6 +10,7 @@ from atesd.models.sequences import (
     completion_token_logprobs,
     output_head,
     pack_sequences,
+    shared_prompt_hidden_states,
 )
 from atesd.models.tiny import build_char_tokenizer, build_tiny_model
 
@@ -154,3 +155,20 @@ def test_completion_token_logprobs_empty_and_gradients(model_and_tokenizer):
     logprobs.sum().backward()
     assert model.get_output_embeddings().weight.grad is not None
     model.zero_grad(set_to_none=True)
+
+
+def test_shared_prompt_scoring_equals_packed_scoring(model_and_tokenizer):
+    """The prompts run once with two continuation sets after them (left-padded prompts, a cropped cache) give
+    the packed path's hidden states for each set, prompts of different lengths and empty continuations included."""
+    model, _ = model_and_tokenizer
+    prompts = [[30, 31, 32, 33, 34, 35, 36], [40, 41], [42, 43, 44]]
+    rollouts = [[50, 51], [52, 53, 54, 55, 56], [57]]
+    references = [[60, 61, 62, 63], [], [64, 65]]
+    with torch.no_grad():
+        shared = shared_prompt_hidden_states(model, prompts, [rollouts, references], PAD)
+        packed = [completion_hidden_states(model, pack_sequences(prompts, c, PAD)) for c in (rollouts, references)]
+    for ours, expected in zip(shared, packed):
+        assert ours.shape == expected.shape
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="one continuation per prompt"):
+        shared_prompt_hidden_states(model, prompts, [rollouts[:2]], PAD)

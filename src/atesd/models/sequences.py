@@ -11,6 +11,7 @@ on padded ``[B, T, V]`` ones.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -91,6 +92,65 @@ def completion_hidden_states(model: torch.nn.Module, batch: PackedSequences) -> 
     else:
         hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
     return hidden[batch.batch_index, batch.position_index]
+
+
+def shared_prompt_hidden_states(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                                continuations: Sequence[Sequence[Sequence[int]]],
+                                pad_token_id: int) -> list[torch.Tensor]:
+    """For each set of continuations of the same prompts, the final hidden states at its completion-predicting
+    positions (``[N_set, D]``, as `completion_hidden_states` of the packed ``[prompt ; continuation]`` gives),
+    with every prompt run through the model once for all sets.
+
+    The teacher scores two continuations of its prompt each step (the rollouts, and the reference solution
+    for g_t); its prompt is most of those tokens, so running it once and continuing from its key/value cache
+    twice saves about half the prompt work. The prompts are left-padded (positions counted from each one's
+    first real token), each continuation set right-padded after them, and the cache is cropped back to the
+    prompts between sets. Needs a model with ``get_decoder()`` (not a DDP wrapper: use it for the no-grad
+    teacher); the values equal the packed path's to float rounding.
+    """
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token to predict its continuation from")
+    if any(len(c) != len(prompts) for c in continuations):
+        raise ValueError(f"every continuation set needs one continuation per prompt ({len(prompts)})")
+    decoder = model.get_decoder()
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    prompt_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    prompt_mask = torch.zeros_like(prompt_ids)
+    for row, prompt in enumerate(prompts):
+        prompt_ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+        prompt_mask[row, width - len(prompt):] = 1
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    prompt_out = decoder(input_ids=prompt_ids, attention_mask=prompt_mask,
+                         position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    # transformers 5.24 renamed `past_key_values` (argument and output) to `cache`; both are supported.
+    cache_argument = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    cache = getattr(prompt_out, cache_argument)
+    # Left padding puts every prompt's last token at the last position: it predicts each continuation's first.
+    last_prompt_hidden = prompt_out.last_hidden_state[:, -1:]
+    prompt_lengths = prompt_mask.sum(-1, keepdim=True)
+
+    results = []
+    for completions in continuations:
+        lengths = [len(c) for c in completions]
+        longest = max(lengths, default=0)
+        if longest == 0:
+            results.append(last_prompt_hidden.new_zeros((0, last_prompt_hidden.shape[-1])))
+            continue
+        ids = torch.full((len(prompts), longest), pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, completion in enumerate(completions):
+            ids[row, : len(completion)] = torch.tensor(list(completion), dtype=torch.long)
+            mask[row, : len(completion)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        out = decoder(input_ids=ids, attention_mask=torch.cat([prompt_mask, mask], dim=-1),
+                      position_ids=prompt_lengths + torch.arange(longest, device=device), use_cache=True,
+                      **{cache_argument: cache})
+        cache.crop(-longest)  # back to the prompts alone
+        # Continuation token n is predicted by the prompt's last position (n = 0) or by token n - 1.
+        predicting = torch.cat([last_prompt_hidden, out.last_hidden_state[:, :-1]], dim=1)
+        results.append(torch.cat([predicting[row, :length] for row, length in enumerate(lengths)]))
+    return results
 
 
 def output_head(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:

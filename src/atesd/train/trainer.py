@@ -57,6 +57,7 @@ from atesd.models.sequences import (
     completion_token_logprobs,
     output_head,
     pack_sequences,
+    shared_prompt_hidden_states,
     token_logprobs_from_hidden,
 )
 from atesd.models.teacher import Teacher
@@ -260,8 +261,8 @@ class Trainer:
         student_prompts = [self.prompts.student(p) for p in problems]
         teacher_prompts = [self.prompts.teacher(p, alpha) for p in problems]
         rollouts, correct = self._rollouts(student_prompts, problems, step)
-        teacher_ref_logp = self.teacher_reference_logprob(problems, teacher_prompts)
-        scores = self._distill_and_update(student_prompts, teacher_prompts, rollouts)
+        teacher_hidden, teacher_ref_logp = self._teacher_scoring(teacher_prompts, rollouts, problems)
+        scores = self._distill_and_update(student_prompts, teacher_hidden, rollouts)
         return {"alpha": alpha, **self._distillation_record(scores), "teacher_ref_logp": teacher_ref_logp,
                 **self._rollout_record(rollouts, correct)}
 
@@ -386,29 +387,52 @@ class Trainer:
         with self._timed("teacher"), self.teacher.scoring() as teacher_model, self._autocast():
             return completion_token_logprobs(teacher_model, batch, self.config.loss.chunk_size)
 
-    def _distill_and_update(self, student_prompts: list[list[int]], teacher_prompts: list[list[int]],
+    @torch.no_grad()
+    def _teacher_scoring(self, teacher_prompts: list[list[int]], rollouts: Completions,
+                         problems: list[Problem]) -> tuple[list[torch.Tensor], float]:
+        """The teacher at α, per micro-batch: its final hidden states at the rollouts' positions (the distillation
+        targets) and g_t, the mean log-prob it gives the reference solutions (SPEC §3). Both continue the same
+        teacher prompts, which run once for the two (`shared_prompt_hidden_states`)."""
+        hidden, total, count = [], 0.0, 0
+        with self._timed("teacher"), self.teacher.scoring() as teacher_model, self._autocast():
+            head, bias = output_head(teacher_model)
+            for span in self._micro_batches(len(teacher_prompts)):
+                prompts, completions = teacher_prompts[span], rollouts.completion_ids[span]
+                solutions = [self.prompts.solution(p) for p in problems[span]]
+                rollout_hidden, reference_hidden = shared_prompt_hidden_states(
+                    teacher_model, prompts, [completions, solutions], self.tokenizer.pad_token_id)
+                hidden.append(rollout_hidden)
+                targets = torch.tensor([token for ids in solutions for token in ids], device=self.accelerator.device)
+                total += float(token_logprobs_from_hidden(reference_hidden, head, bias, targets,
+                                                          self.config.loss.chunk_size).sum())
+                count += targets.numel()
+                self._forward_tokens += sum(len(ids) for part in (prompts, completions, solutions) for ids in part)
+        sums = self._global_sums({"total": total, "count": float(count)})
+        return hidden, sums["total"] / max(sums["count"], 1.0)
+
+    def _distill_and_update(self, student_prompts: list[list[int]], teacher_hidden: list[torch.Tensor],
                             rollouts: Completions) -> StepScores:
-        """Teacher and student scoring, the distillation loss, and the optimizer step (or a counted skip)."""
+        """The student's scoring, the distillation loss against the teacher's hidden states (one tensor per
+        micro-batch), and the optimizer step (or a counted skip)."""
         scale = self._loss_scale(rollouts.num_tokens)
         loss_sum, parts = 0.0, []
+        with self.teacher.scoring() as teacher_model:
+            teacher_head, teacher_bias = output_head(teacher_model)
+        micro_batches = self._micro_batches(len(student_prompts))
+        targets_of = {span.start: hidden for span, hidden in zip(micro_batches, teacher_hidden)}
 
         def micro_loss(span: slice) -> torch.Tensor:
             nonlocal loss_sum
-            completions = rollouts.completion_ids[span]
-            student_batch = self._packed(student_prompts[span], completions)
-            teacher_batch = self._packed(teacher_prompts[span], completions)
-            with self._timed("teacher"), self.teacher.scoring() as teacher_model:
-                teacher_hidden = completion_hidden_states(teacher_model, teacher_batch)
-                teacher_head, teacher_bias = output_head(teacher_model)
+            student_batch = self._packed(student_prompts[span], rollouts.completion_ids[span])
             student_hidden = completion_hidden_states(self.model, student_batch)
             head, bias = output_head(self.unwrapped)
-            out = divergence_from_hidden(student_hidden, teacher_hidden, head, teacher_head,
+            out = divergence_from_hidden(student_hidden, targets_of[span.start], head, teacher_head,
                                          student_batch.targets, self.divergence, bias, teacher_bias)
             loss_sum += float(out.loss_sum.detach())
             parts.append(out)
             return out.loss_sum * scale
 
-        self._update(self._micro_batches(len(student_prompts)), micro_loss)
+        self._update(micro_batches, micro_loss)
         return StepScores(
             loss_sum=loss_sum,
             per_token_kl=torch.cat([p.per_token_kl for p in parts]),
@@ -475,17 +499,6 @@ class Trainer:
             count += batch.num_tokens
         model.train(was_training)
         return total / count
-
-    @torch.no_grad()
-    def teacher_reference_logprob(self, problems: list[Problem], teacher_prompts: list[list[int]]) -> float:
-        """g_t: mean per-token log-prob the teacher at the current α gives the full reference solutions."""
-        total, count = 0.0, 0
-        for span in self._micro_batches(len(problems)):
-            batch = self._packed(teacher_prompts[span], [self.prompts.solution(p) for p in problems[span]])
-            total += float(self._teacher_token_logprobs(batch).sum())
-            count += batch.num_tokens
-        sums = self._global_sums({"total": total, "count": float(count)})
-        return sums["total"] / max(sums["count"], 1.0)
 
     def _distillation_record(self, scores: StepScores) -> dict[str, float]:
         kl = scores.per_token_kl
