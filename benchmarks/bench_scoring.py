@@ -1,12 +1,13 @@
-"""The teacher's two scoring passes of a distillation step, separate against batched in one forward.
+"""The teacher's two scoring passes of a distillation step: separate, batched in one forward, or sharing the prompt.
 
 In a step of OPSD / ATESD the teacher scores, after the same teacher prompts, (a) the student's rollouts (the
 distillation targets) and (b) the reference solutions (g_t). The trainer runs them as two forwards; both go
 through the same weights and the same kind of packed batch, so they can be one forward of 2B sequences. This
 measures both ways on the embedded default's base model: the teacher prompts at α = 1 of 32 training problems,
 rollouts sampled once from the student prompts, the solutions; forward without gradient, hidden states at the
-completion positions (what the trainer takes). It also reports how many of the teacher's tokens are prompt
-tokens, which a shared-prefix (KV-cache) pass would compute once instead of twice.
+completion positions (what the trainer takes). The third way, ``shared_prompt`` (what the trainer does), runs the
+teacher prompts once and both continuations from their key/value cache (`shared_prompt_hidden_states`). It also
+reports how many of the teacher's tokens are prompt tokens, which the shared pass computes once instead of twice.
 
     python benchmarks/bench_scoring.py --out runs/bench/scoring.json
 """
@@ -23,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from atesd.config import load_config
 from atesd.models.embedded import embedded_base_model, embedded_splits
-from atesd.models.sequences import completion_hidden_states, pack_sequences
+from atesd.models.sequences import completion_hidden_states, pack_sequences, shared_prompt_hidden_states
 from atesd.rollout import HFGenerateEngine, SamplingParams
 from atesd.train.prompts import PromptBuilder
 
@@ -63,8 +64,12 @@ def main() -> None:
     def batched() -> None:
         completion_hidden_states(model, pack_sequences(teacher + teacher, rollouts.completion_ids + solutions, pad))
 
+    @torch.no_grad()
+    def shared_prompt() -> None:
+        shared_prompt_hidden_states(model, teacher, [rollouts.completion_ids, solutions], pad)
+
     results = []
-    for name, function in (("separate", separate), ("batched", batched)):
+    for name, function in (("separate", separate), ("batched", batched), ("shared_prompt", shared_prompt)):
         function()  # untimed first call
         times = []
         for _ in range(args.repeats):
