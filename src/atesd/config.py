@@ -6,6 +6,7 @@ its outputs. Unknown keys are errors that name the key, so a typo never silently
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -349,6 +350,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return Config.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, source)) from None
+
+
+def changed_keys(left: Config, right: Config, ignore: Collection[str] = ()) -> list[str]:
+    """The dotted keys whose values differ between two configs, sorted, leaving out the keys in `ignore`."""
+    differing = _differing_keys(left.model_dump(mode="json"), right.model_dump(mode="json"))
+    return sorted(key for key in differing if key not in ignore)
+
+
+def _differing_keys(left: Any, right: Any, prefix: str = "") -> list[str]:
+    if isinstance(left, dict) and isinstance(right, dict):
+        return [found for key in left.keys() | right.keys()
+                for found in _differing_keys(left.get(key), right.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if left != right else []
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -31,12 +31,12 @@ from atesd.analysis.presets import (
     methods,
 )
 from atesd.analysis.runs import (
+    LOCATION_KEYS,
     RESULT_FILE,
     RUNS_DIR,
     FinishedRun,
     Run,
     RunSpec,
-    differing_keys,
     guard_settings,
     plan,
     run_all,
@@ -54,7 +54,7 @@ from atesd.analysis.tables import (
     seconds,
     write_csv,
 )
-from atesd.config import ConfigError, load_config
+from atesd.config import ConfigError, changed_keys, load_config
 from atesd.train.metrics import read_metrics
 
 SETTINGS_FILE = "compare.json"
@@ -100,8 +100,8 @@ def reuse_from_sweep(runs: Sequence[Run], sweep_dir: Path) -> list[Run]:
             finished.append((directory, trains, load_config(directory / "config.yaml")))
     reused = []
     for run in runs:
-        match = next((directory for directory, trains, config in finished
-                      if trains == run.spec.trains and not differing_keys(config, run.config)), None)
+        match = next((directory for directory, trains, config in finished if trains == run.spec.trains
+                      and not changed_keys(config, run.config, ignore=LOCATION_KEYS)), None)
         reused.append(run if match is None else Run(run.spec, run.config, match))
     return reused
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from atesd.analysis.presets import BASE_LABEL
-from atesd.config import Config, ConfigError, load_config, save_config
+from atesd.config import Config, ConfigError, changed_keys, load_config, save_config
 from atesd.train.state_io import atomic_write_text
 
 RUNS_DIR = "runs"
@@ -175,27 +175,10 @@ def check_saved_config(run: Run) -> None:
     path = run.directory / "config.yaml"
     if not path.is_file():
         return
-    changed = differing_keys(load_config(path), run.config)
+    changed = changed_keys(load_config(path), run.config, ignore=LOCATION_KEYS)
     if changed:
         raise ConfigError(f"{path} differs from this run's config in: {', '.join(changed)}; use another --out "
                           "or the arguments that made it")
-
-
-def differing_keys(left: Config, right: Config) -> list[str]:
-    """Dotted keys whose values differ between two configs, ignoring where the runs live (LOCATION_KEYS)."""
-    flat_left, flat_right = _flatten(left.model_dump(mode="json")), _flatten(right.model_dump(mode="json"))
-    return sorted(key for key in flat_left.keys() | flat_right.keys()
-                  if key not in LOCATION_KEYS and flat_left.get(key) != flat_right.get(key))
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def guard_settings(path: Path, settings: dict[str, Any]) -> None:

@@ -42,7 +42,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from atesd.config import Config, ConfigError, load_config, save_config
+from atesd.config import Config, ConfigError, changed_keys, load_config, save_config
 from atesd.data.problem import Problem
 from atesd.data.sources import hold_out_probe, load_problems
 from atesd.eval.grading import grade
@@ -565,11 +565,9 @@ class Trainer:
         if resume:
             if not config_path.is_file():
                 raise FileNotFoundError(f"--resume: {config_path} does not exist; nothing to resume")
-            saved = load_config(config_path).model_dump(mode="json")
-            current = self.config.model_dump(mode="json")
-            saved["train"]["steps"] = current["train"]["steps"]  # extending a run is allowed
-            if saved != current:
-                changed = sorted(_changed_keys(saved, current))
+            # extending a run (more train.steps) is allowed
+            changed = changed_keys(load_config(config_path), self.config, ignore=("train.steps",))
+            if changed:
                 raise ConfigError(f"--resume: the config differs from the run's {config_path} in: "
                                   f"{', '.join(changed)}; resume with the same settings or start a new run")
         elif latest_checkpoint(self.run_dir) is not None:
@@ -648,10 +646,3 @@ def refuse_unsupported_distribution(accelerator: Accelerator) -> None:
 
 def _quantile(values: torch.Tensor, q: float) -> float:
     return float(torch.quantile(values.float(), q)) if values.numel() else float("nan")
-
-
-def _changed_keys(left: Any, right: Any, prefix: str = "") -> list[str]:
-    if isinstance(left, dict) and isinstance(right, dict):
-        keys = set(left) | set(right)
-        return [k for key in keys for k in _changed_keys(left.get(key), right.get(key), f"{prefix}{key}.")]
-    return [prefix.rstrip(".")] if left != right else []
