@@ -94,6 +94,18 @@ def completion_hidden_states(model: torch.nn.Module, batch: PackedSequences) -> 
     return hidden[batch.batch_index, batch.position_index]
 
 
+def left_padded(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts left-padded to the longest, so that every one ends at the last position: ``(input_ids,
+    attention_mask)``, both ``[B, T]``. What generation and cached continuation need."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+        attention_mask[row, width - len(prompt):] = 1
+    return input_ids, attention_mask
+
+
 def shared_prompt_hidden_states(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                                 continuations: Sequence[Sequence[Sequence[int]]],
                                 pad_token_id: int) -> list[torch.Tensor]:
@@ -114,13 +126,7 @@ def shared_prompt_hidden_states(model: torch.nn.Module, prompts: Sequence[Sequen
         raise ValueError(f"every continuation set needs one continuation per prompt ({len(prompts)})")
     decoder = model.get_decoder()
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    prompt_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    prompt_mask = torch.zeros_like(prompt_ids)
-    for row, prompt in enumerate(prompts):
-        prompt_ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-        prompt_mask[row, width - len(prompt):] = 1
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    prompt_ids, prompt_mask = (tensor.to(device) for tensor in left_padded(prompts, pad_token_id))
     prompt_out = decoder(input_ids=prompt_ids, attention_mask=prompt_mask,
                          position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
     # transformers 5.24 renamed `past_key_values` (argument and output) to `cache`; both are supported.

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from atesd.models.sequences import left_padded
 from atesd.rollout.base import Completions, SamplingParams
 
 
@@ -41,12 +42,8 @@ class HFGenerateEngine:
     def _generate_chunk(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
                         generator: torch.Generator | None) -> tuple[list[list[int]], list[bool]]:
         device = next(self.model.parameters()).device
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            attention_mask[row, width - len(prompt) :] = 1
+        input_ids, attention_mask = left_padded(prompts, self.pad_token_id)
+        width = input_ids.shape[1]
         was_training = self.model.training
         self.model.eval()
         # generate() samples with the global RNG; a caller's generator seeds it so that rollouts are a
