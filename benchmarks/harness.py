@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from atesd.analysis.tables import markdown
+
 
 def add_common_flags(parser: argparse.ArgumentParser, repeats: int) -> None:
     parser.add_argument("--threads", type=int, default=1,
@@ -93,6 +95,4 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
             return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
         return str(value)
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown(header, [[cell(v) for v in row] for row in rows])

@@ -77,9 +77,7 @@ def _demo(args: argparse.Namespace) -> None:
     from atesd.models.loading import load_model_and_tokenizer
     from atesd.train.trainer import Trainer, run_directory
 
-    config_path = Path(args.config) if args.config else DEMO_CONFIG
-    if not config_path.is_file():
-        raise ConfigError(f"config file not found: {config_path} (run from the repository root or pass a config)")
+    config_path = _config_or_default(args.config, DEMO_CONFIG)
     config = load_config(config_path, args.overrides)
     started = time.perf_counter()
     run_dir = run_directory(config)
@@ -124,9 +122,7 @@ def _demo(args: argparse.Namespace) -> None:
 def _sweep(args: argparse.Namespace) -> None:
     from atesd.analysis.sweep import run_sweep
 
-    config_path = Path(args.config) if args.config else SWEEP_CONFIG
-    if not config_path.is_file():
-        raise ConfigError(f"config file not found: {config_path} (run from the repository root or pass a config)")
+    config_path = _config_or_default(args.config, SWEEP_CONFIG)
     written = run_sweep(config_path, args.overrides, args.alphas, args.seeds, Path(args.out), args.mismatch_problems,
                         args.command_line)
     print(f"sweep done: {', '.join(str(p) for p in written)}")
@@ -140,6 +136,14 @@ def _compare(args: argparse.Namespace) -> None:
                           best=args.best_alpha, sweep_dir=Path(args.sweep) if args.sweep else None,
                           command=args.command_line)
     print(f"comparison done: {', '.join(str(p) for p in written)}")
+
+
+def _config_or_default(given: str | None, default: Path) -> Path:
+    """The config a command was given, or its default: a repository path, so say so when it is missing."""
+    path = Path(given) if given else default
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (run from the repository root or pass a config)")
+    return path
 
 
 def exposure_summary(run_dir: Path) -> str | None:
@@ -163,19 +167,15 @@ def exposure_summary(run_dir: Path) -> str | None:
 
 def markdown_table(per_label: dict[str, dict[str, dict]], k: int) -> str:
     """Rows: labels; columns: Average@k overall and per bucket, then Pass@k, Maj@k and boxed rate."""
+    from atesd.analysis.tables import markdown, percent
+
     buckets = [b for b in next(iter(per_label.values())) if b != "all"]
     header = ["model", f"Average@{k}", *buckets, f"Pass@{k}", f"Maj@{k}", "boxed"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, summary in per_label.items():
-        overall = summary["all"]
-        cells = [label, _pct(overall[f"average@{k}"]), *(_pct(summary[b][f"average@{k}"]) for b in buckets),
-                 _pct(overall[f"pass@{k}"]), _pct(overall[f"maj@{k}"]), _pct(overall["boxed_rate"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}"
+    body = [[label, percent(summary["all"][f"average@{k}"]), *(percent(summary[b][f"average@{k}"]) for b in buckets),
+             percent(summary["all"][f"pass@{k}"]), percent(summary["all"][f"maj@{k}"]),
+             percent(summary["all"]["boxed_rate"])]
+            for label, summary in per_label.items()]
+    return markdown(header, body)
 
 
 def _clock(started: float) -> str:
