@@ -25,12 +25,10 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-from harness import timed
 
 from atesd.config import load_config
 from atesd.train.trainer import Trainer
@@ -49,13 +47,7 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, outpu
         *overrides, f"run.output_dir={output_dir}", f"run.name={name}", f"train.steps={args.steps}",
         f"run.seed={args.seed}", f"train.checkpoint_every={args.steps}"])
     trainer = Trainer(config)
-    trainer.last_probe_nll = trainer.probe_nll()  # what train() does before the first step
-    parts: dict[str, list[float]] = defaultdict(list)
-    trainer.probe_nll = timed(trainer.probe_nll, parts["probe"])
-    trainer._teacher_scoring = timed(trainer._teacher_scoring, parts["teacher"])
-    trainer.policy.alpha = timed(trainer.policy.alpha, parts["controller"])
-    trainer.policy.observe = timed(trainer.policy.observe, parts["controller"])
-    original_teacher = trainer.prompts.teacher
+    original_teacher = trainer.parts.prompts.teacher
     teacher_tokens: list[int] = []
 
     def counting_teacher(problem, alpha):
@@ -63,18 +55,16 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, outpu
         teacher_tokens.append(len(ids))
         return ids
 
-    trainer.prompts.teacher = counting_teacher
+    trainer.parts.prompts.teacher = counting_teacher
+    trainer.last_probe_nll = trainer.probe_nll()  # what train() does before its first step
     step_times, per_step = [], defaultdict(list)
     for step in range(args.steps):
-        marks = {key: len(values) for key, values in parts.items()}
         tokens_before = len(teacher_tokens)
-        started = time.perf_counter()
-        trainer.train_step()
-        elapsed = time.perf_counter() - started
+        record = trainer.train_step()
         if step >= args.warmup:
-            step_times.append(elapsed)
-            for key, values in parts.items():
-                per_step[key].append(sum(values[marks.get(key, 0):]))
+            step_times.append(record["step_time"])
+            for part in ("probe", "teacher", "exposure"):
+                per_step[part].append(record[f"{part}_time"])
             per_step["teacher_prompt_tokens"].append(sum(teacher_tokens[tokens_before:]))
     return {
         "variant": name,
@@ -105,7 +95,7 @@ def main() -> None:
             print(f"{name}: {results[-1]['step_s_mean'] * 1000:.0f} ms/step", flush=True)
 
     baseline = {row["variant"]: row["step_s_mean"] for row in results}
-    header = ("| variant | step ms (± std) | probe ms | teacher ms | controller ms | teacher prompt tokens/step | "
+    header = ("| variant | step ms (± std) | probe ms | teacher ms | exposure policy ms | teacher prompt tokens/step | "
               "vs opsd-no-probe | vs opsd |")
     lines = [header, "|" + "---|" * 8]
     for row in results:
@@ -113,7 +103,7 @@ def main() -> None:
                   for b in ("opsd-no-probe", "opsd")]
         lines.append(f"| {row['variant']} | {row['step_s_mean'] * 1000:.0f} (± {row['step_s_std'] * 1000:.0f}) | "
                      f"{row.get('probe_s_mean', 0) * 1000:.1f} | {row.get('teacher_s_mean', 0) * 1000:.1f} | "
-                     f"{row.get('controller_s_mean', 0) * 1000:.2f} | {row['teacher_prompt_tokens_mean']:.0f} | "
+                     f"{row.get('exposure_s_mean', 0) * 1000:.2f} | {row['teacher_prompt_tokens_mean']:.0f} | "
                      f"{ratios[0]} | {ratios[1]} |")
     print("\n".join(lines))
     if args.out:

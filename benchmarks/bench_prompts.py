@@ -20,8 +20,9 @@ from harness import add_common_flags, apply_threads, markdown_table, summary, wr
 from transformers import AutoTokenizer
 
 from atesd.config import load_config
-from atesd.models.embedded import embedded_base_model, embedded_splits
-from atesd.train.prompts import PromptBuilder
+from atesd.data.arithmetic import embedded_splits
+from atesd.data.prompts import PromptBuilder
+from atesd.train.warm_start import embedded_base_model
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "atesd.yaml"
 
@@ -36,7 +37,7 @@ def main() -> None:
     apply_threads(args.threads)
     config = load_config(CONFIG)
     tokenizer = AutoTokenizer.from_pretrained(embedded_base_model(config))
-    problems = embedded_splits(config)["train"][: args.pool]
+    problems = embedded_splits(config.data.task, config.data.probe_size)["train"][: args.pool]
     rng = random.Random(0)
     steps = [(rng.sample(problems, config.train.batch_size), round(rng.uniform(0.05, 1.0), 4))
              for _ in range(args.repeats)]

@@ -18,9 +18,10 @@ from harness import add_common_flags, apply_threads, markdown_table, summary, wr
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from atesd.config import load_config
-from atesd.models.embedded import embedded_base_model, embedded_splits
+from atesd.data.arithmetic import embedded_splits
+from atesd.data.prompts import PromptBuilder
 from atesd.rollout import HFGenerateEngine, SamplingParams
-from atesd.train.prompts import PromptBuilder
+from atesd.train.warm_start import embedded_base_model
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "opsd.yaml"
 
@@ -42,7 +43,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
                             config.model.teacher_chat_kwargs)
-    problems = embedded_splits(config)["train"]
+    problems = embedded_splits(config.data.task, config.data.probe_size)["train"]
     rollout = config.rollout
     sampling = SamplingParams(rollout.temperature, rollout.top_p, rollout.top_k, rollout.max_new_tokens)
 

@@ -23,10 +23,11 @@ from harness import add_common_flags, apply_threads, markdown_table, summary, wr
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from atesd.config import load_config
-from atesd.models.embedded import embedded_base_model, embedded_splits
+from atesd.data.arithmetic import embedded_splits
+from atesd.data.prompts import PromptBuilder
 from atesd.models.sequences import completion_hidden_states, pack_sequences, shared_prompt_hidden_states
 from atesd.rollout import HFGenerateEngine, SamplingParams
-from atesd.train.prompts import PromptBuilder
+from atesd.train.warm_start import embedded_base_model
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "opsd.yaml"
 
@@ -44,7 +45,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
                             config.model.teacher_chat_kwargs)
-    problems = embedded_splits(config)["train"][: config.train.batch_size]
+    problems = embedded_splits(config.data.task, config.data.probe_size)["train"][: config.train.batch_size]
     rollout = config.rollout
     engine = HFGenerateEngine(model, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                               batch_size=len(problems))

@@ -11,7 +11,7 @@ Both get atesd's chat-formatted student prompt text, and the privileged context 
 α = 1 without the question (reference, answer, transition, instruction), so the teacher prompts hold the same
 information at nearly the same length; the table reports both lengths in tokens.
 
-What atesd does that SDFT does not: g_t (the teacher's log-prob of the reference solutions, a SPEC §3 statistic)
+What atesd does that SDFT does not: g_t (the teacher's log-prob of the reference solutions, a docs/method.md#statistics statistic)
 and grading the rollouts. Grading is timed inside atesd's step and the ``same work`` column leaves it out; g_t
 is scored as a second continuation of the teacher prompts the rollouts are scored after (the prompts run once),
 so it cannot be timed apart and stays in: ``same work`` is an upper bound of atesd's time for SDFT's work. The
@@ -42,11 +42,14 @@ from pathlib import Path
 
 from harness import add_common_flags, apply_threads, markdown_table, timed, write_results
 
-import atesd.train.trainer as trainer_module
 from atesd.config import load_config
+from atesd.data.arithmetic import embedded_splits
 from atesd.data.templates import chat_prompt, student_message, teacher_message
-from atesd.models.embedded import embedded_base_model, embedded_splits
+from atesd.eval.grading import grade
 from atesd.train.trainer import Trainer
+from atesd.train.warm_start import embedded_base_model
+
+GRADING_SECONDS: list[float] = []  # appended to by the grader the trainer is given: each rollout's grading time
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "opsd.yaml"
 
@@ -54,21 +57,15 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "opsd.ya
 
 def atesd_steps(config, count: int, trainer: Trainer | None) -> tuple[Trainer, list[dict]]:
     """`count` OPSD steps of atesd; per step its wall time and that time less grading (which SDFT does not do)."""
-    trainer = trainer or Trainer(config)
-    extra: list[float] = []
-    grade = trainer_module.grade
-    trainer_module.grade = timed(grade, extra)  # the trainer grades each rollout with this module-level name
+    trainer = trainer or Trainer(config, grader=timed(grade, GRADING_SECONDS))
     rows = []
-    try:
-        for _ in range(count):
-            extra.clear()
-            started = time.perf_counter()
-            record = trainer.train_step()
-            wall = time.perf_counter() - started
-            rows.append({"step_s": wall, "same_work_s": wall - sum(extra),
-                         "generated_tokens": record["generated_tokens"]})
-    finally:
-        trainer_module.grade = grade
+    for _ in range(count):
+        GRADING_SECONDS.clear()
+        started = time.perf_counter()
+        record = trainer.train_step()
+        wall = time.perf_counter() - started
+        rows.append({"step_s": wall, "same_work_s": wall - sum(GRADING_SECONDS),
+                     "generated_tokens": record["generated_tokens"]})
     return trainer, rows
 
 
@@ -148,7 +145,7 @@ def main() -> None:
                                       f"train.steps={2 * steps}", f"train.probe_every={10 * steps}",
                                       f"train.checkpoint_every={10 * steps}", f"train.lr={args.lr}"])
         model_dir = embedded_base_model(config)
-        problems = embedded_splits(config)["train"]
+        problems = embedded_splits(config.data.task, config.data.probe_size)["train"]
         first = steps // 2 + args.warmup
         trainer, atesd_rows = atesd_steps(config, first, None)
         data = problems[: steps * config.train.batch_size]
@@ -156,7 +153,7 @@ def main() -> None:
         trl_default = None if args.quick else trl_steps(config, model_dir, data, steps, output_dir + "/trl-default",
                                                         checkpointing=True)[0]
         _, more = atesd_steps(config, steps - first + args.warmup, trainer)
-        atesd_teacher = statistics.mean(len(trainer.prompts.teacher(p, 1.0)) for p in problems[:256])
+        atesd_teacher = statistics.mean(len(trainer.parts.prompts.teacher(p, 1.0)) for p in problems[:256])
 
     atesd_timed = atesd_rows[args.warmup:] + more[args.warmup:]
     trl_timed = trl_rows[args.warmup:]

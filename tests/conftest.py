@@ -48,7 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def embedded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The cache directory holding the session's warm-started tiny embedded base model (built here, once)."""
     from atesd.config import load_config
-    from atesd.models.embedded import embedded_base_model
+    from atesd.train.warm_start import embedded_base_model
 
     cache = tmp_path_factory.mktemp("embedded-cache")
     config = load_config(EMBEDDED_CONFIG, [f"model.embedded.cache_dir={cache}", *TINY_MODEL_OVERRIDES,

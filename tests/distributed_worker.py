@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from safetensors.torch import save_file
 
-import atesd.train.trainer as trainer_module
 from atesd.config import load_config
 from atesd.exposure import build_exposure_policy
 from atesd.train.trainer import Trainer
@@ -44,8 +44,8 @@ class RecordingExposure:
     def drain_decisions(self) -> list[dict]:
         return self.policy.drain_decisions()
 
-    def open_decisions(self) -> list[dict]:
-        return self.policy.open_decisions()
+    def pending_decisions(self) -> list[dict]:
+        return self.policy.pending_decisions()
 
     def state_dict(self) -> dict:
         return self.policy.state_dict()
@@ -61,51 +61,31 @@ class GradeByLength:
 
 def main(config_path: str, out_dir: str, resume: bool, grade_by_length: bool) -> None:
     torch.set_num_threads(1)
-    if grade_by_length:
-        trainer_module.grade = GradeByLength
     config = load_config(config_path)
-    policies: list[RecordingExposure] = []
+    accelerator = Accelerator()  # first: it reads the launcher's CPU setting (ACCELERATE_USE_CPU)
+    policy = RecordingExposure(build_exposure_policy(config.exposure, config.train.steps, config.run.seed),
+                               accelerator.process_index)
     local: list[dict] = []
 
-    def build_policy(*args):
-        from accelerate import PartialState
+    def record_local(record: dict, measured: dict) -> None:
+        """What this process measured before the statistics were combined across processes."""
+        entry = {"correct": sum(measured["correct"]), "count": len(measured["correct"]),
+                 "prompts": [list(p) for p in measured["prompts"]]}
+        if "alpha" in record:
+            kl = measured["per_token_kl"]
+            entry.update(alpha=record["alpha"], kl_sum=float(kl.sum()), kl=kl.tolist(), tokens=int(kl.numel()))
+        local.append(entry)
 
-        policies.append(RecordingExposure(build_exposure_policy(*args), PartialState().process_index))
-        return policies[-1]
-
-    trainer_module.build_exposure_policy = build_policy
-    original_shared_alpha = Trainer._shared_alpha
-    original_distillation_record = Trainer._distillation_record
-    original_rollout_record = Trainer._rollout_record
-
-    # What this process measured before the statistics are combined across processes.
-    def shared_alpha(self, step):
-        alpha = original_shared_alpha(self, step)
-        local.append({"alpha": alpha})
-        return alpha
-
-    def distillation_record(self, scores):
-        local[-1].update(kl_sum=float(scores.per_token_kl.sum()), kl=scores.per_token_kl.tolist(),
-                         tokens=int(scores.per_token_kl.numel()))
-        return original_distillation_record(self, scores)
-
-    def rollout_record(self, rollouts, correct):
-        if not local or "prompts" in local[-1]:  # GRPO: no exposure decision opened this step's entry
-            local.append({})
-        local[-1].update(correct=sum(correct), count=len(correct), prompts=[list(p) for p in rollouts.prompt_ids])
-        return original_rollout_record(self, rollouts, correct)
-
-    Trainer._shared_alpha = shared_alpha
-    Trainer._distillation_record = distillation_record
-    Trainer._rollout_record = rollout_record
-    trainer = Trainer(config, resume=resume)
+    seams = {"grader": GradeByLength} if grade_by_length else {}
+    trainer = Trainer(config, resume=resume, accelerator=accelerator, exposure_policy=policy,
+                      on_local_step=record_local, **seams)
     trainer.train()
     rank = trainer.accelerator.process_index
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(trainer.trainable_state(), str(out / f"rank{rank}.safetensors"))
     (out / f"rank{rank}.json").write_text(json.dumps({
-        "world": trainer.accelerator.num_processes, "asked": policies[0].asked, "observed": policies[0].observed,
+        "world": trainer.accelerator.num_processes, "asked": policy.asked, "observed": policy.observed,
         "local": local}))
 
 

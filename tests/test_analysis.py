@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import atesd.analysis.runs as runs_module
 from atesd.analysis.buckets import bucket_of, difficulty_buckets, rebucketed_summary
 from atesd.analysis.runs import guard_settings
 from atesd.analysis.sweep import best_alpha
@@ -18,6 +19,8 @@ from atesd.config import ConfigError, save_config
 from atesd.eval.grading import GradeResult
 from atesd.eval.metrics import ProblemResult
 from atesd.train.trainer import Trainer
+
+pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)
 
 # Tiny runs: 2 updates of 4 prompts, 6 eval problems x 2 samples. hold_steps=1 makes random and controller
 # exposures change at every step.
@@ -137,26 +140,27 @@ def test_compare_killed_midway_continues_without_redoing_runs(recipes, sweep_dir
             "--sweep", str(sweep_dir)]
     started: list[tuple[str, bool]] = []
     steps: list[str] = []
-    original_init, original_step = Trainer.__init__, Trainer.train_step
+    interrupt = [True]
 
-    def counting_init(self, config, *, resume=False, accelerator=None):
-        started.append((config.run.name, resume))
-        original_init(self, config, resume=resume, accelerator=accelerator)
+    class CountingTrainer(Trainer):
+        """Records each run it starts; interrupts the second update of the second run that trains."""
 
-    def step_then_interrupt(self):
-        steps.append(self.run_dir.name)
-        if len(steps) == 4:  # the second update of the second run that trains
-            raise KeyboardInterrupt
-        return original_step(self)
+        def __init__(self, config, *, resume=False):
+            started.append((config.run.name, resume))
+            super().__init__(config, resume=resume, on_local_step=self.count_step)
 
-    monkeypatch.setattr(Trainer, "__init__", counting_init)
-    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+        def count_step(self, record, local):
+            steps.append(self.run_dir.name)
+            if interrupt[0] and len(steps) == 4:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs_module, "Trainer", CountingTrainer)
     assert main(args) == 130
     # base and opsd (α = 1) come from the sweep, and so does fixed-best (the sweep's best α is 0.5 or 1)
     assert started == [("random-seed0", False), ("atesd-seed0", False)]
     assert "reused from the sweep: base-seed0 ←" in capsys.readouterr().out
 
-    monkeypatch.setattr(Trainer, "train_step", original_step)
+    interrupt[0] = False
     started.clear()
     assert main(args) == 0
     # random-seed0 is never retrained; atesd-seed0 resumes from its checkpoint at step 1

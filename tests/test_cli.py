@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from atesd.cli import DEMO_CONFIG, main
 from atesd.config import load_config, save_config
+
+pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

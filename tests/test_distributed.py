@@ -20,6 +20,8 @@ from atesd.config import save_config
 from atesd.train.checkpoint import LATEST
 from atesd.train.metrics import read_metrics
 
+pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)
+
 WORKER = Path(__file__).with_name("distributed_worker.py")
 STEPS = 4
 
@@ -162,7 +164,7 @@ def test_deepspeed_and_fsdp_are_refused_with_the_config_to_use(kind):
     from accelerate.utils import DistributedType
 
     from atesd.config import ConfigError
-    from atesd.train.trainer import refuse_unsupported_distribution
+    from atesd.train.distributed import refuse_unsupported_distribution
 
     accelerator = SimpleNamespace(state=SimpleNamespace(distributed_type=DistributedType[kind]))
     with pytest.raises(ConfigError, match=f"uses {kind}.*configs/accelerate/ddp.yaml"):

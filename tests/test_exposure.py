@@ -94,7 +94,7 @@ def test_overlapping_windows_reward_each_decision_by_hand():
     assert second["G_gt"] == pytest.approx(-6.25 / 1.75)
     assert second["R"] == pytest.approx(0.525 - 0.1 * 6.25 / 1.75)
     assert first["logged_at"] == 3 and second["logged_at"] == 5
-    assert [row["step"] for row in policy.open_decisions()] == [5]  # the decision before update 4 still waits
+    assert [row["step"] for row in policy.pending_decisions()] == [5]  # the decision before update 4 still waits
 
 
 def test_distill_loss_signal_uses_each_steps_loss():

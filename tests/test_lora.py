@@ -8,13 +8,16 @@ import torch
 from safetensors.torch import load_file
 
 from atesd.models.export import merged_state_dict
-from atesd.models.loading import load_model_and_tokenizer, load_training_model
+from atesd.models.loading import load_training_model
+from atesd.train.base_model import base_model_path, load_model
 from atesd.train.metrics import read_metrics
 from atesd.train.trainer import Trainer
 
+pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)
+
 # Dropout draws random numbers, so exact resume also covers the RNG; alpha/r = 4 makes updates visible.
 LORA = ("model.lora={r: 4, alpha: 16, dropout: 0.1, target_modules: [q_proj, v_proj, up_proj]}",)
-TIMINGS = {"rollout_time", "teacher_time", "update_time", "probe_time", "step_time"}
+TIMINGS = {"rollout_time", "teacher_time", "update_time", "probe_time", "exposure_time", "step_time"}
 
 
 def test_lora_run_resumes_exactly_and_checkpoints_only_the_adapter(tiny_config, tmp_path):
@@ -41,9 +44,9 @@ def test_initial_teacher_is_the_base_model_with_the_adapter_disabled(tiny_config
     config = tiny_config(tmp_path, *LORA, "train.steps=2", "train.lr=5e-2", "run.name=teacher")
     trainer = Trainer(config)
     trainer.train()
-    base, _ = load_model_and_tokenizer(config)
+    base, _ = load_model(config)
     trainer.unwrapped.eval()  # no LoRA dropout
-    ids = torch.tensor([trainer.prompts.student(trainer.train_problems[0])])
+    ids = torch.tensor([trainer.parts.prompts.student(trainer.train_problems[0])])
     with torch.no_grad(), trainer.teacher.scoring() as teacher_model:
         assert trainer.teacher.copy is None and teacher_model is trainer.unwrapped
         teacher_logits = teacher_model(ids).logits
@@ -59,7 +62,7 @@ def test_initial_teacher_is_the_base_model_with_the_adapter_disabled(tiny_config
     with torch.no_grad():
         assert torch.allclose(base(ids).logits, student_logits, atol=1e-5)
     # and the exported final model, loaded as an adapter directory, is that model too
-    exported, _ = load_model_and_tokenizer(config, str(trainer.run_dir / "final_model"))
+    exported, _ = load_model(config, str(trainer.run_dir / "final_model"))
     with torch.no_grad():
         assert torch.allclose(exported(ids).logits, student_logits, atol=1e-5)
 
@@ -68,7 +71,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, tmp_path):
     def adapter_grads(*overrides: str) -> dict[str, torch.Tensor]:
         config = tiny_config(tmp_path, "model.lora={r: 4, alpha: 16, dropout: 0.0}", *overrides)
         torch.manual_seed(0)  # the adapters' random initialisation
-        model, tokenizer = load_training_model(config)
+        model, tokenizer = load_training_model(config, base_model_path(config))
         model.train()
         ids = torch.tensor([tokenizer("Compute 1+2-3.", add_special_tokens=False)["input_ids"]])
         # LoRA's B starts at zero, which would make A's gradient zero: give B a value.
@@ -89,7 +92,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, tmp_path):
 def test_unknown_target_module_names_the_key_and_the_layers(tiny_config, tmp_path):
     config = tiny_config(tmp_path, "model.lora={target_modules: [q_proj, c_attn]}")
     with pytest.raises(ValueError, match=r"model\.lora\.target_modules: \['c_attn'\].*'down_proj'"):
-        load_training_model(config)
+        load_training_model(config, base_model_path(config))
 
 
 def test_full_fine_tuning_keeps_a_frozen_copy_as_initial_teacher(tiny_config, tmp_path):

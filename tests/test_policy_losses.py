@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from atesd.losses.policy import clipped_policy_loss, group_advantages, k3_kl, sft_loss, token_weights
+from atesd.losses.policy_gradient import clipped_policy_loss, group_advantages, k3_kl, sft_loss, token_weights
 from atesd.models.sequences import (
     completion_hidden_states,
     output_head,

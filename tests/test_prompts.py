@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from atesd.data import Problem, PromptTemplates, chat_prompt, student_message, teacher_message
+from atesd.data.prompts import PromptBuilder
 from atesd.models.tiny import build_char_tokenizer
-from atesd.train.prompts import PromptBuilder
 
 PROBLEM = Problem(id="p", question="Compute 1+2*3-4.", solution="2*3=6\n1+6=7\n7-4=3\n\\boxed{3}", answer="3")
 # Same id, other text: the cache must not confuse two problems that share an id.

@@ -18,12 +18,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from atesd.config import load_config
 from atesd.data.champ import load_champ
+from atesd.data.prompts import PromptBuilder
 from atesd.eval.runner import evaluate_model
-from atesd.models.loading import converted_gguf, load_model_and_tokenizer
+from atesd.models.loading import converted_gguf
 from atesd.models.sequences import pack_sequences
+from atesd.train.base_model import load_model
 from atesd.train.metrics import read_metrics
-from atesd.train.prompts import PromptBuilder
 from atesd.train.trainer import Trainer
+
+pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)
 
 # The method under test: ATESD, the controller choosing the teacher's exposure.
 METHOD_OVERRIDES = ("method=atesd", "exposure.policy=controller")
@@ -61,7 +64,7 @@ def test_gguf_file_becomes_a_cached_pretrained_directory(smollm2_gguf, smollm2_d
 def test_prompt_and_completion_are_tokenized_apart(smollm2_dir, tmp_path):
     """The BPE boundary: a completion's ids follow the prompt's ids as they are, never re-tokenized."""
     config = smollm2_config(smollm2_dir, tmp_path)
-    _, tokenizer = load_model_and_tokenizer(config)
+    _, tokenizer = load_model(config)
     builder = PromptBuilder(tokenizer, config.templates, {}, {})
     problem = load_champ()[0]
     prompt = builder.student(problem)
@@ -85,12 +88,12 @@ def test_a_model_without_chat_template_names_the_key_to_set(smollm2_dir, tmp_pat
     (bare / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     (bare / "chat_template.jinja").unlink(missing_ok=True)
     config = smollm2_config(bare, tmp_path)
-    _, tokenizer = load_model_and_tokenizer(config)
+    _, tokenizer = load_model(config)
     with pytest.raises(ValueError, match="has no chat template: set model.chat_template"):
         PromptBuilder(tokenizer, config.templates, {}, {})
     template = tmp_path / "chatml.jinja"
     template.write_text(AutoTokenizer.from_pretrained(smollm2_dir).chat_template)
-    _, tokenizer = load_model_and_tokenizer(smollm2_config(bare, tmp_path, f"model.chat_template={template}"))
+    _, tokenizer = load_model(smollm2_config(bare, tmp_path, f"model.chat_template={template}"))
     builder = PromptBuilder(tokenizer, config.templates, {}, {})
     assert tokenizer.decode(builder.student(load_champ()[0])).startswith("<|im_start|>system")
 
@@ -126,7 +129,7 @@ def test_lora_distillation_and_evaluation_on_champ(smollm2_dir, tmp_path):
 
     # the `initial` teacher is the base model: the adapter disabled, no copy
     base = AutoModelForCausalLM.from_pretrained(smollm2_dir)
-    ids = torch.tensor([trainer.prompts.student(load_champ()[0])])
+    ids = torch.tensor([trainer.parts.prompts.student(load_champ()[0])])
     with torch.no_grad(), trainer.teacher.scoring() as teacher_model:
         assert teacher_model is model
         assert torch.allclose(teacher_model(ids).logits, base(ids).logits, atol=1e-5)
@@ -134,7 +137,7 @@ def test_lora_distillation_and_evaluation_on_champ(smollm2_dir, tmp_path):
         assert not torch.allclose(model(ids).logits, base(ids).logits, atol=1e-5)  # the adapter is back on
 
     # evaluation of the trained model (adapter merged onto the base) and of the teacher prompt at full exposure
-    evaluated, tokenizer = load_model_and_tokenizer(config, str(run_dir / "final_model"))
+    evaluated, tokenizer = load_model(config, str(run_dir / "final_model"))
     with torch.no_grad():
         assert torch.allclose(evaluated(ids).logits, merged(ids).logits, atol=1e-4)
         # merged W + BA against W x + B(A x): float32 rounding only (the adapter itself moves logits by ~9 here)
@@ -174,7 +177,7 @@ def test_champ_answers_grade_through_the_real_tokenizer(smollm2_dir, tmp_path):
     from atesd.rollout import SamplingParams
 
     config = smollm2_config(smollm2_dir, tmp_path)
-    _, tokenizer = load_model_and_tokenizer(config)
+    _, tokenizer = load_model(config)
     builder = PromptBuilder(tokenizer, config.templates, {}, {})
     problems = load_champ()
 

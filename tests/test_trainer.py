@@ -12,15 +12,18 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import atesd.train.trainer as trainer_module
 from atesd.config import ConfigError, load_config
+from atesd.losses import divergence_from_hidden
 from atesd.train.checkpoint import latest_checkpoint
 from atesd.train.metrics import read_metrics
-from atesd.train.trainer import NonFiniteLossError, Trainer
+from atesd.train.trainer import Trainer
+from atesd.train.update import NonFiniteLossError
+
+pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)
 
 SPEC_STATISTICS = ["kl_mean", "kl_p90", "kl_p99", "top1_disagree", "confidence", "probe_nll", "teacher_ref_logp"]
 LOGGED = SPEC_STATISTICS + ["loss", "rollout_accuracy", "completion_length", "alpha"]
-TIMINGS = {"rollout_time", "teacher_time", "update_time", "probe_time", "step_time"}
+TIMINGS = {"rollout_time", "teacher_time", "update_time", "probe_time", "exposure_time", "step_time"}
 
 
 def same_weights(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> bool:
@@ -71,7 +74,7 @@ def test_run_writes_metrics_with_every_statistic(four_step_run):
     # probe_nll_before chains: each step's "before" is the previous step's value
     for previous, row in itertools.pairwise(rows):
         assert row["probe_nll_before"] == previous["probe_nll"]
-    assert trainer.step == 4 and trainer.skipped_steps == 0
+    assert trainer.step == 4 and trainer.updater.skipped_steps == 0
 
 
 def test_run_writes_checkpoints_and_final_model(four_step_run):
@@ -159,42 +162,39 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path, teacher):
 
 # ---------------------------------------------------------------------------------------- non-finite steps
 
-def nan_on_steps(monkeypatch, trainer: Trainer, bad_steps) -> None:
-    """Make the distillation loss NaN on the given (0-based) steps."""
-    real = trainer_module.divergence_from_hidden
+def nan_on_steps(config, bad_steps, **seams) -> Trainer:
+    """A trainer whose distillation loss is NaN on the given (0-based) steps (all of them for None)."""
+    trainer = None
 
-    def patched(*args, **kwargs):
-        out = real(*args, **kwargs)
+    def divergence(*args, **kwargs):
+        out = divergence_from_hidden(*args, **kwargs)
         if bad_steps is None or trainer.step in bad_steps:
             out.loss_sum = out.loss_sum * float("nan")
         return out
 
-    monkeypatch.setattr(trainer_module, "divergence_from_hidden", patched)
+    trainer = Trainer(config, divergence=divergence, **seams)
+    return trainer
 
 
-def test_non_finite_loss_never_reaches_the_weights(tiny_config, tmp_path, monkeypatch):
-    trainer = Trainer(tiny_config(tmp_path, "run.name=nan-once", "train.steps=3", "train.lr=3e-3"))
-    nan_on_steps(monkeypatch, trainer, {1})
-    snapshots = []
-    real_step = trainer.train_step
+def adam_moments(trainer: Trainer) -> dict[int, torch.Tensor]:
+    return {k: v["exp_avg"].clone() for k, v in enumerate(trainer.optimizer.state.values())}
 
-    def recorded_step():
-        before = trainer.trainable_state()
-        optimizer_state = {k: v["exp_avg"].clone() for k, v in enumerate(trainer.optimizer.state.values())}
-        record = real_step()
-        after_optimizer = {k: v["exp_avg"].clone() for k, v in enumerate(trainer.optimizer.state.values())}
-        snapshots.append((before, trainer.trainable_state(), optimizer_state, after_optimizer))
-        return record
 
-    monkeypatch.setattr(trainer, "train_step", recorded_step)
+def test_non_finite_loss_never_reaches_the_weights(tiny_config, tmp_path):
+    after_step = []  # (weights, Adam's first moments) after each step
+    trainer = nan_on_steps(tiny_config(tmp_path, "run.name=nan-once", "train.steps=3", "train.lr=3e-3"), {1},
+                           on_local_step=lambda record, local: after_step.append(
+                               (trainer.trainable_state(), adam_moments(trainer))))
+    start = trainer.trainable_state()
     trainer.train()
 
-    (before0, after0, _, _), (before1, after1, adam1, adam1_after), (before2, after2, _, _) = snapshots
+    (after0, adam0), (after1, adam1), (after2, _) = after_step
+    before0, before1, before2, adam1_before = start, after0, after1, adam0
     assert not same_weights(before0, after0)
     assert same_weights(before1, after1), "the NaN step changed the weights"
-    assert adam1.keys() == adam1_after.keys() and all(torch.equal(adam1[k], adam1_after[k]) for k in adam1)
+    assert adam1.keys() == adam1_before.keys() and all(torch.equal(adam1[k], adam1_before[k]) for k in adam1)
     assert not same_weights(before2, after2), "training should go on after a skipped step"
-    assert trainer.skipped_steps == 1 and trainer.consecutive_bad_steps == 0
+    assert trainer.updater.skipped_steps == 1 and trainer.updater.consecutive_bad_steps == 0
 
     rows = read_metrics(trainer.run_dir / "metrics.jsonl")
     assert [(r["step"], r["skipped"], r["skipped_steps"]) for r in rows] == \
@@ -204,15 +204,14 @@ def test_non_finite_loss_never_reaches_the_weights(tiny_config, tmp_path, monkey
 
 
 @pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
-def test_non_finite_loss_on_every_step_stops_training(tiny_config, tmp_path, monkeypatch):
-    trainer = Trainer(tiny_config(tmp_path, "run.name=nan-always", "train.steps=5",
-                                  "train.max_consecutive_bad_steps=2"))
+def test_non_finite_loss_on_every_step_stops_training(tiny_config, tmp_path):
+    trainer = nan_on_steps(tiny_config(tmp_path, "run.name=nan-always", "train.steps=5",
+                                       "train.max_consecutive_bad_steps=2"), None)
     start = trainer.trainable_state()
-    nan_on_steps(monkeypatch, trainer, None)
     with pytest.raises(NonFiniteLossError, match="2 steps in a row had a non-finite loss") as excinfo:
         trainer.train()
     assert "no update reached the weights" in str(excinfo.value)
-    assert trainer.skipped_steps == 2
+    assert trainer.updater.skipped_steps == 2
     assert same_weights(start, trainer.trainable_state())
 
 
@@ -232,25 +231,21 @@ SMALL_CONTROLLER = ("method=atesd", "exposure.policy=controller", "exposure.hold
                     "exposure.controller.lr=0.1", "exposure.controller.hidden_sizes=[8]")
 
 
-def test_atesd_resumed_mid_window_after_a_crash_matches_an_uninterrupted_run(tiny_config, tmp_path, monkeypatch):
+def test_atesd_resumed_mid_window_after_a_crash_matches_an_uninterrupted_run(tiny_config, tmp_path):
     common = (*SMALL_CONTROLLER, "train.steps=10", "train.checkpoint_every=5", "train.lr=3e-3")
     run_a = Trainer(tiny_config(tmp_path, "run.name=a", *common))
     run_a.train()
 
-    crashing = Trainer(tiny_config(tmp_path, "run.name=b", *common))
-    real_step = crashing.train_step
-
-    def crash_after_seven_steps():
-        if crashing.step == 7:
+    def crash_in_step_eight(record, local):
+        if record["step"] == 8:
             raise KeyboardInterrupt
-        return real_step()
 
-    monkeypatch.setattr(crashing, "train_step", crash_after_seven_steps)
+    crashing = Trainer(tiny_config(tmp_path, "run.name=b", *common), on_local_step=crash_in_step_eight)
     with pytest.raises(KeyboardInterrupt):
         crashing.train()
     run_b = Trainer(tiny_config(tmp_path, "run.name=b", *common), resume=True)
     assert run_b.step == 5  # the checkpoint falls inside the hold window of updates 5 and 6
-    assert run_b.policy.current.step == 4 and run_b.policy.waiting
+    assert run_b.exposure.current.step == 4 and run_b.exposure.waiting
     run_b.train()
 
     rows_a = read_metrics(run_a.run_dir / "metrics.jsonl")
@@ -268,7 +263,7 @@ def test_atesd_resumed_mid_window_after_a_crash_matches_an_uninterrupted_run(tin
     assert [row["alpha"] for row in decisions_a] == alphas[0::2]
     assert [row["R"] is None for row in decisions_a] == [False] * 4 + [True]  # the last window runs past the end
     assert same_weights(run_a.trainable_state(), run_b.trainable_state())
-    for left, right in zip(run_a.policy.net.parameters(), run_b.policy.net.parameters()):
+    for left, right in zip(run_a.exposure.net.parameters(), run_b.exposure.net.parameters()):
         assert torch.equal(left, right)
 
 
@@ -276,11 +271,11 @@ def test_atesd_statistics_reach_the_controller(tiny_config, tmp_path):
     trainer = Trainer(tiny_config(tmp_path, *SMALL_CONTROLLER, "train.steps=4"))
     trainer.train()
     rows = read_metrics(trainer.run_dir / "metrics.jsonl")
-    state = trainer.policy.state
+    state = trainer.exposure.state
     assert state.normalizer.count == 4
     assert state.emas["probe_nll_ema"] is not None and state.confidence == rows[-1]["confidence"]
-    assert sorted(trainer.policy.losses) == [2, 3, 4]  # ℓ kept only from the oldest waiting decision (step 2) on
-    assert trainer.policy.losses[4] == rows[-1]["probe_nll"]
+    assert sorted(trainer.exposure.losses) == [2, 3, 4]  # ℓ kept only from the oldest waiting decision (step 2) on
+    assert trainer.exposure.losses[4] == rows[-1]["probe_nll"]
 
 
 # ---------------------------------------------------------------------------------------- the baselines
@@ -296,14 +291,14 @@ class GradeByLength:
 
 
 @pytest.mark.parametrize("method", ["grpo", "sft"])
-def test_baseline_resume_matches_uninterrupted_run(tiny_config, tmp_path, monkeypatch, method):
-    monkeypatch.setattr(trainer_module, "grade", GradeByLength)
+def test_baseline_resume_matches_uninterrupted_run(tiny_config, tmp_path, method):
     common = (*BASELINE[method], "train.checkpoint_every=2", "train.lr=3e-3")
-    run_a = Trainer(tiny_config(tmp_path, "run.name=a", "train.steps=4", *common))
+    run_a = Trainer(tiny_config(tmp_path, "run.name=a", "train.steps=4", *common), grader=GradeByLength)
     start = run_a.trainable_state()
     run_a.train()
-    Trainer(tiny_config(tmp_path, "run.name=b", "train.steps=2", *common)).train()
-    run_b = Trainer(tiny_config(tmp_path, "run.name=b", "train.steps=4", *common), resume=True)
+    Trainer(tiny_config(tmp_path, "run.name=b", "train.steps=2", *common), grader=GradeByLength).train()
+    run_b = Trainer(tiny_config(tmp_path, "run.name=b", "train.steps=4", *common), resume=True,
+                    grader=GradeByLength)
     run_b.train()
 
     assert not same_weights(start, run_a.trainable_state())
@@ -328,14 +323,14 @@ def test_grpo_records_its_rollouts_and_costs(tiny_config, tmp_path):
         assert set(TIMINGS) <= set(row) and row["teacher_time"] == 0.0  # no KL term: no reference forward
 
 
-def test_grpo_without_reward_differences_leaves_the_weights_alone(tiny_config, tmp_path, monkeypatch):
+def test_grpo_without_reward_differences_leaves_the_weights_alone(tiny_config, tmp_path):
     """Every rollout graded the same: all advantages are 0, so the gradient and (Adam, no decay) the update are 0;
     a KL term to the reference then is the only force, and it is 0 too while the weights equal the reference."""
     class AlwaysWrong:
         correct = False
 
-    monkeypatch.setattr(trainer_module, "grade", lambda *args: AlwaysWrong())
-    trainer = Trainer(tiny_config(tmp_path, "train.steps=2", "grpo.kl_coef=0.1", *BASELINE["grpo"]))
+    trainer = Trainer(tiny_config(tmp_path, "train.steps=2", "grpo.kl_coef=0.1", *BASELINE["grpo"]),
+                      grader=lambda *args: AlwaysWrong())
     start = trainer.trainable_state()
     trainer.train()
     assert same_weights(start, trainer.trainable_state())
@@ -346,7 +341,7 @@ def test_grpo_without_reward_differences_leaves_the_weights_alone(tiny_config, t
 
 def test_sft_trains_on_references_without_rollouts(tiny_config, tmp_path, monkeypatch):
     trainer = Trainer(tiny_config(tmp_path, "train.steps=2", *BASELINE["sft"]))
-    monkeypatch.setattr(trainer.engine, "generate", lambda *args: pytest.fail("SFT must not sample"))
+    monkeypatch.setattr(trainer.parts.sampler.engine, "generate", lambda *args: pytest.fail("SFT must not sample"))
     trainer.train()
     for row in read_metrics(trainer.run_dir / "metrics.jsonl"):
         assert row["generated_tokens"] == 0 and "rollout_accuracy" not in row

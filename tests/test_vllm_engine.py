@@ -176,8 +176,9 @@ def test_missing_vllm_says_how_to_install_it(monkeypatch):
                    gpu_memory_utilization=0.3, max_model_len=None, enforce_eager=False)
 
 
+@pytest.mark.slow
 def test_trainer_syncs_vllm_before_every_step(tiny_config, tmp_path, monkeypatch):
-    from atesd.models.loading import resolve_model_path
+    from atesd.train.base_model import base_model_path
     from atesd.train.trainer import Trainer
 
     FakeLLM.instances.clear()
@@ -186,7 +187,7 @@ def test_trainer_syncs_vllm_before_every_step(tiny_config, tmp_path, monkeypatch
                          "train.lr=5e-2")
     trainer = Trainer(config)
     llm = FakeLLM.instances[-1]
-    assert llm.init_kwargs["model"] == resolve_model_path(config)  # vLLM loads the base model from disk
+    assert llm.init_kwargs["model"] == base_model_path(config)  # vLLM loads the base model from disk
     trainer.train_step()
     after_first_step = merged_state_dict(trainer.unwrapped)
     trainer.train_step()

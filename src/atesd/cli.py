@@ -52,13 +52,13 @@ def _train(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from atesd.eval.runner import evaluate_model
-    from atesd.models.loading import load_model_and_tokenizer
-    from atesd.train.trainer import run_directory
+    from atesd.train.base_model import load_model
+    from atesd.train.run_dir import run_directory
 
     config = load_config(args.config, args.overrides)
     run_dir = run_directory(config)
     model_path = args.model or (str(run_dir / "final_model") if (run_dir / "final_model").is_dir() else None)
-    model, tokenizer = load_model_and_tokenizer(config, model_path)
+    model, tokenizer = load_model(config, model_path)
     label = "teacher" if args.teacher_alpha is not None else "student"
     out_dir = Path(args.out) if args.out else run_dir / "eval"
     summaries = evaluate_model(config, model, tokenizer, out_dir, label, args.teacher_alpha)
@@ -74,8 +74,9 @@ def _demo(args: argparse.Namespace) -> None:
     for reference."""
     from atesd.analysis.plots import plot_bucket_accuracy, plot_run
     from atesd.eval.runner import evaluate_model
-    from atesd.models.loading import load_model_and_tokenizer
-    from atesd.train.trainer import Trainer, run_directory
+    from atesd.train.base_model import load_model
+    from atesd.train.run_dir import run_directory
+    from atesd.train.trainer import Trainer
 
     config_path = _config_or_default(args.config, DEMO_CONFIG)
     config = load_config(config_path, args.overrides)
@@ -84,7 +85,7 @@ def _demo(args: argparse.Namespace) -> None:
     out_dir = run_dir / "eval"
     k = config.eval.num_samples
 
-    base_model, tokenizer = load_model_and_tokenizer(config)
+    base_model, tokenizer = load_model(config)
     print(f"[{_clock(started)}] base model ready; evaluating it on held-out problems (k={k})")
     rows = {"base (student)": evaluate_model(config, base_model, tokenizer, out_dir, "base")}
     if config.eval.teacher_alpha is not None:
@@ -95,7 +96,7 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"[{_clock(started)}] training {config.method} for {config.train.steps} steps")
     trainer = Trainer(config, resume=args.resume)
     trainer.train()
-    trained_model, tokenizer = load_model_and_tokenizer(config, str(run_dir / "final_model"))
+    trained_model, tokenizer = load_model(config, str(run_dir / "final_model"))
     print(f"[{_clock(started)}] evaluating the trained model")
     rows[f"{config.method} (student)"] = evaluate_model(config, trained_model, tokenizer, out_dir, "trained")
 

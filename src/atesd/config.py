@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from atesd.data.arithmetic import EmbeddedTaskConfig
 from atesd.data.loaders import ColumnMap
 from atesd.data.templates import PromptTemplates
 
@@ -39,18 +40,6 @@ class RunConfig(Section):
     seed: int = Field(0, description="Seeds data order, rollouts and initialisation.")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=list, description="Extra trackers besides metrics.jsonl and the console.")
-
-
-class EmbeddedTaskConfig(Section):
-    """The generated arithmetic task of SPEC §8."""
-
-    digits: int = Field(1, ge=1, description="Digits per operand.")
-    min_ops: int = Field(2, ge=1, description="Fewest operations per problem.")
-    max_ops: int = Field(6, ge=1, description="Most operations per problem (difficulty buckets ops=k).")
-    operators: str = Field("+-", description="Operators drawn from (a subset of +-*).")
-    train_size: int = Field(4000, ge=1)
-    test_size: int = Field(200, ge=1)
-    seed: int = Field(1234, description="Seeds the problem generator (independent of run.seed).")
 
 
 class EmbeddedModelConfig(Section):
@@ -80,7 +69,7 @@ class LoraConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Names of the linear layers that get adapters (SPEC §7: all attention and MLP projections).")
+        description="Names of the linear layers that get adapters (docs/method.md#paper-recipes: all attention and MLP projections).")
     save_merged: bool = Field(
         False, description="Also write <run>/final_model_merged: base weights with the adapter merged in.")
 
@@ -159,7 +148,7 @@ class TeacherConfig(Section):
 
 
 class ControllerConfig(Section):
-    """The learned Beta-policy controller of SPEC §4 (every default is ours: the paper gives none)."""
+    """The learned Beta-policy controller (docs/method.md#controller; every default is ours: the paper gives none)."""
 
     hidden_sizes: list[PositiveInt] = Field(
         default_factory=lambda: [64, 64], description="Policy MLP hidden layers (tanh); [] is a linear policy.")
@@ -205,7 +194,7 @@ class ExposureConfig(Section):
 
 
 class GRPOConfig(Section):
-    """GRPO (SPEC §5): G rollouts per prompt, graded 1/0, group-normalised advantages, PPO-style ratio clip."""
+    """GRPO (docs/method.md#grpo): G rollouts per prompt, graded 1/0, group-normalised advantages, PPO-style ratio clip."""
 
     group_size: int = Field(8, ge=2, description="G: rollouts per prompt (train.batch_size counts prompts).")
     clip_epsilon: float = Field(0.2, gt=0, description="epsilon of the ratio clip [1 - eps, 1 + eps].")

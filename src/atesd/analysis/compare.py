@@ -1,4 +1,4 @@
-"""`atesd compare`: every method of SPEC §5 and the two reward ablations, over several seeds, on equal updates.
+"""`atesd compare`: every method of docs/method.md#baselines and the two reward ablations, over several seeds, on equal updates.
 
 Each method is a recipe file of the recipe directory plus the overrides that make it (`presets.methods`); the extra
 overrides of the command apply to all, then the method's own, so that no extra override can turn one method

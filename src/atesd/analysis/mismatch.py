@@ -1,4 +1,4 @@
-"""Teacher–student mismatch of the starting model as a function of the exposure α (SPEC §3, for `atesd sweep`).
+"""Teacher–student mismatch of the starting model as a function of the exposure α (docs/method.md#statistics, for `atesd sweep`).
 
 One fixed set of student rollouts is sampled (seeded) from the starting model on training problems; each
 completion is then scored by the starting model twice, after the student prompt and after the teacher prompt
@@ -15,10 +15,12 @@ import numpy as np
 import torch
 
 from atesd.config import Config
+from atesd.data.prompts import PromptBuilder
 from atesd.losses import DivergenceSpec, divergence_from_hidden
 from atesd.models.sequences import completion_hidden_states, output_head, pack_sequences
 from atesd.rollout import HFGenerateEngine, SamplingParams
-from atesd.train.prompts import PromptBuilder
+from atesd.train.base_model import load_model
+from atesd.train.problems import training_problems
 
 STATISTICS = ("kl_mean", "kl_p90", "kl_p99", "top1_disagree")
 
@@ -28,10 +30,7 @@ def mismatch_by_alpha(config: Config, alphas: Sequence[float], num_problems: int
                       seed: int) -> dict[str, dict[str, float]]:
     """``{str(alpha): {kl_mean, kl_p90, kl_p99, top1_disagree, tokens}}`` on `num_problems` training problems
     (chosen and sampled with `seed`) for the config's starting model."""
-    from atesd.models.loading import load_model_and_tokenizer
-    from atesd.train.trainer import training_problems
-
-    model, tokenizer = load_model_and_tokenizer(config)
+    model, tokenizer = load_model(config)
     model.eval()
     train_problems, _ = training_problems(config)
     chosen = np.random.default_rng(seed).choice(len(train_problems), min(num_problems, len(train_problems)),

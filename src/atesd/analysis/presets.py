@@ -9,7 +9,7 @@ BASE_LABEL = "base"  # the pseudo-run that evaluates the starting model
 DEFAULT_SEEDS = 3
 
 # atesd sweep
-DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # SPEC §5
+DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # docs/method.md#baselines
 DEFAULT_MISMATCH_PROBLEMS = 64
 
 # atesd compare

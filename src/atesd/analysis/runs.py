@@ -27,7 +27,9 @@ from typing import Any
 
 from atesd.analysis.presets import BASE_LABEL
 from atesd.config import Config, ConfigError, changed_keys, load_config, save_config
+from atesd.train.checkpoint import latest_checkpoint
 from atesd.train.state_io import atomic_write_text
+from atesd.train.trainer import Trainer
 
 RUNS_DIR = "runs"
 RESULT_FILE = "result.json"
@@ -104,7 +106,7 @@ def run_all(runs: Sequence[Run]) -> list[FinishedRun]:
 def execute(run: Run) -> None:
     """Train (or resume) the run when it trains, evaluate its model, and write ``result.json``."""
     from atesd.eval.runner import evaluate_model, results_file
-    from atesd.models.loading import load_model_and_tokenizer
+    from atesd.train.base_model import load_model
 
     config, directory, trains = run.config, run.directory, run.spec.trains
     check_saved_config(run)
@@ -115,7 +117,7 @@ def execute(run: Run) -> None:
         save_config(config, directory / "config.yaml")
 
     started = time.perf_counter()
-    model, tokenizer = load_model_and_tokenizer(config, str(directory / "final_model") if trains else None)
+    model, tokenizer = load_model(config, str(directory / "final_model") if trains else None)
     label = EVAL_LABELS[trains]
     summaries = evaluate_model(config, model, tokenizer, directory / "eval", label)
     eval_seconds = time.perf_counter() - started
@@ -136,9 +138,6 @@ def execute(run: Run) -> None:
 
 def train(config: Config, directory: Path) -> None:
     """Train the run to `train.steps`, resuming from its latest checkpoint when it has one."""
-    from atesd.train.checkpoint import latest_checkpoint
-    from atesd.train.trainer import Trainer
-
     trainer = Trainer(config, resume=latest_checkpoint(directory) is not None)
     trainer.train()
     del trainer

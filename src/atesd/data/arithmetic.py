@@ -1,4 +1,4 @@
-"""The embedded task: generated chain-of-thought arithmetic (SPEC §8).
+"""The embedded task: generated chain-of-thought arithmetic (docs/method.md#embedded-testbed).
 
 A question such as ``Compute 17+25*3-8.`` has a reference solution of one line per operation, done in the
 usual order (multiplications first, then left to right) and ending with the boxed answer::
@@ -18,9 +18,25 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from atesd.data.problem import Problem
 
 OPERATORS = "+-*"
+
+
+class EmbeddedTaskConfig(BaseModel):
+    """The settings of the generated arithmetic task (the config's ``data.task``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    digits: int = Field(1, ge=1, description="Digits per operand.")
+    min_ops: int = Field(2, ge=1, description="Fewest operations per problem.")
+    max_ops: int = Field(6, ge=1, description="Most operations per problem (difficulty buckets ops=k).")
+    operators: str = Field("+-", description="Operators drawn from (a subset of +-*).")
+    train_size: int = Field(4000, ge=1)
+    test_size: int = Field(200, ge=1)
+    seed: int = Field(1234, description="Seeds the problem generator (independent of run.seed).")
 
 
 @dataclass(frozen=True)
@@ -107,3 +123,9 @@ def make_splits(spec: ArithmeticSpec, sizes: dict[str, int], seed: int) -> dict[
             problems.append(problem)
         splits[split] = problems
     return splits
+
+
+def embedded_splits(task: EmbeddedTaskConfig, probe_size: int) -> dict[str, list[Problem]]:
+    """Train, probe and test problems of the embedded task (disjoint, from the task seed)."""
+    spec = ArithmeticSpec(digits=task.digits, min_ops=task.min_ops, max_ops=task.max_ops, operators=task.operators)
+    return make_splits(spec, {"train": task.train_size, "probe": probe_size, "test": task.test_size}, seed=task.seed)

@@ -1,4 +1,5 @@
-"""Finding boxed answers: the ``\\boxed{...}`` / ``\\fbox{...}`` openings and their matching braces.
+"""Finding boxed answers: the ``\\boxed{...}`` / ``\\fbox{...}`` openings, their matching braces, and the last
+boxed answer of a text.
 
 Grading (which reads the last boxed answer of a completion) and segmenting (which strips the final boxed
 answer from a reference solution) share these, so an answer read from a solution is exactly the one stripped.
@@ -32,3 +33,16 @@ def matching_brace(text: str, open_index: int) -> int | None:
                 return i
         i += 1
     return None
+
+
+def extract_boxed(text: str) -> str | None:
+    """Return the content of the last ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``, braces matched.
+
+    Nested braces are kept (``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``). Returns None when there is no
+    boxed answer or when the last one is never closed (a completion cut off by the token limit).
+    """
+    openings = list(BOX_OPENING.finditer(text))
+    if not openings:
+        return None
+    close = matching_brace(text, openings[-1].end() - 1)
+    return None if close is None else text[openings[-1].end() : close]

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from atesd.data.boxed import extract_boxed
 from atesd.data.problem import DataError, Problem
 
 logger = logging.getLogger(__name__)
@@ -134,9 +135,6 @@ def _problem(
         answer_column = columns.answer
         answer = text(columns.answer, accept_int=True).strip()
     elif solution is not None:
-        # The grading module depends on data (see DESIGN.md), so import it here, not at module level.
-        from atesd.eval.grading import extract_boxed
-
         answer_column = columns.solution
         answer = (extract_boxed(solution) or "").strip()
         if not answer:

@@ -2,7 +2,7 @@
 
 Training data is the embedded task, a named source (``champ``), a JSONL or Parquet file, or a `datasets`
 id/path (a hub dataset such as ``siyanzhao/Openthoughts_math_30k_opsd``, whose ``problem`` and ``solution``
-columns the default column map reads, the answer coming from the solution's last ``\boxed{}``). The probe set (SPEC §3) is a fixed
+columns the default column map reads, the answer coming from the solution's last ``\boxed{}``). The probe set (docs/method.md#statistics) is a fixed
 set of training problems held out of training, so probe_nll measures progress on problems the student has
 never been trained on. Benchmarks are named (``aime24``, ``aime25``, ``hmmt25``, ``champ``, ``embedded``) or given as a
 JSONL path; a named benchmark is read from ``$ATESD_BENCHMARK_DIR/<name>.jsonl`` when that file exists (for
@@ -39,26 +39,24 @@ BENCHMARKS: dict[str, BenchmarkSource] = {
 }
 
 
-def _answer_check():
-    from atesd.eval.grading import check_answer_parses  # eval sits above data; imported where used
-
-    return check_answer_parses
+AnswerCheck = Callable[[str], None]
 
 
 def load_problems(source: str, split: str = "train", columns: ColumnMap | None = None,
-                  skip_invalid: bool = False) -> list[Problem]:
-    """Problems from a named source, a JSONL or Parquet file, or a `datasets` id/path, every answer checked to
-    parse. With `skip_invalid`, rows that fail validation are left out (and counted in a warning)."""
+                  skip_invalid: bool = False, check_answer: AnswerCheck | None = None) -> list[Problem]:
+    """Problems from a named source, a JSONL or Parquet file, or a `datasets` id/path. `check_answer` may
+    reject an answer by raising ValueError (the grader's `check_answer_parses`: an answer it could never
+    match). With `skip_invalid`, rows that fail validation are left out (and counted in a warning)."""
     if source in NAMED_SOURCES:
         return NAMED_SOURCES[source]()
     if source.endswith(".jsonl"):
-        return load_jsonl(source, columns, check_answer=_answer_check(), skip_invalid=skip_invalid)
+        return load_jsonl(source, columns, check_answer=check_answer, skip_invalid=skip_invalid)
     if source.endswith(".parquet"):
         if not Path(source).is_file():
             raise FileNotFoundError(f"no such Parquet file: {source}")
-        return load_hf_dataset("parquet", split="train", columns=columns, check_answer=_answer_check(),
+        return load_hf_dataset("parquet", split="train", columns=columns, check_answer=check_answer,
                                skip_invalid=skip_invalid, source=source, data_files=source)
-    return load_hf_dataset(source, split=split, columns=columns, check_answer=_answer_check(),
+    return load_hf_dataset(source, split=split, columns=columns, check_answer=check_answer,
                            skip_invalid=skip_invalid)
 
 
@@ -74,10 +72,11 @@ def hold_out_probe(problems: list[Problem], probe_size: int, seed: int) -> tuple
     return train, probe
 
 
-def load_benchmark(name_or_path: str) -> list[Problem]:
-    """A benchmark by name or JSONL path (the embedded test split is handled by the caller)."""
+def load_benchmark(name_or_path: str, check_answer: AnswerCheck | None = None) -> list[Problem]:
+    """A benchmark by name or JSONL path (the embedded test split is handled by the caller); `check_answer`
+    as in `load_problems`."""
     if name_or_path.endswith(".jsonl"):
-        return load_jsonl(name_or_path, ColumnMap(solution=None), check_answer=_answer_check())
+        return load_jsonl(name_or_path, ColumnMap(solution=None), check_answer=check_answer)
     if name_or_path in NAMED_SOURCES:
         return NAMED_SOURCES[name_or_path]()
     if name_or_path not in BENCHMARKS:
@@ -86,7 +85,7 @@ def load_benchmark(name_or_path: str) -> list[Problem]:
     local_dir = os.environ.get("ATESD_BENCHMARK_DIR")
     if local_dir and (Path(local_dir) / f"{name_or_path}.jsonl").is_file():
         return load_jsonl(Path(local_dir) / f"{name_or_path}.jsonl", ColumnMap(solution=None),
-                          check_answer=_answer_check())
+                          check_answer=check_answer)
     source = BENCHMARKS[name_or_path]
     return load_hf_dataset(source.hub_id, split=source.split, columns=source.columns,
-                           check_answer=_answer_check())
+                           check_answer=check_answer)

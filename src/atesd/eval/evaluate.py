@@ -1,4 +1,4 @@
-"""Evaluation: sample k completions per problem, grade them, and summarise (SPEC §6).
+"""Evaluation: sample k completions per problem, grade them, and summarise (docs/method.md#evaluation).
 
 `evaluate` works on any prompt (the student prompt for the model's own accuracy, or the teacher prompt at an
 exposure for the reference row of the demo table) and returns one `ProblemResult` per problem, which is what

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from math_verify import parse, verify
 from math_verify.errors import TimeoutException
 
-from atesd.data.boxed import BOX_OPENING, matching_brace
+from atesd.data.boxed import extract_boxed
 
 # Distinct (answer, gold) pairs seen in a run: a few per problem and step; 65k bounds the memory.
 _CACHE_SIZE = 2**16
@@ -40,19 +40,6 @@ class GradeResult:
     correct: bool
     has_boxed: bool
     error: str | None = None
-
-
-def extract_boxed(text: str) -> str | None:
-    """Return the content of the last ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``, braces matched.
-
-    Nested braces are kept (``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``). Returns None when there is no
-    boxed answer or when the last one is never closed (a completion cut off by the token limit).
-    """
-    openings = list(BOX_OPENING.finditer(text))
-    if not openings:
-        return None
-    close = matching_brace(text, openings[-1].end() - 1)
-    return None if close is None else text[openings[-1].end() : close]
 
 
 def _as_latex_math(answer: str) -> str:

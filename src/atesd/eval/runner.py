@@ -7,20 +7,22 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from atesd.config import Config
+from atesd.data.arithmetic import embedded_splits
 from atesd.data.problem import Problem
+from atesd.data.prompts import PromptBuilder
 from atesd.data.sources import load_benchmark
 from atesd.eval.evaluate import evaluate, write_results
+from atesd.eval.grading import check_answer_parses
 from atesd.rollout import HFGenerateEngine, SamplingParams
-from atesd.train.prompts import PromptBuilder
 
 
 def benchmark_problems(config: Config, name: str) -> list[Problem]:
+    """A benchmark's problems (the embedded task's test split for ``embedded``), every gold answer checked to
+    parse, cut to `eval.max_problems`."""
     if name == "embedded":
-        from atesd.models.embedded import embedded_splits
-
-        problems = embedded_splits(config)["test"]
+        problems = embedded_splits(config.data.task, config.data.probe_size)["test"]
     else:
-        problems = load_benchmark(name)
+        problems = load_benchmark(name, check_answer=check_answer_parses)
     return problems[: config.eval.max_problems] if config.eval.max_problems else problems
 
 

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from atesd.config import ExposureConfig
+from atesd.exposure.controller import ControllerExposure
+from atesd.exposure.simple import FixedExposure, LinearScheduleExposure, RandomExposure
 
 
 class ExposurePolicy(Protocol):
@@ -20,14 +22,14 @@ class ExposurePolicy(Protocol):
         ...
 
     def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]:
-        """Take the statistics measured at `step` (SPEC §3); returns extra metrics for the step's record."""
+        """Take the statistics measured at `step` (docs/method.md#statistics); returns extra metrics for the step's record."""
         ...
 
     def drain_decisions(self) -> list[dict[str, Any]]:
         """Rows for ``decisions.jsonl`` that became final since the last call (empty for per-step policies)."""
         ...
 
-    def open_decisions(self) -> list[dict[str, Any]]:
+    def pending_decisions(self) -> list[dict[str, Any]]:
         """Rows of decisions whose reward is still incomplete (written once, at the end of a run)."""
         ...
 
@@ -40,9 +42,6 @@ class ExposurePolicy(Protocol):
 
 def build_exposure_policy(config: ExposureConfig, total_steps: int, seed: int) -> ExposurePolicy:
     """The policy named by ``config.policy``; `total_steps` sets schedules and the progress feature."""
-    from atesd.exposure.controller import ControllerExposure
-    from atesd.exposure.simple import FixedExposure, LinearScheduleExposure, RandomExposure
-
     if config.policy == "fixed":
         return FixedExposure(config.alpha)
     if config.policy == "random":

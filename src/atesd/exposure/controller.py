@@ -1,4 +1,4 @@
-"""The ATESD controller (SPEC §4): a Beta policy over the teacher's exposure, trained by REINFORCE on the
+"""The ATESD controller (docs/method.md#controller): a Beta policy over the teacher's exposure, trained by REINFORCE on the
 discounted learning progress it causes.
 
 Read `ControllerExposure` top to bottom:
@@ -96,7 +96,7 @@ class RunningNormalizer:
 
 
 class TrainingState:
-    """The six state features of SPEC §4 (order: `STATE_FEATURES`) and their running normaliser.
+    """The six state features of docs/method.md#controller (order: `STATE_FEATURES`) and their running normaliser.
 
     After step t has been observed, the raw state for the decision at step t+1 is: progress (t+1)/T; the EMAs
     of α, the distillation loss, kl_p90 and probe_nll; and the last batch's confidence. A statistic that is not
@@ -263,7 +263,7 @@ class ControllerExposure:
         rows, self._rows = self._rows, []
         return rows
 
-    def open_decisions(self) -> list[dict[str, Any]]:
+    def pending_decisions(self) -> list[dict[str, Any]]:
         return [decision.row(logged_at=None) for decision in self.waiting]
 
     def policy_mean(self, step: int) -> float:

@@ -24,7 +24,7 @@ class NonLearningPolicy:
     def drain_decisions(self) -> list[dict[str, Any]]:
         return []
 
-    def open_decisions(self) -> list[dict[str, Any]]:
+    def pending_decisions(self) -> list[dict[str, Any]]:
         return []
 
 

@@ -2,8 +2,8 @@
 
 Every completion token n has a student distribution p_S and a teacher distribution p_T over the whole
 vocabulary. This file computes the per-token distillation loss (forward KL, reverse KL, generalized JSD or
-the sampled-token policy gradient, with the optional top-k, pointwise clip and temperature of SPEC §2) and
-the per-token mismatch statistics of SPEC §3 (forward KL, top-1 disagreement, student probability of the
+the sampled-token policy gradient, with the optional top-k, pointwise clip and temperature of docs/method.md#distillation-loss)
+and the per-token mismatch statistics of docs/method.md#statistics (forward KL, top-1 disagreement, student probability of the
 sampled token).
 
 Why chunks. Done in one piece, the loss over N positions makes several float32 [N, V] tensors per side
@@ -219,7 +219,7 @@ def _vocab_terms(student_logp: torch.Tensor, teacher_logp: torch.Tensor,
 
 def _mismatch_stats(student: torch.Tensor, teacher: torch.Tensor,
                     targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SPEC §3 per-token statistics at temperature 1 over the full vocabulary."""
+    """The per-token statistics of docs/method.md#statistics, at temperature 1 over the full vocabulary."""
     student_logp = student.log_softmax(-1)
     teacher_logp = teacher.log_softmax(-1)
     forward_kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)

@@ -1,7 +1,7 @@
 """Loading a causal LM and its tokenizer: the embedded model, a local directory, a GGUF file, or a hub id.
 
-- The embedded default is built and warm-started locally (see `atesd.models.embedded`) and then loaded from
-  its cache directory through exactly the same `from_pretrained` path as any other model.
+- The embedded default is built and warm-started locally by the training recipe (`atesd.train.warm_start`)
+  and then loaded from its cache directory through exactly the same `from_pretrained` path as any other model.
 - A ``.gguf`` file is converted once into a `from_pretrained` directory (dequantised to float32
   safetensors, tokenizer and chat template included) under the cache, because reading a GGUF file is slow
   (half a minute for a 135M model) and `transformers` cannot save a model loaded from one.
@@ -14,32 +14,26 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from atesd.config import Config
+from atesd.models.cache import cache_root, save_pretrained_atomically
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+EMBEDDED = "embedded"  # model.name_or_path of the embedded default
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def cache_root() -> Path:
-    """Where converted models are kept: ``$ATESD_CACHE`` or ``~/.cache/atesd``."""
-    configured = os.environ.get("ATESD_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "atesd"
-
-
-def resolve_model_path(config: Config) -> str:
-    """The directory or hub id to load for `config.model.name_or_path`."""
-    name = config.model.name_or_path
-    if name == "embedded":
-        from atesd.models.embedded import embedded_base_model
-
-        return str(embedded_base_model(config))
+def resolve_model_path(name: str) -> str:
+    """The directory or hub id to load for a model name: a local directory, a ``.gguf`` file (converted once
+    into the cache), or a hub id. The embedded base model is made by the training recipe, not here
+    (`atesd.train.base_model`)."""
+    if name == EMBEDDED:
+        raise ValueError("'embedded' names the warm-started embedded base model: get its directory from "
+                         "atesd.train.base_model.base_model_path(config)")
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         if not path.is_file():
@@ -78,44 +72,29 @@ def gguf_to_pretrained(gguf_path: Path, target: Path) -> Path:
     return save_pretrained_atomically(model, tokenizer, target)
 
 
-def save_pretrained_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> Path:
-    """Save model and tokenizer to a temporary directory beside `target`, then rename it into place, so a
-    crash never leaves a half-written cache entry. If another process published `target` first, theirs is
-    kept (it holds the same thing)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary)
-    tokenizer.save_pretrained(temporary)
-    try:
-        os.replace(temporary, target)
-    except OSError:
-        shutil.rmtree(temporary, ignore_errors=True)
-    return target
-
-
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
-def load_model_and_tokenizer(config: Config, path: str | None = None
+def load_model_and_tokenizer(config: Config, path: str, base_path: str | None = None
                              ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model (in the configured dtype) and tokenizer, as a plain `transformers` model.
+    """The model at `path` (in the configured dtype) and its tokenizer, as a plain `transformers` model.
 
-    `path` overrides the configured model; a peft adapter directory is merged into the configured base model.
-    The pad token defaults to EOS when the model has none; `model.chat_template` replaces the tokenizer's.
+    A peft adapter directory at `path` is merged into the model at `base_path`. The pad token defaults to EOS
+    when the model has none; `model.chat_template` replaces the tokenizer's.
     """
     trust = config.model.trust_remote_code
     dtype = DTYPES[config.model.dtype]
-    source = path or resolve_model_path(config)
-    if is_adapter_dir(source):
+    if is_adapter_dir(path):
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(resolve_model_path(config), dtype=dtype, trust_remote_code=trust)
-        model = PeftModel.from_pretrained(base, source).merge_and_unload()
+        if base_path is None:
+            raise ValueError(f"{path} holds a LoRA adapter: give the base model it was trained on")
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=trust)
+        model = PeftModel.from_pretrained(base, path).merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if config.model.chat_template is not None:
@@ -133,9 +112,10 @@ def _chat_template_text(value: str) -> str:
     return value
 
 
-def load_training_model(config: Config) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """The model to train: with LoRA adapters when `model.lora` is set, gradient checkpointing when asked."""
-    model, tokenizer = load_model_and_tokenizer(config)
+def load_training_model(config: Config, path: str) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """The model at `path`, to train: with LoRA adapters when `model.lora` is set, gradient checkpointing when
+    asked."""
+    model, tokenizer = load_model_and_tokenizer(config, path)
     if config.model.gradient_checkpointing:
         # Non-reentrant checkpointing works when the inputs of a checkpointed block need no gradient, which is
         # the case with LoRA (the embeddings are frozen).

@@ -1,19 +1,32 @@
-"""Atomic, resumable checkpoints.
+"""Atomic, resumable checkpoints, and what a training checkpoint holds.
 
 A checkpoint is a directory ``checkpoints/step-NNNNNNN`` written in full under a temporary name and then
 renamed into place; the file ``checkpoints/latest`` names the newest complete one and is itself replaced
 atomically. A crash or Ctrl-C mid-write leaves at worst a stray temporary directory: ``latest`` still names
-the previous, intact checkpoint. Everything is safetensors or JSON (see `state_io`).
+the previous, intact checkpoint. Everything is safetensors or JSON (see `state_io`), never a pickle.
+
+A training checkpoint (`write_training_state` / `read_training_state`) holds the trained parameters
+(``model.safetensors``), the optimizer, the exposure policy, the teacher (EMA weights), the RNG states of
+python, numpy and torch, and ``trainer_state.json`` (step, data position, the update's counters and schedule,
+the last probe NLL): everything a resumed run needs to continue exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from atesd.train.state_io import atomic_write_text
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from atesd.train.state_io import atomic_write_text, load_state, save_state
 
 LATEST = "latest"
 
@@ -63,3 +76,42 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
                                 "edited by hand; point it at an existing step-* directory")
     return path
 
+
+
+@dataclass
+class TrainingState:
+    """The parts of a training checkpoint, as the recipe hands them over and gets them back."""
+
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    exposure: dict[str, Any]
+    teacher: dict[str, torch.Tensor]
+    trainer: dict[str, Any]  # trainer_state.json
+
+
+def write_training_state(directory: Path, state: TrainingState) -> None:
+    """Write `state` and the current RNG states into `directory` (a fresh checkpoint directory)."""
+    save_file(state.weights, str(directory / "model.safetensors"))
+    save_state(state.optimizer, directory, "optimizer")
+    save_state(state.exposure, directory, "exposure")
+    save_state(state.teacher, directory, "teacher")
+    save_state({"python": random.getstate(), "numpy": np.random.get_state(),
+                "torch": torch.random.get_rng_state()}, directory, "rng")
+    (directory / "trainer_state.json").write_text(json.dumps(state.trainer, indent=2))
+
+
+def read_training_state(directory: Path, expected_weights: set[str]) -> TrainingState:
+    """The state saved in `directory`; restores the RNG states. `expected_weights` are the names of the
+    parameters being trained, which the checkpoint's weights must match."""
+    weights = load_file(str(directory / "model.safetensors"))
+    if set(weights) != expected_weights:
+        raise ValueError(f"{directory}/model.safetensors does not match the model: missing "
+                         f"{sorted(expected_weights - set(weights))[:5]}, unexpected "
+                         f"{sorted(set(weights) - expected_weights)[:5]}")
+    rng = load_state(directory, "rng")
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.random.set_rng_state(rng["torch"])
+    return TrainingState(weights=weights, optimizer=load_state(directory, "optimizer"),
+                         exposure=load_state(directory, "exposure"), teacher=load_state(directory, "teacher"),
+                         trainer=json.loads((directory / "trainer_state.json").read_text()))

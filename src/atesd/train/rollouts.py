@@ -1,0 +1,69 @@
+"""The student's rollouts for a step: sampled from the current weights by the rollout engine, then graded.
+
+The grader is a parameter (`atesd.eval.grading.grade` by default) so that a test or an experiment can put
+another reward behind GRPO and the logged rollout accuracy without touching the recipe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from atesd.data.problem import Problem
+from atesd.rollout import Completions, RolloutEngine, SamplingParams
+from atesd.train.cost import StepCost
+from atesd.train.distributed import Processes
+
+
+class Graded(Protocol):
+    correct: bool
+
+
+Grader = Callable[[str, str], Graded]  # (completion text, gold answer) -> a result with .correct
+
+
+@dataclass
+class GradedRollouts:
+    """One completion per prompt and whether each one's answer is right."""
+
+    completions: Completions
+    correct: list[bool]
+
+    @property
+    def completion_ids(self) -> list[list[int]]:
+        return self.completions.completion_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return self.completions.num_tokens
+
+    def record(self, processes: Processes) -> dict[str, Any]:
+        """Accuracy, mean length, share cut off by the token limit, and generated tokens, over all processes."""
+        sums = processes.sums({
+            "correct": float(sum(self.correct)), "count": float(len(self.correct)),
+            "tokens": float(self.completions.num_tokens),
+            "truncated": float(sum(not f for f in self.completions.finished))})
+        count = max(sums["count"], 1.0)
+        return {"rollout_accuracy": sums["correct"] / count, "completion_length": sums["tokens"] / count,
+                "truncated_rate": sums["truncated"] / count, "generated_tokens": int(sums["tokens"])}
+
+
+class RolloutSampler:
+    """Samples and grades rollouts with `engine`; generation is seeded per step by the caller's generator."""
+
+    def __init__(self, engine: RolloutEngine, tokenizer: PreTrainedTokenizerBase, sampling: SamplingParams,
+                 grader: Grader) -> None:
+        self.engine, self.tokenizer, self.sampling, self.grader = engine, tokenizer, sampling, grader
+
+    def sample(self, prompts: list[list[int]], problems: list[Problem], generator: torch.Generator,
+               cost: StepCost) -> GradedRollouts:
+        with cost.timed("rollout"):
+            self.engine.update_weights()  # a separate engine (vLLM) samples with the weights of the last update
+            completions = self.engine.generate(prompts, self.sampling, generator)
+            correct = [self.grader(self.tokenizer.decode(ids, skip_special_tokens=True), p.answer).correct
+                       for ids, p in zip(completions.completion_ids, problems)]
+        return GradedRollouts(completions, correct)

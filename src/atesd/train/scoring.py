@@ -1,0 +1,128 @@
+"""The forwards of a training step: the student's (with gradients), the teacher's (without), and the probe.
+
+- `teacher_targets`: the teacher at exposure α reads its prompt once per micro-batch and continues it with the
+  student's rollouts (its final hidden states there are the distillation targets) and with the reference
+  solutions (their mean log-prob is g_t, docs/method.md#statistics).
+- `student_hidden` / `student_token_logprobs`: the student's view of ``[student prompt ; completion]``.
+- `probe_nll`: the student's per-token NLL of the held-out probe references, independent of α.
+
+Every forward counts its tokens into the step's `StepCost`; teacher forwards are timed as ``teacher``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from atesd.data.problem import Problem
+from atesd.data.prompts import PromptBuilder
+from atesd.models.sequences import (
+    PackedSequences,
+    completion_hidden_states,
+    completion_token_logprobs,
+    output_head,
+    pack_sequences,
+    shared_prompt_hidden_states,
+    token_logprobs_from_hidden,
+)
+from atesd.models.teacher import Teacher
+from atesd.train.cost import StepCost
+from atesd.train.distributed import Processes
+from atesd.train.update import micro_batches, precision
+
+
+@dataclass
+class TeacherTargets:
+    """The teacher's side of the distillation loss for one step on this process."""
+
+    hidden: dict[int, torch.Tensor]  # final hidden states at the rollout positions, by micro-batch start
+    head: torch.Tensor  # the teacher's output head (weight, and bias when it has one)
+    bias: torch.Tensor | None
+    reference_logp: float  # g_t: mean log-prob of the reference solutions, over all processes
+
+
+class Scorer:
+    """Runs the student (`model`, as prepared for training) and the `teacher` over packed sequences."""
+
+    def __init__(self, model: torch.nn.Module, student: torch.nn.Module, teacher: Teacher, prompts: PromptBuilder,
+                 processes: Processes, *, pad_token_id: int, micro_batch_size: int, chunk_size: int,
+                 bf16_autocast: bool) -> None:
+        self.model, self.student, self.teacher, self.prompts = model, student, teacher, prompts
+        self.processes = processes
+        self.pad_token_id, self.micro_batch_size, self.chunk_size = pad_token_id, micro_batch_size, chunk_size
+        self.bf16_autocast = bf16_autocast
+
+    def spans(self, size: int) -> list[slice]:
+        return micro_batches(size, self.micro_batch_size)
+
+    def packed(self, prompts: list[list[int]], completions: list[list[int]], cost: StepCost) -> PackedSequences:
+        batch = pack_sequences(prompts, completions, self.pad_token_id).to(self.processes.device)
+        cost.count_forward(int(batch.attention_mask.sum()))
+        return batch
+
+    # ------------------------------------------------------------------ the student (with gradients)
+
+    def student_hidden(self, batch: PackedSequences) -> torch.Tensor:
+        return completion_hidden_states(self.model, batch)
+
+    def student_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return output_head(self.student)
+
+    def student_token_logprobs(self, batch: PackedSequences) -> torch.Tensor:
+        weight, bias = self.student_head()
+        return token_logprobs_from_hidden(self.student_hidden(batch), weight, bias, batch.targets, self.chunk_size)
+
+    # ------------------------------------------------------------------ the teacher (no gradients)
+
+    @torch.no_grad()
+    def teacher_targets(self, teacher_prompts: list[list[int]], completions: list[list[int]],
+                        solutions: list[list[int]], cost: StepCost) -> TeacherTargets:
+        """The teacher's hidden states at the rollouts' positions and g_t; both continue the same teacher
+        prompts, which run once for the two (`shared_prompt_hidden_states`)."""
+        hidden, total, count = {}, 0.0, 0
+        with cost.timed("teacher"), self.teacher.scoring() as teacher_model, self._precision():
+            head, bias = output_head(teacher_model)
+            for span in self.spans(len(teacher_prompts)):
+                parts = (teacher_prompts[span], completions[span], solutions[span])
+                rollout_hidden, reference_hidden = shared_prompt_hidden_states(
+                    teacher_model, parts[0], [parts[1], parts[2]], self.pad_token_id)
+                hidden[span.start] = rollout_hidden
+                targets = torch.tensor([token for ids in parts[2] for token in ids], device=self.processes.device)
+                total += float(token_logprobs_from_hidden(reference_hidden, head, bias, targets,
+                                                          self.chunk_size).sum())
+                count += targets.numel()
+                cost.count_forward(sum(len(ids) for part in parts for ids in part))
+        sums = self.processes.sums({"total": total, "count": float(count)})
+        return TeacherTargets(hidden, head, bias, sums["total"] / max(sums["count"], 1.0))
+
+    def teacher_token_logprobs(self, batch: PackedSequences, cost: StepCost) -> torch.Tensor:
+        with cost.timed("teacher"), self.teacher.scoring() as teacher_model, self._precision():
+            return completion_token_logprobs(teacher_model, batch, self.chunk_size)
+
+    # ------------------------------------------------------------------ the probe
+
+    @torch.no_grad()
+    def probe_nll(self, problems: list[Problem], cost: StepCost | None = None) -> float:
+        """Mean per-token NLL of the probe problems' reference solutions under the student prompt."""
+        if not problems:
+            return float("nan")
+        cost = cost or StepCost()
+        model = self.student
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        with cost.timed("probe"):
+            for span in self.spans(len(problems)):
+                chunk = problems[span]
+                batch = self.packed([self.prompts.student(p) for p in chunk],
+                                    [self.prompts.solution(p) for p in chunk], cost)
+                with self._precision():
+                    logprobs = completion_token_logprobs(model, batch, self.chunk_size)
+                total -= float(logprobs.sum())
+                count += batch.num_tokens
+        model.train(was_training)
+        return total / count
+
+    def _precision(self):
+        return precision(self.processes.device, self.bf16_autocast)

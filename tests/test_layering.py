@@ -1,0 +1,75 @@
+"""The package's layers import one way (docs/architecture.md), with no circle between modules, and no module in
+src/ is longer than 400 lines. Imports inside functions count as much as those at the top of a module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "atesd"
+# Lowest first: a module may import its own layer's modules and those of any lower layer.
+LAYERS = {"data": 0, "config": 1, "losses": 2, "models": 2, "exposure": 2, "rollout": 3, "eval": 4, "train": 5,
+          "analysis": 6, "cli": 7}
+MAX_LINES = 400
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def imports_of(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("atesd"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("atesd"))
+    return found
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+GRAPH = {name: {target for target in imports_of(path) if target in MODULES and target != name}
+         for name, path in MODULES.items()}
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_point_down_the_layers(module):
+    if layer(module) is None:
+        return  # the package's own __init__
+    upward = [target for target in GRAPH[module]
+              if layer(target) is not None and LAYERS[layer(target)] > LAYERS[layer(module)]]
+    assert not upward, f"{module} imports {upward} from a higher layer"
+
+
+def test_no_module_imports_itself_through_a_circle():
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = "open"
+        for target in sorted(GRAPH[name]):
+            if state.get(target) == "open":
+                raise AssertionError(" -> ".join([*path[path.index(target):], target]))
+            if target not in state:
+                visit(target, [*path, target])
+        state[name] = "done"
+
+    for name in sorted(GRAPH):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_every_layer_is_known():
+    assert {layer(m) for m in MODULES} - {None} <= set(LAYERS)
+
+
+def test_no_module_is_over_400_lines():
+    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
