@@ -184,15 +184,16 @@ def test_extends_errors_name_the_files(tmp_path):
         load_config(loop)
 
 
-def test_embedded_atesd_recipe_has_spec_defaults():
+def test_embedded_atesd_recipe_has_the_documented_defaults():
     config = load_config(REPO_ROOT / "configs" / "embedded" / "atesd.yaml")
     opsd = load_config(REPO_ROOT / "configs" / "embedded" / "opsd.yaml")
     assert config.method == "atesd" and config.exposure.policy == "controller"
     exposure, controller = config.exposure, config.exposure.controller
-    assert (exposure.alpha_min, exposure.alpha_max, exposure.hold_steps) == (0.05, 1.0, 4)
+    assert (exposure.alpha_min, exposure.alpha_max, exposure.hold_steps) == (0.05, 1.0, 2)
     assert controller.hidden_sizes == [64, 64] and controller.initial_beta == (2.0, 2.0)
-    assert (controller.lookahead, controller.discount, controller.teacher_grounded_weight) == (8, 0.9, 0.1)
-    assert (controller.decisions_per_update, controller.lr) == (8, 1e-3)
+    assert (controller.lookahead, controller.discount, controller.teacher_grounded_weight) == (4, 0.9, 0.1)
+    assert (controller.decisions_per_update, controller.lr) == (4, 1e-2)
+    assert (controller.baseline, controller.baseline_window) == ("progress_trend", 16)
     assert (controller.entropy_coef, controller.entropy_target, config.data.probe_size) == (0.01, -0.5, 32)
     # everything but the exposure is OPSD's recipe
     assert config.model_dump(exclude={"method", "exposure"}) == opsd.model_dump(exclude={"method", "exposure"})

@@ -27,6 +27,7 @@ from atesd.exposure.reward import (
     learning_progress,
     normalized_advantages,
     teacher_grounding,
+    trend_advantages,
 )
 from atesd.train.state_io import load_state, save_state
 
@@ -121,6 +122,20 @@ def test_advantages_are_normalised_by_hand():
     assert normalized_advantages(rewards, 1e-8).tolist() == pytest.approx(expected)
     # equal rewards carry no signal: all advantages 0, not NaN
     assert normalized_advantages(torch.ones(4, dtype=torch.float64), 1e-8).tolist() == [0.0] * 4
+
+
+def test_trend_advantages_by_hand():
+    # R = 1 − t/T + e over a window of 4, with residuals e orthogonal to (1, t/T): the fitted trend is 1 − t/T,
+    # the residuals are e (std 0.1), and the update's two decisions (the last two) get e / 0.1.
+    progress = torch.tensor([0.0, 0.1, 0.2, 0.3], dtype=torch.float64)
+    residuals = torch.tensor([0.1, -0.1, -0.1, 0.1], dtype=torch.float64)
+    rewards = 1.0 - progress + residuals
+    advantages = trend_advantages(rewards[2:], progress[2:], rewards, progress, eps=0.0)
+    assert advantages.tolist() == pytest.approx([-1.0, 1.0])
+    # too few decisions for a trend: the window's mean is the baseline
+    short = trend_advantages(torch.tensor([1.0, 3.0], dtype=torch.float64), torch.tensor([0.0, 0.5], dtype=torch.float64),
+                             torch.tensor([1.0, 3.0], dtype=torch.float64), torch.tensor([0.0, 0.5], dtype=torch.float64), 0.0)
+    assert short.tolist() == pytest.approx([-1.0, 1.0])
 
 
 def test_entropy_hinge_and_its_gradient_by_hand():
@@ -385,3 +400,41 @@ def test_discounted_reward_finds_a_delayed_optimum_the_immediate_reward_misses()
     assert abs(discounted - best) < 0.1, discounted
     immediate, _ = train_against_learner("exposure.controller.lookahead=1", "exposure.controller.discount=0")
     assert abs(immediate - best) > 0.1, immediate
+
+
+# ---------------------------------------------------------------------------------------- a drifting reward
+
+class DriftingLearner(DelayedEffectLearner):
+    """The delayed-effect student, plus progress that comes whatever α is and shrinks over training: `drift`
+    per update at the start, falling linearly to 0 at `total_steps`. Early decisions then earn larger rewards
+    than late ones whatever their α, which a plain normalisation over the update's decisions credits to α."""
+
+    def __init__(self, seed: int, drift: float, total_steps: int) -> None:
+        super().__init__(seed)
+        self.drift, self.total_steps = drift, total_steps
+
+    def update(self, step: int, alpha: float) -> dict[str, float]:
+        stats = super().update(step, alpha)
+        self.loss -= self.drift * max(0.0, 1.0 - step / self.total_steps)
+        return {**stats, "probe_nll": self.loss}
+
+
+def train_against_drift(baseline: str, drift: float, seed: int, steps: int = 1000) -> float:
+    config = exposure_config("exposure.controller.teacher_grounded_weight=0", f"exposure.controller.baseline={baseline}")
+    learner = DriftingLearner(seed, drift, steps)
+    policy = ControllerExposure(config, steps, seed=seed)
+    for step in range(steps):
+        policy.observe(step, learner.update(step, policy.alpha(step)))
+    return policy.policy_mean(steps)
+
+
+def test_the_progress_trend_baseline_finds_the_optimum_through_a_drift_that_misleads_the_plain_one():
+    best = DelayedEffectLearner(0).best_alpha()  # 0.3125
+    seeds = range(5)
+    trend = [train_against_drift("progress_trend", 10.0, seed) for seed in seeds]
+    assert all(abs(mean - best) < 0.08 for mean in trend), trend
+    # a linear drift is what the trend removes: the decisions barely notice it
+    without_drift = [train_against_drift("progress_trend", 0.0, seed) for seed in seeds]
+    assert all(abs(a - b) < 0.02 for a, b in zip(trend, without_drift)), (trend, without_drift)
+    plain = [train_against_drift("none", 10.0, seed) for seed in seeds]
+    assert sum(abs(mean - best) for mean in plain) / 5 > 0.1, plain  # mis-credited: far from α* on average

@@ -49,8 +49,8 @@ def test_atesd_recipe_is_the_opsd_recipe_with_the_controller(size):
     assert atesd.method == "atesd" and atesd.exposure.policy == "controller"
     assert atesd.model_dump(exclude={"method", "exposure"}) == opsd.model_dump(exclude={"method", "exposure"})
     controller = atesd.exposure.controller
-    assert (atesd.exposure.hold_steps, controller.lookahead, controller.discount) == (4, 8, 0.9)
-    assert (controller.teacher_grounded_weight, controller.decisions_per_update, controller.lr) == (0.1, 8, 1e-3)
+    assert (atesd.exposure.hold_steps, controller.lookahead, controller.discount) == (2, 4, 0.9)
+    assert (controller.teacher_grounded_weight, controller.decisions_per_update, controller.lr) == (0.1, 4, 1e-2)
     assert (controller.entropy_coef, controller.entropy_target, atesd.data.probe_size) == (0.01, -0.5, 32)
 
 

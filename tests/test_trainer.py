@@ -35,7 +35,7 @@ def same_weights(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) 
 @pytest.fixture(scope="module")
 def four_step_run(tiny_config, tmp_path_factory):
     config = tiny_config(tmp_path_factory.mktemp("four"), "run.name=four", "train.steps=4",
-                         "train.checkpoint_every=2")
+                         "train.checkpoint_every=2", "train.teacher_ref_logp_every=1")
     trainer = Trainer(config)
     start = trainer.trainable_state()
     run_dir = trainer.train()
@@ -127,6 +127,17 @@ def test_new_run_in_a_directory_with_checkpoints_is_refused(four_step_run):
 def test_resume_without_checkpoint_is_an_error(tiny_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         Trainer(tiny_config(tmp_path, "run.name=nothing"), resume=True)
+
+
+def test_g_t_is_measured_only_every_few_steps_when_the_policy_does_not_use_it(tiny_config, tmp_path):
+    run_dir = Trainer(tiny_config(tmp_path, "train.steps=4", "train.teacher_ref_logp_every=2")).train()
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [row["teacher_ref_logp"] is None for row in rows] == [True, False, True, False]
+    assert all(row["teacher_ref_logp"] < 0.0 for row in rows[1::2])
+    # the controller's reward uses g_t (λ_gt > 0): measured at every step, whatever the cadence
+    run_dir = Trainer(tiny_config(tmp_path, *SMALL_CONTROLLER, "run.name=atesd", "train.steps=3",
+                                  "train.teacher_ref_logp_every=0")).train()
+    assert all(row["teacher_ref_logp"] < 0.0 for row in read_metrics(run_dir / "metrics.jsonl"))
 
 
 # ---------------------------------------------------------------------------------------- exact resume

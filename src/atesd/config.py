@@ -154,16 +154,21 @@ class ControllerConfig(Section):
         default_factory=lambda: [64, 64], description="Policy MLP hidden layers (tanh); [] is a linear policy.")
     initial_beta: tuple[float, float] = Field(
         (2.0, 2.0), description="(a, b) of the starting policy, set through the output bias (ours: Beta(2, 2)).")
-    lookahead: int = Field(8, ge=1, description="L: updates over which a decision's reward is summed.")
+    lookahead: int = Field(4, ge=1, description="L: updates over which a decision's reward is summed.")
     discount: float = Field(0.9, ge=0, le=1, description="gamma of the discounted reward.")
     progress_signal: Literal["probe_nll", "distill_loss"] = Field(
         "probe_nll", description="The loss l whose drops make G_lp.")
     teacher_grounded_weight: float = Field(0.1, ge=0, description="lambda_gt: weight of G_gt in R (0: G_lp only).")
-    decisions_per_update: int = Field(8, ge=2, description="B: rewarded decisions per REINFORCE update.")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the policy.")
+    decisions_per_update: int = Field(4, ge=2, description="B: rewarded decisions per REINFORCE update.")
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate of the policy.")
     entropy_coef: float = Field(0.01, ge=0, description="c: weight of the one-sided entropy hinge.")
     entropy_target: float = Field(-0.5, description="H_target: Beta entropy above which the hinge acts.")
     advantage_eps: float = Field(1e-8, gt=0, description="epsilon of the advantage normalisation.")
+    baseline: Literal["progress_trend", "none"] = Field(
+        "progress_trend", description="Advantages against a least-squares trend of R on training progress over the "
+        "latest baseline_window rewarded decisions (ours: removes the drift of shrinking progress); none: the "
+        "paper's normalisation over the update's B decisions.")
+    baseline_window: int = Field(16, ge=3, description="Rewarded decisions the progress trend is fitted on.")
     state_ema_decay: float = Field(0.9, ge=0, lt=1, description="Decay of the state's EMAs (ours).")
     feature_clip: float = Field(5.0, gt=0, description="Normalised state features are clipped to +-this (ours).")
 
@@ -181,7 +186,7 @@ class ExposureConfig(Section):
     alpha: float = Field(1.0, ge=0, le=1, description="Exposure of the fixed policy: share of reference segments.")
     alpha_min: float = Field(0.05, ge=0, le=1, description="Lower clip of random and controller exposures.")
     alpha_max: float = Field(1.0, ge=0, le=1, description="Upper clip of random and controller exposures.")
-    hold_steps: int = Field(4, ge=1, description="H: updates each random or controller decision is held for.")
+    hold_steps: int = Field(2, ge=1, description="H: updates each random or controller decision is held for.")
     schedule_start: float = Field(1.0, ge=0, le=1, description="Linear schedule: alpha at the first step (ours).")
     schedule_end: float = Field(0.05, ge=0, le=1, description="Linear schedule: alpha at the last step (ours).")
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
@@ -224,6 +229,9 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     probe_every: int = Field(1, ge=1, description="Measure probe_nll every this many steps.")
+    teacher_ref_logp_every: int = Field(
+        10, ge=0, description="Measure g_t (teacher_ref_logp) every this many steps for the log, when the exposure "
+        "policy does not use it every step (0: only when it does).")
     max_consecutive_bad_steps: int = Field(
         5, ge=1, description="Stop when this many steps in a row had a non-finite loss or gradient.")
 

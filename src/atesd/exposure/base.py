@@ -17,6 +17,8 @@ from atesd.exposure.simple import FixedExposure, LinearScheduleExposure, RandomE
 
 
 class ExposurePolicy(Protocol):
+    uses_teacher_ref_logp: bool  # whether `observe` needs g_t (teacher_ref_logp) at every step
+
     def alpha(self, step: int) -> float:
         """The exposure to use for `step` (0-based optimizer step). Asking twice for a step gives the same α."""
         ...

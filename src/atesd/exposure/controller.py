@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from atesd.config import ExposureConfig
-from atesd.exposure.reward import controller_loss, decision_reward, normalized_advantages
+from atesd.exposure.reward import controller_loss, decision_reward, normalized_advantages, trend_advantages
 
 STATE_FEATURES = ("progress", "alpha_ema", "loss_ema", "kl_p90_ema", "probe_nll_ema", "confidence")
 # The statistic of the step record each EMA follows.
@@ -186,6 +186,10 @@ class ControllerExposure:
         self.rewarded: list[Decision] = []  # reward complete, not yet used by an update
         self.losses: dict[int, float] = {}  # ℓ before update t, by t
         self.teacher_logps: dict[int, float] = {}  # g measured at step t, by t
+        self.total_steps = total_steps
+        # G_gt needs g_t at every step of a window; with λ_gt = 0 the reward ignores it.
+        self.uses_teacher_ref_logp = self.settings.teacher_grounded_weight > 0
+        self.reward_history: list[tuple[float, float]] = []  # (t/T, R) of the latest rewarded decisions
         self.updates = 0
         self._rows: list[dict[str, Any]] = []
 
@@ -214,7 +218,7 @@ class ControllerExposure:
             self.losses[step + 1] = float(stats["probe_nll"])
         else:
             self.losses[step] = float(stats["loss"])
-        self.teacher_logps[step] = float(stats["teacher_ref_logp"])
+        self.teacher_logps[step] = float(stats.get("teacher_ref_logp", float("nan")))
         self.state.observe(step, stats)
         self._reward_complete_windows(logged_at=step + 1)
         metrics = self._update() if len(self.rewarded) >= self.settings.decisions_per_update else {}
@@ -244,14 +248,25 @@ class ControllerExposure:
         rewards = torch.tensor([d.reward for d in batch], dtype=torch.float64)
         distribution = self.net.distribution(features)
         entropies = distribution.entropy()
-        loss = controller_loss(distribution.log_prob(samples), normalized_advantages(rewards, self.settings.advantage_eps),
-                               entropies, self.settings.entropy_coef, self.settings.entropy_target)
+        loss = controller_loss(distribution.log_prob(samples), self._advantages(batch, rewards), entropies,
+                               self.settings.entropy_coef, self.settings.entropy_target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.updates += 1
         return {"controller_loss": float(loss.detach()), "controller_entropy": float(entropies.detach().mean()),
                 "controller_reward_mean": float(rewards.mean()), "controller_updates": self.updates}
+
+    def _advantages(self, batch: list[Decision], rewards: torch.Tensor) -> torch.Tensor:
+        """The paper's normalisation over the update's decisions, or the residual of a trend on training progress
+        fitted over the latest `baseline_window` rewarded decisions (`exposure.controller.baseline`)."""
+        eps = self.settings.advantage_eps
+        if self.settings.baseline == "none":
+            return normalized_advantages(rewards, eps)
+        progress = [d.step / max(self.total_steps, 1) for d in batch]
+        self.reward_history = [*self.reward_history, *zip(progress, rewards.tolist())][-self.settings.baseline_window:]
+        window = torch.tensor(self.reward_history, dtype=torch.float64)
+        return trend_advantages(rewards, torch.tensor(progress, dtype=torch.float64), window[:, 1], window[:, 0], eps)
 
     def _forget_history_before(self, step: int) -> None:
         self.losses = {t: v for t, v in self.losses.items() if t >= step}
@@ -287,6 +302,7 @@ class ControllerExposure:
             "losses": [[t, v] for t, v in self.losses.items()],
             "teacher_logps": [[t, v] for t, v in self.teacher_logps.items()],
             "updates": self.updates,
+            "reward_history": [list(point) for point in self.reward_history],
             "rows": list(self._rows),
         }
 
@@ -303,4 +319,5 @@ class ControllerExposure:
         self.losses = {int(t): float(v) for t, v in state["losses"]}
         self.teacher_logps = {int(t): float(v) for t, v in state["teacher_logps"]}
         self.updates = state["updates"]
+        self.reward_history = [(float(p), float(r)) for p, r in state["reward_history"]]
         self._rows = list(state["rows"])

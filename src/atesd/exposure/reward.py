@@ -57,6 +57,30 @@ def normalized_advantages(rewards: torch.Tensor, eps: float) -> torch.Tensor:
     return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + eps)
 
 
+def trend_advantages(rewards: torch.Tensor, progress: torch.Tensor, window_rewards: torch.Tensor,
+                     window_progress: torch.Tensor, eps: float) -> torch.Tensor:
+    """Advantages against a baseline on training progress (ours, docs/method.md#update): R is regressed on t/T
+    by least squares over the window of recent rewarded decisions (which includes this update's), and each
+    decision's advantage is its residual over the std of the window's residuals.
+
+    Learning progress shrinks as training goes on, so decisions normalised together (`normalized_advantages`)
+    credit the early ones whatever their α; the residual of the trend credits a decision only for doing better
+    than its time in training predicts. With fewer than 3 points, or no spread in progress, the baseline is the
+    window's mean.
+    """
+    mean_progress, mean_reward = window_progress.mean(), window_rewards.mean()
+    spread = ((window_progress - mean_progress) ** 2).mean()
+    slope = torch.zeros_like(mean_reward)
+    if window_rewards.numel() >= 3 and float(spread) > 1e-12:
+        slope = ((window_progress - mean_progress) * (window_rewards - mean_reward)).mean() / spread
+
+    def trend(at: torch.Tensor) -> torch.Tensor:
+        return mean_reward + slope * (at - mean_progress)
+
+    scale = (window_rewards - trend(window_progress)).std(unbiased=False)
+    return (rewards - trend(progress)) / (scale + eps)
+
+
 def entropy_hinge(entropy: torch.Tensor, target: float) -> torch.Tensor:
     """max(0, H − H_target)²: zero while the policy is at least as concentrated as the target, quadratic above."""
     return torch.clamp(entropy - target, min=0.0) ** 2

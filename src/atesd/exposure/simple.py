@@ -18,6 +18,8 @@ def _check_unit(name: str, value: float) -> float:
 class NonLearningPolicy:
     """What a policy that learns nothing answers to the trainer's statistics: nothing to log, nothing waiting."""
 
+    uses_teacher_ref_logp = False  # the trainer then measures g_t only for the log
+
     def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]:
         return {}
 

@@ -2,7 +2,7 @@
 
 - `teacher_targets`: the teacher at exposure α reads its prompt once per micro-batch and continues it with the
   student's rollouts (its final hidden states there are the distillation targets) and with the reference
-  solutions (their mean log-prob is g_t, docs/method.md#statistics).
+  solutions (their mean log-prob is g_t, docs/method.md#statistics), when g_t is wanted that step.
 - `student_hidden` / `student_token_logprobs`: the student's view of ``[student prompt ; completion]``.
 - `probe_nll`: the student's per-token NLL of the held-out probe references, independent of α.
 
@@ -77,22 +77,29 @@ class Scorer:
 
     @torch.no_grad()
     def teacher_targets(self, teacher_prompts: list[list[int]], completions: list[list[int]],
-                        solutions: list[list[int]], cost: StepCost) -> TeacherTargets:
-        """The teacher's hidden states at the rollouts' positions and g_t; both continue the same teacher
-        prompts, which run once for the two (`shared_prompt_hidden_states`)."""
+                        solutions: list[list[int]] | None, cost: StepCost) -> TeacherTargets:
+        """The teacher's hidden states at the rollouts' positions and, when `solutions` are given, g_t (NaN
+        otherwise); both continue the same teacher prompts, which run once for the two
+        (`shared_prompt_hidden_states`)."""
         hidden, total, count = {}, 0.0, 0
         with cost.timed("teacher"), self.teacher.scoring() as teacher_model, self._precision():
             head, bias = output_head(teacher_model)
             for span in self.spans(len(teacher_prompts)):
-                parts = (teacher_prompts[span], completions[span], solutions[span])
-                rollout_hidden, reference_hidden = shared_prompt_hidden_states(
-                    teacher_model, parts[0], [parts[1], parts[2]], self.pad_token_id)
-                hidden[span.start] = rollout_hidden
-                targets = torch.tensor([token for ids in parts[2] for token in ids], device=self.processes.device)
-                total += float(token_logprobs_from_hidden(reference_hidden, head, bias, targets,
-                                                          self.chunk_size).sum())
+                prompts, rollouts = teacher_prompts[span], completions[span]
+                references = solutions[span] if solutions is not None else None
+                outputs = shared_prompt_hidden_states(teacher_model, prompts,
+                                                      [rollouts] if references is None else [rollouts, references],
+                                                      self.pad_token_id)
+                hidden[span.start] = outputs[0]
+                cost.count_forward(sum(len(ids) for part in (prompts, rollouts) for ids in part))
+                if references is None:
+                    continue
+                targets = torch.tensor([token for ids in references for token in ids], device=self.processes.device)
+                total += float(token_logprobs_from_hidden(outputs[1], head, bias, targets, self.chunk_size).sum())
                 count += targets.numel()
-                cost.count_forward(sum(len(ids) for part in parts for ids in part))
+                cost.count_forward(sum(len(ids) for ids in references))
+        if solutions is None:
+            return TeacherTargets(hidden, head, bias, float("nan"))
         sums = self.processes.sums({"total": total, "count": float(count)})
         return TeacherTargets(hidden, head, bias, sums["total"] / max(sums["count"], 1.0))
 

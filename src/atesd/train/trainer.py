@@ -218,8 +218,8 @@ class Trainer:
         student_prompts = [prompts.student(p) for p in problems]
         teacher_prompts = [prompts.teacher(p, alpha) for p in problems]
         rollouts = self.parts.sampler.sample(student_prompts, problems, self.rollout_generator(step), cost)
-        teacher = scorer.teacher_targets(teacher_prompts, rollouts.completion_ids,
-                                         [prompts.solution(p) for p in problems], cost)
+        solutions = [prompts.solution(p) for p in problems] if self.measures_teacher_ref_logp(step) else None
+        teacher = scorer.teacher_targets(teacher_prompts, rollouts.completion_ids, solutions, cost)
         scale = processes.loss_scale(rollouts.num_tokens)  # sum over the step's tokens / their number
         outputs = []
 
@@ -253,6 +253,12 @@ class Trainer:
             self.last_probe_nll = self.probe_nll(cost)
         return {"probe_nll": self.last_probe_nll, "probe_nll_before": probe_before,
                 **update.record(self.updater.skipped_steps)}
+
+    def measures_teacher_ref_logp(self, step: int) -> bool:
+        """g_t costs a teacher pass over the references: taken when the exposure policy's reward uses it, else
+        every `train.teacher_ref_logp_every` steps for the log (0: never)."""
+        every = self.config.train.teacher_ref_logp_every
+        return self.exposure.uses_teacher_ref_logp or (every > 0 and (step + 1) % every == 0)
 
     def probe_nll(self, cost: StepCost | None = None) -> float:
         """The student's mean per-token NLL of the probe set's reference solutions (docs/method.md#statistics)."""
