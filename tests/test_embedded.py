@@ -24,10 +24,40 @@ def test_problem_text_and_answer_agree_with_python():
         problem = make_problem(rng, 1 + index % 4, spec, f"p{index}")
         expression = problem.question.removeprefix("Compute ").removesuffix(".")
         assert int(problem.answer) == eval(expression)
-        *steps, boxed = problem.solution.split("\n")
+        *steps, boxed = problem.meta["student_solution"].split("\n")
         assert boxed == f"\\boxed{{{problem.answer}}}"
         assert len(steps) == problem.meta["num_ops"] and problem.meta["bucket"] == f"ops={len(steps)}"
         assert steps[-1].endswith(f"={problem.answer}")
+        # The concise reference: fewer lines than operations allow, each line's value right, same answer.
+        *lines, reference_boxed = problem.solution.split("\n")
+        assert reference_boxed == boxed and len(lines) <= max(1, len(steps) - 1)
+        for line in lines:
+            left, value = line.split(" = ")
+            assert eval(left) == int(value)
+        assert lines[-1].endswith(f" = {problem.answer}")
+
+
+def test_steps_style_keeps_the_old_references_and_the_same_questions():
+    spec, old = ArithmeticSpec(digits=1, min_ops=2, max_ops=6, operators="+-"), None
+    concise = make_splits(spec, {"train": 50}, seed=3)["train"]
+    old = make_splits(ArithmeticSpec(digits=1, min_ops=2, max_ops=6, operators="+-", reference_style="steps"),
+                      {"train": 50}, seed=3)["train"]
+    assert [p.question for p in concise] == [p.question for p in old]
+    assert all(p.solution == p.meta["student_solution"] for p in old)
+    assert all(p.solution != p.meta["student_solution"] for p in concise)
+
+
+def test_slipped_completion_hides_the_slip_from_the_loss():
+    from atesd.train.warm_start import slipped_completion
+    from atesd.models.tiny import build_char_tokenizer
+    tokenizer = build_char_tokenizer()
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids, weights = slipped_completion("7+2=9\n9+4=13\n\\boxed{13}", random.Random(0), encode, tokenizer.eos_token_id)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    head, last, boxed = text.split("\n")
+    assert head == "7+2=9" and last.startswith("9+4=") and last != "9+4=13" and boxed == "\\boxed{13}"
+    unscored = tokenizer.decode([i for i, w in zip(ids, weights) if w == 0])
+    assert unscored == last.removeprefix("9+4=")
 
 
 def test_splits_are_seeded_disjoint_and_balanced():
@@ -70,3 +100,15 @@ def test_char_tokenizer_round_trips_and_chat_template_follows_qwen3(tmp_path):
     assert loaded.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                       enable_thinking=True) == plain
     assert loaded.convert_ids_to_tokens(loaded(no_think, add_special_tokens=False)["input_ids"])[0] == "<|im_start|>"
+
+
+def test_the_health_split_is_disjoint_and_leaves_the_other_splits_unchanged():
+    from atesd.config import load_config
+    from atesd.data.arithmetic import embedded_splits
+
+    task = load_config(None).data.task.model_copy(update={"train_size": 100, "test_size": 20})
+    without = embedded_splits(task, 8)
+    with_health = embedded_splits(task, 8, health_size=16)
+    assert all(without[name] == with_health[name] for name in ("train", "probe", "test"))
+    seen = {p.question for name in ("train", "probe", "test") for p in without[name]}
+    assert len(with_health["health"]) == 16 and not seen & {p.question for p in with_health["health"]}

@@ -1,4 +1,4 @@
-"""The command line: ``atesd train | eval | demo | sweep | compare``.
+"""The command line: ``atesd train | eval | demo | sweep | compare | testbed``.
 
     atesd train CONFIG [key=value ...] [--resume]
     atesd eval CONFIG [key=value ...] [--model DIR] [--teacher-alpha A]
@@ -6,6 +6,7 @@
     atesd sweep [CONFIG] [key=value ...] [--alphas A ...] [--seeds N] [--out DIR] [--mismatch-problems P]
     atesd compare [key=value ...] [--recipes DIR] [--seeds N] [--out DIR] [--quick] [--methods M ...]
                   [--best-alpha A | --sweep SWEEP_DIR]
+    atesd testbed [CONFIG] [key=value ...] [--seeds N] [--jobs J] [--out DIR]
 
 Overrides are dotted config keys (``train.steps=50``); every run writes its resolved config. A sweep or
 comparison killed midway continues where it stopped when started again with the same arguments.
@@ -92,6 +93,12 @@ def _demo(args: argparse.Namespace) -> None:
         rows[f"base teacher (alpha={config.eval.teacher_alpha:g})"] = evaluate_model(
             config, base_model, tokenizer, out_dir, "teacher", config.eval.teacher_alpha)
     del base_model
+    if config.eval.teacher_alpha is not None:
+        for benchmark in config.eval.benchmarks:
+            student, teacher = (row[benchmark]["all"][f"average@{k}"] for row in rows.values())
+            print(f"[{_clock(started)}] base model on {benchmark}: student {student:.1%}, teacher at "
+                  f"alpha={config.eval.teacher_alpha:g} {teacher:.1%} (the gap distillation can close: "
+                  f"{teacher - student:+.1%})")
 
     print(f"[{_clock(started)}] training {config.method} for {config.train.steps} steps")
     trainer = Trainer(config, resume=args.resume)
@@ -137,6 +144,14 @@ def _compare(args: argparse.Namespace) -> None:
                           best=args.best_alpha, sweep_dir=Path(args.sweep) if args.sweep else None,
                           command=args.command_line)
     print(f"comparison done: {', '.join(str(p) for p in written)}")
+
+
+def _testbed(args: argparse.Namespace) -> None:
+    from atesd.analysis.testbed import run_testbed
+
+    config_path = _config_or_default(args.config, SWEEP_CONFIG)
+    written = run_testbed(config_path, args.overrides, args.seeds, Path(args.out), args.jobs, args.command_line)
+    print(f"testbed done: {', '.join(str(p) for p in written)}")
 
 
 def _config_or_default(given: str | None, default: Path) -> Path:
@@ -234,6 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--sweep", help="a sweep's out folder: fixed-best takes its best α, and its finished runs "
                       "that match a method's config are reused")
     compare.set_defaults(handler=_compare)
+
+    testbed = commands.add_parser("testbed", help="the embedded base model over warm-start seeds: student and "
+                                  "teacher accuracy per seed and bucket, with the health verdict")
+    testbed.add_argument("config", nargs="?", help=f"default: {SWEEP_CONFIG}")
+    testbed.add_argument("overrides", nargs="*")
+    testbed.add_argument("--seeds", type=int, default=10, help="warm-start seeds 0..N-1 (default %(default)s)")
+    testbed.add_argument("--jobs", type=int, default=1, help="seeds measured in parallel (default %(default)s)")
+    testbed.add_argument("--out", default="runs/testbed", help="output folder (default %(default)s)")
+    testbed.set_defaults(handler=_testbed)
     return parser
 
 
@@ -241,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["atesd", *(sys.argv[1:] if argv is None else argv)])  # for the reports
-    if args.command in ("demo", "sweep") and args.config and "=" in args.config:  # overrides without a config
+    if args.command in ("demo", "sweep", "testbed") and args.config and "=" in args.config:  # overrides without a config
         args.overrides.insert(0, args.config)
         args.config = None
     try:

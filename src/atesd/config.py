@@ -51,11 +51,30 @@ class EmbeddedModelConfig(Section):
     num_kv_heads: int = 2
     intermediate_size: int = 384
     max_positions: int = 512
-    warm_start_steps: int = Field(1000, ge=0)
-    warm_start_batch_size: int = Field(16, ge=1)
-    warm_start_lr: float = Field(5e-3, gt=0)
+    copy_pretrain_steps: int = Field(
+        300, ge=0, description="Generic copy pre-training before the task (the assistant repeats a random string "
+        "of the user's): forms the induction circuit a teacher needs to read its context, as pretraining does for "
+        "real models (docs/method.md#embedded-testbed).")
+    copy_pretrain_lr: float = Field(1e-3, gt=0, description="lr of the copy pre-training (at 5e-3 the circuit "
+                                    "never forms).")
+    warm_start_steps: int = Field(1300, ge=0)
+    warm_start_batch_size: int = Field(8, ge=1)
+    warm_start_lr: float = Field(2e-3, gt=0, description="Peak AdamW lr of the task warm start.")
+    warm_start_warmup_steps: int = Field(50, ge=0, description="Linear lr warm-up, then cosine decay to 0.")
     teacher_format_share: float = Field(
         0.85, ge=0, le=1, description="Share of warm-start examples in teacher format (partial reference).")
+    teacher_answer_share: float = Field(
+        0.5, ge=0, le=1, description="Share of teacher-format warm-start examples whose own chain of thought "
+        "ends on a slipped value (shown, not scored) followed by the true boxed answer: the examples where the "
+        "teacher's context is necessary, without which it never learns to read it.")
+    health_check: bool = Field(
+        True, description="After a warm start, evaluate student and teacher on held-out problems and refuse a "
+        "base model outside the band (health_student_range, health_min_gap).")
+    health_problems: int = Field(100, ge=1, description="Held-out problems of the health check (its own split).")
+    health_samples: int = Field(4, ge=1, description="Samples per problem of the health check.")
+    health_student_range: tuple[float, float] = Field(
+        (0.20, 0.55), description="The student's accuracy must lie in this range: partly competent.")
+    health_min_gap: float = Field(0.10, ge=0, description="The teacher at alpha = 1 must beat the student by this.")
     seed: int = 0
     cache_dir: str | None = Field(
         None, description="Where the warm-started base model is cached; default $ATESD_CACHE or ~/.cache/atesd.")

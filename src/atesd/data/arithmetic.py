@@ -1,12 +1,27 @@
 """The embedded task: generated chain-of-thought arithmetic (docs/method.md#embedded-testbed).
 
-A question such as ``Compute 17+25*3-8.`` has a reference solution of one line per operation, done in the
-usual order (multiplications first, then left to right) and ending with the boxed answer::
+A question such as ``Compute 17+25*3-8.`` is solved by the student in its own format, one line per
+operation, in the usual order (multiplications first, then left to right), ending with the boxed answer::
 
     25*3=75
     17+75=92
     92-8=84
     \\boxed{84}
+
+That text is kept in ``problem.meta["student_solution"]``: it is what the warm start teaches the model to write.
+The *reference* solution (``problem.solution``, what a teacher prompt exposes and SFT imitates) is written in
+the style of ``reference_style``:
+
+- ``concise`` (default): as real references stand to a model's own reasoning — several operations per line,
+  only the value at the end of each line (the intermediate values between are skipped), another notation
+  (spaces around ``=``; products of a line computed together)::
+
+      17+25*3-8 = 84
+
+  for a longer one, ``3+5-2+7-1+4-6`` → ``3+5-2 = 6`` / ``6+7-1+4 = 16`` / ``16-6 = 10``. The values it
+  shows are a subset of the student's running totals, so a teacher reading it learns some of the
+  intermediate values and the answer, but copying it is not the student's format.
+- ``steps``: the reference is the student's own one-line-per-operation solution (the old task).
 
 Problems are generated from a seed, so every split is reproducible, and the train, probe and test splits are
 disjoint by question text. The number of operations is the difficulty knob; it is kept in
@@ -17,12 +32,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from atesd.data.problem import Problem
 
 OPERATORS = "+-*"
+REFERENCE_STYLES = ("concise", "steps")
 
 
 class EmbeddedTaskConfig(BaseModel):
@@ -34,6 +51,10 @@ class EmbeddedTaskConfig(BaseModel):
     min_ops: int = Field(2, ge=1, description="Fewest operations per problem.")
     max_ops: int = Field(6, ge=1, description="Most operations per problem (difficulty buckets ops=k).")
     operators: str = Field("+-", description="Operators drawn from (a subset of +-*).")
+    reference_style: Literal["concise", "steps"] = Field(
+        "concise", description="Style of the reference solutions: 'concise' (several operations per line, "
+        "intermediate values skipped; not the student's own format) or 'steps' (the student's own format, "
+        "one line per operation: imitating it is the whole solution).")
     train_size: int = Field(4000, ge=1)
     test_size: int = Field(200, ge=1)
     seed: int = Field(1234, description="Seeds the problem generator (independent of run.seed).")
@@ -47,8 +68,11 @@ class ArithmeticSpec:
     min_ops: int = 2
     max_ops: int = 4
     operators: str = OPERATORS
+    reference_style: str = "concise"
 
     def __post_init__(self) -> None:
+        if self.reference_style not in REFERENCE_STYLES:
+            raise ValueError(f"reference_style must be one of {REFERENCE_STYLES}, got '{self.reference_style}'")
         if self.digits < 1:
             raise ValueError(f"digits must be >= 1, got {self.digits}")
         if not 1 <= self.min_ops <= self.max_ops:
@@ -82,19 +106,55 @@ def solve_steps(operands: list[int], ops: list[str]) -> tuple[list[str], int]:
     return lines, values[0]
 
 
+def concise_lines(operands: list[int], ops: list[str], question: str) -> list[str]:
+    """A concise reference: the products folded into their terms, then the additions and subtractions in
+    lines of 2 to 4 operations (chosen from a generator seeded by the question, so the problem draws of a
+    split do not depend on the style), each showing only its result: ``3+5-2 = 6`` / ``6+7-1+4 = 16``."""
+    rng = random.Random(f"concise:{question}")
+    # Terms of the sum: each maximal product is one term (the reference writes it inline, not as a step).
+    terms, signs, current, text = [], ["+"], operands[0], str(operands[0])
+    for op, value in zip(ops, operands[1:]):
+        if op == "*":
+            current, text = current * value, f"{text}*{value}"
+        else:
+            terms.append((current, text))
+            signs.append(op)
+            current, text = value, str(value)
+    terms.append((current, text))
+    lines, total, index = [], None, 0
+    while index < len(terms):
+        size = rng.randint(2, 4) if total is not None else rng.randint(3, 5)  # terms on this line
+        chunk = list(zip(signs[index : index + size], terms[index : index + size]))
+        index += len(chunk)
+        if total is None:
+            (_, (value, text)), rest = chunk[0], chunk[1:]
+            left, total = text, value
+        else:
+            left, rest = str(total), chunk
+        for sign, (value, text) in rest:
+            left += f"{sign}{text}"
+            total = total + value if sign == "+" else total - value
+        lines.append(f"{left} = {total}")
+    return lines
+
+
 def make_problem(rng: random.Random, num_ops: int, spec: ArithmeticSpec, problem_id: str) -> Problem:
     """One random problem with `num_ops` operations."""
     high = 10**spec.digits - 1
     operands = [rng.randint(1, high) for _ in range(num_ops + 1)]
     ops = [rng.choice(spec.operators) for _ in range(num_ops)]
     expression = "".join(f"{a}{op}" for a, op in zip(operands, ops)) + str(operands[-1])
+    question = f"Compute {expression}."
     lines, answer = solve_steps(operands, ops)
+    own = "\n".join(lines) + f"\n\\boxed{{{answer}}}"
+    reference = own if spec.reference_style == "steps" else (
+        "\n".join(concise_lines(operands, ops, question)) + f"\n\\boxed{{{answer}}}")
     return Problem(
         id=problem_id,
-        question=f"Compute {expression}.",
-        solution="\n".join(lines) + f"\n\\boxed{{{answer}}}",
+        question=question,
+        solution=reference,
         answer=str(answer),
-        meta={"bucket": f"ops={num_ops}", "num_ops": num_ops},
+        meta={"bucket": f"ops={num_ops}", "num_ops": num_ops, "student_solution": own},
     )
 
 
@@ -125,7 +185,12 @@ def make_splits(spec: ArithmeticSpec, sizes: dict[str, int], seed: int) -> dict[
     return splits
 
 
-def embedded_splits(task: EmbeddedTaskConfig, probe_size: int) -> dict[str, list[Problem]]:
-    """Train, probe and test problems of the embedded task (disjoint, from the task seed)."""
-    spec = ArithmeticSpec(digits=task.digits, min_ops=task.min_ops, max_ops=task.max_ops, operators=task.operators)
-    return make_splits(spec, {"train": task.train_size, "probe": probe_size, "test": task.test_size}, seed=task.seed)
+def embedded_splits(task: EmbeddedTaskConfig, probe_size: int, health_size: int = 0) -> dict[str, list[Problem]]:
+    """Train, probe and test problems of the embedded task (disjoint, from the task seed), and with `health_size`
+    the held-out problems of the base model's health check, drawn after the others (which it leaves unchanged)."""
+    spec = ArithmeticSpec(digits=task.digits, min_ops=task.min_ops, max_ops=task.max_ops, operators=task.operators,
+                          reference_style=task.reference_style)
+    sizes = {"train": task.train_size, "probe": probe_size, "test": task.test_size}
+    if health_size:
+        sizes["health"] = health_size
+    return make_splits(spec, sizes, seed=task.seed)

@@ -1,12 +1,24 @@
-"""The embedded default's base model: a tiny Qwen3 warm-started on the arithmetic task, cached on disk.
+"""The embedded default's base model: a tiny Qwen3 warm-started on the arithmetic task, cached on disk
+(docs/method.md#embedded-testbed).
 
-The warm start is a short supervised pretraining on reference solutions, most of them after teacher prompts at
-random exposures (`model.embedded.teacher_format_share`) and the rest after the student prompt, so that the
-model learns both to solve problems and to use a reference in its context. Trained briefly, it leaves the gap
-self-distillation needs: the teacher (which sees the reference) clearly beats the student, which is only
-partly competent (docs/method.md#embedded-testbed). It builds its prompts with the recipe's `PromptBuilder`
-and applies its updates with the recipe's `Updater`. The result is cached under a key of everything that
-shapes it and reused by later runs.
+Two phases, each applied with the recipe's `Updater`:
+
+1. copy pre-training (`model.embedded.copy_pretrain_*`): the assistant repeats a random string of the user's.
+   Only the context predicts those tokens, so the model forms the copy (induction) circuit a teacher needs to
+   read its reference, as pretraining gives it to real models. It forms at lr 1e-3 and never at 5e-3: the old
+   recipe left it to the tail of its schedule, and whether a teacher gap appeared was a lottery over seeds and
+   machines.
+2. the task: the model's *own* chain of thought (one line per operation, ``problem.meta["student_solution"]``)
+   after the student prompt or after teacher prompts at random exposures, whose context shows part of the
+   *reference* (``problem.solution``, concise and in another style by default) and the answer. The reference
+   is never a target: the model's style is what it writes, the reference is only ever read, as a real model
+   reads a human-written solution; so the teacher's extra competence is only what its context adds. A share of
+   the teacher-format examples (`teacher_answer_share`) end on a slipped last value (shown, not scored) and then
+   the true boxed answer, which only the context gives: without them, reading the context is never necessary.
+
+Trained briefly, it leaves the gap self-distillation needs: the student partly competent, the teacher clearly
+better. Every build is followed by the health check (`atesd.train.health`); the model is cached under a key of
+everything that shapes it, with its verdict, and reused by later runs.
 """
 
 from __future__ import annotations
@@ -19,18 +31,23 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
 from atesd.config import Config
 from atesd.data.arithmetic import embedded_splits
+from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
+from atesd.data.templates import chat_prompt
 from atesd.models.cache import cache_root, save_pretrained_atomically
 from atesd.models.sequences import completion_token_logprobs, pack_sequences
 from atesd.models.tiny import build_char_tokenizer, build_tiny_model
 from atesd.train.distributed import Processes
+from atesd.train.health import check_health, load_health, refuse_unhealthy, save_health
 from atesd.train.update import Updater
 
-WARM_START_VERSION = 3  # bump when the warm-start recipe changes, to invalidate caches
+WARM_START_VERSION = 4  # bump when the warm-start recipe changes, to invalidate caches
+HEALTH_KEYS = {"health_check", "health_problems", "health_samples", "health_student_range", "health_min_gap"}
+COPY_ALPHABET = "0123456789+-=\n "  # the task's characters
 
 
 def embedded_cache_root(config: Config) -> Path:
@@ -43,7 +60,7 @@ def warm_start_key(config: Config) -> str:
     """A hash of every setting that changes the warm-started model."""
     shaping = {
         "version": WARM_START_VERSION,
-        "model": config.model.embedded.model_dump(exclude={"cache_dir"}),
+        "model": config.model.embedded.model_dump(exclude={"cache_dir", *HEALTH_KEYS}),
         "task": config.data.task.model_dump(),
         "templates": config.templates.model_dump(),
         "student_chat_kwargs": config.model.student_chat_kwargs,
@@ -53,16 +70,28 @@ def warm_start_key(config: Config) -> str:
 
 
 def embedded_base_model(config: Config) -> Path:
-    """The directory of the warm-started base model (model + tokenizer), trained now if not cached."""
+    """The directory of the warm-started base model (model + tokenizer), trained now if not cached; with
+    `model.embedded.health_check`, refused (`UnhealthyBaseModelError`) when outside the band."""
     target = embedded_cache_root(config) / f"embedded-{warm_start_key(config)}"
-    if (target / "config.json").is_file():
-        return target
-    model, tokenizer = warm_start(config)
-    return save_pretrained_atomically(model, tokenizer, target)
+    model = tokenizer = None
+    if not (target / "config.json").is_file():
+        model, tokenizer = warm_start(config)
+        save_pretrained_atomically(model, tokenizer, target)
+    if config.model.embedded.health_check:
+        report = load_health(target)
+        if report is None or not report.matches(config):
+            if model is None:
+                model = AutoModelForCausalLM.from_pretrained(target)
+                tokenizer = AutoTokenizer.from_pretrained(target)
+            report = check_health(config, model, tokenizer)
+            save_health(report, target)
+            print(report.summary(), flush=True)
+        refuse_unhealthy(report, target)
+    return target
 
 
 def warm_start(config: Config) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """Train the tiny model from scratch on student- and teacher-format reference solutions."""
+    """Train the tiny model from scratch: copy pre-training, then the task (see the module docstring)."""
     settings = config.model.embedded
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(
@@ -75,39 +104,89 @@ def warm_start(config: Config) -> tuple[PreTrainedModel, PreTrainedTokenizerFast
         max_positions=settings.max_positions,
         seed=settings.seed,
     )
-    problems = embedded_splits(config.data.task, config.data.probe_size)["train"]
+    rng = random.Random(settings.seed)
     prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
                             config.model.teacher_chat_kwargs)
-    rng = random.Random(settings.seed)
+    model.train()
+    copy_pretrain(model, tokenizer, prompts, config, rng)
+    problems = embedded_splits(config.data.task, config.data.probe_size)["train"]
 
-    def example(problem) -> tuple[list[int], list[int]]:
+    def example(problem: Problem) -> tuple[list[int], list[int], list[float]]:
+        """(prompt ids, completion ids, per-token loss weights) of one warm-start example."""
+        own = problem.meta.get("student_solution", problem.solution)
         if rng.random() < settings.teacher_format_share:
             # floor(alpha*m) = m only at alpha = 1 exactly, so full exposure gets its own share of draws.
             prompt = prompts.teacher(problem, min(1.0, rng.uniform(0.0, 1.25)))
+            if rng.random() < settings.teacher_answer_share:
+                return (prompt, *slipped_completion(own, rng, prompts.encode, tokenizer.eos_token_id))
         else:
             prompt = prompts.student(problem)
-        return prompt, prompts.solution(problem)
+        completion = prompts.encode(own) + [tokenizer.eos_token_id]
+        return prompt, completion, [1.0] * len(completion)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.warm_start_lr, weight_decay=0.01)
     steps = settings.warm_start_steps
-    warmup = max(1, steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
-    updater = Updater(model, optimizer, scheduler, Processes(), max_grad_norm=1.0,
-                      max_consecutive_bad_steps=config.train.max_consecutive_bad_steps)
-    model.train()
+    warmup = max(1, settings.warm_start_warmup_steps)
+    updater = updater_for(model, settings.warm_start_lr, config, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
     progress = tqdm(range(steps), desc="warm start (embedded base model)", unit="step")
     for step in progress:
         batch = [example(p) for p in rng.sample(problems, settings.warm_start_batch_size)]
-        packed = pack_sequences([p for p, _ in batch], [c for _, c in batch], tokenizer.pad_token_id)
-        losses: list[float] = []
-
-        def loss_of(span: slice, packed=packed, losses=losses) -> torch.Tensor:
-            loss = -completion_token_logprobs(model, packed).mean()
-            losses.append(float(loss.detach()))
-            return loss
-
-        updater.step([slice(0, len(batch))], loss_of, step)
-        progress.set_postfix(loss=f"{losses[0]:.3f}")
+        packed = pack_sequences([p for p, _, _ in batch], [c for _, c, _ in batch], tokenizer.pad_token_id)
+        weights = torch.tensor([w for _, _, ws in batch for w in ws])
+        progress.set_postfix(loss=f"{weighted_step(updater, model, packed, weights, step):.3f}")
     model.eval()
     return model, tokenizer
+
+
+def copy_pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: PromptBuilder,
+                  config: Config, rng: random.Random, batch_size: int = 16) -> None:
+    """Generic copy pre-training: a user turn of 8-16 random task characters, which the assistant repeats."""
+    settings = config.model.embedded
+    updater = updater_for(model, settings.copy_pretrain_lr, config, lambda s: min(1.0, (s + 1) / 20))
+    for step in tqdm(range(settings.copy_pretrain_steps), desc="copy pre-training (embedded)", unit="step"):
+        texts = ["".join(rng.choice(COPY_ALPHABET) for _ in range(rng.randint(8, 16))) for _ in range(batch_size)]
+        packed = pack_sequences([prompts.encode(chat_prompt(tokenizer, text, config.model.student_chat_kwargs))
+                                 for text in texts],
+                                [prompts.encode(text) + [tokenizer.eos_token_id] for text in texts],
+                                tokenizer.pad_token_id)
+        weighted_step(updater, model, packed, torch.ones(int(packed.targets.numel())), step)
+
+
+def updater_for(model: PreTrainedModel, lr: float, config: Config, schedule) -> Updater:
+    """AdamW (weight decay 0.01) at `lr` times `schedule(step)`, clipped at norm 1, on one process."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    return Updater(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), Processes(),
+                   max_grad_norm=1.0, max_consecutive_bad_steps=config.train.max_consecutive_bad_steps)
+
+
+def weighted_step(updater: Updater, model: PreTrainedModel, packed, weights: torch.Tensor, step: int) -> float:
+    """One update on the weighted mean NLL of the packed completions; returns the loss."""
+    losses: list[float] = []
+
+    def loss_of(span: slice) -> torch.Tensor:
+        loss = -(completion_token_logprobs(model, packed) * weights).sum() / weights.sum()
+        losses.append(float(loss.detach()))
+        return loss
+
+    updater.step([slice(0, 1)], loss_of, step)
+    return losses[0]
+
+
+def slipped_completion(solution: str, rng: random.Random, encode, eos_token_id: int
+                       ) -> tuple[list[int], list[float]]:
+    """`solution` (lines ``a+b=v``, then ``\\boxed{answer}``) with the last line's value off by 1 to 3, that
+    value's tokens weighted 0 (the model reads the slip, it is never taught to make it), everything else 1:
+    the boxed answer that follows is the true one, which only a context holding the answer gives."""
+    lines = solution.split("\n")
+    equations = [i for i, line in enumerate(lines) if "=" in line]
+    value = lines[equations[-1]].rsplit("=", 1)[1] if equations else ""
+    if not value.strip().lstrip("-").isdigit():
+        ids = encode(solution) + [eos_token_id]
+        return ids, [1.0] * len(ids)
+    index = equations[-1]
+    left = lines[index].rsplit("=", 1)[0]
+    wrong = str(int(value) + rng.choice([-3, -2, -1, 1, 2, 3]))
+    head = encode("\n".join([*lines[:index], left + "="]))
+    slip = encode(wrong)
+    tail = encode("\n" + "\n".join(lines[index + 1:])) + [eos_token_id]
+    return head + slip + tail, [1.0] * len(head) + [0.0] * len(slip) + [1.0] * len(tail)

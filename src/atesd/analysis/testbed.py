@@ -1,0 +1,130 @@
+"""`atesd testbed`: the spread of the embedded base model over warm-start seeds.
+
+For each warm-start seed (``model.embedded.seed`` = 0 … N−1) the base model is built (or taken from the cache),
+its health check is run, and the student and the teacher at α = 1 are evaluated on the held-out test problems
+(``eval.*``: Average@k per difficulty bucket). Outputs in the out folder: ``testbed.csv`` (one row per seed),
+``testbed.md`` (the table and the command) and ``seeds/seed<N>.json``; a seed whose JSON exists is not redone,
+so a killed run continues where it stopped. ``--jobs`` runs seeds in parallel processes of one thread each.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from atesd.analysis.tables import markdown, percent
+from atesd.config import load_config
+from atesd.train.state_io import atomic_write_text
+
+
+def run_testbed(config_path: Path, overrides: list[str], seeds: int, out: Path, jobs: int, command: str) -> list[Path]:
+    load_config(config_path, overrides)  # a bad override fails before any warm start
+    (out / "seeds").mkdir(parents=True, exist_ok=True)
+    todo = [seed for seed in range(seeds) if not seed_file(out, seed).is_file()]
+    if jobs > 1 and len(todo) > 1:
+        # One thread per process: the seeds share the machine's cores.
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
+            for seed in pool.map(measure_seed, [(config_path, overrides, seed, out) for seed in todo]):
+                print(f"warm-start seed {seed} done", flush=True)
+    else:
+        for seed in todo:
+            measure_seed((config_path, overrides, seed, out))
+            print(f"warm-start seed {seed} done", flush=True)
+    rows = [json.loads(seed_file(out, seed).read_text()) for seed in range(seeds)]
+    return write_tables(rows, out, command)
+
+
+def seed_file(out: Path, seed: int) -> Path:
+    return out / "seeds" / f"seed{seed}.json"
+
+
+def measure_seed(task: tuple[Path, list[str], int, Path]) -> int:
+    """Warm-start seed `seed` (unless cached), its health verdict, and its full evaluation; writes its JSON."""
+    from atesd.eval.runner import evaluate_model
+    from atesd.models.loading import load_model_and_tokenizer
+    from atesd.train.health import check_health, load_health, save_health
+    from atesd.train.warm_start import embedded_base_model
+
+    config_path, overrides, seed, out = task
+    config = load_config(config_path, [*overrides, f"model.embedded.seed={seed}"])
+    unchecked = config.model_copy(deep=True)
+    unchecked.model.embedded.health_check = False  # measured and reported here, never refused
+    started = time.perf_counter()
+    model_dir = embedded_base_model(unchecked)
+    built_seconds = time.perf_counter() - started
+    model, tokenizer = load_model_and_tokenizer(config, str(model_dir))
+    health = load_health(model_dir)
+    if health is None or not health.matches(config):
+        health = check_health(config, model, tokenizer)
+        save_health(health, model_dir)
+    evaluations = out / "seeds" / f"seed{seed}"
+    student = evaluate_model(config, model, tokenizer, evaluations, "student")["embedded"]
+    teacher = evaluate_model(config, model, tokenizer, evaluations, "teacher", teacher_alpha=1.0)["embedded"]
+    k = config.eval.num_samples
+    row = {
+        "seed": seed,
+        "model_dir": str(model_dir),
+        "warm_start_seconds": built_seconds,  # about 0 when the model came from the cache
+        "student": student["all"][f"average@{k}"],
+        "teacher": teacher["all"][f"average@{k}"],
+        "buckets": {bucket: {"student": student[bucket][f"average@{k}"], "teacher": teacher[bucket][f"average@{k}"]}
+                    for bucket in student if bucket != "all"},
+        "health": {"student": health.student, "teacher": health.teacher, "healthy": health.healthy,
+                   "problems": health.problems_found},
+        "k": k,
+    }
+    atomic_write_text(seed_file(out, seed), json.dumps(row, indent=1))
+    return seed
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path, command: str) -> list[Path]:
+    buckets = sorted({bucket for row in rows for bucket in row["buckets"]}, key=_bucket_order)
+    k = rows[0]["k"]
+    header = ["seed", f"student Average@{k}", "teacher α=1", "gap",
+              *(f"{bucket} s / t" for bucket in buckets), "health check (s / t)", "verdict", "warm start s"]
+    body = []
+    for row in rows:
+        health = row["health"]
+        body.append([str(row["seed"]), percent(row["student"]), percent(row["teacher"]),
+                     percent(row["teacher"] - row["student"]),
+                     *(f"{percent(row['buckets'][b]['student'])} / {percent(row['buckets'][b]['teacher'])}"
+                       for b in buckets),
+                     f"{percent(health['student'])} / {percent(health['teacher'])}",
+                     "in band" if health["healthy"] else "OUT: " + "; ".join(health["problems"]),
+                     f"{row['warm_start_seconds']:.0f}"])
+    healthy = sum(row["health"]["healthy"] for row in rows)
+    students = [row["student"] for row in rows]
+    gaps = [row["teacher"] - row["student"] for row in rows]
+    summary = (f"{healthy}/{len(rows)} seeds in band; student {min(students):.1%}–{max(students):.1%} "
+               f"(mean {sum(students) / len(students):.1%}); teacher lead {min(gaps):+.1%}–{max(gaps):+.1%}")
+    csv_path, md_path = out / "testbed.csv", out / "testbed.md"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["seed", "student", "teacher", *(f"{b}_{side}" for b in buckets for side in ("student", "teacher")),
+                         "health_student", "health_teacher", "healthy", "warm_start_seconds"])
+        for row in rows:
+            writer.writerow([row["seed"], row["student"], row["teacher"],
+                             *(row["buckets"][b][side] for b in buckets for side in ("student", "teacher")),
+                             row["health"]["student"], row["health"]["teacher"], row["health"]["healthy"],
+                             row["warm_start_seconds"]])
+    md_path.write_text(f"# Warm-start seeds\n\nCommand: `{command}`\n\n{markdown(header, body)}\n\n{summary}\n")
+    print(markdown(header, body) + "\n" + summary)
+    return [csv_path, md_path]
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def _bucket_order(bucket: str) -> tuple[int, str]:
+    number = bucket.split("=")[-1]
+    return (int(number), bucket) if number.isdigit() else (10**9, bucket)
