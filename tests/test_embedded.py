@@ -48,8 +48,8 @@ def test_steps_style_keeps_the_old_references_and_the_same_questions():
 
 
 def test_slipped_completion_hides_the_slip_from_the_loss():
-    from atesd.train.warm_start import slipped_completion
     from atesd.models.tiny import build_char_tokenizer
+    from atesd.train.warm_start import slipped_completion
     tokenizer = build_char_tokenizer()
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
     ids, weights = slipped_completion("7+2=9\n9+4=13\n\\boxed{13}", random.Random(0), encode, tokenizer.eos_token_id)

@@ -4,12 +4,12 @@ never trained on silently; the verdict is cached beside the model."""
 from __future__ import annotations
 
 import pytest
+from conftest import EMBEDDED_CONFIG, TINY_MODEL_OVERRIDES
 
 from atesd.cli import main
 from atesd.config import load_config
 from atesd.train.health import HEALTH_FILE, HealthReport, UnhealthyBaseModelError, load_health
 from atesd.train.warm_start import embedded_base_model
-from conftest import EMBEDDED_CONFIG, TINY_MODEL_OVERRIDES
 
 # The tiny test model (5 warm-start steps) is far outside the band: it solves nothing.
 UNDER_TRAINED = (*TINY_MODEL_OVERRIDES, "model.embedded.health_check=true", "model.embedded.health_problems=8",
