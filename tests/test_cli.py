@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from atesd.cli import DEMO_CONFIG, main
 from atesd.config import load_config, save_config
@@ -33,6 +34,7 @@ def test_demo_writes_table_plots_and_run_directory(tiny_config, tmp_path, capsys
     assert main(["demo", str(path)]) == 0
     out = capsys.readouterr().out
     assert "| model | Average@2 |" in out
+    assert out.index("base model on embedded: student") < out.index("training atesd")  # the gap, before training
     assert "| base (student) |" in out and "| atesd (student) |" in out and "| base teacher (alpha=1) |" in out
     run = Path(config.run.output_dir) / "atesd-seed0"
     for name in ["config.yaml", "metrics.jsonl", "decisions.jsonl", "training.png", "alpha.png",
@@ -40,7 +42,9 @@ def test_demo_writes_table_plots_and_run_directory(tiny_config, tmp_path, capsys
                  "eval/teacher-embedded.json", "eval/trained-embedded.json"]:
         assert (run / name).is_file(), name
     assert "alpha.png" in out and "3 controller decisions, policy mean 0.50 → " in out
-    assert "exposure: α used" in (run / "summary.md").read_text()
+    summary = (run / "summary.md").read_text()
+    assert "exposure: α used" in summary and "torch " in summary and "transformers " in summary
+    assert json.loads((run / "versions.json").read_text())["torch"] == torch.__version__
     decisions = [json.loads(line) for line in (run / "decisions.jsonl").read_text().splitlines()]
     assert [row["step"] for row in decisions] == [1, 3, 5]
     assert [row["R"] is not None for row in decisions] == [True, True, False]

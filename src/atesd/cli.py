@@ -78,6 +78,7 @@ def _demo(args: argparse.Namespace) -> None:
     from atesd.train.base_model import load_model
     from atesd.train.run_dir import run_directory
     from atesd.train.trainer import Trainer
+    from atesd.train.versions import versions_line
 
     config_path = _config_or_default(args.config, DEMO_CONFIG)
     config = load_config(config_path, args.overrides)
@@ -121,6 +122,7 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"\nheld-out {benchmark}, Average@{k} per difficulty bucket:\n{table}")
         plot_bucket_accuracy(per_label, f"average@{k}", run_dir / f"accuracy-{Path(benchmark).stem}.png",
                              f"{benchmark}: Average@{k} per bucket")
+    report.append(f"Versions: {versions_line()}\n")
     (run_dir / "summary.md").write_text("\n".join(report))
     (run_dir / "summary.json").write_text(json.dumps(rows, indent=1))
     print(f"\n[{_clock(started)}] done. run directory: {run_dir} (config.yaml, metrics.jsonl, decisions.jsonl, "

@@ -61,6 +61,7 @@ from atesd.train.run_dir import prepare_run_dir, run_directory
 from atesd.train.scoring import Scorer
 from atesd.train.statistics import distillation_statistics, per_token_kl
 from atesd.train.update import Updater, lr_factor
+from atesd.train.versions import write_versions
 
 LocalStepHook = Callable[[dict[str, Any], dict[str, Any]], None]  # (step record, this process's measurements)
 
@@ -140,6 +141,7 @@ class Trainer:
 
         if processes.is_main:
             prepare_run_dir(self.run_dir, config, resume)
+            write_versions(self.run_dir)
         processes.wait_for_everyone()
         if resume:
             checkpoint = latest_checkpoint(self.run_dir)
