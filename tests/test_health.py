@@ -73,3 +73,21 @@ def test_testbed_reports_every_warm_start_seed_with_its_verdict_and_resumes(tmp_
     capsys.readouterr()
     assert main(args) == 0  # both seeds done: nothing is redone
     assert "warm-start seed" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("accuracy", "checks"), [(1.0, 1), (0.0, 3)])
+def test_the_warm_start_stops_once_the_student_reaches_its_target(tmp_path, monkeypatch, accuracy, checks):
+    import atesd.train.warm_start as warm_start_module
+
+    calls = []
+
+    def measured(*args, **kwargs):
+        calls.append(1)
+        return accuracy
+
+    monkeypatch.setattr(warm_start_module, "heldout_accuracy", measured)
+    config = load_config(EMBEDDED_CONFIG, [*TINY_MODEL_OVERRIDES, "model.embedded.warm_start_steps=6",
+                                           "model.embedded.warm_start_check_every=2",
+                                           "model.embedded.warm_start_target_accuracy=0.4"])
+    warm_start_module.warm_start(config)
+    assert len(calls) == checks  # reached at the first check (step 2); never reached: checked at 2, 4 and 6

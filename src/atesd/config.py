@@ -57,7 +57,12 @@ class EmbeddedModelConfig(Section):
         "real models (docs/method.md#embedded-testbed).")
     copy_pretrain_lr: float = Field(1e-3, gt=0, description="lr of the copy pre-training (at 5e-3 the circuit "
                                     "never forms).")
-    warm_start_steps: int = Field(1300, ge=0)
+    warm_start_steps: int = Field(1300, ge=0, description="Most task steps (the cosine schedule's length).")
+    warm_start_target_accuracy: float | None = Field(
+        0.38, gt=0, le=1, description="Stop the task warm start once the student's accuracy on the health split "
+        "reaches this (checked every warm_start_check_every steps): seeds learn at different speeds, and a "
+        "fixed step count leaves the student anywhere from 26% to 58%. None: run all warm_start_steps.")
+    warm_start_check_every: int = Field(100, ge=1, description="Steps between the warm start's accuracy checks.")
     warm_start_batch_size: int = Field(8, ge=1)
     warm_start_lr: float = Field(2e-3, gt=0, description="Peak AdamW lr of the task warm start.")
     warm_start_warmup_steps: int = Field(50, ge=0, description="Linear lr warm-up, then cosine decay to 0.")

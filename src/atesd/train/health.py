@@ -72,6 +72,16 @@ class HealthReport:
 def check_health(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> HealthReport:
     """Student and teacher (α = 1) accuracy on the health split, with the eval settings' sampling."""
     settings = config.model.embedded
+    student = heldout_accuracy(config, model, tokenizer, settings.health_samples)
+    teacher = heldout_accuracy(config, model, tokenizer, settings.health_samples, teacher_alpha=1.0)
+    return HealthReport(student, teacher, settings.health_problems, settings.health_samples,
+                        tuple(settings.health_student_range), settings.health_min_gap)
+
+
+def heldout_accuracy(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, samples: int,
+                     teacher_alpha: float | None = None) -> float:
+    """Average@`samples` of the student prompt (or the teacher prompt at `teacher_alpha`) on the health split."""
+    settings = config.model.embedded
     problems = embedded_splits(config.data.task, config.data.probe_size, settings.health_problems)["health"]
     prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
                             config.model.teacher_chat_kwargs)
@@ -79,20 +89,14 @@ def check_health(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTo
                               batch_size=config.eval.batch_size)
     sampling = SamplingParams(config.eval.temperature, config.eval.top_p, config.eval.top_k,
                               config.eval.max_new_tokens)
-
-    def accuracy(prompt_ids) -> float:
-        results = evaluate(problems, prompt_ids, engine, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                           sampling, settings.health_samples, seed=settings.seed, batch_size=config.eval.batch_size,
-                           description="health check")
-        return summarize(results, settings.health_samples)[f"average@{settings.health_samples}"]
-
+    prompt_ids = prompts.student if teacher_alpha is None else (lambda p: prompts.teacher(p, teacher_alpha))
     was_training = model.training
     model.eval()
-    student = accuracy(prompts.student)
-    teacher = accuracy(lambda problem: prompts.teacher(problem, 1.0))
+    results = evaluate(problems, prompt_ids, engine, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+                       sampling, samples, seed=settings.seed, batch_size=config.eval.batch_size,
+                       description="held-out accuracy")
     model.train(was_training)
-    return HealthReport(student, teacher, len(problems), settings.health_samples,
-                        tuple(settings.health_student_range), settings.health_min_gap)
+    return summarize(results, samples)[f"average@{samples}"]
 
 
 def save_health(report: HealthReport, model_dir: Path) -> None:

@@ -42,7 +42,7 @@ from atesd.models.cache import cache_root, save_pretrained_atomically
 from atesd.models.sequences import completion_token_logprobs, pack_sequences
 from atesd.models.tiny import build_char_tokenizer, build_tiny_model
 from atesd.train.distributed import Processes
-from atesd.train.health import check_health, load_health, refuse_unhealthy, save_health
+from atesd.train.health import check_health, heldout_accuracy, load_health, refuse_unhealthy, save_health
 from atesd.train.update import Updater
 
 WARM_START_VERSION = 4  # bump when the warm-start recipe changes, to invalidate caches
@@ -128,12 +128,19 @@ def warm_start(config: Config) -> tuple[PreTrainedModel, PreTrainedTokenizerFast
     warmup = max(1, settings.warm_start_warmup_steps)
     updater = updater_for(model, settings.warm_start_lr, config, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
+    target, every = settings.warm_start_target_accuracy, settings.warm_start_check_every
     progress = tqdm(range(steps), desc="warm start (embedded base model)", unit="step")
     for step in progress:
         batch = [example(p) for p in rng.sample(problems, settings.warm_start_batch_size)]
         packed = pack_sequences([p for p, _, _ in batch], [c for _, c, _ in batch], tokenizer.pad_token_id)
         weights = torch.tensor([w for _, _, ws in batch for w in ws])
         progress.set_postfix(loss=f"{weighted_step(updater, model, packed, weights, step):.3f}")
+        # Early stopping on the student's held-out accuracy: seeds learn the arithmetic at different speeds, so a
+        # fixed step count leaves a student anywhere in a wide range; stopping at a target centres it in the band.
+        if target is not None and (step + 1) % every == 0 and heldout_accuracy(config, model, tokenizer, 2) >= target:
+            progress.write(f"warm start: the student reached {target:.0%} held-out accuracy after {step + 1} steps")
+            break
+    progress.close()
     model.eval()
     return model, tokenizer
 
