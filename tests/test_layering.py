@@ -10,8 +10,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "atesd"
 # Lowest first: a module may import its own layer's modules and those of any lower layer.
-LAYERS = {"data": 0, "config": 1, "losses": 2, "models": 2, "exposure": 2, "rollout": 3, "eval": 4, "train": 5,
-          "analysis": 6, "cli": 7}
+LAYERS = {"errors": 0, "files": 0, "data": 1, "config": 2, "losses": 3, "models": 3, "exposure": 3, "rollout": 4,
+          "eval": 5, "train": 6, "analysis": 7, "cli": 8}
 MAX_LINES = 400
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from atesd.train.state_io import atomic_write_text, load_state, save_state
+from atesd.train.state_io import load_state, save_state
 
 
 def assert_same(loaded, original, path="state"):
@@ -139,14 +139,6 @@ def test_empty_state_round_trips(tmp_path):
 def test_unsupported_type_is_an_error(tmp_path):
     with pytest.raises(TypeError, match="cannot save set at 'state.bad'"):
         save_state({"bad": {1, 2}}, tmp_path, "state")
-
-
-def test_atomic_write_text_replaces_and_leaves_no_temporary(tmp_path):
-    target = tmp_path / "latest"
-    atomic_write_text(target, "step-0000001")
-    atomic_write_text(target, "step-0000002")
-    assert target.read_text() == "step-0000002"
-    assert [p.name for p in tmp_path.iterdir()] == ["latest"]
 
 
 def test_dotted_keys_do_not_overwrite_nested_tensors(tmp_path):

@@ -29,7 +29,7 @@ from atesd.analysis.presets import (
     QUICK_SEEDS,
 )
 from atesd.config import ConfigError, load_config, save_config
-from atesd.data.problem import DataError
+from atesd.errors import UserError
 
 DEMO_CONFIG = Path("configs/embedded/atesd.yaml")
 SWEEP_CONFIG = Path("configs/embedded/opsd.yaml")
@@ -272,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     try:
         args.handler(args)
-    except (ConfigError, DataError, FileNotFoundError) as error:
-        print(f"atesd: error: {error}", file=sys.stderr)
+    except (UserError, FileNotFoundError) as error:  # the user's to fix: one line; anything else is a bug
+        print("atesd: error: " + " ".join(line.strip() for line in str(error).splitlines()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

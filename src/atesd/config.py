@@ -24,9 +24,11 @@ from pydantic import (
 from atesd.data.arithmetic import EmbeddedTaskConfig
 from atesd.data.loaders import ColumnMap
 from atesd.data.templates import PromptTemplates
+from atesd.errors import UserError
+from atesd.files import atomic_write_text
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """The configuration is invalid; the message names the file and the key."""
 
 
@@ -387,4 +389,5 @@ def _differing_keys(left: Any, right: Any, prefix: str = "") -> list[str]:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    """Write `config` as YAML, atomically (a run rewrites its config.yaml on every start)."""
+    atomic_write_text(Path(path), yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

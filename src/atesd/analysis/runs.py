@@ -27,8 +27,8 @@ from typing import Any
 
 from atesd.analysis.presets import BASE_LABEL
 from atesd.config import Config, ConfigError, changed_keys, load_config, save_config
+from atesd.files import atomic_write_text
 from atesd.train.checkpoint import latest_checkpoint
-from atesd.train.state_io import atomic_write_text
 from atesd.train.trainer import Trainer
 
 RUNS_DIR = "runs"

@@ -34,7 +34,7 @@ from atesd.analysis.tables import (
     write_csv,
 )
 from atesd.config import Config, ConfigError
-from atesd.train.state_io import atomic_write_text
+from atesd.files import atomic_write_text
 
 SETTINGS_FILE = "sweep.json"
 CSV_FILE = "sweep.csv"

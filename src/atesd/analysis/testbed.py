@@ -20,7 +20,7 @@ from typing import Any
 
 from atesd.analysis.tables import markdown, percent
 from atesd.config import load_config
-from atesd.train.state_io import atomic_write_text
+from atesd.files import atomic_write_text
 
 
 def run_testbed(config_path: Path, overrides: list[str], seeds: int, out: Path, jobs: int, command: str) -> list[Path]:

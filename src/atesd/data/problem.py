@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from atesd.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A data record is unusable. The message names the source (file or dataset), the row and the field."""
 
     def __init__(self, message: str, *, source: str | None = None, row: int | None = None,

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from atesd.train.state_io import atomic_write_text, load_state, save_state
+from atesd.files import atomic_write_text
+from atesd.train.state_io import load_state, save_state
 
 LATEST = "latest"
 

@@ -20,8 +20,8 @@ from atesd.data.arithmetic import embedded_splits
 from atesd.data.prompts import PromptBuilder
 from atesd.eval.evaluate import evaluate
 from atesd.eval.metrics import summarize
+from atesd.files import atomic_write_text
 from atesd.rollout import HFGenerateEngine, SamplingParams
-from atesd.train.state_io import atomic_write_text
 
 HEALTH_FILE = "health.json"
 

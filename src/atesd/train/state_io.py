@@ -9,13 +9,14 @@ so a checkpoint from an untrusted source cannot run code.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from atesd.files import write_durably
 
 
 def _unique_key(path: str, tensors: dict[str, torch.Tensor]) -> str:
@@ -73,24 +74,10 @@ def save_state(state: Any, directory: str | Path, name: str) -> None:
     tensors: dict[str, torch.Tensor] = {}
     structure = _encode(state, name, tensors)
     save_file(tensors, str(directory / f"{name}.safetensors"))
-    write_text_durably(directory / f"{name}.json", json.dumps(structure))
+    write_durably(directory / f"{name}.json", json.dumps(structure))
 
 
 def load_state(directory: str | Path, name: str) -> Any:
     directory = Path(directory)
     tensors = load_file(str(directory / f"{name}.safetensors"))
     return _decode(json.loads((directory / f"{name}.json").read_text()), tensors)
-
-
-def write_text_durably(path: Path, text: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that readers see the old or the new content, never a torn file."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write_text_durably(temporary, text)
-    os.replace(temporary, path)

@@ -8,7 +8,7 @@ import json
 import platform
 from pathlib import Path
 
-from atesd.train.state_io import atomic_write_text
+from atesd.files import atomic_write_text
 
 PACKAGES = ("atesd", "torch", "transformers", "accelerate", "datasets", "peft", "math-verify", "tokenizers",
             "safetensors", "numpy", "vllm")

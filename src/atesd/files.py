@@ -1,0 +1,84 @@
+"""Writing the files a run keeps so that a crash or a kill never leaves half of one.
+
+A file is written to a temporary name beside its target, flushed to disk (fsync), and renamed over the target,
+so a reader sees the old content or the new one, never a torn mix; a directory (a checkpoint, a final model) is
+written in full under a temporary name, every file in it fsynced, and then renamed into place. The temporary
+names start with ``.`` and hold ``.tmp-<pid>``: `remove_strays` deletes those a killed process left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+def temporary_path(target: Path, kind: str = "tmp") -> Path:
+    """The temporary name of this process for `target`: ``.<name>.<kind>-<pid>`` in the same directory."""
+    return target.with_name(f".{target.name}.{kind}-{os.getpid()}")
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename inside `directory` durable (a no-op where directories cannot be opened, as on Windows)."""
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def write_durably(path: Path, text: str) -> None:
+    """Write `text` to `path` and flush it to disk (not atomic by itself: see `atomic_write_text`)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that readers see the old or the new content, never a torn file."""
+    temporary = temporary_path(path)
+    write_durably(temporary, text)
+    os.replace(temporary, path)
+    fsync_directory(path.parent)
+
+
+def fsync_tree(directory: Path) -> None:
+    """Flush every file under `directory`, and the directories themselves, to disk."""
+    for root, _, names in os.walk(directory):
+        for name in names:
+            with open(Path(root) / name, "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_directory(Path(root))
+
+
+def publish_directory(temporary: Path, target: Path) -> None:
+    """Rename the complete directory `temporary` to `target`, replacing a `target` that exists.
+
+    An existing `target` is first moved aside (``.<name>.old-<pid>``) and deleted after the new one is in place:
+    a kill in between leaves both complete copies, under their temporary names, and no `target`.
+    """
+    fsync_tree(temporary)
+    if target.exists():
+        stale = temporary_path(target, "old")
+        shutil.rmtree(stale, ignore_errors=True)
+        os.replace(target, stale)
+        os.replace(temporary, target)
+        shutil.rmtree(stale)
+    else:
+        os.replace(temporary, target)
+    fsync_directory(target.parent)
+
+
+def remove_strays(directory: Path, name: str = "*") -> None:
+    """Delete the temporary files and directories of `name` (a glob) that interrupted writes left in
+    `directory`; only call it while no other process writes there (the run directory's lock)."""
+    for stray in directory.glob(f".{name}.*-*"):
+        if stray.name.rsplit("-", 1)[-1].isdigit() and any(f".{kind}-" in stray.name for kind in ("tmp", "old")):
+            if stray.is_dir():
+                shutil.rmtree(stray, ignore_errors=True)
+            else:
+                stray.unlink(missing_ok=True)
