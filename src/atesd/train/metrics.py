@@ -1,24 +1,57 @@
 """Run logs as JSON lines: per-step metrics in ``metrics.jsonl`` (plus any configured trackers), exposure
 decisions in ``decisions.jsonl``.
 
-Only the main process writes. On resume, rows written after the checkpoint's step are dropped first, since
-those steps are about to be run again.
+Only the main process writes. Rows are appended and flushed one at a time, so a kill mid-row leaves at worst a
+torn last line, which `read_metrics` drops with a warning naming the file. On start the log keeps only the rows
+the run keeps (on resume, those up to the checkpoint's step: the steps after it are about to be run again;
+none on a fresh start); when that drops anything, the log is rewritten atomically (`atesd.files`), so a kill at
+that moment leaves the old log whole and the next ``--resume`` reads it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
 
+from atesd.data.problem import DataError
+from atesd.files import atomic_write_text, remove_strays
+
+logger = logging.getLogger(__name__)
+
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines log ([] when there is none). A torn last line (a kill while it was written) is
+    dropped with a warning; a damaged line before it is an error naming the file and the line."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")
+    rows = []
+    last = max((number for number, line in enumerate(lines) if line.strip()), default=-1)
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+            if not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if number == last:
+                logger.warning("%s: dropped its torn last line %d (a run was killed while writing it)", path,
+                               number + 1)
+                break
+            raise DataError(f"not a valid log row ({error}); the log was damaged or edited: restore or delete "
+                            "that line", source=str(path), row=number + 1) from None
+        rows.append(row)
+    return rows
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
 
 
 class MetricsLogger:
@@ -32,10 +65,12 @@ class MetricsLogger:
         self.trackers = trackers and bool(accelerator.log_with)
         self._file = None
         if accelerator.is_main_process:
-            kept = [row for row in read_metrics(path)
-                    if row.get(step_key) is not None and row[step_key] <= keep_before_step]
-            path.write_text("".join(json.dumps(row) + "\n" for row in kept))
-            self._file = open(path, "a")  # noqa: SIM115 - held open for the run, closed in close()
+            remove_strays(path.parent, path.name)  # temporaries of a rewrite that was killed
+            kept = _jsonl([row for row in read_metrics(path)
+                           if row.get(step_key) is not None and row[step_key] <= keep_before_step])
+            if not path.is_file() or path.read_text(encoding="utf-8", errors="replace") != kept:
+                atomic_write_text(path, kept)
+            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run, closed in close()
             if self.trackers:
                 accelerator.init_trackers(path.parent.name)
 
