@@ -57,10 +57,10 @@ from atesd.train.metrics import MetricsLogger
 from atesd.train.parts import StepParts, StepResult
 from atesd.train.problems import EpochOrder, step_seed, training_problems
 from atesd.train.rollouts import Grader, RolloutSampler
-from atesd.train.run_dir import prepare_run_dir, run_directory
+from atesd.train.run_dir import RunLock, prepare_run_dir, record_non_finite_stop, run_directory
 from atesd.train.scoring import Scorer
 from atesd.train.statistics import distillation_statistics, per_token_kl
-from atesd.train.update import Updater, lr_factor
+from atesd.train.update import NonFiniteError, Updater, lr_factor
 from atesd.train.versions import write_versions
 
 LocalStepHook = Callable[[dict[str, Any], dict[str, Any]], None]  # (step record, this process's measurements)
@@ -81,8 +81,13 @@ class Trainer:
         self.config = config
         self.divergence = divergence
         self.on_local_step = on_local_step
-        self.setup(resume, accelerator or Accelerator(log_with=config.run.report_to or None), exposure_policy,
-                   grader)
+        self.lock: RunLock | None = None
+        try:
+            self.setup(resume, accelerator or Accelerator(log_with=config.run.report_to or None), exposure_policy,
+                       grader)
+        except BaseException:
+            self.release()
+            raise
 
     # ------------------------------------------------------------------ setup
 
@@ -96,6 +101,10 @@ class Trainer:
         if config.train.batch_size % processes.count:
             raise ConfigError(f"train.batch_size ({config.train.batch_size}) must be divisible by the number "
                               f"of processes ({processes.count})")
+        if processes.is_main:  # the main process owns the run directory (docs/reliability.md)
+            self.lock = prepare_run_dir(self.run_dir, config, resume)
+            write_versions(self.run_dir)
+        processes.wait_for_everyone()
 
         self.train_problems, self.probe_problems = training_problems(config)
         refuse_unsupported_distribution(accelerator)
@@ -139,10 +148,6 @@ class Trainer:
         self.step = 0  # optimizer steps completed (including skipped ones)
         self.last_probe_nll: float | None = None
 
-        if processes.is_main:
-            prepare_run_dir(self.run_dir, config, resume)
-            write_versions(self.run_dir)
-        processes.wait_for_everyone()
         if resume:
             checkpoint = latest_checkpoint(self.run_dir)
             if checkpoint is None:
@@ -162,34 +167,48 @@ class Trainer:
     def train(self) -> Path:
         """Train to `train.steps`, checkpointing on the way, then save; returns the run directory."""
         total = self.config.train.steps
-        if self.last_probe_nll is None:
-            self.last_probe_nll = self.probe_nll()
         progress = tqdm(total=total, initial=self.step, desc=f"train {self.run_dir.name}", unit="step",
                         disable=not self.processes.is_main)
         try:
+            if self.last_probe_nll is None:
+                self.last_probe_nll = self.probe_nll()
             while self.step < total:
                 record = self.train_step()
                 self.metrics.log(record)
                 for row in self.exposure.drain_decisions():
                     self.decisions.log(row)
+                self.updater.stop_if_diverged()  # after logging: the last bad step is in metrics.jsonl
                 progress.update(1)
                 progress.set_postfix({key: f"{record[key]:.{digits}f}" for key, digits in
                                       (("loss", 4), ("rollout_accuracy", 2), ("alpha", 2)) if key in record})
                 if self.step % self.config.train.checkpoint_every == 0 or self.step == total:
                     self.save_checkpoint()
+            progress.close()
+            # Decisions still waiting for their reward are written once, at the end (a resume drops them again).
+            for row in self.exposure.pending_decisions():
+                self.decisions.log(row)
+            self.save()
         except KeyboardInterrupt:
             progress.close()
             self.accelerator.print(f"\ninterrupted at step {self.step}; the last checkpoint is intact: resume "
                                    "with --resume")
             raise
-        progress.close()
-        # Decisions still waiting for their reward are written once, at the end (a resume drops them again).
-        for row in self.exposure.pending_decisions():
-            self.decisions.log(row)
-        self.save()
-        self.metrics.close()
-        self.decisions.close()
+        except NonFiniteError as error:
+            if self.processes.is_main:
+                record_non_finite_stop(self.run_dir, self.step, str(error))
+            raise
+        finally:
+            progress.close()
+            self.metrics.close()
+            self.decisions.close()
+            self.release()
         return self.run_dir
+
+    def release(self) -> None:
+        """Give up the run directory (`train` does when it ends; so does a failed set-up)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def train_step(self) -> dict[str, Any]:
         """One student update of the configured method; returns the step's record."""

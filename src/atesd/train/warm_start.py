@@ -176,6 +176,7 @@ def weighted_step(updater: Updater, model: PreTrainedModel, packed, weights: tor
         return loss
 
     updater.step([slice(0, 1)], loss_of, step)
+    updater.stop_if_diverged()
     return losses[0]
 
 
