@@ -10,10 +10,13 @@ with the adapter merged into the base weights (what vLLM or any other tool loads
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from atesd.files import publish_directory, remove_strays, temporary_path
 
 
 def is_peft_model(model: torch.nn.Module) -> bool:
@@ -47,10 +50,17 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_final_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path,
                      save_merged: bool) -> None:
     """``run_dir/final_model`` (the adapter for LoRA, else the full model) and, when asked for a LoRA run,
-    ``run_dir/final_model_merged``."""
-    model.save_pretrained(run_dir / "final_model")
-    tokenizer.save_pretrained(run_dir / "final_model")
+    ``run_dir/final_model_merged``, each written in full under a temporary name and then renamed into place, so
+    that a final model directory is always complete (`atesd.files.publish_directory`)."""
+    _publish(run_dir / "final_model", lambda directory: model.save_pretrained(directory), tokenizer)
     if save_merged and is_peft_model(model):
-        target = run_dir / "final_model_merged"
-        model.get_base_model().save_pretrained(target, state_dict=merged_state_dict(model))
-        tokenizer.save_pretrained(target)
+        _publish(run_dir / "final_model_merged", lambda directory: model.get_base_model().save_pretrained(
+            directory, state_dict=merged_state_dict(model)), tokenizer)
+
+
+def _publish(target: Path, save_model: Callable[[Path], None], tokenizer: PreTrainedTokenizerBase) -> None:
+    remove_strays(target.parent, target.name)  # what a killed save left
+    temporary = temporary_path(target)
+    save_model(temporary)
+    tokenizer.save_pretrained(temporary)
+    publish_directory(temporary, target)

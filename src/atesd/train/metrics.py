@@ -38,8 +38,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         try:
             row = json.loads(line.decode("utf-8"))
             if not isinstance(row, dict):
-                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                raise TypeError(f"expected a JSON object, got {type(row).__name__}")
+        except (ValueError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             if number == last:
                 logger.warning("%s: dropped its torn last line %d (a run was killed while writing it)", path,
                                number + 1)

@@ -46,8 +46,8 @@ from atesd.train.base_model import base_model_path
 from atesd.train.baselines import grpo_step, sft_step
 from atesd.train.checkpoint import (
     TrainingState,
-    latest_checkpoint,
     read_training_state,
+    resume_from_checkpoint,
     save_checkpoint,
     write_training_state,
 )
@@ -149,10 +149,7 @@ class Trainer:
         self.last_probe_nll: float | None = None
 
         if resume:
-            checkpoint = latest_checkpoint(self.run_dir)
-            if checkpoint is None:
-                raise FileNotFoundError(f"--resume: {self.run_dir} has no checkpoint to resume from")
-            self.load_checkpoint(checkpoint)
+            resume_from_checkpoint(self.run_dir, self.load_checkpoint)
         kept = self.step if resume else 0
         self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", accelerator, keep_before_step=kept)
         self.decisions = MetricsLogger(self.run_dir / "decisions.jsonl", accelerator, keep_before_step=kept,
@@ -307,7 +304,7 @@ class Trainer:
                         keep=self.config.train.keep_checkpoints)
 
     def load_checkpoint(self, directory: Path) -> None:
-        expected = {name for name, p in self.unwrapped.named_parameters() if p.requires_grad}
+        expected = {name: p.shape for name, p in self.unwrapped.named_parameters() if p.requires_grad}
         state = read_training_state(directory, expected)
         self.unwrapped.load_state_dict(state.weights, strict=False)
         self.optimizer.load_state_dict(state.optimizer)
