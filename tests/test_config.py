@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import pytest
 
 from atesd.config import Config, ConfigError, apply_override, load_config, save_config
+from atesd.files import read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # configs/accelerate/ holds accelerate's configs, not atesd's (tests/test_recipes.py reads them with accelerate).
@@ -14,7 +17,10 @@ CONFIG_FILES = [p for p in sorted((REPO_ROOT / "configs").rglob("*.y*ml")) if p.
 
 
 def error_lines(excinfo: pytest.ExceptionInfo) -> list[str]:
-    return [line.strip() for line in str(excinfo.value).splitlines()]
+    """The problems a one-line config error lists: ``invalid config (<source>): <key>: <problem>; ...``."""
+    message = str(excinfo.value)
+    assert "\n" not in message
+    return message.split("): ", 1)[1].split("; ")
 
 
 @pytest.mark.parametrize("override,key", [
@@ -82,10 +88,57 @@ def test_top_level_must_be_a_mapping(tmp_path):
         load_config(path)
 
 
-def test_empty_file_gives_defaults(tmp_path):
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_an_empty_file_gives_defaults_with_a_warning(tmp_path, caplog, text):
     path = tmp_path / "empty.yaml"
-    path.write_text("")
-    assert load_config(path) == Config()
+    path.write_text(text)
+    with caplog.at_level(logging.WARNING):
+        assert load_config(path) == Config()
+    assert f"{path} holds no settings" in caplog.text
+
+
+def test_a_key_given_twice_is_an_error_naming_file_and_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  steps: 3\n  lr: 0.1\n  steps: 5\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML: line 4: duplicate key 'steps' \(first "
+                                          r"on line 2\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="duplicate key 'a'"):
+        load_config(None, ["model.student_chat_kwargs={a: 1, a: 2}"])
+
+
+def test_yaml_merge_keys_are_not_duplicates():
+    assert read_yaml("a: &x {b: 1}\nc:\n  <<: *x\n  b: 2\n", "text") == {"a": {"b": 1}, "c": {"b": 2}}
+
+
+@pytest.mark.parametrize("value,expected", [("1e3", 1000), ("2E2", 200), ("1_000", 1000), ("1.5e3", 1500)])
+def test_scientific_notation_is_a_number(value, expected):
+    assert load_config(None, [f"train.steps={value}"]).train.steps == expected
+    assert load_config(None, [f"train.lr={value}"]).train.lr == float(expected)
+
+
+@pytest.mark.parametrize("override", ["train.lr=.inf", "train.lr=.nan", "train.max_grad_norm=.inf",
+                                      "exposure.controller.lr=.nan"])
+def test_no_setting_takes_a_non_finite_number(override):
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(None, [override])
+    assert error_lines(excinfo) == [f"{override.split('=')[0]}: Input should be a finite number"]
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".", "", "a\\b"])
+def test_the_run_name_is_one_directory_name(name):
+    with pytest.raises(ConfigError, match="run.name: must be one directory name"):
+        load_config(None, [f"run.name={json.dumps(name)}"])
+
+
+def test_benchmarks_are_known_and_write_distinct_result_files():
+    with pytest.raises(ConfigError, match="eval.benchmarks: unknown benchmark 'aime2O'"):
+        load_config(None, ["eval.benchmarks=[aime2O]"])
+    with pytest.raises(ConfigError, match=r"'a/test.jsonl' and 'b/test.jsonl' would write the same result files "
+                                          r"\(<label>-test.json\)"):
+        load_config(None, ["eval.benchmarks=[a/test.jsonl, b/test.jsonl]"])
+    with pytest.raises(ConfigError, match="same result files"):
+        load_config(None, ["eval.benchmarks=[aime24, aime24]"])
 
 
 @pytest.mark.parametrize("bad", ["train.lr", "train.lr.x=1"])
@@ -97,7 +150,7 @@ def test_malformed_overrides(bad):
 def test_overrides_parse_yaml_values():
     config = load_config(None, [
         "train.lr=1e-4",
-        "eval.benchmarks=[a,b]",
+        "eval.benchmarks=[aime24, data/a.jsonl]",
         "train.steps=7",
         "train.bf16_autocast=true",
         "run.name=null",
@@ -106,7 +159,7 @@ def test_overrides_parse_yaml_values():
         "model.student_chat_kwargs.enable_thinking=false",
     ])
     assert isinstance(config.train.lr, float) and config.train.lr == 1e-4
-    assert config.eval.benchmarks == ["a", "b"]
+    assert config.eval.benchmarks == ["aime24", "data/a.jsonl"]
     assert config.train.steps == 7 and isinstance(config.train.steps, int)
     assert config.train.bf16_autocast is True
     assert config.run.name is None
@@ -159,7 +212,7 @@ def test_every_shipped_config_loads(path):
 
 
 def test_sampled_token_refuses_top_k_and_clip():
-    with pytest.raises(ConfigError, match="loss: Value error, top_k and clip"):
+    with pytest.raises(ConfigError, match="loss: top_k and clip"):
         load_config(None, ["loss.divergence=sampled_token", "loss.clip=0.05"])
     assert load_config(None, ["loss.divergence=sampled_token"]).loss.clip is None
 

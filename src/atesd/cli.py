@@ -74,6 +74,7 @@ def _demo(args: argparse.Namespace) -> None:
     """Base model vs the trained model (ATESD by default) on the embedded task, with the base teacher at α = 1
     for reference."""
     from atesd.analysis.plots import plot_bucket_accuracy, plot_run
+    from atesd.data.sources import benchmark_key
     from atesd.eval.runner import evaluate_model
     from atesd.train.base_model import load_model
     from atesd.train.run_dir import run_directory
@@ -120,7 +121,7 @@ def _demo(args: argparse.Namespace) -> None:
         table = markdown_table(per_label, k)
         report.append(f"## {benchmark}\n\n{table}\n")
         print(f"\nheld-out {benchmark}, Average@{k} per difficulty bucket:\n{table}")
-        plot_bucket_accuracy(per_label, f"average@{k}", run_dir / f"accuracy-{Path(benchmark).stem}.png",
+        plot_bucket_accuracy(per_label, f"average@{k}", run_dir / f"accuracy-{benchmark_key(benchmark)}.png",
                              f"{benchmark}: Average@{k} per bucket")
     report.append(f"Versions: {versions_line()}\n")
     (run_dir / "summary.md").write_text("\n".join(report))

@@ -6,12 +6,14 @@ its outputs. Unknown keys are errors that name the key, so a typo never silently
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,22 +25,21 @@ from pydantic import (
 
 from atesd.data.arithmetic import EmbeddedTaskConfig
 from atesd.data.loaders import ColumnMap
+from atesd.data.sources import check_benchmarks
 from atesd.data.templates import PromptTemplates
-from atesd.errors import UserError
-from atesd.files import atomic_write_text
-
-
-class ConfigError(UserError, ValueError):
-    """The configuration is invalid; the message names the file and the key."""
+from atesd.errors import ConfigError
+from atesd.files import atomic_write_text, directory_name, read_yaml
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No setting takes NaN or infinity: train.lr=.inf used to pass and put NaN in every weight.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class RunConfig(Section):
     output_dir: str = Field("runs", description="Folder under which run directories are made.")
-    name: str | None = Field(None, description="Run directory name; default: '<method>-seed<seed>'.")
+    name: Annotated[str | None, AfterValidator(directory_name)] = Field(
+        None, description="Run directory name (inside output_dir); default: '<method>-seed<seed>'.")
     seed: int = Field(0, description="Seeds data order, rollouts and initialisation.")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=list, description="Extra trackers besides metrics.jsonl and the console.")
@@ -263,8 +264,8 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    benchmarks: list[str] = Field(default_factory=lambda: ["embedded"],
-                                  description="'embedded', aime24, aime25, hmmt25, or JSONL paths.")
+    benchmarks: Annotated[list[str], AfterValidator(check_benchmarks)] = Field(
+        default_factory=lambda: ["embedded"], description="'embedded', aime24, aime25, hmmt25, champ, or JSONL paths.")
     num_samples: int = Field(4, ge=1, description="k of Average@k / Pass@k / Maj@k.")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -318,16 +319,17 @@ def apply_override(tree: dict[str, Any], dotted: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override '{dotted}': '{part}' is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = read_yaml(raw, f"override '{dotted}'")
 
 
 def describe_validation_error(error: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
+    """One line: the source, then ``key: problem`` for every problem, separated by ``; ``."""
+    problems = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "config"
-        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
+        problems.append(f"{key}: {message}")
+    return f"invalid config ({source}): " + "; ".join(problems)
 
 
 def read_config_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -336,10 +338,10 @@ def read_config_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]
         raise ConfigError(f"config file not found: {path}" + (f" (extended by {_seen[-1]})" if _seen else ""))
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: 'extends' makes a cycle through {', '.join(map(str, _seen))}")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    tree = read_yaml(path.read_text(encoding="utf-8"), str(path))
+    if tree is None:
+        logging.getLogger(__name__).warning("%s holds no settings: every setting takes its default", path)
+        tree = {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     parent = tree.pop("extends", None)

@@ -1,4 +1,5 @@
-"""Writing the files a run keeps so that a crash or a kill never leaves half of one.
+"""Writing the files a run keeps so that a crash or a kill never leaves half of one; reading YAML strictly;
+checking a name that becomes a directory.
 
 A file is written to a temporary name beside its target, flushed to disk (fsync), and renamed over the target,
 so a reader sees the old content or the new one, never a torn mix; a directory (a checkpoint, a final model) is
@@ -9,8 +10,14 @@ names start with ``.`` and hold ``.tmp-<pid>``: `remove_strays` deletes those a 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+from atesd.errors import ConfigError
 
 
 def temporary_path(target: Path, kind: str = "tmp") -> Path:
@@ -82,3 +89,46 @@ def remove_strays(directory: Path, name: str = "*") -> None:
                 shutil.rmtree(stray, ignore_errors=True)
             else:
                 stray.unlink(missing_ok=True)
+
+
+def directory_name(name: str | None) -> str | None:
+    """`name` when it is one directory name (no separator, not ``.`` or ``..``), so that a path built from it
+    stays inside its parent; else ValueError. None passes (a default applies)."""
+    if name is not None and (name.strip() in ("", ".", "..") or any(c in name for c in "/\\\0")):
+        raise ValueError(f"must be one directory name (no '/', '\\' or '..'), got {name!r}")
+    return name
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as settings need it: a key given twice is an error (PyYAML keeps the last one silently), and ``1e3``
+    is a number, as in YAML 1.2 (PyYAML's YAML 1.1 reads it as a string, which an integer setting refuses)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then own keys: overriding is the point
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first on line {first_line[key]}): keep one",
+                    key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                    re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                    list("-+0123456789"))
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """`text` parsed as YAML with `_StrictLoader` (safe: plain data only); a ConfigError names `source` (a file,
+    an override) and the line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as error:
+        line = f" line {error.problem_mark.line + 1}:" if error.problem_mark else ""
+        raise ConfigError(f"{source}: not valid YAML:{line} {error.problem}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {error}") from None

@@ -72,6 +72,27 @@ def hold_out_probe(problems: list[Problem], probe_size: int, seed: int) -> tuple
     return train, probe
 
 
+def benchmark_key(name_or_path: str) -> str:
+    """The name a benchmark's result files carry: a named benchmark's name, a JSONL file's stem."""
+    return Path(name_or_path).stem if name_or_path.endswith(".jsonl") else name_or_path
+
+
+def check_benchmarks(names: list[str]) -> list[str]:
+    """`names` when each is a known benchmark or a JSONL path and no two would write the same result files;
+    else ValueError (the config checks ``eval.benchmarks`` with it, before any model is loaded)."""
+    known = ["embedded", *BENCHMARKS, *NAMED_SOURCES]
+    seen: dict[str, str] = {}
+    for name in names:
+        if not name.endswith(".jsonl") and name not in known:
+            raise ValueError(f"unknown benchmark '{name}': use one of {', '.join(known)} or a .jsonl path")
+        if benchmark_key(name) in seen:
+            raise ValueError(f"'{seen[benchmark_key(name)]}' and '{name}' would write the same result files "
+                             f"(<label>-{benchmark_key(name)}.json): list each benchmark once, and rename one of "
+                             "two JSONL files with the same name")
+        seen[benchmark_key(name)] = name
+    return names
+
+
 def load_benchmark(name_or_path: str, check_answer: AnswerCheck | None = None) -> list[Problem]:
     """A benchmark by name or JSONL path (the embedded test split is handled by the caller); `check_answer`
     as in `load_problems`."""
@@ -79,9 +100,7 @@ def load_benchmark(name_or_path: str, check_answer: AnswerCheck | None = None) -
         return load_jsonl(name_or_path, ColumnMap(solution=None), check_answer=check_answer)
     if name_or_path in NAMED_SOURCES:
         return NAMED_SOURCES[name_or_path]()
-    if name_or_path not in BENCHMARKS:
-        known = ", ".join(["embedded", *BENCHMARKS, *NAMED_SOURCES])
-        raise ValueError(f"unknown benchmark '{name_or_path}': use one of {known} or a .jsonl path")
+    check_benchmarks([name_or_path])
     local_dir = os.environ.get("ATESD_BENCHMARK_DIR")
     if local_dir and (Path(local_dir) / f"{name_or_path}.jsonl").is_file():
         return load_jsonl(Path(local_dir) / f"{name_or_path}.jsonl", ColumnMap(solution=None),

@@ -10,7 +10,7 @@ from atesd.config import Config
 from atesd.data.arithmetic import embedded_splits
 from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
-from atesd.data.sources import load_benchmark
+from atesd.data.sources import benchmark_key, load_benchmark
 from atesd.eval.evaluate import evaluate, write_results
 from atesd.eval.grading import check_answer_parses
 from atesd.rollout import HFGenerateEngine, SamplingParams
@@ -28,8 +28,7 @@ def benchmark_problems(config: Config, name: str) -> list[Problem]:
 
 def results_file(out_dir: Path, label: str, benchmark: str) -> Path:
     """Where `evaluate_model` writes the per-problem results of `label` on `benchmark`."""
-    safe_name = Path(benchmark).stem if benchmark.endswith(".jsonl") else benchmark
-    return out_dir / f"{label}-{safe_name}.json"
+    return out_dir / f"{label}-{benchmark_key(benchmark)}.json"
 
 
 def evaluate_model(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
