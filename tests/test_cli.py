@@ -1,4 +1,5 @@
-"""The command line end to end on the tiny embedded setting: demo, train + resume, eval, and error exits."""
+"""The command line end to end on the tiny embedded setting: demo, train + resume, eval, and error exits (every
+user error one line, ``atesd: error: ...``, exit code 2, no traceback)."""
 
 from __future__ import annotations
 
@@ -110,3 +111,85 @@ def test_a_bad_training_row_names_file_row_and_field(tiny_config, tmp_path, caps
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "row 2" in err and "'answer'" in err
+
+
+# ---------------------------------------------------------------------------------------- user errors: one line, rc 2
+
+def error_line(capsys) -> str:
+    """The error line the last command printed: the last line of stderr, after no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("atesd: error: "), err
+    return last
+
+
+def _bad_data(tmp_path: Path) -> dict[str, Path]:
+    good = {"problem": "Compute 1+1.", "solution": "1+1=2\n\\boxed{2}", "answer": "2"}
+    csv = tmp_path / "train.csv"
+    csv.write_text("problem,solution,answer\nCompute 1+1.,1+1=2,2\n")
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(json.dumps({**good, "id": "a"}).encode() + b"\n"
+                       + json.dumps({**good, "id": "b", "problem": "Compute \u00e9."}).encode("latin-1")
+                       .replace(b"\\u00e9", "\u00e9".encode("latin-1")) + b"\n")
+    three = _jsonl(tmp_path / "three.jsonl", [{**good, "id": str(i)} for i in range(3)])
+    return {"csv": csv, "latin1": latin1, "three": three}
+
+
+@pytest.mark.parametrize("case", ["teacher alpha", "unknown benchmark", "csv file", "not utf-8", "probe size",
+                                  "missing model directory", "run directory in use"])
+def test_user_errors_are_one_line_with_exit_code_2(tiny_config, tmp_path, capsys, case):
+    from atesd.train.run_dir import RunLock, run_directory
+
+    config = tiny_config(tmp_path)
+    path = _write(config, tmp_path / "run.yaml")
+    data = _bad_data(tmp_path)
+    command, expected = {
+        "teacher alpha": (["eval", str(path), "--teacher-alpha", "2"], "--teacher-alpha must be an exposure in [0, 1]"),
+        "unknown benchmark": (["eval", str(path), "eval.benchmarks=[aime2O]"], "unknown benchmark 'aime2O'"),
+        "csv file": (["train", str(path), f"data.train={data['csv']}"], "train.csv: cannot read '.csv' files"),
+        "not utf-8": (["train", str(path), f"data.train={data['latin1']}"], "latin1.jsonl, row 2: not valid UTF-8"),
+        "probe size": (["train", str(path), f"data.train={data['three']}", "data.probe_size=3"],
+                       "data.probe_size 3 leaves no training problems out of the 3"),
+        "missing model directory": (["eval", str(path), "--model", "runs/nowhere/final_model"],
+                                    "--model: 'runs/nowhere/final_model' does not exist"),
+        "run directory in use": (["train", str(path)], "is in use by PID"),
+    }[case]
+    run_dir = run_directory(config)
+    run_dir.mkdir(parents=True)
+    lock = RunLock.acquire(run_dir) if case == "run directory in use" else None
+    try:
+        assert main(command) == 2
+    finally:
+        if lock:
+            lock.release()
+    assert expected in error_line(capsys)
+
+
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
+def test_non_finite_steps_stop_the_run_with_one_line(tiny_config, tmp_path, capsys):
+    # one Adam step at this rate leaves weights of 1e30: finite, but every forward after it overflows
+    path = _write(tiny_config(tmp_path, "train.lr=1e30", "train.max_consecutive_bad_steps=2"), tmp_path / "run.yaml")
+    assert main(["train", str(path)]) == 2
+    line = error_line(capsys)
+    assert "2 steps in a row had a non-finite loss or gradient (steps 2 to 3 of metrics.jsonl)" in line
+    assert "--resume train.lr=<lower>" in line
+
+
+def test_damaged_checkpoints_and_final_model_are_named(tiny_config, tmp_path, capsys):
+    config = tiny_config(tmp_path, "train.steps=2", "train.checkpoint_every=1", "eval.num_samples=1",
+                         "eval.max_problems=2", "eval.max_new_tokens=4")
+    path = _write(config, tmp_path / "run.yaml")
+    assert main(["train", str(path)]) == 0
+    run = Path(config.run.output_dir) / "opsd-seed0"
+    weights = run / "final_model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # what an interrupted save of an older atesd left
+    capsys.readouterr()
+    assert main(["eval", str(path)]) == 2
+    assert f"cannot load the model '{run / 'final_model'}'" in error_line(capsys)
+
+    for step in (1, 2):
+        (run / "checkpoints" / f"step-000000{step}" / "optimizer.json").write_text("{")
+    assert main(["train", str(path), "train.steps=3", "--resume"]) == 2
+    line = error_line(capsys)
+    assert "no checkpoint of" in line and "step-0000002: " in line and "optimizer.json cannot be read" in line

@@ -4,14 +4,15 @@ errors, skipping invalid rows, the benchmark registry, and the CHAMP problems wi
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import datasets
 import pytest
 
-from atesd.data import DataError
+from atesd.data import DataError, Problem
 from atesd.data.champ import champ_answer, load_champ
 from atesd.data.segments import exposed_reference, segment_spans, strip_final_boxed
-from atesd.data.sources import load_benchmark, load_problems
+from atesd.data.sources import hold_out_probe, load_benchmark, load_problems
 
 # The columns of siyanzhao/Openthoughts_math_30k_opsd: a problem and a solution ending with its boxed answer.
 OPSD_ROWS = [
@@ -59,6 +60,22 @@ def test_invalid_rows_stop_the_load_unless_skipped(tmp_path):
     with pytest.raises(DataError, match=r"row 3, field 'solution': has no \\boxed\{\} final answer"):
         load_problems(str(path))
     assert [p.answer for p in load_problems(str(path), skip_invalid=True)] == ["5", "\\frac{1}{2}"]
+
+
+@pytest.mark.parametrize("name", ["train.csv", "train.json", "data.TSV"])
+def test_a_data_file_of_another_kind_is_named_not_taken_for_a_hub_id(tmp_path, name):
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / name}: cannot read '{Path(name).suffix.lower()}'")):
+        load_problems(str(tmp_path / name))  # missing: still never sent to the hub
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(DataError, match="cannot read '.md' files"):
+        load_problems(str(tmp_path / "notes.md"))
+
+
+def test_a_probe_set_as_large_as_the_data_names_the_setting():
+    problems = [Problem(id=str(i), question="q", solution="s", answer="1") for i in range(3)]
+    with pytest.raises(DataError, match=r"data/x.jsonl: data.probe_size 3 leaves no training problems out of "
+                                        r"the 3 it has: lower data.probe_size"):
+        hold_out_probe(problems, 3, seed=0, source="data/x.jsonl")
 
 
 def test_missing_parquet_file_is_named(tmp_path):

@@ -112,6 +112,19 @@ def test_load_jsonl_non_json_line_names_its_line_number(tmp_path):
     assert str(info.value).startswith(f"{path}, row 3: not valid JSON: ")
 
 
+def test_load_jsonl_bytes_that_are_not_utf8_name_their_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps(ROWS[0]).encode() + b'\n{"id": "x", "problem": "Caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin1.jsonl, row 2: not valid UTF-8 \(byte 28 of the line\)"):
+        load_jsonl(path)
+
+
+def test_load_jsonl_accepts_a_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS[0]).encode() + b"\n")
+    assert [p.id for p in load_jsonl(path)] == ["add-1"]
+
+
 def test_load_jsonl_line_that_is_not_an_object(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [ROWS[0], ["Compute 2+3.", "5"]])
     with pytest.raises(DataError) as info:

@@ -53,12 +53,18 @@ def _train(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from atesd.eval.runner import evaluate_model
+    from atesd.models.loading import resolve_model_path
     from atesd.train.base_model import load_model
     from atesd.train.run_dir import run_directory
 
+    if args.teacher_alpha is not None and not 0.0 <= args.teacher_alpha <= 1.0:  # NaN fails this too
+        raise ConfigError(f"--teacher-alpha must be an exposure in [0, 1], got {args.teacher_alpha}")
     config = load_config(args.config, args.overrides)
     run_dir = run_directory(config)
-    model_path = args.model or (str(run_dir / "final_model") if (run_dir / "final_model").is_dir() else None)
+    if args.model:
+        model_path = resolve_model_path(args.model, setting="--model")
+    else:
+        model_path = str(run_dir / "final_model") if (run_dir / "final_model").is_dir() else None
     model, tokenizer = load_model(config, model_path)
     label = "teacher" if args.teacher_alpha is not None else "student"
     out_dir = Path(args.out) if args.out else run_dir / "eval"

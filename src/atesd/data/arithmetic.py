@@ -36,7 +36,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from atesd.data.problem import Problem
+from atesd.data.problem import DataError, Problem
 
 OPERATORS = "+-*"
 REFERENCE_STYLES = ("concise", "steps")
@@ -174,7 +174,8 @@ def make_splits(spec: ArithmeticSpec, sizes: dict[str, int], seed: int) -> dict[
         while len(problems) < size:
             attempts += 1
             if attempts > 100 * size + 1000:
-                raise ValueError(f"cannot draw {size} distinct '{split}' problems from {spec}: widen digits or ops")
+                raise DataError(f"cannot draw {size} distinct '{split}' problems from {spec}: widen "
+                                "data.task.digits or its operations, or ask for fewer problems", source="data.task")
             num_ops = num_ops_choices[len(problems) % len(num_ops_choices)]
             problem = make_problem(rng, num_ops, spec, f"{split}-{len(problems)}")
             if problem.question in seen:

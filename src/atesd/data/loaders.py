@@ -210,8 +210,13 @@ def load_jsonl(
     source = str(path)
 
     def numbered_rows() -> Iterable[tuple[int, Any]]:
-        with path.open(encoding="utf-8") as file:
-            for line_number, line in enumerate(file, start=1):
+        with path.open("rb") as file:  # decoded line by line, so that bad bytes are named by their line
+            for line_number, raw in enumerate(file, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")  # a leading BOM is fine
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"not valid UTF-8 (byte {exc.start + 1} of the line): save the file as UTF-8",
+                                    source=source, row=line_number) from None
                 if not line.strip():
                     continue
                 try:
@@ -253,7 +258,8 @@ def load_hf_dataset(
         dataset = datasets.load_from_disk(str(directory), **load_kwargs)
         if isinstance(dataset, datasets.DatasetDict):
             if split not in dataset:
-                raise ValueError(f"{name_or_path} has no split {split!r}; it has {sorted(dataset)}")
+                raise DataError(f"has no split {split!r}; it has {sorted(dataset)}: set data.train_split",
+                                source=name_or_path)
             dataset = dataset[split]
     else:
         dataset = datasets.load_dataset(name_or_path, split=split, **load_kwargs)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from atesd.data.champ import load_champ
 from atesd.data.loaders import ColumnMap, load_hf_dataset, load_jsonl
-from atesd.data.problem import Problem
+from atesd.data.problem import DataError, Problem
 
 # Sources that ship with a Python package, usable as training data and as benchmarks.
 NAMED_SOURCES: dict[str, Callable[[], list[Problem]]] = {"champ": load_champ}
@@ -40,6 +40,8 @@ BENCHMARKS: dict[str, BenchmarkSource] = {
 
 
 AnswerCheck = Callable[[str], None]
+# Data file types that are not ours: named in an error, never taken for a hub id.
+DATA_FILE_SUFFIXES = (".csv", ".tsv", ".json", ".txt", ".xlsx", ".xls", ".arrow", ".gz", ".zip")
 
 
 def load_problems(source: str, split: str = "train", columns: ColumnMap | None = None,
@@ -49,6 +51,11 @@ def load_problems(source: str, split: str = "train", columns: ColumnMap | None =
     match). With `skip_invalid`, rows that fail validation are left out (and counted in a warning)."""
     if source in NAMED_SOURCES:
         return NAMED_SOURCES[source]()
+    suffix = Path(source).suffix.lower()
+    if (Path(source).is_file() or suffix in DATA_FILE_SUFFIXES) and suffix not in (".jsonl", ".parquet"):
+        # never handed to `datasets` as a hub id, which fails on the network with a misleading error
+        raise DataError(f"cannot read '{suffix}' files: give a .jsonl or .parquet file, 'embedded', 'champ', or a "
+                        "`datasets` id or directory", source=source)
     if source.endswith(".jsonl"):
         return load_jsonl(source, columns, check_answer=check_answer, skip_invalid=skip_invalid)
     if source.endswith(".parquet"):
@@ -60,10 +67,13 @@ def load_problems(source: str, split: str = "train", columns: ColumnMap | None =
                            skip_invalid=skip_invalid)
 
 
-def hold_out_probe(problems: list[Problem], probe_size: int, seed: int) -> tuple[list[Problem], list[Problem]]:
-    """Split off `probe_size` problems (chosen by `seed`) as the probe set: (train, probe)."""
+def hold_out_probe(problems: list[Problem], probe_size: int, seed: int,
+                   source: str | None = None) -> tuple[list[Problem], list[Problem]]:
+    """Split off `probe_size` problems (chosen by `seed`) as the probe set: (train, probe); `source` names the
+    data in the error."""
     if probe_size >= len(problems):
-        raise ValueError(f"probe_size {probe_size} leaves no training problems out of {len(problems)}")
+        raise DataError(f"data.probe_size {probe_size} leaves no training problems out of the {len(problems)} "
+                        "it has: lower data.probe_size", source=source)
     order = list(range(len(problems)))
     random.Random(seed).shuffle(order)
     probe_ids = set(order[:probe_size])

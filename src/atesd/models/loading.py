@@ -17,32 +17,41 @@ import hashlib
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import HFValidationError
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from atesd.config import Config
+from atesd.config import Config, ConfigError
+from atesd.errors import UserError
 from atesd.models.cache import cache_root, save_pretrained_atomically
+
+
+class ModelLoadError(UserError):
+    """A model or tokenizer could not be loaded from where the settings point."""
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EMBEDDED = "embedded"  # model.name_or_path of the embedded default
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def resolve_model_path(name: str) -> str:
+def resolve_model_path(name: str, setting: str = "model.name_or_path") -> str:
     """The directory or hub id to load for a model name: a local directory, a ``.gguf`` file (converted once
     into the cache), or a hub id. The embedded base model is made by the training recipe, not here
-    (`atesd.train.base_model`)."""
+    (`atesd.train.base_model`). `setting` names where the name came from in errors."""
     if name == EMBEDDED:
         raise ValueError("'embedded' names the warm-started embedded base model: get its directory from "
                          "atesd.train.base_model.base_model_path(config)")
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         if not path.is_file():
-            raise FileNotFoundError(f"model.name_or_path: GGUF file '{name}' does not exist")
+            raise FileNotFoundError(f"{setting}: GGUF file '{name}' does not exist")
         return str(converted_gguf(path))
-    looks_local = name.startswith((".", "/", "~")) or path.exists()
+    # A hub id is 'name' or 'owner/name': a path with more parts, or one that exists, is local.
+    looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1 or "\\" in name
     if looks_local and not path.is_dir():
-        raise FileNotFoundError(f"model.name_or_path: '{name}' does not exist (give a model directory, a .gguf "
-                                "file, a hub id, or 'embedded')")
+        raise FileNotFoundError(f"{setting}: '{name}' does not exist (give a model directory, a .gguf file, a hub "
+                                "id, or 'embedded')")
     return str(path) if looks_local else name
 
 
@@ -85,16 +94,21 @@ def load_model_and_tokenizer(config: Config, path: str, base_path: str | None = 
     """
     trust = config.model.trust_remote_code
     dtype = DTYPES[config.model.dtype]
-    if is_adapter_dir(path):
-        from peft import PeftModel
+    try:
+        if is_adapter_dir(path):
+            from peft import PeftModel
 
-        if base_path is None:
-            raise ValueError(f"{path} holds a LoRA adapter: give the base model it was trained on")
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=trust)
-        model = PeftModel.from_pretrained(base, path).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+            if base_path is None:
+                raise ModelLoadError(f"{path} holds a LoRA adapter: give the base model it was trained on")
+            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=trust)
+            model = PeftModel.from_pretrained(base, path).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    # Missing or damaged files (a final_model cut short by an older atesd), an unreachable or unknown hub id.
+    except (OSError, SafetensorError, HFValidationError) as error:
+        detail = " ".join(str(error).split())
+        raise ModelLoadError(f"cannot load the model '{path}': {type(error).__name__}: {detail[:500]}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if config.model.chat_template is not None:
@@ -134,7 +148,7 @@ def add_lora(model: PreTrainedModel, config: Config) -> torch.nn.Module:
                if isinstance(module, torch.nn.Linear)}
     missing = [name for name in lora.target_modules if name not in present]
     if missing:
-        raise ValueError(f"model.lora.target_modules: {missing} are not linear layers of this model; it has "
+        raise ConfigError(f"model.lora.target_modules: {missing} are not linear layers of this model; it has "
                          f"{sorted(present)}")
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM")

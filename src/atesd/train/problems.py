@@ -24,7 +24,7 @@ def training_problems(config: Config) -> tuple[list[Problem], list[Problem]]:
     # Every answer must parse: one the grader could never match would make a problem that no rollout can solve.
     problems = load_problems(config.data.train, config.data.train_split, config.data.columns,
                              skip_invalid=config.data.skip_invalid_rows, check_answer=check_answer_parses)
-    return hold_out_probe(problems, config.data.probe_size, seed=config.data.probe_seed)
+    return hold_out_probe(problems, config.data.probe_size, seed=config.data.probe_seed, source=config.data.train)
 
 
 def step_seed(*parts: int) -> int:
