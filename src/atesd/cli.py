@@ -1,15 +1,18 @@
 """The command line: ``atesd train | eval | demo | sweep | compare | testbed``.
 
     atesd train CONFIG [key=value ...] [--resume]
-    atesd eval CONFIG [key=value ...] [--model DIR] [--teacher-alpha A]
-    atesd demo [CONFIG] [key=value ...]
+    atesd eval CONFIG [key=value ...] [--model DIR] [--teacher-alpha A] [--out DIR]
+    atesd demo [CONFIG] [key=value ...] [--resume]
     atesd sweep [CONFIG] [key=value ...] [--alphas A ...] [--seeds N] [--out DIR] [--mismatch-problems P]
     atesd compare [key=value ...] [--recipes DIR] [--seeds N] [--out DIR] [--quick] [--methods M ...]
                   [--best-alpha A | --sweep SWEEP_DIR]
     atesd testbed [CONFIG] [key=value ...] [--seeds N] [--jobs J] [--out DIR]
 
-Overrides are dotted config keys (``train.steps=50``); every run writes its resolved config. A sweep or
-comparison killed midway continues where it stopped when started again with the same arguments.
+Overrides are dotted config keys (``train.steps=50``), before or after the options (``atesd train CONFIG
+--resume train.steps=50``), except after an option that takes several values (--alphas, --methods); every
+run writes its resolved config. A sweep or comparison killed midway continues where it stopped when started
+again with the same arguments. A user error (a setting, a data row, a file, a busy run directory) prints one
+line, ``atesd: error: ...``, and exits with status 2.
 """
 
 from __future__ import annotations
@@ -213,29 +216,32 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train with a config")
-    train.add_argument("config")
-    train.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    train.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    train.add_argument("config", metavar="CONFIG")
+    train.add_argument("overrides", nargs="*", default=(), metavar="key=value",
+                       help="dotted overrides, before or after --resume")
+    train.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint; it may "
+                       "change only eval.*, train.steps (upward), train.checkpoint_every, train.keep_checkpoints, "
+                       "its location, and train.lr after non-finite steps stopped it")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a model on the config's benchmarks")
-    evaluate.add_argument("config")
-    evaluate.add_argument("overrides", nargs="*")
+    evaluate.add_argument("config", metavar="CONFIG")
+    evaluate.add_argument("overrides", nargs="*", default=(), metavar="key=value")
     evaluate.add_argument("--model", help="model directory (default: the run's final_model, else the base model)")
     evaluate.add_argument("--teacher-alpha", type=float, help="evaluate the teacher prompt at this exposure")
     evaluate.add_argument("--out", help="folder for the per-problem JSON (default: <run>/eval)")
     evaluate.set_defaults(handler=_eval)
 
     demo = commands.add_parser("demo", help="the embedded default end to end: base vs trained, with a table")
-    demo.add_argument("config", nargs="?", help=f"default: {DEMO_CONFIG}")
-    demo.add_argument("overrides", nargs="*")
+    demo.add_argument("config", nargs="?", metavar="CONFIG", help=f"default: {DEMO_CONFIG}")
+    demo.add_argument("overrides", nargs="*", default=(), metavar="key=value")
     demo.add_argument("--resume", action="store_true")
     demo.set_defaults(handler=_demo)
 
     sweep = commands.add_parser("sweep", help="train at each fixed exposure α over several seeds; accuracy and "
                                 "mismatch per α (CSV, table, plots)")
-    sweep.add_argument("config", nargs="?", help=f"default: {SWEEP_CONFIG}")
-    sweep.add_argument("overrides", nargs="*")
+    sweep.add_argument("config", nargs="?", metavar="CONFIG", help=f"default: {SWEEP_CONFIG}")
+    sweep.add_argument("overrides", nargs="*", default=(), metavar="key=value")
     sweep.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_ALPHAS))
     sweep.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="seeds 0..N-1 (default %(default)s)")
     sweep.add_argument("--out", default="runs/sweep", help="output folder (default %(default)s)")
@@ -245,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="base, SFT, GRPO, OPSD, best fixed α, random, ATESD and its "
                                   "ablations over several seeds (CSV, report.md, plots)")
-    compare.add_argument("overrides", nargs="*", help="dotted key=value overrides for every method")
+    compare.add_argument("overrides", nargs="*", default=(), metavar="key=value",
+                         help="dotted overrides for every method")
     compare.add_argument("--recipes", default=str(RECIPES), help="folder of method configs (default %(default)s)")
     compare.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 3; 2 with --quick)")
     compare.add_argument("--out", default="runs/compare", help="output folder (default %(default)s)")
@@ -261,21 +268,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     testbed = commands.add_parser("testbed", help="the embedded base model over warm-start seeds: student and "
                                   "teacher accuracy per seed and bucket, with the health verdict")
-    testbed.add_argument("config", nargs="?", help=f"default: {SWEEP_CONFIG}")
-    testbed.add_argument("overrides", nargs="*")
+    testbed.add_argument("config", nargs="?", metavar="CONFIG", help=f"default: {SWEEP_CONFIG}")
+    testbed.add_argument("overrides", nargs="*", default=(), metavar="key=value")
     testbed.add_argument("--seeds", type=int, default=10, help="warm-start seeds 0..N-1 (default %(default)s)")
     testbed.add_argument("--jobs", type=int, default=1, help="seeds measured in parallel (default %(default)s)")
     testbed.add_argument("--out", default="runs/testbed", help="output folder (default %(default)s)")
     testbed.set_defaults(handler=_testbed)
+    parser.commands = commands.choices  # for parse_args
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The arguments of a command line. A command's own parser reads them intermixed, so that overrides may
+    follow its options (argparse cannot intermix at the level of the subcommands)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv and argv[0] in parser.commands:
+        args = parser.commands[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)  # no command, or -h: argparse says what is missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     args.command_line = shlex.join(["atesd", *(sys.argv[1:] if argv is None else argv)])  # for the reports
-    if args.command in ("demo", "sweep", "testbed") and args.config and "=" in args.config:  # overrides without a config
-        args.overrides.insert(0, args.config)
+    if args.command in ("demo", "sweep", "testbed") and args.config and "=" in args.config:  # overrides, no config
+        args.overrides = [args.config, *args.overrides]
         args.config = None
     try:
         args.handler(args)
