@@ -112,3 +112,12 @@ def test_the_health_split_is_disjoint_and_leaves_the_other_splits_unchanged():
     assert all(without[name] == with_health[name] for name in ("train", "probe", "test"))
     seen = {p.question for name in ("train", "probe", "test") for p in without[name]}
     assert len(with_health["health"]) == 16 and not seen & {p.question for p in with_health["health"]}
+
+
+def test_char_tokenizer_spells_typography_in_ascii_and_refuses_other_characters():
+    tokenizer = build_char_tokenizer()
+    ids = tokenizer("Caf\u00e9 \u2014 \u201cx\u201d 2\u00d73\r\n", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == 'Cafe - "x" 2*3\n'
+    assert tokenizer.pad_token_id not in ids
+    with pytest.raises(Exception, match="Missing \\[UNK\\]"):  # never the pad token in its place
+        tokenizer("Compute \u4e2d.", add_special_tokens=False)

@@ -140,6 +140,18 @@ def test_check_answer_parses():
         check_answer_parses("   ")
 
 
+@pytest.mark.parametrize("broken", [r"\frac{", "}}}", r"\sqrt{2", "abc{"])
+def test_check_answer_parses_refuses_what_math_verify_only_echoes(broken):
+    with pytest.raises(ValueError, match="is not mathematics math_verify can read"):
+        check_answer_parses(broken)
+
+
+@pytest.mark.parametrize("answer", ["118", r"\frac{1}{2}", "(1,2)", r"\{1,2\}", "x+1", r"\text{(A)}", "Monday"])
+def test_check_answer_parses_keeps_real_answers(answer):
+    check_answer_parses(answer)
+
+
+
 # --- the real benchmark answers ------------------------------------------------------------------------
 
 

@@ -92,9 +92,11 @@ def grade_many(completions: list[str], golds: list[str], timeout_seconds: int = 
 
 
 def check_answer_parses(answer: str, timeout_seconds: int = 5) -> None:
-    """Raise ValueError when math_verify cannot parse ``answer`` into anything.
+    """Raise ValueError when math_verify cannot read ``answer`` as mathematics.
 
-    Data loaders call this to reject rows whose gold answer could never be matched; they add the file and row.
+    That is when it yields nothing, or only the text itself: what it returns for broken LaTeX such as
+    ``\\frac{`` or ``}}}``, which no completion could match except by repeating the same characters. Data
+    loaders call this to reject rows whose gold answer could never be matched; they add the file and row.
     """
     try:
         parsed = parse(_as_latex_math(answer), parsing_timeout=timeout_seconds, raise_on_error=True)
@@ -102,3 +104,7 @@ def check_answer_parses(answer: str, timeout_seconds: int = 5) -> None:
         raise ValueError(f"answer {answer!r} cannot be parsed by math_verify: {error}") from error
     if not parsed:
         raise ValueError(f"answer {answer!r} cannot be parsed by math_verify (it yields nothing)")
+    if all(isinstance(item, str) for item in parsed):
+        raise ValueError(f"answer {answer!r} is not mathematics math_verify can read (check its braces and "
+                         "commands)")
+

@@ -10,13 +10,16 @@ ChatML chat template that honours Qwen3's ``enable_thinking`` switch; the model 
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 PAD_TOKEN = "<|endoftext|>"
 EOS_TOKEN = "<|im_end|>"
 SPECIAL_TOKENS = [PAD_TOKEN, "<|im_start|>", EOS_TOKEN, "<think>", "</think>"]
 CHARACTERS = [chr(code) for code in range(32, 127)] + ["\n"]
+# Characters of ordinary (English, LaTeX-ish) text that NFKD leaves as they are, with their ASCII spelling.
+ASCII_SPELLINGS = {"\u2014": "-", "\u2013": "-", "\u2212": "-", "\u201c": '"', "\u201d": '"', "\u2018": "'",
+                   "\u2019": "'", "\u00d7": "*", "\u00f7": "/", "\t": " ", "\r": ""}
 
 # ChatML as Qwen3 writes it. With enable_thinking=false the assistant turn opens with an empty think block,
 # exactly like Qwen3's own template, so student and teacher prompts differ at the generation boundary the
@@ -33,9 +36,17 @@ CHAT_TEMPLATE = (
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
-    """A tokenizer with one token per printable ASCII character and newline, plus the ChatML specials."""
+    """A tokenizer with one token per printable ASCII character and newline, plus the ChatML specials.
+
+    Text is first brought to ASCII where it has a plain spelling (accents dropped, typographic dashes, quotes
+    and operators replaced: `ASCII_SPELLINGS`). It has no unknown token: any other character is an error when
+    text is encoded (atesd names the problem or template and the characters before training starts), never
+    silently a token the model reads as something else.
+    """
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD_TOKEN))
+    backend = Tokenizer(models.WordLevel(vocab=vocab))
+    backend.normalizer = normalizers.Sequence([normalizers.NFKD(), normalizers.StripAccents(),
+                                               *(normalizers.Replace(a, b) for a, b in ASCII_SPELLINGS.items())])
     backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     backend.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)

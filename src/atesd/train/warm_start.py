@@ -45,7 +45,7 @@ from atesd.train.distributed import Processes
 from atesd.train.health import check_health, heldout_accuracy, load_health, refuse_unhealthy, save_health
 from atesd.train.update import Updater
 
-WARM_START_VERSION = 4  # bump when the warm-start recipe changes, to invalidate caches
+WARM_START_VERSION = 5  # bump when the warm-start recipe or the tokenizer changes, to invalidate caches
 HEALTH_KEYS = {"health_check", "health_problems", "health_samples", "health_student_range", "health_min_gap"}
 COPY_ALPHABET = "0123456789+-=\n "  # the task's characters
 
