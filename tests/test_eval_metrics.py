@@ -105,6 +105,17 @@ def test_majority_groups_equivalent_written_forms():
     assert majority_at_k(answers, correct, k=5) == 1.0
 
 
+def test_majority_groups_mathematically_equivalent_answers():
+    # three ways of writing one half beat two threes
+    answers = ["1/2", "0.5", r"\frac{1}{2}", "3", "3"]
+    assert majority_at_k(answers, [True, True, True, False, False], k=5) == 1.0
+    assert majority_at_k(["3", "x+1", "1+x", "3", "(x+1)"], [False, True, True, False, True], k=5) == 1.0
+
+
+def test_majority_never_counts_blank_answers():
+    assert majority_at_k(["", " ", "5"], [False, False, True], k=3) == 1.0
+
+
 def test_normalize_answer():
     assert normalize_answer(r" $\left[ 0, 1 \right)$ ") == "[0,1)"
     assert normalize_answer(r"x \rightarrow 1") == r"x\rightarrow1"  # \rightarrow is not a sizing command

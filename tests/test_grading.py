@@ -10,7 +10,7 @@ import pytest
 from math_verify.errors import TimeoutException
 
 from atesd.eval import grading
-from atesd.eval.grading import GradeResult, check_answer_parses, extract_boxed, grade, grade_many
+from atesd.eval.grading import GradeResult, check_answer_parses, equivalent, extract_boxed, grade, grade_many
 
 BENCHMARK_DIR = Path(__file__).resolve().parents[2] / "shared/data/benchmarks"
 BENCHMARKS = ["aime24", "aime25", "hmmt25"]
@@ -150,6 +150,10 @@ def test_check_answer_parses_refuses_what_math_verify_only_echoes(broken):
 def test_check_answer_parses_keeps_real_answers(answer):
     check_answer_parses(answer)
 
+
+def test_equivalent_answers():
+    assert equivalent("1/2", "0.5") and equivalent(r"\frac{1}{2}", "1/2") and equivalent(" 3", "3 ")
+    assert not equivalent("3", "1/2") and not equivalent(r"\frac{", "3")
 
 
 # --- the real benchmark answers ------------------------------------------------------------------------

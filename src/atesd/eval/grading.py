@@ -108,3 +108,10 @@ def check_answer_parses(answer: str, timeout_seconds: int = 5) -> None:
         raise ValueError(f"answer {answer!r} is not mathematics math_verify can read (check its braces and "
                          "commands)")
 
+
+def equivalent(first: str, second: str, timeout_seconds: int = 5) -> bool:
+    """Whether two extracted answers are the same mathematical answer (``1/2``, ``0.5``, ``\\frac{1}{2}``), as
+    grading decides it with `first` in the place of the gold answer; never raises."""
+    if first.strip() == second.strip():
+        return True
+    return _compare(second, first, timeout_seconds)[0]

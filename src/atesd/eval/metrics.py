@@ -2,7 +2,9 @@
 
 Each problem has n sampled completions. Average@k is the mean correctness of a problem's samples (the paper's
 headline metric, k = 12); Pass@k is the unbiased estimator of Chen et al. (2021) from all n samples; Maj@k is
-the correctness of the majority answer among the first k samples. Every metric is averaged over problems.
+the correctness of the majority answer among the first k samples, answers voting together when they are the
+same mathematical answer (math-verify, as grading decides; docs/method.md#evaluation). Every metric is
+averaged over problems.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from atesd.eval.grading import GradeResult
+from atesd.eval.grading import GradeResult, equivalent
 
 # `\left(` and `\right)` only size the brackets; `(?![a-zA-Z])` keeps `\leftarrow` and `\rightarrow` intact.
 _SIZING_COMMANDS = re.compile(r"\\(?:left|right)(?![a-zA-Z])")
@@ -46,7 +48,8 @@ def average_at_k(correct: Sequence[bool]) -> float:
 
 
 def normalize_answer(answer: str) -> str:
-    """Light normalisation under which two extracted answers count as the same vote in Maj@k."""
+    """Light normalisation under which two extracted answers are the same vote in Maj@k without asking
+    math-verify."""
     without_sizing = _SIZING_COMMANDS.sub("", answer)
     return _WHITESPACE.sub("", without_sizing).strip("$")
 
@@ -54,27 +57,32 @@ def normalize_answer(answer: str) -> str:
 def majority_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int) -> float:
     """1.0 when the majority answer among the first k samples is correct, else 0.0.
 
-    ``answers[i]`` is sample i's extracted answer (None: it gave none, which never wins a vote) and
-    ``correct[i]`` its grade. Ties go to the answer that appears first. The winner's correctness is that of
-    its first sample: all samples in a group have the same normalised answer, so they share a grade.
+    ``answers[i]`` is sample i's extracted answer (None or blank: it gave none, which never wins a vote) and
+    ``correct[i]`` its grade. An answer joins the first group whose first answer it is equivalent to
+    (`atesd.eval.grading.equivalent`: ``1/2``, ``0.5`` and ``\\frac{1}{2}`` are one vote), or starts its own. Ties
+    go to the group that appears first. The winner's correctness is that of its first sample: its answers are
+    the same answer, so they share a grade.
     """
     if len(answers) != len(correct):
         raise ValueError(f"majority_at_k: {len(answers)} answers but {len(correct)} correctness flags")
     if k < 1 or k > len(answers):
         raise ValueError(f"majority_at_k needs 1 <= k <= {len(answers)} samples, got k={k}")
-    votes: dict[str, int] = {}
-    first_sample: dict[str, int] = {}
+    groups: list[list[int]] = []  # sample indices of each distinct answer, in order of first appearance
+    group_of: dict[str, int] = {}  # normalised spelling -> its group: a spelling seen before needs no math-verify
     for index, answer in enumerate(answers[:k]):
-        if answer is None:
+        if answer is None or not answer.strip():
             continue
         key = normalize_answer(answer)
-        votes[key] = votes.get(key, 0) + 1
-        first_sample.setdefault(key, index)
-    if not votes:
+        if key not in group_of:
+            group_of[key] = next((number for number, members in enumerate(groups)
+                                  if equivalent(answers[members[0]], answer)), len(groups))
+            if group_of[key] == len(groups):
+                groups.append([])
+        groups[group_of[key]].append(index)
+    if not groups:
         return 0.0
-    # dicts keep insertion order and max() returns the first maximum: ties go to the earliest answer.
-    winner = max(votes, key=votes.__getitem__)
-    return 1.0 if correct[first_sample[winner]] else 0.0
+    winner = max(groups, key=len)  # max() returns the first maximum: ties go to the earliest answer
+    return 1.0 if correct[winner[0]] else 0.0
 
 
 @dataclass
