@@ -1,11 +1,12 @@
 """PromptBuilder: its cached token ids are exactly what tokenizing the prompt text afresh gives, at every
-exposure, and the cache is keyed so that two exposures share ids only when they show the same reference."""
+exposure, and the cache is keyed so that two exposures share ids only when they show the same reference; the
+lengths of a step's sequences, a long reference cut to fit, and text the tokenizer cannot encode, named."""
 
 from __future__ import annotations
 
 import pytest
 
-from atesd.data import Problem, PromptTemplates, chat_prompt, student_message, teacher_message
+from atesd.data import DataError, Problem, PromptTemplates, chat_prompt, student_message, teacher_message
 from atesd.data.prompts import PromptBuilder
 from atesd.models.tiny import build_char_tokenizer
 
@@ -51,3 +52,45 @@ def test_exposures_share_ids_exactly_when_they_show_the_same_segments(builder):
     assert builder.teacher(PROBLEM, 0.6) != builder.teacher(PROBLEM, 0.67)
     assert builder.teacher(PROBLEM, 0.0) != builder.teacher(PROBLEM, 0.34)
     assert builder.teacher(PROBLEM, 0.5) != builder.teacher(SAME_ID, 0.5)
+
+
+# --- lengths against the model's context ---------------------------------------------------------------------
+
+SHORT = PromptTemplates(instruction="Box the answer.", reference_intro="Reference:",
+                        answer_line="Answer: \\boxed{{answer}}", transition="Now solve it yourself.")
+
+
+@pytest.fixture()
+def short_builder(tokenizer):
+    return PromptBuilder(tokenizer, SHORT, STUDENT_KWARGS, TEACHER_KWARGS)
+
+
+def test_longest_is_the_longest_sequence_a_step_builds(short_builder):
+    expected = max(len(short_builder.student(PROBLEM)), len(short_builder.teacher(PROBLEM, 1.0))) + max(
+        16, len(short_builder.solution(PROBLEM)))
+    assert short_builder.longest(PROBLEM, 16) == expected
+    assert short_builder.fits(PROBLEM, expected, 16) and not short_builder.fits(PROBLEM, expected - 1, 16)
+
+
+def test_a_long_reference_is_cut_to_the_longest_prefix_that_fits(short_builder):
+    long = Problem(id="long", question="Compute 1+1.", solution="1+1=2\n" * 20_000 + "\\boxed{2}", answer="2")
+    assert not short_builder.fits(long, 512, 16)
+    cut = short_builder.truncated(long, 512, 16)
+    assert cut.question == long.question and cut.answer == "2" and long.solution.startswith(cut.solution)
+    assert short_builder.longest(cut, 16) <= 512
+    one_more = Problem(id="long", question=long.question, solution=long.solution[: len(cut.solution) + 1],
+                       answer="2")
+    assert short_builder.longest(one_more, 16) > 512
+
+
+def test_a_question_too_long_for_the_context_cannot_be_cut(short_builder):
+    wordy = Problem(id="wordy", question="Compute " + "1+" * 300 + "1.", solution="x\n\\boxed{301}", answer="301")
+    assert not short_builder.fits(wordy, 512, 16)
+    assert short_builder.truncated(wordy, 512, 16) is None
+
+
+def test_characters_the_tokenizer_cannot_encode_are_named(short_builder, tokenizer):
+    with pytest.raises(DataError, match="cannot encode the characters '中文'"):
+        short_builder.encode("Compute 中+文.")
+    with pytest.raises(DataError, match="field 'templates.transition': the tokenizer cannot encode the characters '中'"):
+        PromptBuilder(tokenizer, SHORT.model_copy(update={"transition": "中"}), STUDENT_KWARGS, TEACHER_KWARGS)

@@ -1,8 +1,11 @@
 """What atesd promises a run (docs/reliability.md), end to end on the tiny embedded model: one process per run
-directory, logs that survive a kill during a resume, and non-finite numbers that never reach a checkpoint."""
+directory, logs that survive a kill during a resume, non-finite steps that stop a run resumably, and
+sequences that fit the model's context before any tensor is built."""
 
 from __future__ import annotations
 
+import json
+import logging
 import signal
 import subprocess
 import sys
@@ -118,3 +121,38 @@ def test_a_non_finite_stop_is_logged_named_and_resumable_with_a_lower_learning_r
     assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6] and not any(row["skipped"] for row in rows)
     assert all(row["lr"] == 1e-3 for row in rows[2:])
     assert all(torch.isfinite(p).all() for p in resumed.trainable_state().values())
+
+
+def jsonl_with_a_huge_reference(tmp_path):
+    rows = [{"id": f"q{i}", "problem": f"Compute {i}+1.", "solution": f"{i}+1={i + 1}\n\\boxed{{{i + 1}}}",
+             "answer": str(i + 1)} for i in range(10)]
+    rows.append({"id": "huge", "problem": "Compute 1+1.", "solution": "1+1=2\n" * 175_000 + "\\boxed{2}",
+                 "answer": "2"})  # a 1 MB reference: ten thousand times the model's context
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_a_one_megabyte_reference_is_cut_to_the_context_before_any_tensor_is_built(tiny_config, tmp_path, caplog):
+    data = jsonl_with_a_huge_reference(tmp_path)
+    config = tiny_config(tmp_path, f"data.train={data}", "data.probe_size=1", "train.steps=1", "train.batch_size=10",
+                         "train.micro_batch_size=5")
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(config)
+    assert "cut the reference solutions of 1 of" in caplog.text and "'huge'" in caplog.text
+    huge = next(p for p in trainer.train_problems + trainer.probe_problems if p.id == "huge")
+    context = trainer.unwrapped.config.max_position_embeddings
+    assert trainer.parts.prompts.longest(huge, config.rollout.max_new_tokens) <= context
+    trainer.train()  # the step (and the probe) read every problem, the cut one too
+    assert len(read_metrics(trainer.run_dir / "metrics.jsonl")) == 1
+
+
+def test_with_skip_invalid_rows_the_huge_row_is_left_out_and_counted(tiny_config, tmp_path, caplog):
+    data = jsonl_with_a_huge_reference(tmp_path)
+    config = tiny_config(tmp_path, f"data.train={data}", "data.probe_size=1", "data.skip_invalid_rows=true")
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(config)
+    trainer.release()
+    assert "left out 1 of" in caplog.text
+    assert "huge" not in {p.id for p in trainer.train_problems + trainer.probe_problems}
+    assert len(trainer.train_problems) + len(trainer.probe_problems) == 10

@@ -126,6 +126,17 @@ def _chat_template_text(value: str) -> str:
     return value
 
 
+def context_length(model: torch.nn.Module) -> int | None:
+    """How many positions the model was made for (its config's ``max_position_embeddings`` or the older
+    names of it), or None when its config does not say."""
+    model_config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def load_training_model(config: Config, path: str) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """The model at `path`, to train: with LoRA adapters when `model.lora` is set, gradient checkpointing when
     asked."""

@@ -55,7 +55,7 @@ from atesd.train.cost import StepCost
 from atesd.train.distributed import Processes, refuse_unsupported_distribution
 from atesd.train.metrics import MetricsLogger
 from atesd.train.parts import StepParts, StepResult
-from atesd.train.problems import EpochOrder, step_seed, training_problems
+from atesd.train.problems import EpochOrder, context_limit, fit_to_context, step_seed, training_problems
 from atesd.train.rollouts import Grader, RolloutSampler
 from atesd.train.run_dir import RunLock, prepare_run_dir, record_non_finite_stop, run_directory
 from atesd.train.scoring import Scorer
@@ -125,6 +125,11 @@ class Trainer:
         self.teacher = Teacher(self.unwrapped, config.teacher.weights, config.teacher.ema_decay)
         prompts = PromptBuilder(self.tokenizer, config.templates, config.model.student_chat_kwargs,
                                 config.model.teacher_chat_kwargs)
+        # Checked before any tensor is built: a 1 MB reference must not reach a forward (docs/reliability.md).
+        context, data = context_limit(config, self.unwrapped), config.data
+        self.train_problems, self.probe_problems = (
+            fit_to_context(problems, prompts, context, config.rollout.max_new_tokens, data.skip_invalid_rows,
+                           data.train) for problems in (self.train_problems, self.probe_problems))
         engine = build_rollout_engine(config, self.unwrapped, self.tokenizer, base,
                                       batch_size=config.train.micro_batch_size,
                                       seed=step_seed(config.run.seed, processes.index))
