@@ -81,6 +81,58 @@ def test_a_kill_during_a_resumes_log_rewrite_leaves_whole_logs_that_the_next_res
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []  # no temporaries left
 
 
+# A child trains the run and is SIGKILLed at the chosen occurrence of an audit event (a file opened, a rename)
+# whose path holds the chosen text: points inside the checkpoint save of step 2.
+KILLED_RUN = """
+import os, signal, sys
+event_name, needle, occurrence = sys.argv[2], sys.argv[3], int(sys.argv[4])
+seen = 0
+def kill_at_the_chosen_moment(event, args):
+    global seen
+    if event == event_name and needle in str(args[1] if event == "os.rename" else args[0]):
+        seen += 1
+        if seen == occurrence:
+            os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(kill_at_the_chosen_moment)
+from atesd.cli import main
+main(["train", sys.argv[1]])
+"""
+KILL_POINTS = {  # the moment: (event, path text, occurrence), and the step the resume starts from
+    "while step 2's checkpoint is written": (("open", ".step-0000002.tmp-", 1), 1),
+    "at the rename that publishes step 2": (("os.rename", "step-0000002", 1), 1),
+    "before latest names step 2": (("os.rename", "checkpoints/latest", 2), 2),
+}
+KILLED_RUN_SETTINGS = ("train.steps=3", "train.checkpoint_every=1", "train.lr=3e-3")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_config, tmp_path_factory):
+    trainer = Trainer(tiny_config(tmp_path_factory.mktemp("whole"), *KILLED_RUN_SETTINGS))
+    trainer.train()
+    return trainer.trainable_state(), read_metrics(trainer.run_dir / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("moment", sorted(KILL_POINTS))
+def test_a_run_killed_during_a_checkpoint_save_resumes_into_the_uninterrupted_run(tiny_config, tmp_path, moment,
+                                                                                  uninterrupted):
+    config = tiny_config(tmp_path, *KILLED_RUN_SETTINGS)
+    path = tmp_path / "run.yaml"
+    save_config(config, path)
+    (event, needle, occurrence), resumed_at = KILL_POINTS[moment]
+    child = subprocess.run([sys.executable, "-c", KILLED_RUN, str(path), event, needle, str(occurrence)],
+                           timeout=300, capture_output=True, check=False)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    resumed = Trainer(config, resume=True)
+    assert resumed.step == resumed_at  # step 2's checkpoint counts once it is complete, whatever `latest` says
+    resumed.train()
+    weights, rows = uninterrupted
+    assert all(torch.equal(weights[name], tensor) for name, tensor in resumed.trainable_state().items())
+    timing = {key for key in rows[0] if key.endswith("_time")}
+    assert [{k: v for k, v in row.items() if k not in timing} for row in read_metrics(
+        resumed.run_dir / "metrics.jsonl")] == [{k: v for k, v in row.items() if k not in timing} for row in rows]
+    assert not [p.name for p in (resumed.run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
 def nan_from_step(first_bad: int):
     """A divergence whose loss is NaN from the (1-based) step `first_bad` on."""
     steps = {"seen": 0}
