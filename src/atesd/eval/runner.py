@@ -31,16 +31,23 @@ def results_file(out_dir: Path, label: str, benchmark: str) -> Path:
     return out_dir / f"{label}-{benchmark_key(benchmark)}.json"
 
 
-def evaluate_model(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
-                   label: str, teacher_alpha: float | None = None) -> dict[str, dict]:
-    """Evaluate on every configured benchmark; writes ``out_dir/<label>-<benchmark>.json`` and returns
-    ``{benchmark: summary_by_bucket}``. With `teacher_alpha`, prompts are teacher prompts at that exposure."""
+def evaluation_parts(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+                     ) -> tuple[PromptBuilder, HFGenerateEngine, SamplingParams]:
+    """The prompt builder, generate engine and sampling settings (``eval.*``) every evaluation uses."""
     prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
                             config.model.teacher_chat_kwargs)
     engine = HFGenerateEngine(model, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                               batch_size=config.eval.batch_size)
     sampling = SamplingParams(config.eval.temperature, config.eval.top_p, config.eval.top_k,
                               config.eval.max_new_tokens)
+    return prompts, engine, sampling
+
+
+def evaluate_model(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+                   label: str, teacher_alpha: float | None = None) -> dict[str, dict]:
+    """Evaluate on every configured benchmark; writes ``out_dir/<label>-<benchmark>.json`` and returns
+    ``{benchmark: summary_by_bucket}``. With `teacher_alpha`, prompts are teacher prompts at that exposure."""
+    prompts, engine, sampling = evaluation_parts(config, model, tokenizer)
 
     def prompt_ids(problem: Problem) -> list[int]:
         return prompts.student(problem) if teacher_alpha is None else prompts.teacher(problem, teacher_alpha)

@@ -17,11 +17,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from atesd.config import Config, ConfigError
 from atesd.data.arithmetic import embedded_splits
-from atesd.data.prompts import PromptBuilder
 from atesd.eval.evaluate import evaluate
 from atesd.eval.metrics import summarize
+from atesd.eval.runner import evaluation_parts
 from atesd.files import atomic_write_text
-from atesd.rollout import HFGenerateEngine, SamplingParams
 
 HEALTH_FILE = "health.json"
 
@@ -83,12 +82,7 @@ def heldout_accuracy(config: Config, model: PreTrainedModel, tokenizer: PreTrain
     """Average@`samples` of the student prompt (or the teacher prompt at `teacher_alpha`) on the health split."""
     settings = config.model.embedded
     problems = embedded_splits(config.data.task, config.data.probe_size, settings.health_problems)["health"]
-    prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
-                            config.model.teacher_chat_kwargs)
-    engine = HFGenerateEngine(model, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                              batch_size=config.eval.batch_size)
-    sampling = SamplingParams(config.eval.temperature, config.eval.top_p, config.eval.top_k,
-                              config.eval.max_new_tokens)
+    prompts, engine, sampling = evaluation_parts(config, model, tokenizer)
     prompt_ids = prompts.student if teacher_alpha is None else (lambda p: prompts.teacher(p, teacher_alpha))
     was_training = model.training
     model.eval()
