@@ -60,6 +60,26 @@ def test_slipped_completion_hides_the_slip_from_the_loss():
     assert unscored == last.removeprefix("9+4=")
 
 
+def test_a_carried_slip_computes_on_from_the_slipped_value_and_hides_only_the_slip():
+    from atesd.data.arithmetic import parse_expression
+    from atesd.train.warm_start import carried_slip_completion
+    tokenizer = build_char_tokenizer()
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+    question = "Compute 17+25*3-8."
+    assert parse_expression(question) == ([17, 25, 3, 8], ["+", "*", "-"])
+    assert solve_steps(*parse_expression(question), slip=(0, 2)) == (["25*3=77", "17+77=94", "94-8=86"], 86)
+    for seed in range(20):
+        ids, weights = carried_slip_completion(question, random.Random(seed), encode, tokenizer.eos_token_id)
+        *lines, boxed = tokenizer.decode(ids, skip_special_tokens=True).split("\n")
+        wrong = [i for i, line in enumerate(lines) if line != ["25*3=75", "17+75=92", "92-8=84"][i]]
+        assert wrong and boxed == f"\\boxed{{{lines[-1].split('=')[1]}}}" != "\\boxed{84}"
+        for line in lines[wrong[0] + 1:]:  # every line after the slip is right arithmetic on the slipped value
+            left, value = line.split("=")
+            assert eval(left) == int(value)
+        unscored = tokenizer.decode([i for i, w in zip(ids, weights) if w == 0])
+        assert unscored == lines[wrong[0]].split("=")[1]
+
+
 def test_splits_are_seeded_disjoint_and_balanced():
     spec = ArithmeticSpec(digits=1, min_ops=2, max_ops=5, operators="+-")
     sizes = {"train": 400, "probe": 16, "test": 80}

@@ -75,6 +75,9 @@ class EmbeddedModelConfig(Section):
         0.5, ge=0, le=1, description="Share of teacher-format warm-start examples whose own chain of thought "
         "ends on a slipped value (shown, not scored) followed by the true boxed answer: the examples where the "
         "teacher's context is necessary, without which it never learns to read it.")
+    teacher_follow_share: float = Field(
+        0.0, ge=0, le=1, description="Share of the other teacher-format examples whose chain slips at one line (not "
+        "scored) and carries the slip on to a wrong boxed answer: the teacher learns to follow the chain it scores.")
     health_check: bool = Field(
         True, description="After a warm start, evaluate student and teacher on held-out problems and refuse a "
         "base model outside the band (health_student_range, health_min_gap).")

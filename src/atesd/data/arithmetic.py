@@ -31,6 +31,7 @@ disjoint by question text. The number of operations is the difficulty knob; it i
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -90,14 +91,18 @@ def _apply(left: int, op: str, right: int) -> int:
     return left * right
 
 
-def solve_steps(operands: list[int], ops: list[str]) -> tuple[list[str], int]:
-    """The reference solution lines of an expression, multiplications first, then left to right."""
+def solve_steps(operands: list[int], ops: list[str], slip: tuple[int, int] | None = None) -> tuple[list[str], int]:
+    """The solution lines of an expression, multiplications first, then left to right. With ``slip=(k, d)`` line
+    k's value is off by d and every later line computes on from the slipped value, as a chain that made one
+    mistake and carried it on would."""
     values, pending, lines = list(operands), list(ops), []
     for precedence in ("*", "+-"):
         i = 0
         while i < len(pending):
             if pending[i] in precedence:
                 result = _apply(values[i], pending[i], values[i + 1])
+                if slip is not None and len(lines) == slip[0]:
+                    result += slip[1]
                 lines.append(f"{values[i]}{pending[i]}{values[i + 1]}={result}")
                 values[i : i + 2] = [result]
                 del pending[i]
@@ -136,6 +141,12 @@ def concise_lines(operands: list[int], ops: list[str], question: str) -> list[st
             total = total + value if sign == "+" else total - value
         lines.append(f"{left} = {total}")
     return lines
+
+
+def parse_expression(question: str) -> tuple[list[int], list[str]]:
+    """The operands and operators of a generated question (``Compute 17+25*3-8.``)."""
+    tokens = re.findall(r"\d+|[-+*]", question)
+    return [int(t) for t in tokens[::2]], tokens[1::2]
 
 
 def make_problem(rng: random.Random, num_ops: int, spec: ArithmeticSpec, problem_id: str) -> Problem:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
 from atesd.config import Config
-from atesd.data.arithmetic import embedded_splits
+from atesd.data.arithmetic import embedded_splits, parse_expression, solve_steps
 from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
 from atesd.data.templates import chat_prompt
@@ -119,6 +119,9 @@ def warm_start(config: Config) -> tuple[PreTrainedModel, PreTrainedTokenizerFast
             prompt = prompts.teacher(problem, min(1.0, rng.uniform(0.0, 1.25)))
             if rng.random() < settings.teacher_answer_share:
                 return (prompt, *slipped_completion(own, rng, prompts.encode, tokenizer.eos_token_id))
+            if settings.teacher_follow_share and rng.random() < settings.teacher_follow_share:
+                return (prompt, *carried_slip_completion(problem.question, rng, prompts.encode,
+                                                         tokenizer.eos_token_id))
         else:
             prompt = prompts.student(problem)
         completion = prompts.encode(own) + [tokenizer.eos_token_id]
@@ -178,6 +181,22 @@ def weighted_step(updater: Updater, model: PreTrainedModel, packed, weights: tor
     updater.step([slice(0, 1)], loss_of, step)
     updater.stop_if_diverged()
     return losses[0]
+
+
+def carried_slip_completion(question: str, rng: random.Random, encode, eos_token_id: int
+                            ) -> tuple[list[int], list[float]]:
+    """The chain of thought of `question` with one line's value off by 1 to 3 (weighted 0: read, never taught)
+    and every later line computed on from it, to the boxed wrong answer (weighted 1): the teacher learns to score
+    the chain in front of it, as a chain that made one mistake and carried it on, instead of overwriting its
+    values with the reference's (a correction at a line the student got wrong already, which it cannot learn)."""
+    operands, ops = parse_expression(question)
+    slipped_line = rng.randrange(len(ops))
+    lines, answer = solve_steps(operands, ops, slip=(slipped_line, rng.choice([-3, -2, -1, 1, 2, 3])))
+    left, value = lines[slipped_line].rsplit("=", 1)
+    head = encode("\n".join([*lines[:slipped_line], left + "="]))
+    slip = encode(value)
+    tail = encode("\n" + "\n".join([*lines[slipped_line + 1:], f"\\boxed{{{answer}}}"])) + [eos_token_id]
+    return head + slip + tail, [1.0] * len(head) + [0.0] * len(slip) + [1.0] * len(tail)
 
 
 def slipped_completion(solution: str, rng: random.Random, encode, eos_token_id: int
