@@ -6,7 +6,6 @@ its outputs. Unknown keys are errors that name the key, so a typo never silently
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,7 +27,7 @@ from atesd.data.loaders import ColumnMap
 from atesd.data.sources import check_benchmarks
 from atesd.data.templates import PromptTemplates
 from atesd.errors import ConfigError
-from atesd.files import atomic_write_text, directory_name, read_yaml
+from atesd.files import atomic_write_text, directory_name, read_config_tree, read_yaml
 
 
 class Section(BaseModel):
@@ -330,34 +329,6 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
         problems.append(f"{key}: {message}")
     return f"invalid config ({source}): " + "; ".join(problems)
-
-
-def read_config_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The YAML mapping of a config file, with ``extends: other.yaml`` (relative to the file) merged under it."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}" + (f" (extended by {_seen[-1]})" if _seen else ""))
-    if path.resolve() in _seen:
-        raise ConfigError(f"{path}: 'extends' makes a cycle through {', '.join(map(str, _seen))}")
-    tree = read_yaml(path.read_text(encoding="utf-8"), str(path))
-    if tree is None:
-        logging.getLogger(__name__).warning("%s holds no settings: every setting takes its default", path)
-        tree = {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    parent = tree.pop("extends", None)
-    if parent is None:
-        return tree
-    if not isinstance(parent, str):
-        raise ConfigError(f"{path}: 'extends' must be the path of another config file")
-    return _deep_merge(read_config_tree(path.parent / parent, (*_seen, path.resolve())), tree)
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
-            merged.get(key), dict) else value
-    return merged
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
