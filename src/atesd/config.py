@@ -197,6 +197,10 @@ class ControllerConfig(Section):
     baseline_window: int = Field(16, ge=3, description="Rewarded decisions the progress trend is fitted on.")
     state_ema_decay: float = Field(0.9, ge=0, lt=1, description="Decay of the state's EMAs (ours).")
     feature_clip: float = Field(5.0, gt=0, description="Normalised state features are clipped to +-this (ours).")
+    credited_problems: int = Field(
+        8, ge=1, description="Exposure per problem: problems of each step whose own reference NLL is measured "
+        "before their update and after the look-ahead, to reward their alpha (the first of the batch; each costs "
+        "two reference passes under the student prompt).")
 
     @field_validator("initial_beta")
     @classmethod
@@ -215,12 +219,19 @@ class ExposureConfig(Section):
     hold_steps: int = Field(2, ge=1, description="H: updates each random or controller decision is held for.")
     schedule_start: float = Field(1.0, ge=0, le=1, description="Linear schedule: alpha at the first step (ours).")
     schedule_end: float = Field(0.05, ge=0, le=1, description="Linear schedule: alpha at the last step (ours).")
+    per_problem: bool = Field(
+        False, description="The controller gives each problem of the batch its own alpha, from the training state "
+        "and that problem's features, rewarded by that problem's own learning progress (ours, "
+        "docs/method.md#exposure-per-problem); needs policy: controller.")
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
 
     @model_validator(mode="after")
     def _clip_range_is_ordered(self) -> ExposureConfig:
         if self.alpha_min > self.alpha_max:
             raise ValueError(f"alpha_min ({self.alpha_min}) is above alpha_max ({self.alpha_max})")
+        if self.per_problem and self.policy != "controller":
+            raise ValueError(f"per_problem: the learned controller chooses each problem's alpha, policy is "
+                             f"'{self.policy}': set exposure.policy: controller and method: atesd")
         return self
 
 
