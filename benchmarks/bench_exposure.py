@@ -1,20 +1,25 @@
-"""Step-time cost of ATESD over fixed exposure α = 1 (OPSD) on the embedded default, and where it goes.
+"""Step-time cost of ATESD and of exposure per problem over fixed exposure α = 1 (OPSD) on the embedded default,
+and where it goes.
 
-Three variants of ``configs/embedded/atesd.yaml`` train for the same number of steps from the same cached
-base model and seed:
+Five variants of ``configs/embedded/atesd.yaml`` train for the same number of steps from the same cached base
+model and seed, one after the other in one process:
 
 - ``opsd-no-probe``: fixed α = 1, the probe set measured only once at the start (the leanest OPSD step);
-- ``opsd``: fixed α = 1, probe NLL measured after every update (what a logged OPSD run does by default);
-- ``atesd``: the controller, probe NLL after every update (its reward needs it).
+- ``opsd-g-every-step``: fixed α = 1, probe NLL and g_t (the teacher's reference log-prob) at every step: what
+  an OPSD step cost before g_t was measured only where it is used (``train.teacher_ref_logp_every=1``);
+- ``opsd``: fixed α = 1 at the defaults: probe NLL after every update, g_t every 10 steps for the log;
+- ``atesd``: the controller, probe NLL and g_t at every step (its reward needs both);
+- ``atesd-per-problem``: exposure per problem (docs/method.md#exposure-per-problem): as ``atesd``, plus the
+  reference NLLs of the credited problems (8 of this step's, 8 of L steps ago) under the student prompt.
 
 Per variant it reports the mean ± std wall time of a step (after `--warmup` steps), and inside the step the
-time of the probe NLL, of the teacher's scoring (the distillation targets and g_t, the teacher's reference
-log-prob, measured for every variant: one pass over the teacher prompts, two continuations) and of the
-controller itself (choosing α, observing, REINFORCE updates). The overhead of ATESD is its step time against
-each OPSD variant. Teacher prompts are shorter at α < 1, so a step of ATESD also scores fewer teacher tokens:
-the table shows teacher prompt tokens per step so that effect can be told apart from the controller's cost.
+time of the probe NLL, of the teacher's scoring (the distillation targets and, when measured, g_t: one pass over
+the teacher prompts, two continuations) and of the exposure policy itself (choosing α, its own measurements,
+observing, REINFORCE updates). The overheads are step times against each OPSD variant. Teacher prompts are
+shorter at α < 1, so ATESD's steps also score fewer teacher tokens: the table shows teacher prompt tokens per
+step so that effect can be told apart from the controller's cost.
 
-    python benchmarks/bench_exposure.py --steps 40 --out runs/bench_exposure.json
+    python benchmarks/bench_exposure.py --steps 30 --threads 1 --out runs/bench_exposure.json
 
 Not a test: nothing is asserted; it prints a table and writes the figures as JSON.
 """
@@ -34,12 +39,14 @@ from atesd.config import load_config
 from atesd.train.trainer import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+OPSD = ["method=opsd", "exposure.policy=fixed", "exposure.alpha=1.0"]
 VARIANTS = {
-    "opsd-no-probe": ["method=opsd", "exposure.policy=fixed", "exposure.alpha=1.0", "train.probe_every=1000000"],
-    "opsd": ["method=opsd", "exposure.policy=fixed", "exposure.alpha=1.0"],
+    "opsd-no-probe": [*OPSD, "train.probe_every=1000000"],
+    "opsd-g-every-step": [*OPSD, "train.teacher_ref_logp_every=1"],
+    "opsd": OPSD,
     "atesd": [],
+    "atesd-per-problem": ["exposure.per_problem=true"],
 }
-
 
 
 def run_variant(name: str, overrides: list[str], args: argparse.Namespace, output_dir: str) -> dict:

@@ -31,6 +31,7 @@ class RecordingExposure:
     def __init__(self, policy, rank: int) -> None:
         self.policy, self.rank = policy, rank
         self.uses_teacher_ref_logp = policy.uses_teacher_ref_logp
+        self.per_problem = policy.per_problem
         self.asked = 0
         self.observed: list[dict] = []
 

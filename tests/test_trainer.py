@@ -289,6 +289,55 @@ def test_atesd_statistics_reach_the_controller(tiny_config, tmp_path):
     assert trainer.exposure.losses[4] == rows[-1]["probe_nll"]
 
 
+PER_PROBLEM = (*SMALL_CONTROLLER, "exposure.per_problem=true", "exposure.controller.credited_problems=3")
+
+
+def test_per_problem_exposure_resumed_after_a_crash_matches_an_uninterrupted_run(tiny_config, tmp_path):
+    common = (*PER_PROBLEM, "train.steps=10", "train.checkpoint_every=5", "train.lr=3e-3")
+    run_a = Trainer(tiny_config(tmp_path, "run.name=a", *common))
+    teacher_alphas = []  # the α of every teacher prompt, in order
+    original = run_a.parts.prompts.teacher
+    run_a.parts.prompts.teacher = lambda problem, alpha: teacher_alphas.append(alpha) or original(problem, alpha)
+    run_a.train()
+
+    def crash_in_step_eight(record, local):
+        if record["step"] == 8:
+            raise KeyboardInterrupt
+
+    crashing = Trainer(tiny_config(tmp_path, "run.name=b", *common), on_local_step=crash_in_step_eight)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.train()
+    run_b = Trainer(tiny_config(tmp_path, "run.name=b", *common), resume=True)
+    assert run_b.step == 5 and run_b.exposure.waiting  # groups still waiting for their credit
+    run_b.train()
+
+    rows_a = read_metrics(run_a.run_dir / "metrics.jsonl")
+    assert [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows_a] == \
+           [{k: v for k, v in r.items() if k not in TIMINGS} for r in read_metrics(run_b.run_dir / "metrics.jsonl")]
+    decisions = read_metrics(run_a.run_dir / "decisions.jsonl")
+    assert decisions == read_metrics(run_b.run_dir / "decisions.jsonl")
+    assert same_weights(run_a.trainable_state(), run_b.trainable_state())
+    for left, right in zip(run_a.exposure.net.parameters(), run_b.exposure.net.parameters()):
+        assert torch.equal(left, right)
+    # one row per step, one α per problem: the teacher prompts used exactly those, and the step's alpha is their mean
+    assert [row["step"] for row in decisions] == list(range(1, 11))
+    assert [a for row in decisions for a in row["alpha"]] == teacher_alphas
+    assert all(len(row["alpha"]) == 4 and row["credited"] == 3 for row in decisions)
+    assert any(len(set(row["alpha"])) > 1 for row in decisions)
+    assert [row["alpha"] for row in rows_a] == pytest.approx([sum(r["alpha"]) / 4 for r in decisions])
+    # rewarded once L = 3 updates have passed: the groups of steps 1-7; the last three run past the end
+    assert [row["R"] is not None for row in decisions] == [True] * 7 + [False] * 3
+    assert all(len(row["R"]) == 3 and all(math.isfinite(r) for r in row["R"]) for row in decisions[:7])
+    assert all(row["bucket"][0].startswith("ops=") for row in decisions)
+    updates = [row["step"] for row in rows_a if "controller_updates" in row]
+    assert updates and min(updates) <= 5 < max(updates)  # the policy learned before and after the checkpoint
+
+
+def test_per_problem_exposure_refuses_a_policy_that_does_not_learn(tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match="set exposure.policy: controller"):
+        tiny_config(tmp_path, "exposure.per_problem=true")
+
+
 # ---------------------------------------------------------------------------------------- the baselines
 
 BASELINE = {"grpo": ("method=grpo", "grpo.group_size=2", "train.batch_size=2"), "sft": ("method=sft",)}

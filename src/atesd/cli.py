@@ -185,10 +185,14 @@ def exposure_summary(run_dir: Path) -> str | None:
         return None
     line = f"exposure: α used {min(alphas):.2f}–{max(alphas):.2f}, mean {sum(alphas) / len(alphas):.2f}"
     decisions = sorted(read_metrics(run_dir / "decisions.jsonl"), key=lambda row: row["step"])
-    means = [row["mean"] for row in decisions if row.get("mean") is not None]
+    # under exposure per problem a row holds one Beta mean per problem of its step: their mean is the step's
+    means = [sum(m) / len(m) if isinstance(m, list) else m for m in (row.get("mean") for row in decisions)
+             if m is not None]
     if means:
         updates = max((row.get("controller_updates", 0) for row in rows), default=0)
-        line += (f"; {len(means)} controller decisions, policy mean {means[0]:.2f} → {means[-1]:.2f} after "
+        kind = "per-problem controller decisions (steps)" if isinstance(decisions[0]["mean"], list) else \
+            "controller decisions"
+        line += (f"; {len(means)} {kind}, policy mean {means[0]:.2f} → {means[-1]:.2f} after "
                  f"{updates} controller updates")
     return line + " (alpha.png)"
 

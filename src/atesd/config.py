@@ -6,7 +6,6 @@ its outputs. Unknown keys are errors that name the key, so a typo never silently
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,7 +27,7 @@ from atesd.data.loaders import ColumnMap
 from atesd.data.sources import check_benchmarks
 from atesd.data.templates import PromptTemplates
 from atesd.errors import ConfigError
-from atesd.files import atomic_write_text, directory_name, read_yaml
+from atesd.files import atomic_write_text, directory_name, read_config_tree, read_yaml
 
 
 class Section(BaseModel):
@@ -201,6 +200,10 @@ class ControllerConfig(Section):
     baseline_window: int = Field(16, ge=3, description="Rewarded decisions the progress trend is fitted on.")
     state_ema_decay: float = Field(0.9, ge=0, lt=1, description="Decay of the state's EMAs (ours).")
     feature_clip: float = Field(5.0, gt=0, description="Normalised state features are clipped to +-this (ours).")
+    credited_problems: int = Field(
+        8, ge=1, description="Exposure per problem: problems of each step whose own reference NLL is measured "
+        "before their update and after the look-ahead, to reward their alpha (the first of the batch; each costs "
+        "two reference passes under the student prompt).")
 
     @field_validator("initial_beta")
     @classmethod
@@ -219,12 +222,19 @@ class ExposureConfig(Section):
     hold_steps: int = Field(2, ge=1, description="H: updates each random or controller decision is held for.")
     schedule_start: float = Field(1.0, ge=0, le=1, description="Linear schedule: alpha at the first step (ours).")
     schedule_end: float = Field(0.05, ge=0, le=1, description="Linear schedule: alpha at the last step (ours).")
+    per_problem: bool = Field(
+        False, description="The controller gives each problem of the batch its own alpha, from the training state "
+        "and that problem's features, rewarded by that problem's own learning progress (ours, "
+        "docs/method.md#exposure-per-problem); needs policy: controller.")
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
 
     @model_validator(mode="after")
     def _clip_range_is_ordered(self) -> ExposureConfig:
         if self.alpha_min > self.alpha_max:
             raise ValueError(f"alpha_min ({self.alpha_min}) is above alpha_max ({self.alpha_max})")
+        if self.per_problem and self.policy != "controller":
+            raise ValueError(f"per_problem: the learned controller chooses each problem's alpha, policy is "
+                             f"'{self.policy}': set exposure.policy: controller and method: atesd")
         return self
 
 
@@ -333,34 +343,6 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
         problems.append(f"{key}: {message}")
     return f"invalid config ({source}): " + "; ".join(problems)
-
-
-def read_config_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The YAML mapping of a config file, with ``extends: other.yaml`` (relative to the file) merged under it."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}" + (f" (extended by {_seen[-1]})" if _seen else ""))
-    if path.resolve() in _seen:
-        raise ConfigError(f"{path}: 'extends' makes a cycle through {', '.join(map(str, _seen))}")
-    tree = read_yaml(path.read_text(encoding="utf-8"), str(path))
-    if tree is None:
-        logging.getLogger(__name__).warning("%s holds no settings: every setting takes its default", path)
-        tree = {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    parent = tree.pop("extends", None)
-    if parent is None:
-        return tree
-    if not isinstance(parent, str):
-        raise ConfigError(f"{path}: 'extends' must be the path of another config file")
-    return _deep_merge(read_config_tree(path.parent / parent, (*_seen, path.resolve())), tree)
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
-            merged.get(key), dict) else value
-    return merged
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

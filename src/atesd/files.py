@@ -1,5 +1,5 @@
-"""Writing the files a run keeps so that a crash or a kill never leaves half of one; reading YAML strictly;
-checking a name that becomes a directory.
+"""Writing the files a run keeps so that a crash or a kill never leaves half of one; reading YAML (and config
+files with their `extends`) strictly; checking a name that becomes a directory.
 
 A file is written to a temporary name beside its target, flushed to disk (fsync), and renamed over the target,
 so a reader sees the old content or the new one, never a torn mix; a directory (a checkpoint, a final model) is
@@ -9,6 +9,7 @@ names start with ``.`` and hold ``.tmp-<pid>``: `remove_strays` deletes those a 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -132,3 +133,31 @@ def read_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: not valid YAML:{line} {error.problem}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: not valid YAML: {error}") from None
+
+
+def read_config_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of a config file, with ``extends: other.yaml`` (relative to the file) merged under it."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (f" (extended by {_seen[-1]})" if _seen else ""))
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'extends' makes a cycle through {', '.join(map(str, _seen))}")
+    tree = read_yaml(path.read_text(encoding="utf-8"), str(path))
+    if tree is None:
+        logging.getLogger(__name__).warning("%s holds no settings: every setting takes its default", path)
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'extends' must be the path of another config file")
+    return _deep_merge(read_config_tree(path.parent / parent, (*_seen, path.resolve())), tree)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged

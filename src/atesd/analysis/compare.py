@@ -8,7 +8,8 @@ difficulty buckets.
 
 Outputs in the out folder: ``results.csv`` (one row per method × seed × benchmark), ``summary.csv`` and
 ``report.md`` (mean ± std over seeds of the metrics and the compute columns), ``accuracy.png``,
-``learning_curves.png`` and, when some method varied α, ``alpha_trajectories.png``.
+``learning_curves.png``, when some method varied α ``alpha_trajectories.png``, and under exposure per problem
+``alpha_by_difficulty.png``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from atesd.analysis.experiment_plots import (
     plot_learning_curves,
     plot_method_accuracy,
 )
+from atesd.analysis.plots import per_problem_rows, plot_alpha_by_difficulty
 from atesd.analysis.presets import (
     BASE_LABEL,
     PAPER_BEST_ALPHA,
@@ -147,6 +149,10 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
     if varying:
         written.append(out / "alpha_trajectories.png")
         plot_alpha_trajectories(varying, written[-1], "exposure α used at each step (one line per seed)")
+    per_problem = per_problem_decisions(finished)
+    if per_problem:
+        written.append(out / "alpha_by_difficulty.png")
+        plot_alpha_by_difficulty(per_problem, written[-1], "exposure per problem: mean α by difficulty (seeds pooled)")
     settings = {"recipes": str(recipes), "seeds": seeds, "train.steps": runs[-1].config.train.steps,
                 "quick": quick, "fixed-best α": f"{best:g}", "sweep": str(sweep_dir) if sweep_dir else "none"}
     (out / "report.md").write_text(compare_report(summary, k, command, settings,
@@ -162,6 +168,16 @@ def training_curves(finished: Sequence[FinishedRun]) -> dict[str, dict[int, list
             curves.setdefault(run.run.spec.label, {})[run.run.spec.seed] = read_metrics(
                 run.run.directory / "metrics.jsonl")
     return curves
+
+
+def per_problem_decisions(finished: Sequence[FinishedRun]) -> dict[str, list[dict]]:
+    """``{method: per-problem decision rows of all its seeds}`` of the methods with exposure per problem."""
+    pooled: dict[str, list[dict]] = {}
+    for run in finished:
+        rows = per_problem_rows(read_metrics(run.run.directory / "decisions.jsonl")) if run.run.spec.trains else []
+        if rows:
+            pooled.setdefault(run.run.spec.label, []).extend(rows)
+    return pooled
 
 
 def compare_report(summary: list[dict], k: int, command: str, settings: dict[str, object],

@@ -1,8 +1,10 @@
-"""Plots of a run: training curves from metrics.jsonl, the exposure trajectory with decisions.jsonl, and held-out
-accuracy per difficulty bucket."""
+"""Plots of a run: training curves from metrics.jsonl, the exposure trajectory with decisions.jsonl (under exposure
+per problem also α by difficulty over training), and held-out accuracy per difficulty bucket."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +103,77 @@ def plot_exposure(metrics: list[dict[str, Any]], decisions: list[dict[str, Any]]
     plt.close(figure)
 
 
+def per_problem_rows(decisions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of exposure per problem (one per step, an α per problem) among a run's decisions."""
+    return [row for row in decisions if isinstance(row.get("alpha"), list)]
+
+
+def difficulty_groups(rows: Sequence[dict[str, Any]]) -> tuple[list[list[str]], list[str]]:
+    """Each row's problems' difficulty, and the difficulties in order: the data's own bucket where the rows carry
+    one (in natural order: ops=2 before ops=10), else the reference's number of segments in three bands
+    (terciles over every logged problem), the one generic difficulty."""
+    if all("bucket" in row for row in rows):
+        groups = [[str(bucket) for bucket in row["bucket"]] for row in rows]
+        return groups, sorted({g for row in groups for g in row}, key=_natural)
+    segments = sorted(m for row in rows for m in row["segments"])
+    low, high = segments[len(segments) // 3], segments[2 * len(segments) // 3]
+    bands = [f"≤ {low} segments", f"{low + 1}–{high} segments", f"> {high} segments"]
+
+    def band(m: int) -> str:
+        return bands[0] if m <= low else (bands[1] if m <= high else bands[2])
+
+    groups = [[band(m) for m in row["segments"]] for row in rows]
+    return groups, [b for b in bands if any(b in row for row in groups)]
+
+
+def _natural(label: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", label)]
+
+
+def plot_alpha_by_difficulty(panels: dict[str, list[dict[str, Any]]], path: Path, title: str,
+                             windows: int = 10) -> None:
+    """Exposure per problem: the mean α the problems of each difficulty got, in `windows` spans of training,
+    one panel per label (``{label: per-problem decision rows}``, several seeds' rows pooled)."""
+    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), squeeze=False, sharex=True,
+                                constrained_layout=True)
+    for axis, (label, rows) in zip(axes[:, 0], panels.items()):
+        last = max(row["step"] for row in rows)
+        width = max(1, -(-last // windows))
+        sums: dict[str, dict[int, list[float]]] = {}
+        groups_per_row, order = difficulty_groups(rows)
+        for row, groups in zip(rows, groups_per_row):
+            for alpha, group in zip(row["alpha"], groups):
+                sums.setdefault(group, {}).setdefault((row["step"] - 1) // width, []).append(alpha)
+        for index, group in enumerate(order):
+            spans = sorted(sums[group])
+            axis.plot([(span + 0.5) * width for span in spans], [sum(sums[group][s]) / len(sums[group][s])
+                      for s in spans], "o-", color=f"C{index % 10}", markersize=3, label=group)
+        axis.set_title(label)
+        axis.set_ylabel(f"mean α per {width} steps")
+        axis.set_ylim(-0.02, 1.02)
+        axis.grid(alpha=0.3)
+        axis.legend(loc="best", fontsize=7, ncol=2)
+    axes[-1, 0].set_xlabel("step")
+    figure.suptitle(title)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def plot_run(run_dir: Path, title: str) -> list[Path]:
-    """The plots of a finished run directory: ``training.png``, and ``alpha.png`` when the exposure varied."""
+    """The plots of a finished run directory: ``training.png``, ``alpha.png`` when the exposure varied, and
+    ``alpha_by_difficulty.png`` under exposure per problem."""
     from atesd.train.metrics import read_metrics
 
     metrics = read_metrics(run_dir / "metrics.jsonl")
     decisions = read_metrics(run_dir / "decisions.jsonl")
+    per_problem = per_problem_rows(decisions)
     written = [run_dir / "training.png"]
     plot_training(metrics, written[0], title)
     if decisions or len({row.get("alpha") for row in metrics}) > 1:
         written.append(run_dir / "alpha.png")
-        plot_exposure(metrics, decisions, written[-1], f"{title}: exposure")
+        # the step's mean α for a per-problem run; its decisions are drawn by difficulty below
+        plot_exposure(metrics, [] if per_problem else decisions, written[-1], f"{title}: exposure")
+    if per_problem:
+        written.append(run_dir / "alpha_by_difficulty.png")
+        plot_alpha_by_difficulty({title: per_problem}, written[-1], f"{title}: exposure per problem by difficulty")
     return written

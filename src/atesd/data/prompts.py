@@ -12,7 +12,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from atesd.data.problem import DataError, Problem
-from atesd.data.segments import exposed_reference
+from atesd.data.segments import exposed_reference, segment_spans, strip_final_boxed
 from atesd.data.templates import (
     PromptTemplates,
     chat_prompt,
@@ -43,6 +43,7 @@ class PromptBuilder:
         self._student = lru_cache(maxsize=None)(self._student_ids)
         self._solution = lru_cache(maxsize=None)(self._solution_ids)
         self._teacher = lru_cache(maxsize=200_000)(self._teacher_ids)
+        self._segments = lru_cache(maxsize=None)(self._segment_count)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; a DataError names the characters of a text the tokenizer cannot encode."""
@@ -75,6 +76,10 @@ class PromptBuilder:
     def teacher(self, problem: Problem, alpha: float) -> list[int]:
         reference = exposed_reference(problem.solution, alpha, self.templates.segment_unit, self.tokenizer)
         return self._teacher(problem, reference)
+
+    def segments(self, problem: Problem) -> int:
+        """m, the number of reference segments exposure counts in (`templates.segment_unit`)."""
+        return self._segments(problem)
 
     def solution(self, problem: Problem) -> list[int]:
         """The reference solution as a completion, ending with EOS (what probe NLL and g_t score)."""
@@ -143,6 +148,9 @@ class PromptBuilder:
 
     def _solution_ids(self, problem: Problem) -> list[int]:
         return self.encode(problem.solution) + [self.tokenizer.eos_token_id]
+
+    def _segment_count(self, problem: Problem) -> int:
+        return len(segment_spans(strip_final_boxed(problem.solution), self.templates.segment_unit, self.tokenizer))
 
     def _teacher_ids(self, problem: Problem, reference: str) -> list[int]:
         return self.encode(self._teacher_text(problem, reference))

@@ -2,7 +2,8 @@
 
 from atesd.exposure.base import ExposurePolicy, build_exposure_policy
 from atesd.exposure.controller import ControllerExposure
+from atesd.exposure.per_problem import PerProblemExposure, ProblemView
 from atesd.exposure.simple import FixedExposure, LinearScheduleExposure, RandomExposure
 
-__all__ = ["ControllerExposure", "ExposurePolicy", "FixedExposure", "LinearScheduleExposure", "RandomExposure",
-           "build_exposure_policy"]
+__all__ = ["ControllerExposure", "ExposurePolicy", "FixedExposure", "LinearScheduleExposure", "PerProblemExposure",
+           "ProblemView", "RandomExposure", "build_exposure_policy"]

@@ -4,6 +4,9 @@ The trainer asks the policy for α before each step and hands it the step's stat
 never sees the trainer. Only the main process asks for α (and broadcasts it); every process observes the same
 statistics, already averaged over processes. A policy's whole state goes into checkpoints so that a resumed run
 takes the same decisions as an uninterrupted one.
+
+A policy with ``per_problem`` true (`PerProblemExposure`) answers `alphas(step, views)` instead of `alpha(step)`,
+one α per problem, and is told each step's own-problem measurements (`nll_wanted`, `measured`) before `observe`.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from typing import Any, Protocol
 
 from atesd.config import ExposureConfig
 from atesd.exposure.controller import ControllerExposure
+from atesd.exposure.per_problem import PerProblemExposure
 from atesd.exposure.simple import FixedExposure, LinearScheduleExposure, RandomExposure
 
 
 class ExposurePolicy(Protocol):
     uses_teacher_ref_logp: bool  # whether `observe` needs g_t (teacher_ref_logp) at every step
+    per_problem: bool  # one α per problem of the batch (`PerProblemExposure`) rather than one per step
 
     def alpha(self, step: int) -> float:
         """The exposure to use for `step` (0-based optimizer step). Asking twice for a step gives the same α."""
@@ -42,7 +47,7 @@ class ExposurePolicy(Protocol):
         ...
 
 
-def build_exposure_policy(config: ExposureConfig, total_steps: int, seed: int) -> ExposurePolicy:
+def build_exposure_policy(config: ExposureConfig, total_steps: int, seed: int) -> ExposurePolicy | PerProblemExposure:
     """The policy named by ``config.policy``; `total_steps` sets schedules and the progress feature."""
     if config.policy == "fixed":
         return FixedExposure(config.alpha)
@@ -50,6 +55,8 @@ def build_exposure_policy(config: ExposureConfig, total_steps: int, seed: int) -
         return RandomExposure(config.alpha_min, config.alpha_max, config.hold_steps, seed)
     if config.policy == "schedule":
         return LinearScheduleExposure(config.schedule_start, config.schedule_end, total_steps)
+    if config.policy == "controller" and config.per_problem:
+        return PerProblemExposure(config, total_steps, seed)
     if config.policy == "controller":
         return ControllerExposure(config, total_steps, seed)
     raise ValueError(f"unknown exposure policy '{config.policy}'")

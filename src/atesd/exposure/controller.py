@@ -175,6 +175,8 @@ class Decision:
 class ControllerExposure:
     """The learned exposure policy of ATESD; see the module docstring for the flow."""
 
+    per_problem = False  # one α for the whole batch (the paper's design)
+
     def __init__(self, config: ExposureConfig, total_steps: int, seed: int) -> None:
         self.exposure, self.settings = config, config.controller
         self.net = BetaPolicyNet(len(STATE_FEATURES), self.settings.hidden_sizes, self.settings.initial_beta, seed)

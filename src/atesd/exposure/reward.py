@@ -81,6 +81,21 @@ def trend_advantages(rewards: torch.Tensor, progress: torch.Tensor, window_rewar
     return (rewards - trend(progress)) / (scale + eps)
 
 
+def problem_progress(before: float, after: float) -> float:
+    """G_lp of one problem under exposure per problem (docs/method.md#exposure-per-problem): the drop of its own
+    reference NLL from before its update to after the look-ahead, ℓ_i(t0) − ℓ_i(t0+L), not clipped at 0 (a rise
+    is negative progress, and the advantages are centred within the step anyway); 0 when either end is not finite."""
+    return before - after if math.isfinite(before) and math.isfinite(after) else 0.0
+
+
+def grouped_advantages(groups: Sequence[torch.Tensor], eps: float) -> torch.Tensor:
+    """Exposure per problem: each step's rewards centred on that step's mean, then all scaled by the population
+    std of the centred rewards (+ ε). Problems of one step share their moment in training and the updates that
+    followed, so the centring removes the drift of progress and every other update's effect exactly."""
+    centred = torch.cat([rewards - rewards.mean() for rewards in groups])
+    return centred / (centred.std(unbiased=False) + eps)
+
+
 def entropy_hinge(entropy: torch.Tensor, target: float) -> torch.Tensor:
     """max(0, H − H_target)²: zero while the policy is at least as concentrated as the target, quadratic above."""
     return torch.clamp(entropy - target, min=0.0) ** 2

@@ -19,6 +19,7 @@ class NonLearningPolicy:
     """What a policy that learns nothing answers to the trainer's statistics: nothing to log, nothing waiting."""
 
     uses_teacher_ref_logp = False  # the trainer then measures g_t only for the log
+    per_problem = False
 
     def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]:
         return {}

@@ -4,7 +4,8 @@
   student's rollouts (its final hidden states there are the distillation targets) and with the reference
   solutions (their mean log-prob is g_t, docs/method.md#statistics), when g_t is wanted that step.
 - `student_hidden` / `student_token_logprobs`: the student's view of ``[student prompt ; completion]``.
-- `probe_nll`: the student's per-token NLL of the held-out probe references, independent of α.
+- `probe_nll`: the student's per-token NLL of the held-out probe references, independent of α;
+  `reference_nlls`: the same per problem, for exposure per problem's own-problem credit.
 
 Every forward counts its tokens into the step's `StepCost`; teacher forwards are timed as ``teacher``.
 """
@@ -40,6 +41,7 @@ class TeacherTargets:
     head: torch.Tensor  # the teacher's output head (weight, and bias when it has one)
     bias: torch.Tensor | None
     reference_logp: float  # g_t: mean log-prob of the reference solutions, over all processes
+    reference_logps: list[float]  # g_i: each of this process's problems' mean log-prob (NaN when not measured)
 
 
 class Scorer:
@@ -81,7 +83,7 @@ class Scorer:
         """The teacher's hidden states at the rollouts' positions and, when `solutions` are given, g_t (NaN
         otherwise); both continue the same teacher prompts, which run once for the two
         (`shared_prompt_hidden_states`)."""
-        hidden, total, count = {}, 0.0, 0
+        hidden, total, count, per_problem = {}, 0.0, 0, []
         with cost.timed("teacher"), self.teacher.scoring() as teacher_model, self._precision():
             head, bias = output_head(teacher_model)
             for span in self.spans(len(teacher_prompts)):
@@ -95,13 +97,15 @@ class Scorer:
                 if references is None:
                     continue
                 targets = torch.tensor([token for ids in references for token in ids], device=self.processes.device)
-                total += float(token_logprobs_from_hidden(outputs[1], head, bias, targets, self.chunk_size).sum())
+                logprobs = token_logprobs_from_hidden(outputs[1], head, bias, targets, self.chunk_size)
+                total += float(logprobs.sum())
                 count += targets.numel()
+                per_problem += [float(part.mean()) for part in logprobs.split([len(ids) for ids in references])]
                 cost.count_forward(sum(len(ids) for ids in references))
         if solutions is None:
-            return TeacherTargets(hidden, head, bias, float("nan"))
+            return TeacherTargets(hidden, head, bias, float("nan"), [float("nan")] * len(teacher_prompts))
         sums = self.processes.sums({"total": total, "count": float(count)})
-        return TeacherTargets(hidden, head, bias, sums["total"] / max(sums["count"], 1.0))
+        return TeacherTargets(hidden, head, bias, sums["total"] / max(sums["count"], 1.0), per_problem)
 
     def teacher_token_logprobs(self, batch: PackedSequences, cost: StepCost) -> torch.Tensor:
         with cost.timed("teacher"), self.teacher.scoring() as teacher_model, self._precision():
@@ -115,21 +119,34 @@ class Scorer:
         if not problems:
             return float("nan")
         cost = cost or StepCost()
+        total, count = 0.0, 0
+        with cost.timed("probe"):
+            for batch, logprobs in self._reference_logprobs(problems, cost):
+                total -= float(logprobs.sum())
+                count += batch.num_tokens
+        return total / count
+
+    @torch.no_grad()
+    def reference_nlls(self, problems: list[Problem], cost: StepCost) -> list[float]:
+        """Each problem's mean per-token NLL of its reference solution under the student prompt (untimed: the
+        caller says whose cost it is)."""
+        return [float(-part.mean()) for batch, logprobs in self._reference_logprobs(problems, cost)
+                for part in logprobs.split(batch.completion_lengths)]
+
+    def _reference_logprobs(self, problems: list[Problem], cost: StepCost):
+        """(batch, the student's log-probs of its reference tokens) per micro-batch, in eval mode."""
         model = self.student
         was_training = model.training
         model.eval()
-        total, count = 0.0, 0
-        with cost.timed("probe"):
+        try:
             for span in self.spans(len(problems)):
                 chunk = problems[span]
                 batch = self.packed([self.prompts.student(p) for p in chunk],
                                     [self.prompts.solution(p) for p in chunk], cost)
                 with self._precision():
-                    logprobs = completion_token_logprobs(model, batch, self.chunk_size)
-                total -= float(logprobs.sum())
-                count += batch.num_tokens
-        model.train(was_training)
-        return total / count
+                    yield batch, completion_token_logprobs(model, batch, self.chunk_size)
+        finally:
+            model.train(was_training)
 
     def _precision(self):
         return precision(self.processes.device, self.bf16_autocast)

@@ -4,15 +4,18 @@
 engine, exposure policy, run directory, resume), ``train`` (steps, checkpoints) and ``save`` (the final model).
 One distillation step, top to bottom in `distillation_step` (docs/method.md):
 
-1. the exposure policy gives α (decided on the main process, so every process uses the same);
-2. the student prompt holds the question; the teacher prompt also the first ⌊α·m⌋ reference segments;
-3. the student samples one completion per prompt from its current weights; each is graded;
-4. the teacher (the same model, teacher weights) reads each completion after the teacher prompt: its hidden
-   states are the targets; it also scores the reference solutions (g_t);
-5. the loss step: the student reads each completion after the student prompt, and the divergence between the
+1. the student prompt holds the question; the student samples one completion per prompt from its current
+   weights; each is graded;
+2. the exposure policy gives α (decided on the main process, so every process uses the same; under exposure
+   per problem, one α per problem from what its rollout showed, `exposure_step`); the teacher prompt holds
+   the question and the first ⌊α·m⌋ reference segments;
+3. the teacher (the same model, teacher weights) reads each completion after the teacher prompt: its hidden
+   states are the targets; it also scores the reference solutions (g_t); exposure per problem measures the
+   reference NLLs its credit needs;
+4. the loss step: the student reads each completion after the student prompt, and the divergence between the
    two per-token distributions is the loss, normalised by the completion tokens of the whole step;
-6. one optimizer step (skipped, and counted, when the loss or gradient is not finite), then the probe NLL;
-7. the statistics, combined over processes, are logged and told to the exposure policy, which may finish
+5. one optimizer step (skipped, and counted, when the loss or gradient is not finite), then the probe NLL;
+6. the statistics, combined over processes, are logged and told to the exposure policy, which may finish
    decisions (``decisions.jsonl``) and learn from them (the ATESD controller).
 
 GRPO and SFT (`atesd.train.baselines`) run in the same loop with the same parts. The parts themselves live in
@@ -53,6 +56,7 @@ from atesd.train.checkpoint import (
 )
 from atesd.train.cost import StepCost
 from atesd.train.distributed import Processes, refuse_unsupported_distribution
+from atesd.train.exposure_step import alpha_record, measure_credit, step_alphas
 from atesd.train.metrics import MetricsLogger
 from atesd.train.parts import StepParts, StepResult
 from atesd.train.problems import EpochOrder, context_limit, fit_to_context, step_seed, training_problems
@@ -145,6 +149,10 @@ class Trainer:
         )
         self.exposure = exposure_policy or build_exposure_policy(config.exposure, config.train.steps,
                                                                  config.run.seed)
+        if self.exposure.per_problem and processes.count > 1:
+            raise ConfigError("exposure.per_problem runs on one process for now (each problem's alpha and its "
+                              "credit stay where it is trained): run without data parallelism, or set "
+                              "exposure.per_problem: false")
         self.order = EpochOrder(len(self.train_problems), config.train.batch_size, config.run.seed)
         loss = config.loss
         self.divergence_spec = DivergenceSpec(kind=loss.divergence, beta=loss.beta, top_k=loss.top_k,
@@ -226,23 +234,27 @@ class Trainer:
                                update_and_probe=self.update_and_probe, generator=self.rollout_generator(step),
                                cost=cost)
         else:
-            result = self.distillation_step(problems, step, cost)
+            result = self.distillation_step(problems, indices, step, cost)
         self.step += 1
         record = {"step": self.step, **result.record, **cost.record(self.processes)}
         if self.on_local_step is not None:
             self.on_local_step(record, result.local)
         return record
 
-    def distillation_step(self, problems: list[Problem], step: int, cost: StepCost) -> StepResult:
-        """OPSD / ATESD: the teacher at α scores the student's rollouts; the student learns its distributions."""
+    def distillation_step(self, problems: list[Problem], keys: list[int], step: int, cost: StepCost) -> StepResult:
+        """OPSD / ATESD: the teacher at α scores the student's rollouts; the student learns its distributions.
+        `keys` are the problems' indices in the training set."""
         prompts, scorer, processes = self.parts.prompts, self.parts.scorer, self.parts.processes
-        with cost.timed("exposure"):
-            alpha = float(processes.decided_by_main(lambda: self.exposure.alpha(step)))
         student_prompts = [prompts.student(p) for p in problems]
-        teacher_prompts = [prompts.teacher(p, alpha) for p in problems]
         rollouts = self.parts.sampler.sample(student_prompts, problems, self.rollout_generator(step), cost)
+        with cost.timed("exposure"):
+            alphas = step_alphas(self.exposure, step, problems, keys, rollouts, prompts, processes,
+                                 self.config.rollout.max_new_tokens)
+        teacher_prompts = [prompts.teacher(p, alpha) for p, alpha in zip(problems, alphas)]
         solutions = [prompts.solution(p) for p in problems] if self.measures_teacher_ref_logp(step) else None
         teacher = scorer.teacher_targets(teacher_prompts, rollouts.completion_ids, solutions, cost)
+        with cost.timed("exposure"):
+            measure_credit(self.exposure, step, self.train_problems, scorer, teacher, cost)
         scale = processes.loss_scale(rollouts.num_tokens)  # sum over the step's tokens / their number
         outputs = []
 
@@ -255,7 +267,7 @@ class Trainer:
             return out.loss_sum * scale
 
         updated = self.update_and_probe(scorer.spans(len(problems)), loss_step, step, cost)
-        record = {"alpha": alpha, **distillation_statistics(outputs, processes),
+        record = {"alpha": alpha_record(self.exposure, alphas), **distillation_statistics(outputs, processes),
                   "teacher_ref_logp": teacher.reference_logp, **rollouts.record(processes), **updated}
         with cost.timed("exposure"):
             record.update(self.exposure.observe(step, record))
