@@ -14,6 +14,12 @@ peak GPU memory, per step and as the median of the steps after the first (which 
 
     python benchmarks/gpu_check.py                     # on a CUDA GPU
     python benchmarks/gpu_check.py --tiny --steps 2    # tiny shapes in float32: a CPU smoke test
+
+``--fsdp`` trains every parameter instead (no LoRA; float32 master weights with bf16 autocast and lr 1e-6, as
+configs/qwen3-8b/opsd-full.yaml), sharded with FSDP2 over the launched processes, each reporting its own peak
+GPU memory (the main process writes the report):
+
+    accelerate launch --config_file configs/accelerate/fsdp.yaml --num_processes 8 benchmarks/gpu_check.py --fsdp
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -73,7 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--micro-batch-size", type=int, default=8, help="prompts per forward and per generate call")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"))
+    parser.add_argument("--fsdp", action="store_true", help="full fine-tuning sharded with FSDP2 (launch with "
+                        "accelerate launch --config_file configs/accelerate/fsdp.yaml)")
     args = parser.parse_args(argv)
+    if args.fsdp and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        parser.error("--fsdp: launch with accelerate launch --config_file configs/accelerate/fsdp.yaml")
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:
@@ -84,11 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
         build_model_dir(scratch / "model", TINY if args.tiny else QWEN3_1_7B, getattr(torch, dtype))
         write_problems(scratch / "train.jsonl", 64 + args.batch_size * args.steps)
         lora = "{r: 8, alpha: 16}" if args.tiny else "{r: 64, alpha: 128}"
+        adaptation = ["model.dtype=float32", "model.lora=null", "train.bf16_autocast=true", "train.lr=1e-6"] \
+            if args.fsdp else [f"model.dtype={dtype}", f"model.lora={lora}", "model.lora.save_merged=false"]
         config = load_config(RECIPE, [
             f"model.name_or_path={scratch / 'model'}",
-            f"model.dtype={dtype}",
-            f"model.lora={lora}",
-            "model.lora.save_merged=false",
+            *adaptation,
             f"data.train={scratch / 'train.jsonl'}",
             "data.probe_size=8",
             f"rollout.max_new_tokens={args.max_new_tokens}",
@@ -116,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "training_tokens_per_s": record["generated_tokens"] / record["update_time"],
                 "loss": record["loss"],
             })
-            print(json.dumps(steps[-1]), flush=True)
+            if trainer.processes.is_main:
+                print(json.dumps(steps[-1]), flush=True)
         measured = steps[1:] or steps
         report = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -131,14 +143,24 @@ def main(argv: list[str] | None = None) -> dict:
             "rollout_tokens_per_s": statistics.median(s["rollout_tokens_per_s"] for s in measured),
             "training_tokens_per_s": statistics.median(s["training_tokens_per_s"] for s in measured),
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "sharded_processes": trainer.processes.count if trainer.sharding is not None else None,
+            "peak_gpu_memory_gib_per_process": peak_per_process(trainer) if cuda else None,
             "wall_time_s": time.perf_counter() - started,
             "steps": steps,
         }
+    if not trainer.processes.is_main:
+        return report
     args.out.write_text(json.dumps(report, indent=1))
     summary = {k: report[k] for k in ("device", "shapes", "rollout_tokens_per_s", "training_tokens_per_s",
-                                      "peak_gpu_memory_gib")}
+                                      "peak_gpu_memory_gib", "sharded_processes")}
     print(json.dumps(summary, indent=1))
     return report
+
+
+def peak_per_process(trainer: Trainer) -> list[float]:
+    """Every process's peak GPU memory in GiB (each process has its own GPU)."""
+    peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30])
+    return trainer.processes.gathered(peak).tolist()
 
 
 if __name__ == "__main__":

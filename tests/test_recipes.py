@@ -18,8 +18,9 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 def test_every_qwen3_size_has_its_recipes():
     for size in QWEN3:
+        full_fine_tuning = {"opsd-full.yaml"} if size == "qwen3-8b" else set()  # FSDP2 on 8 GPUs
         assert {p.name for p in (CONFIGS / size).glob("*.yaml")} == {"opsd.yaml", "atesd.yaml", "grpo.yaml", "sft.yaml",
-                                                                       "eval.yaml"}
+                                                                       "eval.yaml", *full_fine_tuning}
 
 
 @pytest.mark.parametrize("size", QWEN3)
@@ -87,3 +88,14 @@ def test_accelerate_configs_load(name):
     assert config.distributed_type.name == expected[name]
     if name.startswith("deepspeed"):
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
+    if name == "fsdp":  # what atesd.train.sharding accepts (the 2-process run with it: tests/test_fsdp.py)
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+def test_the_full_fine_tuning_recipe_trains_every_parameter_in_float32():
+    config = load_config(CONFIGS / "qwen3-8b" / "opsd-full.yaml")
+    assert config.model.name_or_path == "Qwen/Qwen3-8B" and config.model.lora is None
+    assert (config.model.dtype, config.train.bf16_autocast, config.train.lr) == ("float32", True, 1e-6)
+    assert config.teacher.weights == "initial" and config.model.gradient_checkpointing
+    assert config.loss == load_config(CONFIGS / "qwen3-8b" / "opsd.yaml").loss

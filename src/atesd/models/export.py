@@ -10,7 +10,7 @@ with the adapter merged into the base weights (what vLLM or any other tool loads
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -32,30 +32,41 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """
     if not is_peft_model(model):
         return dict(model.state_dict())
+    return dict(merge_lora(model, model.get_base_model().state_dict().items()))
+
+
+@torch.no_grad()
+def merge_lora(model: torch.nn.Module, weights: Iterable[tuple[str, torch.Tensor]]
+               ) -> Iterator[tuple[str, torch.Tensor]]:
+    """`weights` of a peft `model`'s base model (named as in its ``state_dict``, whole tensors) with every LoRA
+    update added in, under the base model's parameter names; the adapter's own tensors are left out. Lazy, so
+    that a sharded model can hand its weights over one layer at a time (`atesd.train.sharding`)."""
     from peft.tuners.lora import LoraLayer
 
-    inner = model.get_base_model()
     adapter = model.active_adapter
-    deltas = {f"{name}.weight": module.get_delta_weight(adapter)
-              for name, module in inner.named_modules() if isinstance(module, LoraLayer)}
-    merged = {}
-    for key, value in inner.state_dict().items():
+    adapted = {name: module for name, module in model.get_base_model().named_modules()
+               if isinstance(module, LoraLayer)}
+    for key, value in weights:
         if ".lora_" in key:
             continue
         name = key.replace(".base_layer.", ".")
-        merged[name] = value + deltas[name].to(value.dtype) if name in deltas else value
-    return merged
+        module_name, _, kind = name.rpartition(".")
+        module = adapted.get(module_name) if kind == "weight" else None
+        yield name, (value + module.get_delta_weight(adapter).to(value.dtype) if module is not None else value)
 
 
 def save_final_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path,
-                     save_merged: bool) -> None:
+                     save_merged: bool, *, state_dict: dict[str, torch.Tensor] | None = None,
+                     merged: dict[str, torch.Tensor] | None = None) -> None:
     """``run_dir/final_model`` (the adapter for LoRA, else the full model) and, when asked for a LoRA run,
     ``run_dir/final_model_merged``, each written in full under a temporary name and then renamed into place, so
-    that a final model directory is always complete (`atesd.files.publish_directory`)."""
-    _publish(run_dir / "final_model", lambda directory: model.save_pretrained(directory), tokenizer)
+    that a final model directory is always complete (`atesd.files.publish_directory`). A sharded model's
+    whole tensors are given as `state_dict` (the model's, or the adapter's for LoRA) and `merged`."""
+    _publish(run_dir / "final_model", lambda directory: model.save_pretrained(directory, state_dict=state_dict),
+             tokenizer)
     if save_merged and is_peft_model(model):
         _publish(run_dir / "final_model_merged", lambda directory: model.get_base_model().save_pretrained(
-            directory, state_dict=merged_state_dict(model)), tokenizer)
+            directory, state_dict=merged if merged is not None else merged_state_dict(model)), tokenizer)
 
 
 def _publish(target: Path, save_model: Callable[[Path], None], tokenizer: PreTrainedTokenizerBase) -> None:

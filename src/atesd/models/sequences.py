@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor, Partial
 from torch.utils.checkpoint import checkpoint
 
 
@@ -160,9 +161,22 @@ def shared_prompt_hidden_states(model: torch.nn.Module, prompts: Sequence[Sequen
 
 
 def output_head(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The output projection's weight ``[V, D]`` and bias of a causal LM."""
+    """The output projection's weight ``[V, D]`` and bias of a causal LM, whole even when FSDP2 shards them."""
     head = model.get_output_embeddings()
-    return head.weight, getattr(head, "bias", None)
+    return _whole(head.weight), _whole(getattr(head, "bias", None))
+
+
+def _whole(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """An FSDP2-sharded tensor (a DTensor) gathered whole; any other tensor as it is.
+
+    The losses apply the head outside the model's forward, chunk by chunk, so FSDP's own gathering (which runs
+    around a module's forward) does not reach it. The gathered copy's gradient differs on every process (each
+    scores its own rollouts); marking it partial-average makes its backward a reduce-scatter that averages it
+    over processes onto the shards, as FSDP (and DDP) average every other gradient.
+    """
+    if isinstance(tensor, DTensor):
+        return tensor.full_tensor(grad_placements=[Partial("avg")])
+    return tensor
 
 
 def token_logprobs_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -64,8 +64,12 @@ class VLLMEngine:
 
     def update_weights(self) -> None:
         """Load the training model's current weights (LoRA merged) into vLLM."""
-        weights = merged_state_dict(self.model)
-        _vllm_model(self.llm).load_weights(weights.items())
+        self.load_weights(merged_state_dict(self.model).items())
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load whole tensors under the base model's names into vLLM, as they come: a sharded training model
+        hands them over one layer at a time (`atesd.train.sharding`)."""
+        _vllm_model(self.llm).load_weights(weights)
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingParams,
                  generator: torch.Generator | None = None) -> Completions:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
+from torch.distributed.tensor import DTensor
 
 from atesd.config import ConfigError
 
@@ -21,10 +22,12 @@ T = TypeVar("T")
 
 
 class Processes:
-    """This process's place among the run's processes (through `accelerate`), or a lone process."""
+    """This process's place among the run's processes (through `accelerate`), or a lone process; `sharded` when
+    the model is sharded with FSDP2 (`atesd.train.sharding`) rather than replicated by DDP."""
 
-    def __init__(self, accelerator: Accelerator | None = None) -> None:
+    def __init__(self, accelerator: Accelerator | None = None, *, sharded: bool = False) -> None:
         self.accelerator = accelerator
+        self.sharded = sharded
         self.count = accelerator.num_processes if accelerator is not None else 1
         self.index = accelerator.process_index if accelerator is not None else 0
         self.is_main = self.index == 0
@@ -75,14 +78,19 @@ class Processes:
             self.accelerator.backward(loss)
 
     def no_sync(self, model: torch.nn.Module, skip: bool):
-        """Inside, gradients are not all-reduced (every micro-batch but the last); `skip` False does nothing."""
-        if self.accelerator is None or not skip:
+        """Inside, gradients are not all-reduced (every micro-batch but the last); `skip` False does nothing.
+        Sharded, gradients are reduce-scattered after every micro-batch all the same: holding them back would keep
+        the whole model's unsharded gradients until the last one, which is the memory sharding saves."""
+        if self.accelerator is None or not skip or self.sharded:
             return contextlib.nullcontext()
         return self.accelerator.no_sync(model)
 
     def clip_grad_norm(self, parameters, max_norm: float) -> float:
         if self.accelerator is None:
             return float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+        if self.sharded:  # DTensor gradients: torch's norm is over every process's shards, a DTensor to gather
+            norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+            return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
         return float(self.accelerator.clip_grad_norm_(parameters, max_norm))
 
     def wait_for_everyone(self) -> None:
@@ -90,12 +98,16 @@ class Processes:
             self.accelerator.wait_for_everyone()
 
 
+def local_part(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of an FSDP2-sharded tensor (a DTensor); any other tensor as it is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
 def refuse_unsupported_distribution(accelerator: Accelerator) -> None:
-    """DDP (or one process) only, for now. Under DeepSpeed, `accelerator.backward` runs DeepSpeed's own optimizer
-    step after every backward, which would bypass this loop's micro-batch accumulation, non-finite-step skipping
-    and clipping; FSDP (and ZeRO-3) shard the parameters that rollouts (HF generate, the vLLM weight sync) read
-    in full on every process."""
+    """DDP, FSDP2 (`atesd.train.sharding`) or one process. Under DeepSpeed, `accelerator.backward` runs
+    DeepSpeed's own optimizer step after every backward, which would bypass this loop's micro-batch
+    accumulation, non-finite-step skipping and clipping."""
     kind = accelerator.state.distributed_type.name
-    if kind in ("DEEPSPEED", "FSDP"):
+    if kind == "DEEPSPEED":
         raise ConfigError(f"the accelerate config uses {kind}, which atesd's training loop does not support yet: "
-                          "use configs/accelerate/ddp.yaml (see docs/scaling.md)")
+                          "use configs/accelerate/ddp.yaml or fsdp.yaml (see docs/scaling.md)")

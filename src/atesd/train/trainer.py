@@ -63,6 +63,7 @@ from atesd.train.problems import EpochOrder, context_limit, fit_to_context, step
 from atesd.train.rollouts import Grader, RolloutSampler
 from atesd.train.run_dir import RunLock, prepare_run_dir, record_non_finite_stop, run_directory
 from atesd.train.scoring import Scorer
+from atesd.train.sharding import requested_sharding
 from atesd.train.statistics import distillation_statistics, per_token_kl
 from atesd.train.update import NonFiniteError, Updater, lr_factor
 from atesd.train.versions import write_versions
@@ -99,7 +100,8 @@ class Trainer:
               grader: Grader) -> None:
         config = self.config
         self.accelerator = accelerator
-        self.processes = processes = Processes(accelerator)
+        self.sharding = requested_sharding(accelerator)  # FSDP2 (train.sharding), or None: DDP or one process
+        self.processes = processes = Processes(accelerator, sharded=self.sharding is not None)
         set_seed(config.run.seed)
         self.run_dir = run_directory(config)
         if config.train.batch_size % processes.count:
@@ -115,18 +117,23 @@ class Trainer:
         base = base_model_path(config)
         model, self.tokenizer = load_training_model(config, base)
         model.train()
+        teacher = None
+        if self.sharding is not None:  # the teacher's copy is made whole, then sharded like the student
+            teacher = Teacher(model, config.teacher.weights, config.teacher.ema_decay)
+            model = self.sharding.shard_student_and_teacher(model, teacher)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
         # The scheduler stays outside accelerate.prepare: our batch size is already global, and a prepared
         # scheduler would step once per process.
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config.train))
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        # A sharded model is not wrapped by accelerate (train.sharding says why).
+        self.model, self.optimizer = (model, optimizer) if self.sharding else accelerator.prepare(model, optimizer)
         self.updater = Updater(self.model, self.optimizer, scheduler, processes,
                                max_grad_norm=config.train.max_grad_norm,
                                max_consecutive_bad_steps=config.train.max_consecutive_bad_steps,
                                bf16_autocast=config.train.bf16_autocast)
         # Made after prepare, so that a teacher copy (full fine-tuning) sits on the training device too.
-        self.teacher = Teacher(self.unwrapped, config.teacher.weights, config.teacher.ema_decay)
+        self.teacher = teacher or Teacher(self.unwrapped, config.teacher.weights, config.teacher.ema_decay)
         prompts = PromptBuilder(self.tokenizer, config.templates, config.model.student_chat_kwargs,
                                 config.model.teacher_chat_kwargs)
         # Checked before any tensor is built: a 1 MB reference must not reach a forward (docs/reliability.md).
@@ -137,6 +144,8 @@ class Trainer:
         engine = build_rollout_engine(config, self.unwrapped, self.tokenizer, base,
                                       batch_size=config.train.micro_batch_size,
                                       seed=step_seed(config.run.seed, processes.index))
+        if self.sharding is not None:
+            engine = self.sharding.rollout_engine(engine, self.unwrapped)
         rollout = config.rollout
         sampling = SamplingParams(rollout.temperature, rollout.top_p, rollout.top_k, rollout.max_new_tokens)
         self.parts = StepParts(
@@ -305,16 +314,23 @@ class Trainer:
     # ------------------------------------------------------------------ save and resume
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The parameters being trained (all of them, or only the adapter's with LoRA)."""
+        """The parameters being trained (all of them, or only the adapter's with LoRA); sharded, every process
+        must ask for them (they are gathered)."""
+        if self.sharding is not None:
+            return self.sharding.trainable_state(self.unwrapped)
         return {name: p.detach().cpu().clone() for name, p in self.unwrapped.named_parameters() if p.requires_grad}
 
     def save_checkpoint(self) -> None:
         self.processes.wait_for_everyone()
-        if not self.processes.is_main:
+        is_main = self.processes.is_main
+        tensors = self.sharding.checkpoint_tensors(self.unwrapped, self.optimizer, self.teacher, is_main) \
+            if self.sharding is not None else None  # sharded, every process joins the gathers
+        if not is_main:
             return
+        weights, optimizer, teacher = tensors or (self.trainable_state(), self.optimizer.state_dict(),
+                                                  self.teacher.state_dict())
         state = TrainingState(
-            weights=self.trainable_state(), optimizer=self.optimizer.state_dict(),
-            exposure=self.exposure.state_dict(), teacher=self.teacher.state_dict(),
+            weights=weights, optimizer=optimizer, exposure=self.exposure.state_dict(), teacher=teacher,
             trainer={"step": self.step, "data_position": self.step * self.config.train.batch_size,
                      **self.updater.state_dict(), "last_probe_nll": self.last_probe_nll})
         save_checkpoint(self.run_dir, self.step, lambda directory: write_training_state(directory, state),
@@ -323,10 +339,13 @@ class Trainer:
     def load_checkpoint(self, directory: Path) -> None:
         expected = {name: p.shape for name, p in self.unwrapped.named_parameters() if p.requires_grad}
         state = read_training_state(directory, expected)
-        self.unwrapped.load_state_dict(state.weights, strict=False)
-        self.optimizer.load_state_dict(state.optimizer)
+        if self.sharding is not None:
+            self.sharding.load_checkpoint_tensors(self.unwrapped, self.optimizer, self.teacher, state)
+        else:
+            self.unwrapped.load_state_dict(state.weights, strict=False)
+            self.optimizer.load_state_dict(state.optimizer)
+            self.teacher.load_state_dict(state.teacher)
         self.exposure.load_state_dict(state.exposure)
-        self.teacher.load_state_dict(state.teacher)
         self.updater.load_state_dict(state.trainer)
         self.step = state.trainer["step"]
         self.last_probe_nll = state.trainer["last_probe_nll"]
@@ -334,6 +353,10 @@ class Trainer:
     def save(self) -> None:
         """The trained model (the adapter, for LoRA) and tokenizer in ``<run>/final_model`` (see models.export)."""
         self.processes.wait_for_everyone()
-        if self.processes.is_main:
-            lora = self.config.model.lora
-            save_final_model(self.unwrapped, self.tokenizer, self.run_dir, save_merged=bool(lora and lora.save_merged))
+        lora = self.config.model.lora
+        save_merged = bool(lora and lora.save_merged)
+        if self.sharding is not None:  # every process joins the gathers; the main one writes
+            self.sharding.save_final_model(self.unwrapped, self.tokenizer, self.run_dir, save_merged,
+                                           self.processes.is_main)
+        elif self.processes.is_main:
+            save_final_model(self.unwrapped, self.tokenizer, self.run_dir, save_merged=save_merged)

@@ -21,7 +21,7 @@ import torch
 
 from atesd.config import TrainConfig
 from atesd.errors import UserError
-from atesd.train.distributed import Processes
+from atesd.train.distributed import Processes, local_part
 
 
 class NonFiniteError(UserError, RuntimeError):
@@ -125,8 +125,9 @@ class Updater:
 
     def weights_are_finite(self) -> bool:
         # A sum is non-finite when any of its terms is, and needs no copy of the weights; only sums over 3e38
-        # would be false alarms. One number per tensor, one device synchronisation in all.
-        sums = [p.detach().sum(dtype=torch.float32) for p in self.model.parameters() if p.requires_grad]
+        # would be false alarms. One number per tensor, one device synchronisation in all. Sharded, each process
+        # checks its own shards (the caller combines the answers over processes).
+        sums = [local_part(p.detach()).sum(dtype=torch.float32) for p in self.model.parameters() if p.requires_grad]
         return not sums or math.isfinite(float(torch.stack(sums).sum()))
 
     def stop_if_diverged(self) -> None:
