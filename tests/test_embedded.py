@@ -47,6 +47,14 @@ def test_steps_style_keeps_the_old_references_and_the_same_questions():
     assert all(p.solution != p.meta["student_solution"] for p in concise)
 
 
+def test_values_style_shows_each_step_value_without_its_operation():
+    spec = ArithmeticSpec(digits=1, min_ops=2, max_ops=6, operators="+-*", reference_style="values")
+    for problem in make_splits(spec, {"train": 30}, seed=5)["train"]:
+        *steps, boxed = problem.meta["student_solution"].split("\n")
+        *lines, reference_boxed = problem.solution.split("\n")
+        assert reference_boxed == boxed and lines == [f"= {step.split('=')[1]}" for step in steps]
+
+
 def test_slipped_completion_hides_the_slip_from_the_loss():
     from atesd.models.tiny import build_char_tokenizer
     from atesd.train.warm_start import slipped_completion

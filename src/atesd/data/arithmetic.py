@@ -21,6 +21,9 @@ the style of ``reference_style``:
   for a longer one, ``3+5-2+7-1+4-6`` → ``3+5-2 = 6`` / ``6+7-1+4 = 16`` / ``16-6 = 10``. The values it
   shows are a subset of the student's running totals, so a teacher reading it learns some of the
   intermediate values and the answer, but copying it is not the student's format.
+- ``values``: every step's value in order, without its operation (``= 8`` / ``= 6`` / ``= 13``): a
+  teacher reading it finds the value a step should give by the value that precedes it, and finds nothing
+  once the student's chain has left the true values.
 - ``steps``: the reference is the student's own one-line-per-operation solution (the old task).
 
 Problems are generated from a seed, so every split is reproducible, and the train, probe and test splits are
@@ -40,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from atesd.data.problem import DataError, Problem
 
 OPERATORS = "+-*"
-REFERENCE_STYLES = ("concise", "steps")
+REFERENCE_STYLES = ("concise", "steps", "values")
 
 
 class EmbeddedTaskConfig(BaseModel):
@@ -52,10 +55,11 @@ class EmbeddedTaskConfig(BaseModel):
     min_ops: int = Field(2, ge=1, description="Fewest operations per problem.")
     max_ops: int = Field(6, ge=1, description="Most operations per problem (difficulty buckets ops=k).")
     operators: str = Field("+-", description="Operators drawn from (a subset of +-*).")
-    reference_style: Literal["concise", "steps"] = Field(
+    reference_style: Literal["concise", "steps", "values"] = Field(
         "concise", description="Style of the reference solutions: 'concise' (several operations per line, "
-        "intermediate values skipped; not the student's own format) or 'steps' (the student's own format, "
-        "one line per operation: imitating it is the whole solution).")
+        "intermediate values skipped; not the student's own format), 'values' (each step's value without its "
+        "operation) or 'steps' (the student's own format, one line per operation: imitating it is the whole "
+        "solution).")
     train_size: int = Field(4000, ge=1)
     test_size: int = Field(200, ge=1)
     seed: int = Field(1234, description="Seeds the problem generator (independent of run.seed).")
@@ -158,8 +162,12 @@ def make_problem(rng: random.Random, num_ops: int, spec: ArithmeticSpec, problem
     question = f"Compute {expression}."
     lines, answer = solve_steps(operands, ops)
     own = "\n".join(lines) + f"\n\\boxed{{{answer}}}"
-    reference = own if spec.reference_style == "steps" else (
-        "\n".join(concise_lines(operands, ops, question)) + f"\n\\boxed{{{answer}}}")
+    if spec.reference_style == "steps":
+        reference = own
+    else:
+        body = (concise_lines(operands, ops, question) if spec.reference_style == "concise"
+                else [f"= {line.rsplit('=', 1)[1]}" for line in lines])
+        reference = "\n".join(body) + f"\n\\boxed{{{answer}}}"
     return Problem(
         id=problem_id,
         question=question,
