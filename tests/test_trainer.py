@@ -242,19 +242,24 @@ SMALL_CONTROLLER = ("method=atesd", "exposure.policy=controller", "exposure.hold
                     "exposure.controller.lr=0.1", "exposure.controller.hidden_sizes=[8]")
 
 
-def test_atesd_resumed_mid_window_after_a_crash_matches_an_uninterrupted_run(tiny_config, tmp_path):
-    common = (*SMALL_CONTROLLER, "train.steps=10", "train.checkpoint_every=5", "train.lr=3e-3")
-    run_a = Trainer(tiny_config(tmp_path, "run.name=a", *common))
-    run_a.train()
+def resumed_after_a_crash_in_step_eight(tiny_config, tmp_path, overrides: tuple[str, ...]) -> Trainer:
+    """Run ``b`` with `overrides`, interrupted (KeyboardInterrupt) in step 8; the Trainer that resumes it."""
 
     def crash_in_step_eight(record, local):
         if record["step"] == 8:
             raise KeyboardInterrupt
 
-    crashing = Trainer(tiny_config(tmp_path, "run.name=b", *common), on_local_step=crash_in_step_eight)
+    crashing = Trainer(tiny_config(tmp_path, "run.name=b", *overrides), on_local_step=crash_in_step_eight)
     with pytest.raises(KeyboardInterrupt):
         crashing.train()
-    run_b = Trainer(tiny_config(tmp_path, "run.name=b", *common), resume=True)
+    return Trainer(tiny_config(tmp_path, "run.name=b", *overrides), resume=True)
+
+
+def test_atesd_resumed_mid_window_after_a_crash_matches_an_uninterrupted_run(tiny_config, tmp_path):
+    common = (*SMALL_CONTROLLER, "train.steps=10", "train.checkpoint_every=5", "train.lr=3e-3")
+    run_a = Trainer(tiny_config(tmp_path, "run.name=a", *common))
+    run_a.train()
+    run_b = resumed_after_a_crash_in_step_eight(tiny_config, tmp_path, common)
     assert run_b.step == 5  # the checkpoint falls inside the hold window of updates 5 and 6
     assert run_b.exposure.current.step == 4 and run_b.exposure.waiting
     run_b.train()
@@ -299,15 +304,7 @@ def test_per_problem_exposure_resumed_after_a_crash_matches_an_uninterrupted_run
     original = run_a.parts.prompts.teacher
     run_a.parts.prompts.teacher = lambda problem, alpha: teacher_alphas.append(alpha) or original(problem, alpha)
     run_a.train()
-
-    def crash_in_step_eight(record, local):
-        if record["step"] == 8:
-            raise KeyboardInterrupt
-
-    crashing = Trainer(tiny_config(tmp_path, "run.name=b", *common), on_local_step=crash_in_step_eight)
-    with pytest.raises(KeyboardInterrupt):
-        crashing.train()
-    run_b = Trainer(tiny_config(tmp_path, "run.name=b", *common), resume=True)
+    run_b = resumed_after_a_crash_in_step_eight(tiny_config, tmp_path, common)
     assert run_b.step == 5 and run_b.exposure.waiting  # groups still waiting for their credit
     run_b.train()
 

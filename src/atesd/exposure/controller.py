@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from atesd.config import ExposureConfig
+from atesd.config import ControllerConfig, ExposureConfig
 from atesd.exposure.reward import controller_loss, decision_reward, normalized_advantages, trend_advantages
 
 STATE_FEATURES = ("progress", "alpha_ema", "loss_ema", "kl_p90_ema", "probe_nll_ema", "confidence")
@@ -246,18 +246,12 @@ class ControllerExposure:
         size = self.settings.decisions_per_update
         batch, self.rewarded = self.rewarded[:size], self.rewarded[size:]
         features = torch.tensor([d.features for d in batch], dtype=torch.float64)
-        samples = torch.tensor([d.sample for d in batch], dtype=torch.float64).clamp(SAMPLE_EPS, 1 - SAMPLE_EPS)
+        samples = torch.tensor([d.sample for d in batch], dtype=torch.float64)
         rewards = torch.tensor([d.reward for d in batch], dtype=torch.float64)
-        distribution = self.net.distribution(features)
-        entropies = distribution.entropy()
-        loss = controller_loss(distribution.log_prob(samples), self._advantages(batch, rewards), entropies,
-                               self.settings.entropy_coef, self.settings.entropy_target)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        record = reinforce_step(self.net, self.optimizer, features, samples, self._advantages(batch, rewards),
+                                self.settings)
         self.updates += 1
-        return {"controller_loss": float(loss.detach()), "controller_entropy": float(entropies.detach().mean()),
-                "controller_reward_mean": float(rewards.mean()), "controller_updates": self.updates}
+        return {**record, "controller_reward_mean": float(rewards.mean()), "controller_updates": self.updates}
 
     def _advantages(self, batch: list[Decision], rewards: torch.Tensor) -> torch.Tensor:
         """The paper's normalisation over the update's decisions, or the residual of a trend on training progress
@@ -323,3 +317,17 @@ class ControllerExposure:
         self.updates = state["updates"]
         self.reward_history = [(float(p), float(r)) for p, r in state["reward_history"]]
         self._rows = list(state["rows"])
+
+
+def reinforce_step(net: BetaPolicyNet, optimizer: torch.optim.Optimizer, features: torch.Tensor,
+                   samples: torch.Tensor, advantages: torch.Tensor, settings: ControllerConfig) -> dict[str, float]:
+    """One REINFORCE update of the policy with the entropy hinge (docs/method.md#update) on the decisions'
+    features, sampled α (unclipped) and advantages; returns the loss and the mean entropy for the log."""
+    distribution = net.distribution(features)
+    entropies = distribution.entropy()
+    loss = controller_loss(distribution.log_prob(samples.clamp(SAMPLE_EPS, 1 - SAMPLE_EPS)), advantages, entropies,
+                           settings.entropy_coef, settings.entropy_target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"controller_loss": float(loss.detach()), "controller_entropy": float(entropies.detach().mean())}

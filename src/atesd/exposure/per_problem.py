@@ -32,8 +32,14 @@ import numpy as np
 import torch
 
 from atesd.config import ExposureConfig
-from atesd.exposure.controller import SAMPLE_EPS, STATE_FEATURES, BetaPolicyNet, RunningNormalizer, TrainingState
-from atesd.exposure.reward import controller_loss, grouped_advantages, problem_progress, teacher_grounding
+from atesd.exposure.controller import (
+    STATE_FEATURES,
+    BetaPolicyNet,
+    RunningNormalizer,
+    TrainingState,
+    reinforce_step,
+)
+from atesd.exposure.reward import grouped_advantages, problem_progress, teacher_grounding
 
 PROBLEM_FEATURES = ("correct", "length", "log_segments")
 
@@ -174,17 +180,11 @@ class PerProblemExposure:
         features = torch.tensor([f for g in batch for f in g.features[:g.credited]], dtype=torch.float64)
         samples = torch.tensor([x for g in batch for x in g.samples[:g.credited]], dtype=torch.float64)
         rewards = [torch.tensor(g.rewards, dtype=torch.float64) for g in batch]
-        distribution = self.net.distribution(features)
-        entropies = distribution.entropy()
-        loss = controller_loss(distribution.log_prob(samples.clamp(SAMPLE_EPS, 1 - SAMPLE_EPS)),
-                               grouped_advantages(rewards, self.settings.advantage_eps), entropies,
-                               self.settings.entropy_coef, self.settings.entropy_target)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        record = reinforce_step(self.net, self.optimizer, features, samples,
+                                grouped_advantages(rewards, self.settings.advantage_eps), self.settings)
         self.updates += 1
-        return {"controller_loss": float(loss.detach()), "controller_entropy": float(entropies.detach().mean()),
-                "controller_reward_mean": float(torch.cat(rewards).mean()), "controller_updates": self.updates}
+        return {**record, "controller_reward_mean": float(torch.cat(rewards).mean()),
+                "controller_updates": self.updates}
 
     # ------------------------------------------------------------------ logging
 
