@@ -47,7 +47,12 @@ def measure(layout: str, shapes: dict) -> dict:
     from torch.nn.parallel import DistributedDataParallel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from atesd.models.sequences import completion_hidden_states, output_head, pack_sequences, token_logprobs_from_hidden
+    from atesd.models.sequences import (
+        completion_hidden_states,
+        output_head,
+        pack_sequences,
+        token_logprobs_from_hidden,
+    )
     from atesd.train.sharding import Sharding, ShardingSettings
 
     dist.init_process_group("gloo")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -455,7 +456,7 @@ class DifficultyLearner:
     comes whatever α is (shrinking over training, as real progress does) lowers every problem's NLL, and each
     measurement has noise. The best single α for the mixture (0.5) gains 56 % of what the best α per problem does."""
 
-    PEAKS = {"easy": 0.9, "hard": 0.1}
+    PEAKS: ClassVar[dict[str, float]] = {"easy": 0.9, "hard": 0.1}
     WIDTH, GAIN, DRIFT, NOISE = 0.6, 0.1, 0.5, 0.02
 
     def __init__(self, seed: int, batch: int, total_steps: int) -> None:

@@ -76,19 +76,19 @@ def settings_from_plugin(plugin: Any, mixed_precision: str) -> ShardingSettings:
     """The settings of accelerate's FSDP plugin that atesd honours; a `ConfigError` for the ones it does not."""
     wrap = getattr(plugin.auto_wrap_policy, "__name__", plugin.auto_wrap_policy)
     refusals = [
-        (plugin.fsdp_version != 2, f"fsdp_version is {plugin.fsdp_version}: atesd shards with FSDP2, set "
-                                   "fsdp_version: 2"),
-        (wrap != "transformer_auto_wrap_policy", f"fsdp_auto_wrap_policy is {wrap}: atesd shards per decoder "
-                                                 "layer, set TRANSFORMER_BASED_WRAP"),
+        (plugin.fsdp_version != 2, (f"fsdp_version is {plugin.fsdp_version}: atesd shards with FSDP2, set "
+                                    "fsdp_version: 2")),
+        (wrap != "transformer_auto_wrap_policy", (f"fsdp_auto_wrap_policy is {wrap}: atesd shards per decoder "
+                                                  "layer, set TRANSFORMER_BASED_WRAP")),
         (isinstance(plugin.cpu_offload, CPUOffloadPolicy) or plugin.cpu_offload is True,
          "fsdp_offload_params is not supported: set it false"),
-        (plugin.activation_checkpointing, "fsdp_activation_checkpointing is not supported: set it false and use "
-                                          "model.gradient_checkpointing"),
-        (plugin.cpu_ram_efficient_loading, "fsdp_cpu_ram_efficient_loading is not supported (transformers would "
-                                           "load the weights on process 0 only): set it false"),
-        (plugin.state_dict_type.name != "FULL_STATE_DICT", "atesd's checkpoints hold whole tensors "
-                                                           "(docs/scaling.md): set fsdp_state_dict_type: "
-                                                           "FULL_STATE_DICT"),
+        (plugin.activation_checkpointing, ("fsdp_activation_checkpointing is not supported: set it false and use "
+                                           "model.gradient_checkpointing")),
+        (plugin.cpu_ram_efficient_loading, ("fsdp_cpu_ram_efficient_loading is not supported (transformers would "
+                                            "load the weights on process 0 only): set it false")),
+        (plugin.state_dict_type.name != "FULL_STATE_DICT", ("atesd's checkpoints hold whole tensors "
+                                                            "(docs/scaling.md): set fsdp_state_dict_type: "
+                                                            "FULL_STATE_DICT")),
         (mixed_precision != "no" or plugin.mixed_precision_policy is not None,
          f"accelerate's mixed_precision is not used: set it \"no\"; {WHOLE_PRECISION}"),
     ]
