@@ -158,7 +158,7 @@ def test_compare_killed_midway_continues_without_redoing_runs(recipes, sweep_dir
     assert main(args) == 130
     # base and opsd (α = 1) come from the sweep, and so does fixed-best (the sweep's best α is 0.5 or 1)
     assert started == [("random-seed0", False), ("atesd-seed0", False)]
-    assert "reused from the sweep: base-seed0 ←" in capsys.readouterr().out
+    assert "reused: base-seed0 ←" in capsys.readouterr().out
 
     interrupt[0] = False
     started.clear()
@@ -177,7 +177,7 @@ def test_compare_killed_midway_continues_without_redoing_runs(recipes, sweep_dir
         assert (out / name).is_file(), name
     results = read_csv(out / "results.csv")
     assert [r["method"] for r in results] == ["base", "base", *methods * 2]
-    assert list(results[0])[:4] == ["method", "seed", "benchmark", "average@2"]
+    assert list(results[0])[:5] == ["method", "base_model", "seed", "benchmark", "average@2"]
     for row in results:
         assert 0 <= float(row["average@2"]) <= 1
         trained, rolls_out = row["method"] != "base", row["method"] not in ("base", "sft")

@@ -4,7 +4,8 @@
     atesd eval CONFIG [key=value ...] [--model DIR] [--teacher-alpha A] [--out DIR]
     atesd demo [CONFIG] [key=value ...] [--resume]
     atesd sweep [CONFIG] [key=value ...] [--alphas A ...] [--seeds N] [--out DIR] [--mismatch-problems P]
-    atesd compare [key=value ...] [--recipes DIR] [--seeds N] [--out DIR] [--quick] [--methods M ...]
+    atesd compare [key=value ...] [--recipes DIR] [--seeds N] [--base-models N] [--alphas A ...] [--jobs N]
+                  [--reuse DIR] [--out DIR] [--quick] [--methods M ...]
                   [--best-alpha A | --sweep SWEEP_DIR]
     atesd testbed [CONFIG] [key=value ...] [--seeds N] [--jobs J] [--out DIR]
 
@@ -154,7 +155,9 @@ def _compare(args: argparse.Namespace) -> None:
     seeds = args.seeds or (QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
     written = run_compare(Path(args.recipes), args.methods, args.overrides, seeds, Path(args.out), quick=args.quick,
                           best=args.best_alpha, sweep_dir=Path(args.sweep) if args.sweep else None,
-                          command=args.command_line)
+                          command=args.command_line, base_models=args.base_models, alphas=args.alphas or (),
+                          jobs=args.jobs, mismatch_problems=args.mismatch_problems,
+                          reuse=[Path(folder) for folder in args.reuse or ()])
     print(f"comparison done: {', '.join(str(p) for p in written)}")
 
 
@@ -261,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 3; 2 with --quick)")
     compare.add_argument("--out", default="runs/compare", help="output folder (default %(default)s)")
     compare.add_argument("--quick", action="store_true", help="fewer seeds, steps and eval problems")
+    compare.add_argument("--base-models", type=int, metavar="N",
+                         help="every method on each of N embedded base models (warm-start seeds 0..N-1), paired "
+                         "by base model and seed (default: the config's one base model)")
+    compare.add_argument("--alphas", type=float, nargs="+", metavar="ALPHA",
+                         help="also a run at each fixed exposure (alpha-<α>; 1 is opsd), with the mismatch per α "
+                         "of each base model; the best of them is the 'best fixed α' the report compares with")
+    compare.add_argument("--mismatch-problems", type=int, default=DEFAULT_MISMATCH_PROBLEMS,
+                         help="with --alphas: training problems whose rollouts measure the mismatch (default "
+                         "%(default)s)")
+    compare.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each (default %(default)s)")
+    compare.add_argument("--reuse", action="append", metavar="DIR",
+                         help="another comparison's or a sweep's out folder whose finished runs that are runs of "
+                         "this one are taken instead of run again (repeatable)")
     compare.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES, metavar="METHOD",
                          help=f"methods to run (default all: {' '.join(METHOD_NAMES)}); put key=value overrides "
                          "before this option, which takes every word after it")

@@ -18,18 +18,32 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from atesd.analysis.buckets import BUCKETS, EASY_FROM, HARD_BELOW
+from atesd.analysis.buckets import BUCKETS
+from atesd.analysis.claims import best_fixed, bucket_claim, method_claims, mismatch_claim
+from atesd.analysis.compare_report import (
+    claims_section,
+    exposure_section,
+    means_section,
+    mismatch_section,
+    paired_rows,
+    paired_section,
+    preamble,
+)
 from atesd.analysis.experiment_plots import (
     plot_alpha_trajectories,
     plot_learning_curves,
     plot_method_accuracy,
+    plot_paired_differences,
 )
 from atesd.analysis.plots import per_problem_rows, plot_alpha_by_difficulty
 from atesd.analysis.presets import (
     BASE_LABEL,
+    DEFAULT_MISMATCH_PROBLEMS,
     PAPER_BEST_ALPHA,
     QUICK_EVAL_PROBLEMS,
     QUICK_STEPS,
+    alpha_label,
+    fixed_alpha_methods,
     methods,
 )
 from atesd.analysis.runs import (
@@ -40,23 +54,14 @@ from atesd.analysis.runs import (
     Run,
     RunSpec,
     guard_settings,
+    parallel_map,
     plan,
     run_all,
 )
-from atesd.analysis.sweep import best_alpha
-from atesd.analysis.tables import (
-    COMPUTE_COLUMNS,
-    aggregate,
-    count,
-    markdown,
-    mean_std_cell,
-    metric_columns,
-    percent,
-    run_rows,
-    seconds,
-    write_csv,
-)
+from atesd.analysis.sweep import best_alpha, seed_mismatch
+from atesd.analysis.tables import COMPUTE_COLUMNS, aggregate, metric_columns, run_rows, write_csv
 from atesd.config import ConfigError, changed_keys, load_config
+from atesd.files import atomic_write_text
 from atesd.train.metrics import read_metrics
 
 SETTINGS_FILE = "compare.json"
@@ -66,22 +71,24 @@ def quick_overrides() -> list[str]:
     return [f"train.steps={QUICK_STEPS}", f"eval.max_problems={QUICK_EVAL_PROBLEMS}"]
 
 
-def compare_specs(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], seeds: int,
-                  best: float) -> list[RunSpec]:
-    """The base evaluations first, then each seed's methods (so that a partial comparison covers all methods)."""
-    table = methods(best)
+def compare_specs(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], seeds: int, best: float,
+                  alphas: Sequence[float] = (), base_seeds: Sequence[int | None] = (None,)) -> list[RunSpec]:
+    """The base evaluations first, then each base model and seed's methods (so that a partial comparison covers
+    all methods); `alphas` adds a run at each of those fixed exposures (α = 1 is ``opsd``)."""
+    table = {**methods(best), **fixed_alpha_methods(tuple(alphas))}
     unknown = [name for name in chosen if name not in table]
     if unknown:
         raise ConfigError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(table)}")
-    trained = [name for name in dict.fromkeys(chosen) if name != BASE_LABEL]
+    with_alphas = [*chosen, *fixed_alpha_methods(tuple(alphas)), *(["opsd"] if 1 in alphas else [])]
+    trained = [name for name in dict.fromkeys(with_alphas) if name != BASE_LABEL]
 
-    def spec(name: str, seed: int) -> RunSpec:
+    def spec(name: str, base_seed: int | None, seed: int) -> RunSpec:
         method = table[name]
         return RunSpec(name, recipes / method.recipe, (*overrides, *method.overrides), seed,
-                       trains=name != BASE_LABEL)
+                       trains=name != BASE_LABEL, base_seed=base_seed)
 
-    return ([spec(BASE_LABEL, seed) for seed in range(seeds)]
-            + [spec(name, seed) for seed in range(seeds) for name in trained])
+    return ([spec(BASE_LABEL, base, seed) for base in base_seeds for seed in range(seeds)]
+            + [spec(name, base, seed) for base in base_seeds for seed in range(seeds) for name in trained])
 
 
 def check_equal_updates(runs: Sequence[Run]) -> None:
@@ -92,14 +99,16 @@ def check_equal_updates(runs: Sequence[Run]) -> None:
                           "in the recipes alike, or pass train.steps=N to atesd compare")
 
 
-def reuse_from_sweep(runs: Sequence[Run], sweep_dir: Path) -> list[Run]:
-    """Each run that a finished run of the sweep already is (same config apart from its location, and both
-    trained or both not) is taken from the sweep instead of being run again."""
+def reuse_finished(runs: Sequence[Run], folders: Sequence[Path]) -> list[Run]:
+    """Each run that a finished run of one of `folders` (a sweep's or another comparison's out folder) already
+    is — same config apart from its location, and both trained or both not — is taken from there instead of
+    being run again."""
     finished = []
-    for directory in sorted((sweep_dir / RUNS_DIR).glob("*")):
-        if (directory / RESULT_FILE).is_file() and (directory / "config.yaml").is_file():
-            trains = json.loads((directory / RESULT_FILE).read_text())["method"] != BASE_LABEL
-            finished.append((directory, trains, load_config(directory / "config.yaml")))
+    for folder in folders:
+        for directory in sorted((folder / RUNS_DIR).glob("*")):
+            if (directory / RESULT_FILE).is_file() and (directory / "config.yaml").is_file():
+                trains = json.loads((directory / RESULT_FILE).read_text())["method"] != BASE_LABEL
+                finished.append((directory, trains, load_config(directory / "config.yaml")))
     reused = []
     for run in runs:
         match = next((directory for directory, trains, config in finished if trains == run.spec.trains
@@ -109,55 +118,116 @@ def reuse_from_sweep(runs: Sequence[Run], sweep_dir: Path) -> list[Run]:
 
 
 def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], seeds: int, out: Path, *,
-                quick: bool, best: float | None, sweep_dir: Path | None, command: str) -> list[Path]:
-    """Run (or continue) the comparison in `out` and write its tables, CSVs and plots; returns the files."""
+                quick: bool, best: float | None, sweep_dir: Path | None, command: str, base_models: int | None = None,
+                alphas: Sequence[float] = (), jobs: int = 1, mismatch_problems: int = DEFAULT_MISMATCH_PROBLEMS,
+                reuse: Sequence[Path] = ()) -> list[Path]:
+    """Run (or continue) the comparison in `out` and write its tables, CSVs and plots; returns the files.
+
+    `base_models` N runs everything on the embedded base models of warm-start seeds 0 … N−1; `jobs` runs that
+    many runs at once, in processes of one thread each; the finished runs of the `reuse` folders (and of
+    `sweep_dir`) that are runs of this comparison are taken from there.
+    """
     if not recipes.is_dir():
         raise ConfigError(f"--recipes: {recipes} is not a directory of method configs")
-    if seeds < 1:
-        raise ConfigError("atesd compare needs at least one seed")
+    if seeds < 1 or (base_models is not None and base_models < 1) or jobs < 1:
+        raise ConfigError("atesd compare needs at least one seed, one base model and one job")
+    if any(not 0 <= alpha <= 1 for alpha in alphas):
+        raise ConfigError(f"--alphas: every α must lie in [0, 1], got {' '.join(f'{a:g}' for a in alphas)}")
     if best is None:
         best = best_alpha(sweep_dir) if sweep_dir is not None else PAPER_BEST_ALPHA
     all_overrides = [*(quick_overrides() if quick else []), *overrides]
     guard_settings(out / SETTINGS_FILE, {
         "recipes": str(recipes.resolve()), "methods": list(chosen), "overrides": list(overrides), "seeds": seeds,
-        "quick": quick, "best_alpha": best, "sweep": str(sweep_dir.resolve()) if sweep_dir else None})
-    runs = plan(compare_specs(recipes, chosen, all_overrides, seeds, best), out)
+        "quick": quick, "best_alpha": best, "sweep": str(sweep_dir.resolve()) if sweep_dir else None,
+        "base_models": base_models, "alphas": list(alphas) or None})
+    base_seeds = (None,) if base_models is None else tuple(range(base_models))
+    runs = plan(compare_specs(recipes, chosen, all_overrides, seeds, best, alphas, base_seeds), out)
     check_equal_updates(runs)
-    if sweep_dir is not None:
-        runs = reuse_from_sweep(runs, sweep_dir)
+    if base_models is not None and runs[0].config.model.name_or_path != "embedded":
+        raise ConfigError("--base-models: only the embedded model has warm-start seeds (model.name_or_path is "
+                          f"{runs[0].config.model.name_or_path!r}); leave it out for a real model")
+    sources = [*([sweep_dir] if sweep_dir is not None else []), *reuse]
+    if sources:
+        runs = reuse_finished(runs, sources)
         taken = [f"{run.spec.name} ← {run.directory}" for run in runs if not run.directory.is_relative_to(out)]
         if taken:
-            print("reused from the sweep: " + "; ".join(taken), flush=True)
-    finished = run_all(runs)
+            print("reused: " + "; ".join(taken), flush=True)
+    finished = run_all(runs, jobs)
+    mismatch = base_mismatch([run for run in runs if not run.spec.trains], alphas, mismatch_problems, out, jobs)
 
     k = runs[0].config.eval.num_samples
     rows = [{"method": row.pop("label"), **row} for row in run_rows(finished, k)]
     columns = [*metric_columns(k), *COMPUTE_COLUMNS]
     summary = aggregate(rows, ["method", "benchmark"], columns)
+    scores = pair_scores(rows, f"average@{k}")
+    fixed = fixed_exposures({row["method"] for row in rows}, alphas, best)
+    first = next(iter(scores.values()))
+    best_label = best_fixed(first, fixed)
+    references = {"OPSD": "opsd", **({"best fixed α": best_label} if best_label and best_label != "opsd" else {})}
+    paired = paired_rows(scores, references)
     write_csv(rows, out / "results.csv")
     write_csv(summary, out / "summary.csv")
-
     written = [out / "results.csv", out / "summary.csv", out / "report.md", out / "accuracy.png"]
-    plot_method_accuracy(rows, f"average@{k}", out / "accuracy.png",
-                         f"held-out Average@{k} per method ({seeds} seed{'s' * (seeds > 1)})")
+    if paired:
+        write_csv(paired, out / "paired.csv")
+        written += [out / "paired.csv", out / "paired_differences.png"]
+        plot_paired_differences(paired, out / "paired_differences.png",
+                                "paired differences over base models × seeds (green: above 0, red: below 0)")
+
+    runs_count = f"{len(base_seeds)} base model{'s' * (len(base_seeds) > 1)} × {seeds} seed{'s' * (seeds > 1)}"
+    plot_method_accuracy(rows, f"average@{k}", out / "accuracy.png", f"held-out Average@{k} per method ({runs_count})")
     curves = training_curves(finished)
     if curves:
         written.append(out / "learning_curves.png")
-        plot_learning_curves(curves, written[-1], "learning curves (mean ± std over seeds)")
-    varying = {label: seeds_rows for label, seeds_rows in curves.items()
-               if len({row.get("alpha") for rows in seeds_rows.values() for row in rows} - {None}) > 1}
+        plot_learning_curves(curves, written[-1], "learning curves (mean ± std over runs)")
+    varying = {label: runs_rows for label, runs_rows in curves.items()
+               if len({row.get("alpha") for rows in runs_rows.values() for row in rows} - {None}) > 1}
     if varying:
         written.append(out / "alpha_trajectories.png")
-        plot_alpha_trajectories(varying, written[-1], "exposure α used at each step (one line per seed)")
+        plot_alpha_trajectories(varying, written[-1], "exposure α used at each step (one line per run)")
     per_problem = per_problem_decisions(finished)
     if per_problem:
         written.append(out / "alpha_by_difficulty.png")
-        plot_alpha_by_difficulty(per_problem, written[-1], "exposure per problem: mean α by difficulty (seeds pooled)")
-    settings = {"recipes": str(recipes), "seeds": seeds, "train.steps": runs[-1].config.train.steps,
-                "quick": quick, "fixed-best α": f"{best:g}", "sweep": str(sweep_dir) if sweep_dir else "none"}
-    (out / "report.md").write_text(compare_report(summary, k, command, settings,
-                                                  [p.name for p in written if p.suffix == ".png"]))
+        plot_alpha_by_difficulty(per_problem, written[-1], "exposure per problem: mean α by difficulty (runs pooled)")
+    settings = {"recipes": str(recipes), "runs": runs_count, "train.steps": runs[-1].config.train.steps,
+                "quick": quick, "best fixed α": f"{fixed[best_label]:g} ({best_label})" if best_label else "none",
+                "sweep": str(sweep_dir) if sweep_dir else "none"}
+    claims = [*method_claims(first, fixed), *filter(None, [
+        bucket_claim(pair_scores_by_bucket(rows, k), fixed), mismatch_claim(mismatch)])]
+    sections = [preamble(command, settings), means_section(summary, scores, k), paired_section(paired, references),
+                exposure_section(varying), mismatch_section(mismatch, mismatch_problems), claims_section(claims),
+                *(f"![{p.stem}]({p.name})\n" for p in written if p.suffix == ".png")]
+    atomic_write_text(out / "report.md", "\n".join(section for section in sections if section))
     return written
+
+
+def pair_scores(rows: Sequence[dict], metric: str) -> dict[str, dict[str, dict[tuple, float]]]:
+    """``{benchmark: {method: {(base model, seed): metric}}}`` of the result rows."""
+    scores: dict[str, dict[str, dict[tuple, float]]] = {}
+    for row in rows:
+        if row.get(metric) is not None:
+            scores.setdefault(row["benchmark"], {}).setdefault(row["method"], {})[
+                (row["base_model"], row["seed"])] = row[metric]
+    return scores
+
+
+def pair_scores_by_bucket(rows: Sequence[dict], k: int) -> dict[str, dict[str, dict[tuple, float]]]:
+    """``{bucket: {method: {pair: Average@k in the bucket}}}`` on the first benchmark."""
+    benchmark = rows[0]["benchmark"]
+    chosen = [row for row in rows if row["benchmark"] == benchmark]
+    return {bucket: pair_scores(chosen, f"average@{k}_{bucket}").get(benchmark, {}) for bucket in BUCKETS}
+
+
+def base_mismatch(base_runs: Sequence[Run], alphas: Sequence[float], problems: int, out: Path,
+                  jobs: int) -> dict[tuple, dict[str, dict[str, float]]]:
+    """With `alphas`, the mismatch statistics of each base run's model at every α, each measured once
+    (``<out>/mismatch/<run name>.json``): ``{(base model, seed): {str(α): statistics}}``."""
+    if len(alphas) < 2:
+        return {}
+    measured = [(run.config, tuple(sorted({*alphas, 1.0})), problems, run.spec.seed,
+                 out / "mismatch" / f"{run.spec.name}.json") for run in base_runs]
+    results = parallel_map(seed_mismatch, measured, jobs)
+    return {run.spec.pair: stats for run, stats in zip(base_runs, results)}
 
 
 def training_curves(finished: Sequence[FinishedRun]) -> dict[str, dict[int, list[dict]]]:
@@ -180,23 +250,8 @@ def per_problem_decisions(finished: Sequence[FinishedRun]) -> dict[str, list[dic
     return pooled
 
 
-def compare_report(summary: list[dict], k: int, command: str, settings: dict[str, object],
-                   plots: Sequence[str]) -> str:
-    """The markdown report: command, settings, a table of mean ± std per method and benchmark, the plots."""
-    header = ["method", "seeds", f"Average@{k}", *BUCKETS, f"Pass@{k}", f"Maj@{k}", "generated tokens",
-              "forward tokens", "train s"]
-    metrics = [c for c in metric_columns(k) if c != "boxed_rate"]
-    lines = ["# Method comparison\n", f"Command: `{command}`\n",
-             "Settings: " + ", ".join(f"{key} = {value}" for key, value in settings.items()) + "\n",
-             (f"Mean ± sample std over seeds; accuracies in %. Difficulty buckets from the base model's per-problem "
-             f"Average pooled over its seeds: hard < {HARD_BELOW:.3g} ≤ medium < {EASY_FROM:.3g} ≤ easy. "
-             "Compute columns are training totals per run: tokens sampled in rollouts, tokens through every "
-             "scoring forward, and the summed step times (– where the trainer did not log them).\n")]
-    for benchmark in dict.fromkeys(entry["benchmark"] for entry in summary):
-        body = [[entry["method"], str(entry["seeds"]), *(mean_std_cell(entry, c, percent) for c in metrics),
-                 mean_std_cell(entry, "generated_tokens", count), mean_std_cell(entry, "forward_tokens", count),
-                 mean_std_cell(entry, "train_seconds", seconds)]
-                for entry in summary if entry["benchmark"] == benchmark]
-        lines.append(f"## {benchmark}\n\n{markdown(header, body)}\n")
-    lines += [f"![{name.removesuffix('.png')}]({name})\n" for name in plots]
-    return "\n".join(lines)
+def fixed_exposures(methods_run: set[str], alphas: Sequence[float], best: float) -> dict[str, float]:
+    """``{label: α}`` of the fixed-exposure runs: those of ``--alphas`` (else ``fixed-best``) and OPSD at α = 1."""
+    candidates = {alpha_label(alpha): alpha for alpha in alphas if alpha != 1} if alphas else {"fixed-best": best}
+    candidates["opsd"] = 1.0
+    return {label: alpha for label, alpha in candidates.items() if label in methods_run}

@@ -28,6 +28,17 @@ class Method:
     overrides: tuple[str, ...] = ()
 
 
+def alpha_label(alpha: float) -> str:
+    """The label of the run at fixed exposure α (a sweep's, and a comparison's with ``--alphas``)."""
+    return f"alpha-{alpha:g}"
+
+
+def fixed_alpha_methods(alphas: tuple[float, ...]) -> dict[str, Method]:
+    """``alpha-<α>`` at each fixed α of `alphas` but 1, which is OPSD (label ``opsd``)."""
+    return {alpha_label(alpha): Method("opsd.yaml", ("exposure.policy=fixed", f"exposure.alpha={alpha:g}"))
+            for alpha in alphas if alpha != 1}
+
+
 def methods(best_alpha: float) -> dict[str, Method]:
     """The comparison's methods by label, with `best_alpha` the fixed exposure of ``fixed-best``."""
     return {

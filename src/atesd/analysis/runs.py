@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from atesd.analysis.presets import BASE_LABEL
 from atesd.config import Config, ConfigError, changed_keys, load_config, save_config
@@ -35,27 +38,42 @@ RUNS_DIR = "runs"
 RESULT_FILE = "result.json"
 TRAINED_FILE = "trained.json"
 EVAL_LABELS = {True: "trained", False: "base"}  # eval file label, by whether the run trains
+T = TypeVar("T")
+R = TypeVar("R")
 # Settings that name where a run lives, not what it is: two runs that differ only here are the same experiment.
 LOCATION_KEYS = ("run.output_dir", "run.name")
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What to run: `config_path` with `overrides`, at `seed`; ``trains=False`` evaluates the starting model."""
+    """What to run: `config_path` with `overrides`, at `seed`; ``trains=False`` evaluates the starting model.
+
+    `base_seed`, when set, is the warm-start seed of the embedded base model (``model.embedded.seed``): the
+    run is then one of several base models, named ``<label>-w<base_seed>-seed<seed>``.
+    """
 
     label: str
     config_path: Path
     overrides: tuple[str, ...]
     seed: int
     trains: bool = True
+    base_seed: int | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.label}-seed{self.seed}"
+        base = "" if self.base_seed is None else f"-w{self.base_seed}"
+        return f"{self.label}{base}-seed{self.seed}"
+
+    @property
+    def pair(self) -> tuple[int | None, int]:
+        """(base model, training seed): what two methods' runs share when they are compared pair by pair."""
+        return self.base_seed, self.seed
 
     def config(self, out: Path) -> Config:
+        base = [] if self.base_seed is None else [f"model.embedded.seed={self.base_seed}"]
         # JSON strings are YAML strings: a path like "1.5" or "a: b" stays a path.
-        return load_config(self.config_path, [*self.overrides, f"run.output_dir={json.dumps(str(out / RUNS_DIR))}",
+        return load_config(self.config_path, [*self.overrides, *base,
+                                              f"run.output_dir={json.dumps(str(out / RUNS_DIR))}",
                                               f"run.name={self.name}", f"run.seed={self.seed}"])
 
 
@@ -86,21 +104,63 @@ def plan(specs: Sequence[RunSpec], out: Path) -> list[Run]:
     return runs
 
 
-def run_all(runs: Sequence[Run]) -> list[FinishedRun]:
-    """Run the queue in order, printing one line per run; finished runs are loaded, not redone."""
-    finished = []
-    for index, run in enumerate(runs, 1):
-        prefix = f"[{index}/{len(runs)}] {run.spec.label} seed {run.spec.seed}"
+def run_all(runs: Sequence[Run], jobs: int = 1) -> list[FinishedRun]:
+    """Run the queue, printing one line per run; finished runs are loaded, not redone.
+
+    With ``jobs > 1`` the runs go to that many worker processes of one thread each. The first run of each
+    base model goes first and alone with the other base models' first runs: it builds (or loads) the cached
+    warm start, which the later runs of that base model then share instead of each building it.
+    """
+    prefixes = {run.directory: f"[{index}/{len(runs)}] {_describe(run.spec)}" for index, run in enumerate(runs, 1)}
+    todo = []
+    for run in runs:
         if (run.directory / RESULT_FILE).is_file():
             check_saved_config(run)
-            print(f"{prefix}: finished earlier ({run.directory / RESULT_FILE})", flush=True)
+            print(f"{prefixes[run.directory]}: finished earlier ({run.directory / RESULT_FILE})", flush=True)
         else:
-            print(f"{prefix} ...", flush=True)
-            started = time.perf_counter()
-            execute(run)
-            print(f"{prefix} done in {time.perf_counter() - started:.0f}s", flush=True)
-        finished.append(FinishedRun(run, json.loads((run.directory / RESULT_FILE).read_text())))
-    return finished
+            todo.append(run)
+    if jobs <= 1:
+        for run in todo:
+            _timed(run, prefixes[run.directory])
+    else:
+        firsts: dict[int | None, Run] = {}
+        for run in todo:
+            firsts.setdefault(run.spec.base_seed, run)
+        first_of_base = list(firsts.values())
+        later = [run for run in todo if all(run is not first for first in first_of_base)]
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=one_thread) as pool:
+            for wave in (first_of_base, later):
+                for future in as_completed([pool.submit(_timed, run, prefixes[run.directory]) for run in wave]):
+                    future.result()  # a run's error stops the experiment, as it does with one job
+    return [FinishedRun(run, json.loads((run.directory / RESULT_FILE).read_text())) for run in runs]
+
+
+def parallel_map(function: Callable[[T], R], items: Sequence[T], jobs: int) -> list[R]:
+    """`function` over `items` in order, in `jobs` worker processes of one thread each when ``jobs > 1``."""
+    if jobs <= 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=one_thread) as pool:
+        return list(pool.map(function, items))
+
+
+def _describe(spec: RunSpec) -> str:
+    base = "" if spec.base_seed is None else f" base model {spec.base_seed}"
+    return f"{spec.label}{base} seed {spec.seed}"
+
+
+def _timed(run: Run, prefix: str) -> None:
+    print(f"{prefix} ...", flush=True)
+    started = time.perf_counter()
+    execute(run)
+    print(f"{prefix} done in {time.perf_counter() - started:.0f}s", flush=True)
+
+
+def one_thread() -> None:
+    """Initialiser of a worker process: one thread, so that parallel jobs share the machine's cores."""
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def execute(run: Run) -> None:

@@ -21,7 +21,7 @@ from atesd.analysis.experiment_plots import (
     plot_mismatch_vs_alpha,
 )
 from atesd.analysis.mismatch import STATISTICS, mismatch_by_alpha
-from atesd.analysis.presets import BASE_LABEL
+from atesd.analysis.presets import BASE_LABEL, alpha_label
 from atesd.analysis.runs import RunSpec, guard_settings, plan, run_all
 from atesd.analysis.tables import (
     aggregate,
@@ -39,10 +39,6 @@ from atesd.files import atomic_write_text
 SETTINGS_FILE = "sweep.json"
 CSV_FILE = "sweep.csv"
 PLOTS = ("accuracy_vs_alpha.png", "mismatch_vs_alpha.png", "bucket_accuracy_vs_alpha.png")
-
-
-def alpha_label(alpha: float) -> str:
-    return f"alpha-{alpha:g}"
 
 
 def sweep_specs(config_path: Path, overrides: Sequence[str], alphas: Sequence[float], seeds: int) -> list[RunSpec]:
@@ -65,7 +61,8 @@ def run_sweep(config_path: Path, overrides: Sequence[str], alphas: Sequence[floa
                                          "mismatch_problems": mismatch_problems})
     runs = plan(sweep_specs(config_path, overrides, alphas, seeds), out)
     base_runs = [run for run in runs if not run.spec.trains]
-    mismatch = {run.spec.seed: seed_mismatch(run.config, alphas, mismatch_problems, run.spec.seed, out)
+    mismatch = {run.spec.seed: seed_mismatch((run.config, alphas, mismatch_problems, run.spec.seed,
+                                              out / "mismatch" / f"seed{run.spec.seed}.json"))
                 for run in base_runs}
     finished = run_all(runs)
 
@@ -93,10 +90,10 @@ def run_sweep(config_path: Path, overrides: Sequence[str], alphas: Sequence[floa
     return [out / CSV_FILE, out / "sweep.md", *(out / name for name in PLOTS)]
 
 
-def seed_mismatch(config: Config, alphas: Sequence[float], num_problems: int, seed: int,
-                  out: Path) -> dict[str, dict[str, float]]:
-    """The mismatch statistics of one seed, measured once and kept in ``<out>/mismatch/seed<seed>.json``."""
-    path = out / "mismatch" / f"seed{seed}.json"
+def seed_mismatch(task: tuple[Config, Sequence[float], int, int, Path]) -> dict[str, dict[str, float]]:
+    """The mismatch statistics of one seed's starting model (`task`: config, alphas, problems, seed, path),
+    measured once and kept in the JSON file at path."""
+    config, alphas, num_problems, seed, path = task
     if path.is_file():
         return json.loads(path.read_text())
     print(f"[mismatch] seed {seed}: {len(alphas)} α on {num_problems} problems ...", flush=True)

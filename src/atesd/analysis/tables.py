@@ -21,26 +21,34 @@ def metric_columns(k: int) -> list[str]:
 
 
 def run_rows(finished: Sequence[FinishedRun], k: int) -> list[dict[str, Any]]:
-    """One row per run and benchmark: label, seed, benchmark, `metric_columns(k)` and `COMPUTE_COLUMNS`.
+    """One row per run and benchmark: label, base model, seed, benchmark, `metric_columns(k)` and
+    `COMPUTE_COLUMNS`.
 
-    Buckets come from the base runs among `finished` (``trains=False``), pooled over their seeds.
+    Buckets come from the base runs among `finished` (``trains=False``) of the run's own base model, pooled
+    over their seeds: a problem is hard for a method's run when it was hard for the model that run started from.
     """
     base = [f for f in finished if not f.run.spec.trains]
     if not base:
         raise ValueError("difficulty buckets need at least one base run among the finished runs")
     benchmarks = list(base[0].result["benchmarks"])
-    buckets = {name: difficulty_buckets(read_problem_results(f.eval_file(name)) for f in base)
-               for name in benchmarks}
+    buckets = {(base_seed, name): difficulty_buckets(read_problem_results(f.eval_file(name)) for f in base
+                                                     if f.run.spec.base_seed == base_seed)
+               for base_seed in {f.run.spec.base_seed for f in base} for name in benchmarks}
     rows = []
     for run in finished:
         for name in benchmarks:
             path = run.eval_file(name)
-            summary = rebucketed_summary(read_problem_results(path), buckets[name], k, path)
+            own = buckets.get((run.run.spec.base_seed, name))
+            if own is None:
+                raise ValueError(f"{run.run.directory}: no base run of its base model {run.run.spec.base_seed} "
+                                 "to make its difficulty buckets")
+            summary = rebucketed_summary(read_problem_results(path), own, k, path)
             metrics = [summary["all"][f"average@{k}"],
                        *(summary[b][f"average@{k}"] if b in summary else None for b in BUCKETS),
                        summary["all"][f"pass@{k}"], summary["all"][f"maj@{k}"], summary["all"]["boxed_rate"]]
             # The spec's label, not the result's: a run reused from another experiment keeps its own there.
-            rows.append({"label": run.run.spec.label, "seed": run.run.spec.seed, "benchmark": name,
+            rows.append({"label": run.run.spec.label, "base_model": run.run.spec.base_seed,
+                         "seed": run.run.spec.seed, "benchmark": name,
                          **dict(zip(metric_columns(k), metrics)),
                          **{column: run.result.get(column) for column in COMPUTE_COLUMNS}})
     return rows

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from atesd.analysis.runs import one_thread
 from atesd.analysis.tables import markdown, percent
 from atesd.config import load_config
 from atesd.files import atomic_write_text
@@ -29,7 +29,7 @@ def run_testbed(config_path: Path, overrides: list[str], seeds: int, out: Path, 
     todo = [seed for seed in range(seeds) if not seed_file(out, seed).is_file()]
     if jobs > 1 and len(todo) > 1:
         # One thread per process: the seeds share the machine's cores.
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=one_thread) as pool:
             for seed in pool.map(measure_seed, [(config_path, overrides, seed, out) for seed in todo]):
                 print(f"warm-start seed {seed} done", flush=True)
     else:
@@ -116,13 +116,6 @@ def write_tables(rows: list[dict[str, Any]], out: Path, command: str) -> list[Pa
     md_path.write_text(f"# Warm-start seeds\n\nCommand: `{command}`\n\n{markdown(header, body)}\n\n{summary}\n")
     print(markdown(header, body) + "\n" + summary)
     return [csv_path, md_path]
-
-
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def _bucket_order(bucket: str) -> tuple[int, str]:

@@ -1,0 +1,112 @@
+"""The paper's claims (docs/method.md#paper-recipes), each read from paired intervals of a comparison.
+
+Every claim is a set of comparisons "A beats B", each the paired difference A − B over base models × seeds
+with its 95 % t-interval (`atesd.analysis.paired`); a claim is held when each of its comparisons held, did not
+hold when one of them did not, and is inconclusive otherwise. A claim whose methods the comparison did not run
+is left out. The fixed exposures are the comparison's ``--alphas`` runs with OPSD as α = 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+from atesd.analysis.buckets import BUCKETS
+from atesd.analysis.paired import Interval, combined_verdict, mean_interval, paired_difference
+
+Pairs = Mapping[Hashable, float]  # {(base model, seed): value}
+MISMATCH_CLAIMED = ("kl_p90", "kl_p99", "top1_disagree")  # the paper's: the KL tail and top-1 disagreement
+PREFERRED_ALPHA = {"easy": 1.0, "medium": 0.5}  # and hard: the lowest α
+
+
+@dataclass(frozen=True)
+class Claim:
+    statement: str
+    evidence: str
+    verdict: str
+
+
+def _versus(a: str, b: str, scores: Mapping[str, Pairs]) -> tuple[str, Interval] | None:
+    difference = paired_difference(scores[a], scores[b]) if a in scores and b in scores else None
+    return None if difference is None else (f"{a} − {b}: {difference.cell()} ({difference.wins}/{difference.n})",
+                                            difference)
+
+
+def _claim(statement: str, comparisons: Sequence[tuple[str, Interval] | None]) -> Claim | None:
+    if not comparisons or any(c is None for c in comparisons):
+        return None
+    return Claim(statement, "; ".join(text for text, _ in comparisons),
+                 combined_verdict([interval.verdict for _, interval in comparisons]))
+
+
+def best_fixed(scores: Mapping[str, Pairs], fixed: Mapping[str, float], below_one: bool = False) -> str | None:
+    """The fixed-exposure label with the highest mean score (only α < 1 with `below_one`)."""
+    candidates = [label for label, alpha in fixed.items() if label in scores and (alpha < 1 or not below_one)]
+    return max(candidates, key=lambda label: mean_interval(list(scores[label].values())).mean, default=None)
+
+
+def method_claims(scores: Mapping[str, Pairs], fixed: Mapping[str, float]) -> list[Claim]:
+    """The claims about final accuracy: `scores` is ``{method: {pair: Average@k}}``."""
+    best, best_below_one = best_fixed(scores, fixed), best_fixed(scores, fixed, below_one=True)
+    claims = [
+        _claim("full exposure is not the best fixed exposure (the best α < 1 beats α = 1)",
+               [_versus(best_below_one, "opsd", scores)] if best_below_one else []),
+        _claim("ATESD beats the best fixed α, which beats random exposure",
+               [_versus("atesd", best, scores), _versus(best, "random", scores)] if best else []),
+        _claim("delayed (discounted) credit beats immediate credit", [_versus("atesd", "atesd-immediate", scores)]),
+        _claim("the teacher-grounded term helps (G_lp only is worse)", [_versus("atesd", "atesd-lp-only", scores)]),
+        _claim("ATESD ≥ OPSD > GRPO, SFT at equal updates",
+               [_versus("atesd", "opsd", scores), _versus("opsd", "grpo", scores), _versus("opsd", "sft", scores)]),
+        _claim("(ours) the baseline against the reward's drift helps",
+               [_versus("atesd", "atesd-no-drift-baseline", scores)]),
+        _claim("(ours) exposure per problem beats one α per batch, and OPSD",
+               [_versus("atesd-per-problem", "atesd", scores), _versus("atesd-per-problem", "opsd", scores)]),
+    ]
+    return [claim for claim in claims if claim is not None]
+
+
+def bucket_claim(bucket_scores: Mapping[str, Mapping[str, Pairs]], fixed: Mapping[str, float]) -> Claim | None:
+    """Easy problems prefer α = 1, medium 0.5, hard the lowest: in each bucket the preferred α beats every other
+    fixed α. `bucket_scores` is ``{bucket: {method: {pair: Average@k in the bucket}}}``."""
+    present = {label: alpha for label, alpha in fixed.items()
+               if all(label in bucket_scores.get(bucket, {}) for bucket in BUCKETS)}
+    if len(present) < 2:
+        return None
+    texts, verdicts = [], []
+    for bucket in BUCKETS:
+        scores = bucket_scores[bucket]
+        wanted = PREFERRED_ALPHA.get(bucket, min(present.values()))
+        preferred = next((label for label, alpha in present.items() if alpha == wanted), None)
+        if preferred is None:
+            return None
+        best = best_fixed(scores, present)
+        differences = [paired_difference(scores[preferred], scores[other]) for other in present if other != preferred]
+        worst = min((d for d in differences if d is not None), key=lambda d: d.mean, default=None)
+        if worst is None:
+            return None
+        verdicts.append(combined_verdict([d.verdict for d in differences if d is not None]))
+        texts.append(f"{bucket}: best α = {present[best]:g}, α = {wanted:g} against its closest rival "
+                     f"{worst.cell()} ({verdicts[-1]})")
+    return Claim("easy problems prefer α = 1, medium 0.5, hard the lowest α", "; ".join(texts),
+                 combined_verdict(verdicts))
+
+
+def mismatch_claim(mismatch: Mapping[Hashable, Mapping[str, Mapping[str, float]]]) -> Claim | None:
+    """The mismatch rises with α: for the KL tail and top-1 disagreement, every step up in α raises it.
+    `mismatch` is ``{pair: {str(α): {statistic: value}}}``, measured on the base model of each pair."""
+    if not mismatch:
+        return None
+    alphas = sorted({float(alpha) for by_alpha in mismatch.values() for alpha in by_alpha})
+    if len(alphas) < 2:
+        return None
+    texts, verdicts = [], []
+    for statistic in MISMATCH_CLAIMED:
+        steps = [mean_interval([by_alpha[f"{high:g}"][statistic] - by_alpha[f"{low:g}"][statistic]
+                                for by_alpha in mismatch.values()])
+                 for low, high in pairwise(alphas)]
+        verdicts.append(combined_verdict([step.verdict for step in steps]))
+        rises = sum(step.verdict == "held" for step in steps)
+        texts.append(f"{statistic}: {rises} of {len(steps)} steps up in α raise it ({verdicts[-1]})")
+    return Claim("the teacher–student mismatch rises monotonically with α", "; ".join(texts),
+                 combined_verdict(verdicts))

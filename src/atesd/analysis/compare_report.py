@@ -1,0 +1,141 @@
+"""The sections of `atesd compare`'s report.md and its paired.csv: the table of means with 95 % intervals, the
+paired differences against OPSD and the best fixed α, the mismatch per α, the exposure each method used, and
+the paper's claims with their verdicts (docs/method.md#paper-recipes)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+from atesd.analysis.buckets import BUCKETS, EASY_FROM, HARD_BELOW
+from atesd.analysis.claims import Claim
+from atesd.analysis.mismatch import STATISTICS
+from atesd.analysis.paired import CONFIDENCE, Interval, mean_interval, paired_difference
+from atesd.analysis.tables import count, markdown, mean_std_cell, metric_columns, percent, seconds
+
+Scores = Mapping[str, Mapping[Hashable, float]]  # {method: {(base model, seed): value}}
+
+
+def means_section(summary: Sequence[dict[str, Any]], scores: Mapping[str, Scores], k: int) -> str:
+    """Per benchmark: mean ± std per method, its 95 % interval, the buckets, Pass, Maj and compute."""
+    header = ["method", "runs", f"Average@{k}", f"{CONFIDENCE:.0%} CI", *BUCKETS, f"Pass@{k}", f"Maj@{k}",
+              "generated tokens", "forward tokens", "train s"]
+    metrics = [c for c in metric_columns(k) if c != "boxed_rate"]
+    lines = []
+    for benchmark in dict.fromkeys(entry["benchmark"] for entry in summary):
+        body = []
+        for entry in summary:
+            if entry["benchmark"] != benchmark:
+                continue
+            interval = mean_interval(list(scores[benchmark][entry["method"]].values()))
+            ci = "–" if interval.n < 2 else f"[{percent(interval.low)}, {percent(interval.high)}]"
+            cells = [mean_std_cell(entry, c, percent) for c in metrics]
+            body.append([entry["method"], str(entry["seeds"]), cells[0], ci, *cells[1:],
+                         mean_std_cell(entry, "generated_tokens", count),
+                         mean_std_cell(entry, "forward_tokens", count),
+                         mean_std_cell(entry, "train_seconds", seconds)])
+        lines.append(f"## {benchmark}\n\n{markdown(header, body)}\n")
+    return "\n".join(lines)
+
+
+def paired_rows(scores: Mapping[str, Scores], references: Mapping[str, str]) -> list[dict[str, Any]]:
+    """One row per benchmark × method × reference (``{name: method label}``): the paired difference and its
+    interval over the pairs both ran (paired.csv)."""
+    rows = []
+    for benchmark, by_method in scores.items():
+        for method, values in by_method.items():
+            for name, reference in references.items():
+                if reference not in by_method or reference == method:
+                    continue
+                difference = paired_difference(values, by_method[reference])
+                if difference is not None:
+                    rows.append({"benchmark": benchmark, "method": method, "reference": name,
+                                 "reference_method": reference, "pairs": difference.n, "mean": difference.mean,
+                                 "low": difference.low, "high": difference.high, "wins": difference.wins,
+                                 "verdict": difference.verdict})
+    return rows
+
+
+def paired_section(rows: Sequence[dict[str, Any]], references: Mapping[str, str]) -> str:
+    """The paired differences as a table per benchmark: one column per reference."""
+    if not rows:
+        return ""
+    names = list(references)
+    lines = [(f"Paired differences (percentage points): each method minus the reference on the same base model "
+              f"and training seed, mean [{CONFIDENCE:.0%} t-interval over the pairs] and the pairs it wins. "
+              "Read above 0: held; below 0: did not hold; containing 0: inconclusive at this power.\n")]
+    for benchmark in dict.fromkeys(row["benchmark"] for row in rows):
+        cells: dict[str, dict[str, str]] = {}
+        for row in rows:
+            if row["benchmark"] == benchmark:
+                interval = Interval(row["mean"], row["low"], row["high"], row["pairs"], row["wins"])
+                cells.setdefault(row["method"], {})[row["reference"]] = (
+                    f"{interval.cell()} ({row['wins']}/{row['pairs']})")
+        header = ["method", *(f"− {name} ({references[name]})" for name in names)]
+        body = [[method, *(by_reference.get(name, "–") for name in names)] for method, by_reference in cells.items()]
+        lines.append(f"### {benchmark}\n\n{markdown(header, body)}\n")
+    return "## Paired differences\n\n" + "\n".join(lines)
+
+
+def mismatch_section(mismatch: Mapping[Hashable, Mapping[str, Mapping[str, float]]], problems: int) -> str:
+    """Mean ± std over the pairs of each mismatch statistic per α (the base model as teacher at α)."""
+    if not mismatch:
+        return ""
+    alphas = sorted({alpha for by_alpha in mismatch.values() for alpha in by_alpha}, key=float)
+    body = []
+    for alpha in alphas:
+        cells = []
+        for statistic in STATISTICS:
+            values = [by_alpha[alpha][statistic] for by_alpha in mismatch.values() if alpha in by_alpha]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):.4f} ± {spread:.4f}")
+        body.append([alpha, str(len(mismatch)), *cells])
+    return ("## Mismatch per α\n\nThe base model as teacher at α against itself as student, on one fixed set of "
+            f"its rollouts of {problems} training problems per base model and seed (per-token forward KL; top-1 "
+            f"disagreement), mean ± std over those.\n\n{markdown(['α', 'pairs', *STATISTICS], body)}\n")
+
+
+def exposure_section(curves: Mapping[str, Mapping[int, list[dict[str, Any]]]]) -> str:
+    """The α each method of `curves` (those whose α varied) used: mean over all steps and over the last
+    quarter, mean ± std over its runs."""
+    body = []
+    for method, runs in curves.items():
+        overall, late = [], []
+        for rows in runs.values():
+            alphas = [row["alpha"] for row in rows if row.get("alpha") is not None]
+            if alphas:
+                overall.append(statistics.fmean(alphas))
+                late.append(statistics.fmean(alphas[len(alphas) * 3 // 4:]))
+        if overall:
+            body.append([method, str(len(overall)), _mean_std(overall), _mean_std(late)])
+    if not body:
+        return ""
+    return ("## Exposure used\n\nThe batch's α at each step (for exposure per problem, the mean over the batch's "
+            f"problems), mean ± std over runs.\n\n{markdown(['method', 'runs', 'mean α', 'mean α, last quarter'], body)}\n")
+
+
+def claims_section(claims: Sequence[Claim]) -> str:
+    if not claims:
+        return ""
+    body = [[claim.statement, claim.evidence, f"**{claim.verdict}**"] for claim in claims]
+    return ("## The paper's claims\n\nEach claim from the paired intervals above: held when each of its comparisons "
+            "lies above 0, did not hold when one lies below 0, inconclusive otherwise. The best fixed α is chosen "
+            "on the same runs it is compared on, which favours it.\n\n"
+            f"{markdown(['claim', 'comparisons (pp, wins/pairs)', 'verdict'], body)}\n")
+
+
+def preamble(command: str, settings: Mapping[str, object]) -> str:
+    return "\n".join([
+        "# Method comparison\n", f"Command: `{command}`\n",
+        "Settings: " + ", ".join(f"{key} = {value}" for key, value in settings.items()) + "\n",
+        (f"Mean ± sample std over runs (base models × seeds); accuracies in %; the {CONFIDENCE:.0%} CI is the "
+         "t-interval of the mean over runs. Difficulty buckets from each base model's per-problem Average pooled "
+         f"over its seeds: hard < {HARD_BELOW:.3g} ≤ medium < {EASY_FROM:.3g} ≤ easy. Compute columns are "
+         "training totals per run: tokens sampled in rollouts, tokens through every scoring forward, and the summed "
+         "step times (– where the trainer did not log them).\n")])
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.2f} ± {spread:.2f}"

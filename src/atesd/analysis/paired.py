@@ -1,0 +1,81 @@
+"""Confidence intervals for an experiment over base models × seeds, and the verdicts read from them.
+
+The unit of replication is a *pair*: one base model (a warm-start seed of the embedded model, or the one base
+model of a real run) and one training seed. Two methods run on the same pair share the base model, the data
+order and the evaluation seed, so their difference on that pair cancels what the pair alone decides (a base
+model that is easy to improve, a lucky evaluation draw). A method's difference to a reference is therefore
+taken pair by pair, and its 95 % interval is Student's t over the pairs (`scipy.stats.t`): the mean difference
+± t(0.975, n − 1) · s / √n. The interval treats the pairs as independent; pairs that share a base model are
+not quite, so with few base models it is, if anything, narrower than it should be — read an interval that
+barely excludes 0 as weak evidence.
+
+A claim ("A beats B") is read from the interval of A − B: **held** when the interval lies above 0, **did not
+hold** when it lies below 0, **inconclusive** when it contains 0 (no difference this experiment could detect,
+at its power).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+from scipy import stats
+
+CONFIDENCE = 0.95
+HELD, NOT_HELD, INCONCLUSIVE = "held", "did not hold", "inconclusive"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its two-sided t-interval over `n` values; `wins` counts the values above 0 (for differences)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    wins: int = 0
+
+    @property
+    def verdict(self) -> str:
+        """Of the claim that the mean is above 0."""
+        if self.n < 2 or math.isnan(self.low):
+            return INCONCLUSIVE
+        if self.low > 0:
+            return HELD
+        return NOT_HELD if self.high < 0 else INCONCLUSIVE
+
+    def cell(self, scale: float = 100.0, digits: int = 1) -> str:
+        """``+1.2 [−0.3, +2.7]`` (scaled, e.g. to percentage points)."""
+        if self.n < 2:
+            return f"{scale * self.mean:+.{digits}f}"
+        return f"{scale * self.mean:+.{digits}f} [{scale * self.low:+.{digits}f}, {scale * self.high:+.{digits}f}]"
+
+
+def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
+    """The mean of `values` with its t-interval (a single value has no interval: low = high = nan)."""
+    if not values:
+        raise ValueError("an interval needs at least one value")
+    mean = statistics.fmean(values)
+    wins = sum(value > 0 for value in values)
+    if len(values) < 2:
+        return Interval(mean, math.nan, math.nan, 1, wins)
+    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return Interval(mean, mean - half, mean + half, len(values), wins)
+
+
+def paired_difference(values: Mapping[Hashable, float], reference: Mapping[Hashable, float],
+                      confidence: float = CONFIDENCE) -> Interval | None:
+    """`values` − `reference` on the pairs both have, as a t-interval over those pairs; None when none is shared."""
+    shared = [pair for pair in values if pair in reference]
+    if not shared:
+        return None
+    return mean_interval([values[pair] - reference[pair] for pair in shared], confidence)
+
+
+def combined_verdict(verdicts: Sequence[str]) -> str:
+    """A claim made of several comparisons: held when each held, did not hold when one did not."""
+    if verdicts and all(verdict == HELD for verdict in verdicts):
+        return HELD
+    return NOT_HELD if NOT_HELD in verdicts else INCONCLUSIVE

@@ -1,0 +1,149 @@
+"""The comparison's statistics: t-intervals and paired differences by hand, the paper's claims read from them
+on made-up scores, and `atesd compare` over two base models with fixed exposures and two jobs end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+
+from atesd.analysis.claims import best_fixed, bucket_claim, method_claims, mismatch_claim
+from atesd.analysis.paired import HELD, INCONCLUSIVE, NOT_HELD, combined_verdict, mean_interval, paired_difference
+from atesd.analysis.tables import read_csv
+from atesd.cli import main
+from atesd.config import load_config, save_config
+
+# Two-sided 95 % t quantiles (any statistics table): 4 and 2 degrees of freedom.
+T95_4, T95_2 = 2.7764451, 4.3026527
+
+
+def test_mean_interval_is_students_t_over_the_values():
+    values = [0.1, 0.3, 0.2, 0.5, 0.4]
+    interval = mean_interval(values)
+    half = T95_4 * statistics.stdev(values) / math.sqrt(5)
+    assert interval.mean == pytest.approx(0.3) and interval.n == 5 and interval.wins == 5
+    assert (interval.low, interval.high) == (pytest.approx(0.3 - half), pytest.approx(0.3 + half))
+    single = mean_interval([0.2])
+    assert single.n == 1 and math.isnan(single.low) and single.verdict == INCONCLUSIVE
+    assert single.cell() == "+20.0"
+    with pytest.raises(ValueError):
+        mean_interval([])
+
+
+def test_paired_difference_uses_only_the_shared_pairs_and_reads_a_verdict():
+    method = {(0, 0): 0.50, (0, 1): 0.52, (1, 0): 0.61, (1, 1): 0.40}
+    reference = {(0, 0): 0.40, (0, 1): 0.41, (1, 0): 0.50, (2, 0): 0.99}  # (1, 1) and (2, 0) are not shared
+    difference = paired_difference(method, reference)
+    assert difference.n == 3 and difference.wins == 3
+    assert difference.mean == pytest.approx((0.10 + 0.11 + 0.11) / 3)
+    half = T95_2 * statistics.stdev([0.10, 0.11, 0.11]) / math.sqrt(3)
+    assert difference.low == pytest.approx(difference.mean - half) and difference.verdict == HELD
+    assert difference.cell() == f"+{100 * difference.mean:.1f} [+{100 * difference.low:.1f}, +{100 * difference.high:.1f}]"
+    assert paired_difference(reference, method).verdict == NOT_HELD
+    assert paired_difference({(0, 0): 0.5, (0, 1): 0.4}, {(0, 0): 0.4, (0, 1): 0.5}).verdict == INCONCLUSIVE
+    assert paired_difference({(5, 5): 1.0}, reference) is None
+    assert combined_verdict([HELD, HELD]) == HELD
+    assert combined_verdict([HELD, INCONCLUSIVE]) == INCONCLUSIVE
+    assert combined_verdict([HELD, NOT_HELD, INCONCLUSIVE]) == NOT_HELD
+    assert combined_verdict([]) == INCONCLUSIVE
+
+
+def _scores(means: dict[str, float], pairs: int = 4) -> dict[str, dict[tuple, float]]:
+    """Per method, scores on `pairs` pairs: its mean plus a pair effect shared by every method and a small
+    method-specific wobble, so that differences of 2 points or more are decided."""
+    return {method: {(pair // 2, pair % 2): mean + 0.05 * pair + 0.002 * ((pair * (index + 1)) % 3)
+                     for pair in range(pairs)} for index, (method, mean) in enumerate(means.items())}
+
+
+def test_method_claims_follow_the_intervals():
+    fixed = {"alpha-0": 0.0, "alpha-0.5": 0.5, "opsd": 1.0}
+    scores = _scores({"alpha-0": 0.40, "alpha-0.5": 0.45, "opsd": 0.42, "random": 0.40, "atesd": 0.42,
+                      "atesd-immediate": 0.40, "grpo": 0.30, "sft": 0.10})
+    assert best_fixed(scores, fixed) == "alpha-0.5" and best_fixed(scores, {"opsd": 1.0}, below_one=True) is None
+    claims = {claim.statement: claim for claim in method_claims(scores, fixed)}
+    full = claims["full exposure is not the best fixed exposure (the best α < 1 beats α = 1)"]
+    assert full.verdict == HELD and full.evidence.startswith("alpha-0.5 − opsd: +3.")
+    assert claims["ATESD beats the best fixed α, which beats random exposure"].verdict == NOT_HELD
+    assert claims["delayed (discounted) credit beats immediate credit"].verdict == HELD
+    # ATESD = OPSD up to a wobble of 0.4 points: inconclusive, though OPSD beats GRPO and SFT
+    assert claims["ATESD ≥ OPSD > GRPO, SFT at equal updates"].verdict == INCONCLUSIVE
+    # the methods not run make no claim
+    assert "the teacher-grounded term helps (G_lp only is worse)" not in claims
+    assert not any("per problem" in statement for statement in claims)
+
+
+def test_bucket_and_mismatch_claims():
+    fixed = {"alpha-0": 0.0, "alpha-0.5": 0.5, "opsd": 1.0}
+    as_claimed = {"easy": _scores({"alpha-0": 0.8, "alpha-0.5": 0.85, "opsd": 0.9}),
+                  "medium": _scores({"alpha-0": 0.4, "alpha-0.5": 0.5, "opsd": 0.45}),
+                  "hard": _scores({"alpha-0": 0.2, "alpha-0.5": 0.1, "opsd": 0.05})}
+    claim = bucket_claim(as_claimed, fixed)
+    assert claim.verdict == HELD and claim.evidence.startswith("hard: best α = 0")
+    as_claimed["easy"] = _scores({"alpha-0": 0.95, "alpha-0.5": 0.85, "opsd": 0.9})
+    assert bucket_claim(as_claimed, fixed).verdict == NOT_HELD
+    assert bucket_claim(as_claimed, {"opsd": 1.0}) is None
+
+    def stats(value: float) -> dict[str, float]:
+        return {"kl_mean": value, "kl_p90": value, "kl_p99": 2 * value, "top1_disagree": value / 10}
+
+    rising = {(0, seed): {"0": stats(0.1 + 0.01 * seed), "0.5": stats(0.2 + 0.02 * seed), "1": stats(0.4)}
+              for seed in range(3)}
+    assert mismatch_claim(rising).verdict == HELD
+    rising[(0, 0)]["1"] = rising[(0, 1)]["1"] = rising[(0, 2)]["1"] = stats(0.15)  # falls from 0.5 to 1
+    falling = mismatch_claim(rising)
+    assert falling.verdict == NOT_HELD and "kl_p90: 1 of 2 steps up in α raise it (did not hold)" in falling.evidence
+    assert mismatch_claim({}) is None
+
+
+@pytest.mark.slow
+def test_compare_over_base_models_with_fixed_alphas_in_two_jobs(tiny_config, tmp_path, capfd):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    tiny = ("train.steps=2", "train.checkpoint_every=1", "eval.num_samples=2", "eval.max_problems=6",
+            "eval.max_new_tokens=8", "eval.teacher_alpha=null", "exposure.hold_steps=1")
+    save_config(tiny_config(recipes, *tiny), recipes / "opsd.yaml")
+    save_config(tiny_config(recipes, *tiny, "method=atesd", "exposure.policy=controller",
+                            "exposure.controller.lookahead=1", "exposure.controller.decisions_per_update=2"),
+                recipes / "atesd.yaml")
+    out = tmp_path / "compare"
+    args = ["compare", "--recipes", str(recipes), "--seeds", "2", "--base-models", "2", "--alphas", "0", "1",
+            "--mismatch-problems", "4", "--jobs", "2", "--out", str(out), "--methods", "base", "atesd"]
+    assert main(args) == 0
+    printed = capfd.readouterr().out  # the workers print to the file descriptor, not to sys.stdout
+    assert "atesd base model 1 seed 1 done" in printed
+    for name in ["runs/base-w1-seed0/result.json", "runs/alpha-0-w0-seed1/result.json",
+                 "runs/opsd-w1-seed1/result.json", "runs/atesd-w0-seed0/result.json",
+                 "mismatch/base-w1-seed1.json", "paired.csv", "paired_differences.png", "report.md"]:
+        assert (out / name).is_file(), name
+    # each base model is the warm start of its own seed, for every method and seed run on it
+    assert [load_config(out / f"runs/alpha-0-w{w}-seed1/config.yaml").model.embedded.seed for w in (0, 1)] == [0, 1]
+    results = read_csv(out / "results.csv")
+    assert list(results[0])[:4] == ["method", "base_model", "seed", "benchmark"]
+    assert sorted({(r["base_model"], r["seed"]) for r in results}) == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+    assert sorted({r["method"] for r in results}) == ["alpha-0", "atesd", "base", "opsd"]
+    paired = read_csv(out / "paired.csv")
+    assert {(r["method"], r["reference"]) for r in paired} >= {("atesd", "OPSD"), ("alpha-0", "OPSD")}
+    assert {r["pairs"] for r in paired} == {"4"}
+    report = (out / "report.md").read_text()
+    for heading in ["## Paired differences", "## Mismatch per α", "## The paper's claims", "95% CI"]:
+        assert heading in report, heading
+    assert "the teacher–student mismatch rises monotonically with α" in report
+    mismatch = json.loads((out / "mismatch/base-w0-seed0.json").read_text())
+    assert set(mismatch) == {"0", "1"} and mismatch["0"]["tokens"] == mismatch["1"]["tokens"] > 0
+
+    # Another comparison of some of the same runs takes them from this one instead of running them again.
+    capfd.readouterr()
+    again = tmp_path / "again"
+    assert main(["compare", "--recipes", str(recipes), "--seeds", "2", "--base-models", "2", "--reuse", str(out),
+                 "--out", str(again), "--methods", "base", "atesd"]) == 0
+    printed = capfd.readouterr().out
+    assert "reused: base-w0-seed0 ←" in printed and printed.count("finished earlier") == 8
+    assert not (again / "runs").exists() and "| atesd | 4 |" in (again / "report.md").read_text()
+
+    # A real model has no warm-start seeds: refused before anything runs.
+    capfd.readouterr()
+    assert main(["compare", "--recipes", str(recipes), "model.name_or_path=/models/qwen3", "--base-models", "2",
+                 "--out", str(tmp_path / "real"), "--methods", "base"]) == 2
+    assert "--base-models: only the embedded model has warm-start seeds" in capfd.readouterr().err
