@@ -10,7 +10,14 @@ import statistics
 import pytest
 
 from atesd.analysis.claims import best_fixed, bucket_claim, method_claims, mismatch_claim
-from atesd.analysis.paired import HELD, INCONCLUSIVE, NOT_HELD, combined_verdict, mean_interval, paired_difference
+from atesd.analysis.paired import (
+    HELD,
+    INCONCLUSIVE,
+    NOT_HELD,
+    combined_verdict,
+    mean_interval,
+    paired_difference,
+)
 from atesd.analysis.tables import read_csv
 from atesd.cli import main
 from atesd.config import load_config, save_config
@@ -147,3 +154,42 @@ def test_compare_over_base_models_with_fixed_alphas_in_two_jobs(tiny_config, tmp
     assert main(["compare", "--recipes", str(recipes), "model.name_or_path=/models/qwen3", "--base-models", "2",
                  "--out", str(tmp_path / "real"), "--methods", "base"]) == 2
     assert "--base-models: only the embedded model has warm-start seeds" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_longer_budget_continues_the_shorter_runs_it_can_and_equals_them_run_from_scratch(tiny_config, tmp_path, capfd):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    tiny = ("train.checkpoint_every=1", "eval.num_samples=2", "eval.max_problems=4", "eval.max_new_tokens=8",
+            "eval.teacher_alpha=null", "exposure.hold_steps=1")
+    save_config(tiny_config(recipes, *tiny), recipes / "opsd.yaml")
+    save_config(tiny_config(recipes, *tiny, "method=atesd", "exposure.policy=controller",
+                            "exposure.controller.lookahead=2", "exposure.controller.decisions_per_update=2"),
+                recipes / "atesd.yaml")
+
+    def compare(out: str, steps: int, *extra: str) -> int:
+        return main(["compare", "--recipes", str(recipes), f"train.steps={steps}", "--seeds", "1", "--out",
+                     str(tmp_path / out), *extra, "--methods", "base", "opsd", "atesd"])
+
+    assert compare("short", 2) == 0
+    assert compare("long", 4, "--continue-from", str(tmp_path / "short")) == 0
+    printed = capfd.readouterr().out
+    # OPSD's first 2 updates are the 2-update run; ATESD's controller reads t/T, so it trains from scratch
+    assert "continued: opsd-seed0 from" in printed and "continued: atesd-seed0" not in printed
+    assert compare("scratch", 4) == 0
+
+    def logged(out: str, run: str, name: str) -> list[dict]:
+        rows = [json.loads(line) for line in (tmp_path / out / "runs" / run / name).read_text().splitlines()]
+        return [{key: value for key, value in row.items() if "time" not in key} for row in rows]
+
+    continued = logged("long", "opsd-seed0", "metrics.jsonl")
+    assert [row["step"] for row in continued] == [1, 2, 3, 4] and continued == logged("scratch", "opsd-seed0",
+                                                                                       "metrics.jsonl")
+    long, scratch = (read_csv(tmp_path / out / "results.csv") for out in ("long", "scratch"))
+    assert [(r["method"], r["average@2"]) for r in long] == [(r["method"], r["average@2"]) for r in scratch]
+    # a learning rate that decays over train.steps makes the first updates depend on the length: from scratch
+    capfd.readouterr()
+    assert compare("cosine-short", 2, "train.lr_scheduler=cosine") == 0
+    assert compare("cosine-long", 4, "train.lr_scheduler=cosine", "--continue-from",
+                   str(tmp_path / "cosine-short")) == 0
+    assert "continued" not in capfd.readouterr().out

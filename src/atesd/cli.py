@@ -5,7 +5,7 @@
     atesd demo [CONFIG] [key=value ...] [--resume]
     atesd sweep [CONFIG] [key=value ...] [--alphas A ...] [--seeds N] [--out DIR] [--mismatch-problems P]
     atesd compare [key=value ...] [--recipes DIR] [--seeds N] [--base-models N] [--alphas A ...] [--jobs N]
-                  [--reuse DIR] [--out DIR] [--quick] [--methods M ...]
+                  [--reuse DIR] [--continue-from DIR] [--out DIR] [--quick] [--methods M ...]
                   [--best-alpha A | --sweep SWEEP_DIR]
     atesd testbed [CONFIG] [key=value ...] [--seeds N] [--jobs J] [--out DIR]
 
@@ -157,7 +157,8 @@ def _compare(args: argparse.Namespace) -> None:
                           best=args.best_alpha, sweep_dir=Path(args.sweep) if args.sweep else None,
                           command=args.command_line, base_models=args.base_models, alphas=args.alphas or (),
                           jobs=args.jobs, mismatch_problems=args.mismatch_problems,
-                          reuse=[Path(folder) for folder in args.reuse or ()])
+                          reuse=[Path(folder) for folder in args.reuse or ()],
+                          continue_from=Path(args.continue_from) if args.continue_from else None)
     print(f"comparison done: {', '.join(str(p) for p in written)}")
 
 
@@ -277,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--reuse", action="append", metavar="DIR",
                          help="another comparison's or a sweep's out folder whose finished runs that are runs of "
                          "this one are taken instead of run again (repeatable)")
+    compare.add_argument("--continue-from", metavar="DIR",
+                         help="a comparison of the same runs with fewer updates (train.steps): each run here starts "
+                         "from its run there and trains only the extra updates, where its first updates do not "
+                         "depend on train.steps (constant lr, fixed or random exposure); the others run from scratch")
     compare.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES, metavar="METHOD",
                          help=f"methods to run (default all: {' '.join(METHOD_NAMES)}); put key=value overrides "
                          "before this option, which takes every word after it")

@@ -1,14 +1,19 @@
-"""`atesd compare`: every method of docs/method.md#baselines and the two reward ablations, over several seeds, on equal updates.
+"""`atesd compare`: every method of docs/method.md#baselines and the reward ablations, over base models × seeds,
+on equal updates, with the statistics that decide between them.
 
-Each method is a recipe file of the recipe directory plus the overrides that make it (`presets.methods`); the extra
-overrides of the command apply to all, then the method's own, so that no extra override can turn one method
-into another. Every trained method must end up with the same ``train.steps`` (equal student updates), which is
-checked before anything runs. The base model is always evaluated: its per-problem accuracy makes the
-difficulty buckets.
+Each method is a recipe file of the recipe directory plus the overrides that make it (`presets.methods`, and
+with ``--alphas`` a run at each fixed exposure); the extra overrides of the command apply to all, then the
+method's own, so that no extra override can turn one method into another. Every trained method must end up
+with the same ``train.steps`` (equal student updates), which is checked before anything runs. The base model
+is always evaluated: its per-problem accuracy makes the difficulty buckets. With ``--base-models N`` all of it
+runs on each of N embedded base models (warm-start seeds), and methods are compared pair by pair — same base
+model, same training seed — with t-intervals over the pairs (`atesd.analysis.paired`).
 
-Outputs in the out folder: ``results.csv`` (one row per method × seed × benchmark), ``summary.csv`` and
-``report.md`` (mean ± std over seeds of the metrics and the compute columns), ``accuracy.png``,
-``learning_curves.png``, when some method varied α ``alpha_trajectories.png``, and under exposure per problem
+Outputs in the out folder: ``results.csv`` (one row per method × base model × seed × benchmark),
+``summary.csv``, ``paired.csv`` (each method against OPSD and the best fixed α), ``report.md`` (means with
+95 % intervals, the paired differences, the exposure used, the mismatch per α, the paper's claims with their
+verdicts, and the compute columns), ``accuracy.png``, ``paired_differences.png``, ``learning_curves.png``,
+when some method varied α ``alpha_trajectories.png``, and under exposure per problem
 ``alpha_by_difficulty.png``.
 """
 
@@ -53,6 +58,7 @@ from atesd.analysis.runs import (
     FinishedRun,
     Run,
     RunSpec,
+    continue_shorter,
     guard_settings,
     parallel_map,
     plan,
@@ -120,12 +126,13 @@ def reuse_finished(runs: Sequence[Run], folders: Sequence[Path]) -> list[Run]:
 def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], seeds: int, out: Path, *,
                 quick: bool, best: float | None, sweep_dir: Path | None, command: str, base_models: int | None = None,
                 alphas: Sequence[float] = (), jobs: int = 1, mismatch_problems: int = DEFAULT_MISMATCH_PROBLEMS,
-                reuse: Sequence[Path] = ()) -> list[Path]:
+                reuse: Sequence[Path] = (), continue_from: Path | None = None) -> list[Path]:
     """Run (or continue) the comparison in `out` and write its tables, CSVs and plots; returns the files.
 
     `base_models` N runs everything on the embedded base models of warm-start seeds 0 … N−1; `jobs` runs that
     many runs at once, in processes of one thread each; the finished runs of the `reuse` folders (and of
-    `sweep_dir`) that are runs of this comparison are taken from there.
+    `sweep_dir`) that are runs of this comparison are taken from there; a run that `continue_from` holds with
+    fewer updates starts from it (`runs.continue_shorter`).
     """
     if not recipes.is_dir():
         raise ConfigError(f"--recipes: {recipes} is not a directory of method configs")
@@ -152,6 +159,9 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
         taken = [f"{run.spec.name} ← {run.directory}" for run in runs if not run.directory.is_relative_to(out)]
         if taken:
             print("reused: " + "; ".join(taken), flush=True)
+    if continue_from is not None:
+        for run in continue_shorter(runs, continue_from):
+            print(f"continued: {run.spec.name} from {continue_from}'s run of fewer updates", flush=True)
     finished = run_all(runs, jobs)
     mismatch = base_mismatch([run for run in runs if not run.spec.trains], alphas, mismatch_problems, out, jobs)
 

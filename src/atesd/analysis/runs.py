@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -32,6 +33,7 @@ from atesd.analysis.presets import BASE_LABEL
 from atesd.config import Config, ConfigError, changed_keys, load_config, save_config
 from atesd.files import atomic_write_text
 from atesd.train.checkpoint import latest_checkpoint
+from atesd.train.run_dir import LOCK_FILE
 from atesd.train.trainer import Trainer
 
 RUNS_DIR = "runs"
@@ -229,12 +231,50 @@ def _total(rows: list[dict[str, Any]], key: str) -> float | int | None:
     return sum(values) if values else None
 
 
+def continue_shorter(runs: Sequence[Run], folder: Path) -> list[Run]:
+    """Each trained run not started yet whose first updates a finished run of `folder` already made — the same
+    config but for its location and a smaller ``train.steps`` — starts as a copy of that run (its checkpoints
+    and logs) and resumes from its last checkpoint. With a constant learning rate and an exposure that does not
+    depend on the run's length, the first N updates of a longer run are the N-update run, so a longer budget
+    costs only its extra updates. A run whose schedule or controller reads ``train.steps`` (the controller's
+    state holds the progress t/T) trains from scratch. Returns the runs that were continued."""
+    finished = [(directory, load_config(directory / "config.yaml"))
+                for directory in sorted((folder / RUNS_DIR).glob("*"))
+                if (directory / TRAINED_FILE).is_file() and (directory / "config.yaml").is_file()]
+    continued = []
+    for run in runs:
+        if not run.spec.trains or run.directory.exists():
+            continue
+        source = next((directory for directory, config in finished if config.train.steps < run.config.train.steps
+                       and changed_keys(config, run.config, ignore=LOCATION_KEYS) == ["train.steps"]), None)
+        if source is None or not length_independent(run.config):
+            continue
+        partial = run.directory.with_name(run.directory.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(source, partial, ignore=shutil.ignore_patterns(
+            RESULT_FILE, TRAINED_FILE, "eval", "final_model", LOCK_FILE, "*.png", "summary.md"))
+        os.replace(partial, run.directory)  # whole or not at all: a killed copy leaves no half run
+        continued.append(run)
+    return continued
+
+
+def length_independent(config: Config) -> bool:
+    """Whether a run's first updates do not depend on its ``train.steps``: a constant learning rate, and an
+    exposure that is fixed or random (a schedule and the controller's state read t/T)."""
+    return config.train.lr_scheduler == "constant" and config.exposure.policy in ("fixed", "random")
+
+
 def check_saved_config(run: Run) -> None:
-    """Refuse to continue or reuse a run directory whose ``config.yaml`` is not this run's config."""
+    """Refuse to continue or reuse a run directory whose ``config.yaml`` is not this run's config (a run still
+    training may grow its ``train.steps``: the trainer resumes it to the new length)."""
     path = run.directory / "config.yaml"
     if not path.is_file():
         return
-    changed = changed_keys(load_config(path), run.config, ignore=LOCATION_KEYS)
+    saved = load_config(path)
+    changed = changed_keys(saved, run.config, ignore=LOCATION_KEYS)
+    if changed == ["train.steps"] and run.config.train.steps > saved.train.steps and not (
+            run.directory / TRAINED_FILE).is_file():
+        return
     if changed:
         raise ConfigError(f"{path} differs from this run's config in: {', '.join(changed)}; use another --out "
                           "or the arguments that made it")
