@@ -59,7 +59,7 @@ class EmbeddedModelConfig(Section):
         "real models (docs/method.md#embedded-testbed).")
     copy_pretrain_lr: float = Field(1e-3, gt=0, description="lr of the copy pre-training (at 5e-3 the circuit "
                                     "never forms).")
-    warm_start_steps: int = Field(1300, ge=0, description="Most task steps (the cosine schedule's length).")
+    warm_start_steps: int = Field(2000, ge=0, description="Most task steps (the cosine schedule's length).")
     warm_start_target_accuracy: float | None = Field(
         0.38, gt=0, le=1, description="Stop the task warm start once the student's accuracy on the health split "
         "reaches this (checked every warm_start_check_every steps): seeds learn at different speeds, and a "
@@ -71,11 +71,11 @@ class EmbeddedModelConfig(Section):
     teacher_format_share: float = Field(
         0.85, ge=0, le=1, description="Share of warm-start examples in teacher format (partial reference).")
     teacher_answer_share: float = Field(
-        0.5, ge=0, le=1, description="Share of teacher-format warm-start examples whose own chain of thought "
+        0.0, ge=0, le=1, description="Share of teacher-format warm-start examples whose own chain of thought "
         "ends on a slipped value (shown, not scored) followed by the true boxed answer: the examples where the "
         "teacher's context is necessary, without which it never learns to read it.")
     teacher_follow_share: float = Field(
-        0.0, ge=0, le=1, description="Share of the other teacher-format examples whose chain slips at one line (not "
+        0.6, ge=0, le=1, description="Share of the other teacher-format examples whose chain slips at one line (not "
         "scored) and carries the slip on to a wrong boxed answer: the teacher learns to follow the chain it scores.")
     health_check: bool = Field(
         True, description="After a warm start, evaluate student and teacher on held-out problems and refuse a "

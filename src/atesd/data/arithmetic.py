@@ -12,19 +12,20 @@ That text is kept in ``problem.meta["student_solution"]``: it is what the warm s
 The *reference* solution (``problem.solution``, what a teacher prompt exposes and SFT imitates) is written in
 the style of ``reference_style``:
 
-- ``concise`` (default): as real references stand to a model's own reasoning — several operations per line,
-  only the value at the end of each line (the intermediate values between are skipped), another notation
-  (spaces around ``=``; products of a line computed together)::
+- ``values`` (the embedded default): every step's value in order, without its operation (``= 8`` /
+  ``= 6`` / ``= 13``), in another notation than the student's (no operands, spaces around ``=``). A teacher
+  reading it finds the value a step should give by the value that precedes it, and finds nothing once the
+  student's chain has left the true values; copying it is not the student's format.
+- ``concise``: several operations per line, only the value at the end of each line (the intermediate values
+  between are skipped), another notation (spaces around ``=``; products of a line computed together)::
 
       17+25*3-8 = 84
 
   for a longer one, ``3+5-2+7-1+4-6`` → ``3+5-2 = 6`` / ``6+7-1+4 = 16`` / ``16-6 = 10``. The values it
-  shows are a subset of the student's running totals, so a teacher reading it learns some of the
-  intermediate values and the answer, but copying it is not the student's format.
-- ``values``: every step's value in order, without its operation (``= 8`` / ``= 6`` / ``= 13``): a
-  teacher reading it finds the value a step should give by the value that precedes it, and finds nothing
-  once the student's chain has left the true values.
+  shows are a subset of the student's running totals.
 - ``steps``: the reference is the student's own one-line-per-operation solution (the old task).
+
+Which style the default takes, and why, is in docs/method.md#embedded-testbed.
 
 Problems are generated from a seed, so every split is reproducible, and the train, probe and test splits are
 disjoint by question text. The number of operations is the difficulty knob; it is kept in
@@ -56,9 +57,9 @@ class EmbeddedTaskConfig(BaseModel):
     max_ops: int = Field(6, ge=1, description="Most operations per problem (difficulty buckets ops=k).")
     operators: str = Field("+-", description="Operators drawn from (a subset of +-*).")
     reference_style: Literal["concise", "steps", "values"] = Field(
-        "concise", description="Style of the reference solutions: 'concise' (several operations per line, "
-        "intermediate values skipped; not the student's own format), 'values' (each step's value without its "
-        "operation) or 'steps' (the student's own format, one line per operation: imitating it is the whole "
+        "values", description="Style of the reference solutions: 'values' (each step's value without its "
+        "operation; not the student's own format), 'concise' (several operations per line, intermediate values "
+        "skipped) or 'steps' (the student's own format, one line per operation: imitating it is the whole "
         "solution).")
     train_size: int = Field(4000, ge=1)
     test_size: int = Field(200, ge=1)

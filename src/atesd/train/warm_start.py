@@ -10,11 +10,14 @@ Two phases, each applied with the recipe's `Updater`:
    machines.
 2. the task: the model's *own* chain of thought (one line per operation, ``problem.meta["student_solution"]``)
    after the student prompt or after teacher prompts at random exposures, whose context shows part of the
-   *reference* (``problem.solution``, concise and in another style by default) and the answer. The reference
-   is never a target: the model's style is what it writes, the reference is only ever read, as a real model
-   reads a human-written solution; so the teacher's extra competence is only what its context adds. A share of
-   the teacher-format examples (`teacher_answer_share`) end on a slipped last value (shown, not scored) and then
-   the true boxed answer, which only the context gives: without them, reading the context is never necessary.
+   *reference* (``problem.solution``, in another style than the model's own by default) and the answer. The
+   reference is never a target: the model's style is what it writes, the reference is only ever read, as a real
+   model reads a human-written solution; so the teacher's extra competence is only what its context adds. Two
+   kinds of teacher-format example shape how it reads: `teacher_answer_share` of them end on a slipped last
+   value (shown, not scored) and then the true boxed answer, which only the context gives (off by default: the
+   teacher then boxes the answer it read after any chain, a target no student can learn), and
+   `teacher_follow_share` of the others slip at one line (not scored) and carry the slip on to a wrong answer,
+   so that the teacher follows the chain it scores instead of overwriting it from the reference.
 
 Trained briefly, it leaves the gap self-distillation needs: the student partly competent, the teacher clearly
 better. Every build is followed by the health check (`atesd.train.health`); the model is cached under a key of
