@@ -240,13 +240,15 @@ def base_mismatch(base_runs: Sequence[Run], alphas: Sequence[float], problems: i
     return {run.spec.pair: stats for run, stats in zip(base_runs, results)}
 
 
-def training_curves(finished: Sequence[FinishedRun]) -> dict[str, dict[int, list[dict]]]:
-    """``{method: {seed: metrics rows}}`` of the runs that trained."""
-    curves: dict[str, dict[int, list[dict]]] = {}
+def training_curves(finished: Sequence[FinishedRun]) -> dict[str, dict[str, list[dict]]]:
+    """``{method: {run: metrics rows}}`` of the runs that trained; a run is named by its seed, and by its base
+    model too when there are several (``w1 seed 2``)."""
+    curves: dict[str, dict[str, list[dict]]] = {}
     for run in finished:
-        if run.run.spec.trains:
-            curves.setdefault(run.run.spec.label, {})[run.run.spec.seed] = read_metrics(
-                run.run.directory / "metrics.jsonl")
+        spec = run.run.spec
+        if spec.trains:
+            name = f"seed {spec.seed}" if spec.base_seed is None else f"w{spec.base_seed} seed {spec.seed}"
+            curves.setdefault(spec.label, {})[name] = read_metrics(run.run.directory / "metrics.jsonl")
     return curves
 
 

@@ -172,10 +172,10 @@ def plot_alpha_trajectories(curves: dict[str, dict[int, list[dict[str, Any]]]], 
     figure, axes = plt.subplots(len(curves), 1, figsize=(9, 2.6 * len(curves)), squeeze=False, sharex=True,
                                 constrained_layout=True)
     for axis, (method, seeds) in zip(axes[:, 0], curves.items()):
-        for seed, rows in seeds.items():
+        for seed, rows in seeds.items():  # seed: the run's name
             pairs = [(row["step"], row["alpha"]) for row in rows if row.get("alpha") is not None]
             if pairs:
-                axis.step(*zip(*pairs), where="post", linewidth=0.9, alpha=0.8, label=f"seed {seed}")
+                axis.step(*zip(*pairs), where="post", linewidth=0.9, alpha=0.8, label=str(seed))
         axis.set_title(method)
         axis.set_ylabel("exposure α")
         axis.set_ylim(-0.02, 1.02)
