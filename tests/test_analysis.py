@@ -189,7 +189,7 @@ def test_compare_killed_midway_continues_without_redoing_runs(recipes, sweep_dir
     assert {"average@2_mean", "average@2_std", "pass@2_mean", "maj@2_std", "generated_tokens_mean",
             "forward_tokens_mean", "train_seconds_mean"} <= set(summary[0])
     report = (out / "report.md").read_text()
-    assert "| method | seeds | Average@2 | hard | medium | easy | Pass@2 | Maj@2 | generated tokens | forward " \
-           "tokens | train s |" in report
+    assert "| method | runs | Average@2 | 95% CI | hard | medium | easy | Pass@2 | Maj@2 | generated tokens | " \
+           "forward tokens | train s |" in report
     assert "| random | 2 |" in report and "atesd compare --recipes" in report
     assert "![learning_curves](learning_curves.png)" in report and "![alpha_trajectories]" in report

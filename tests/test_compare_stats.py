@@ -110,8 +110,10 @@ def test_bucket_and_mismatch_claims():
 def test_compare_over_base_models_with_fixed_alphas_in_two_jobs(tiny_config, tmp_path, capfd):
     recipes = tmp_path / "recipes"
     recipes.mkdir()
+    # a cache of its own: the second base model is a second warm start, which the session's cache keeps out
     tiny = ("train.steps=2", "train.checkpoint_every=1", "eval.num_samples=2", "eval.max_problems=6",
-            "eval.max_new_tokens=8", "eval.teacher_alpha=null", "exposure.hold_steps=1")
+            "eval.max_new_tokens=8", "eval.teacher_alpha=null", "exposure.hold_steps=1",
+            f"model.embedded.cache_dir={tmp_path / 'cache'}")
     save_config(tiny_config(recipes, *tiny), recipes / "opsd.yaml")
     save_config(tiny_config(recipes, *tiny, "method=atesd", "exposure.policy=controller",
                             "exposure.controller.lookahead=1", "exposure.controller.decisions_per_update=2"),
@@ -122,6 +124,7 @@ def test_compare_over_base_models_with_fixed_alphas_in_two_jobs(tiny_config, tmp
     assert main(args) == 0
     printed = capfd.readouterr().out  # the workers print to the file descriptor, not to sys.stdout
     assert "atesd base model 1 seed 1 done" in printed
+    assert len(list((tmp_path / "cache").glob("embedded-*"))) == 2  # one warm start per base model
     for name in ["runs/base-w1-seed0/result.json", "runs/alpha-0-w0-seed1/result.json",
                  "runs/opsd-w1-seed1/result.json", "runs/atesd-w0-seed0/result.json",
                  "mismatch/base-w1-seed1.json", "paired.csv", "paired_differences.png", "report.md"]:
