@@ -54,7 +54,6 @@ from atesd.analysis.presets import (
 from atesd.analysis.runs import (
     LOCATION_KEYS,
     RESULT_FILE,
-    RUNS_DIR,
     FinishedRun,
     Run,
     RunSpec,
@@ -63,10 +62,11 @@ from atesd.analysis.runs import (
     parallel_map,
     plan,
     run_all,
+    saved_runs,
 )
 from atesd.analysis.sweep import best_alpha, seed_mismatch
 from atesd.analysis.tables import COMPUTE_COLUMNS, aggregate, metric_columns, run_rows, write_csv
-from atesd.config import ConfigError, changed_keys, load_config
+from atesd.config import ConfigError, changed_keys
 from atesd.files import atomic_write_text
 from atesd.train.metrics import read_metrics
 
@@ -81,11 +81,12 @@ def compare_specs(recipes: Path, chosen: Sequence[str], overrides: Sequence[str]
                   alphas: Sequence[float] = (), base_seeds: Sequence[int | None] = (None,)) -> list[RunSpec]:
     """The base evaluations first, then each base model and seed's methods (so that a partial comparison covers
     all methods); `alphas` adds a run at each of those fixed exposures (α = 1 is ``opsd``)."""
-    table = {**methods(best), **fixed_alpha_methods(tuple(alphas))}
+    fixed = fixed_alpha_methods(tuple(alphas))
+    table = {**methods(best), **fixed}
     unknown = [name for name in chosen if name not in table]
     if unknown:
         raise ConfigError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(table)}")
-    with_alphas = [*chosen, *fixed_alpha_methods(tuple(alphas)), *(["opsd"] if 1 in alphas else [])]
+    with_alphas = [*chosen, *fixed, *(["opsd"] if 1 in alphas else [])]
     trained = [name for name in dict.fromkeys(with_alphas) if name != BASE_LABEL]
 
     def spec(name: str, base_seed: int | None, seed: int) -> RunSpec:
@@ -109,12 +110,8 @@ def reuse_finished(runs: Sequence[Run], folders: Sequence[Path]) -> list[Run]:
     """Each run that a finished run of one of `folders` (a sweep's or another comparison's out folder) already
     is — same config apart from its location, and both trained or both not — is taken from there instead of
     being run again."""
-    finished = []
-    for folder in folders:
-        for directory in sorted((folder / RUNS_DIR).glob("*")):
-            if (directory / RESULT_FILE).is_file() and (directory / "config.yaml").is_file():
-                trains = json.loads((directory / RESULT_FILE).read_text())["method"] != BASE_LABEL
-                finished.append((directory, trains, load_config(directory / "config.yaml")))
+    finished = [(directory, json.loads((directory / RESULT_FILE).read_text())["method"] != BASE_LABEL, config)
+                for folder in folders for directory, config in saved_runs(folder, RESULT_FILE)]
     reused = []
     for run in runs:
         match = next((directory for directory, trains, config in finished if trains == run.spec.trains
@@ -236,7 +233,7 @@ def base_mismatch(base_runs: Sequence[Run], alphas: Sequence[float], problems: i
         return {}
     measured = [(run.config, tuple(sorted({*alphas, 1.0})), problems, run.spec.seed,
                  out / "mismatch" / f"{run.spec.name}.json") for run in base_runs]
-    results = parallel_map(seed_mismatch, measured, jobs)
+    results = list(parallel_map(seed_mismatch, measured, jobs))
     return {run.spec.pair: stats for run, stats in zip(base_runs, results)}
 
 

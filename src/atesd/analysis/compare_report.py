@@ -12,7 +12,7 @@ from atesd.analysis.buckets import BUCKETS, EASY_FROM, HARD_BELOW
 from atesd.analysis.claims import Claim
 from atesd.analysis.mismatch import STATISTICS
 from atesd.analysis.paired import CONFIDENCE, Interval, mean_interval, paired_difference
-from atesd.analysis.tables import count, markdown, mean_std_cell, metric_columns, percent, seconds
+from atesd.analysis.tables import count, markdown, mean_std, mean_std_cell, metric_columns, percent, seconds
 
 Scores = Mapping[str, Mapping[Hashable, float]]  # {method: {(base model, seed): value}}
 
@@ -87,9 +87,8 @@ def mismatch_section(mismatch: Mapping[Hashable, Mapping[str, Mapping[str, float
     for alpha in alphas:
         cells = []
         for statistic in STATISTICS:
-            values = [by_alpha[alpha][statistic] for by_alpha in mismatch.values() if alpha in by_alpha]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.fmean(values):.4f} ± {spread:.4f}")
+            mean, std = mean_std([by_alpha[alpha][statistic] for by_alpha in mismatch.values() if alpha in by_alpha])
+            cells.append(f"{mean:.4f} ± {std:.4f}")
         body.append([alpha, str(len(mismatch)), *cells])
     return ("## Mismatch per α\n\nThe base model as teacher at α against itself as student, on one fixed set of "
             f"its rollouts of {problems} training problems per base model and seed (per-token forward KL; top-1 "
@@ -137,5 +136,5 @@ def preamble(command: str, settings: Mapping[str, object]) -> str:
 
 
 def _mean_std(values: Sequence[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {spread:.2f}"
+    mean, std = mean_std(values)
+    return f"{mean:.2f} ± {std:.2f}"

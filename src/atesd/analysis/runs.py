@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -130,19 +130,27 @@ def run_all(runs: Sequence[Run], jobs: int = 1) -> list[FinishedRun]:
             firsts.setdefault(run.spec.base_seed, run)
         first_of_base = list(firsts.values())
         later = [run for run in todo if all(run is not first for first in first_of_base)]
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=one_thread) as pool:
+        with worker_pool(jobs) as pool:
             for wave in (first_of_base, later):
                 for future in as_completed([pool.submit(_timed, run, prefixes[run.directory]) for run in wave]):
                     future.result()  # a run's error stops the experiment, as it does with one job
     return [FinishedRun(run, json.loads((run.directory / RESULT_FILE).read_text())) for run in runs]
 
 
-def parallel_map(function: Callable[[T], R], items: Sequence[T], jobs: int) -> list[R]:
-    """`function` over `items` in order, in `jobs` worker processes of one thread each when ``jobs > 1``."""
+def parallel_map(function: Callable[[T], R], items: Sequence[T], jobs: int) -> Iterator[R]:
+    """`function` over `items`, each result as it comes in order, in `jobs` worker processes of one thread
+    each when ``jobs > 1`` (and there is more than one item)."""
     if jobs <= 1 or len(items) <= 1:
-        return [function(item) for item in items]
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=one_thread) as pool:
-        return list(pool.map(function, items))
+        yield from map(function, items)
+        return
+    with worker_pool(jobs) as pool:
+        yield from pool.map(function, items)
+
+
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """`jobs` fresh worker processes (spawned, not forked: torch's threads do not survive a fork) of one thread
+    each, so that parallel jobs share the machine's cores."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=one_thread)
 
 
 def _describe(spec: RunSpec) -> str:
@@ -238,9 +246,7 @@ def continue_shorter(runs: Sequence[Run], folder: Path) -> list[Run]:
     depend on the run's length, the first N updates of a longer run are the N-update run, so a longer budget
     costs only its extra updates. A run whose schedule or controller reads ``train.steps`` (the controller's
     state holds the progress t/T) trains from scratch. Returns the runs that were continued."""
-    finished = [(directory, load_config(directory / "config.yaml"))
-                for directory in sorted((folder / RUNS_DIR).glob("*"))
-                if (directory / TRAINED_FILE).is_file() and (directory / "config.yaml").is_file()]
+    finished = saved_runs(folder, TRAINED_FILE)
     continued = []
     for run in runs:
         if not run.spec.trains or run.directory.exists():
@@ -256,6 +262,13 @@ def continue_shorter(runs: Sequence[Run], folder: Path) -> list[Run]:
         os.replace(partial, run.directory)  # whole or not at all: a killed copy leaves no half run
         continued.append(run)
     return continued
+
+
+def saved_runs(folder: Path, marker: str) -> list[tuple[Path, Config]]:
+    """The run directories of an experiment's out `folder` that hold `marker` (``trained.json`` or
+    ``result.json``) and their ``config.yaml``, with that config."""
+    return [(directory, load_config(directory / "config.yaml")) for directory in sorted((folder / RUNS_DIR).glob("*"))
+            if (directory / marker).is_file() and (directory / "config.yaml").is_file()]
 
 
 def length_independent(config: Config) -> bool:

@@ -12,12 +12,10 @@ from __future__ import annotations
 import csv
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from atesd.analysis.runs import one_thread
+from atesd.analysis.runs import parallel_map
 from atesd.analysis.tables import markdown, percent
 from atesd.config import load_config
 from atesd.files import atomic_write_text
@@ -27,15 +25,8 @@ def run_testbed(config_path: Path, overrides: list[str], seeds: int, out: Path, 
     load_config(config_path, overrides)  # a bad override fails before any warm start
     (out / "seeds").mkdir(parents=True, exist_ok=True)
     todo = [seed for seed in range(seeds) if not seed_file(out, seed).is_file()]
-    if jobs > 1 and len(todo) > 1:
-        # One thread per process: the seeds share the machine's cores.
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=one_thread) as pool:
-            for seed in pool.map(measure_seed, [(config_path, overrides, seed, out) for seed in todo]):
-                print(f"warm-start seed {seed} done", flush=True)
-    else:
-        for seed in todo:
-            measure_seed((config_path, overrides, seed, out))
-            print(f"warm-start seed {seed} done", flush=True)
+    for seed in parallel_map(measure_seed, [(config_path, overrides, seed, out) for seed in todo], jobs):
+        print(f"warm-start seed {seed} done", flush=True)
     rows = [json.loads(seed_file(out, seed).read_text()) for seed in range(seeds)]
     return write_tables(rows, out, command)
 
