@@ -15,6 +15,8 @@ from atesd.analysis.paired import (
     HELD,
     INCONCLUSIVE,
     NOT_HELD,
+    agreeing,
+    base_model_differences,
     combined_verdict,
     mean_interval,
     paired_difference,
@@ -56,6 +58,16 @@ def test_paired_difference_uses_only_the_shared_pairs_and_reads_a_verdict():
     assert combined_verdict([HELD, INCONCLUSIVE]) == INCONCLUSIVE
     assert combined_verdict([HELD, NOT_HELD, INCONCLUSIVE]) == NOT_HELD
     assert combined_verdict([]) == INCONCLUSIVE
+
+
+def test_base_model_differences_average_within_each_base_model():
+    method = {(0, 0): 0.50, (0, 1): 0.52, (1, 0): 0.61, (1, 1): 0.40, (2, 0): 0.3}
+    reference = {(0, 0): 0.40, (0, 1): 0.41, (1, 0): 0.50, (1, 1): 0.45}  # base model 2 is not shared
+    by_base = base_model_differences(method, reference)
+    assert list(by_base) == [0, 1]
+    assert by_base[0] == pytest.approx((0.10 + 0.11) / 2) and by_base[1] == pytest.approx((0.11 - 0.05) / 2)
+    assert agreeing(by_base, 0.05) == 2 and agreeing(by_base, -0.05) == 0
+    assert agreeing({0: 0.1, 1: -0.2, 2: 0.0}, 0.01) == 1  # a zero difference agrees with neither sign
 
 
 def _scores(means: dict[str, float], pairs: int = 4) -> dict[str, dict[tuple, float]]:
@@ -138,6 +150,10 @@ def test_compare_over_base_models_with_fixed_alphas_in_two_jobs(tiny_config, tmp
     paired = read_csv(out / "paired.csv")
     assert {(r["method"], r["reference"]) for r in paired} >= {("atesd", "OPSD"), ("alpha-0", "OPSD")}
     assert {r["pairs"] for r in paired} == {"4"}
+    # beside the interval, the mean difference on each of the two base models
+    for row in paired:
+        assert row["base_models"] == "2" and len(row["by_base_model"].split(" / ")) == 2
+        assert 0 <= int(row["base_models_agreeing"]) <= 2
     report = (out / "report.md").read_text()
     for heading in ["## Paired differences", "## Mismatch per α", "## The paper's claims", "95% CI"]:
         assert heading in report, heading

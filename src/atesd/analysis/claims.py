@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from atesd.analysis.buckets import BUCKETS
-from atesd.analysis.paired import Interval, combined_verdict, mean_interval, paired_difference
+from atesd.analysis.paired import (
+    Interval,
+    agreeing,
+    base_model_differences,
+    combined_verdict,
+    mean_interval,
+    paired_difference,
+)
 
 Pairs = Mapping[Hashable, float]  # {(base model, seed): value}
 MISMATCH_CLAIMED = ("kl_p90", "kl_p99", "top1_disagree")  # the paper's: the KL tail and top-1 disagreement
@@ -29,8 +36,11 @@ class Claim:
 
 def _versus(a: str, b: str, scores: Mapping[str, Pairs]) -> tuple[str, Interval] | None:
     difference = paired_difference(scores[a], scores[b]) if a in scores and b in scores else None
-    return None if difference is None else (f"{a} − {b}: {difference.cell()} ({difference.wins}/{difference.n})",
-                                            difference)
+    if difference is None:
+        return None
+    by_base = base_model_differences(scores[a], scores[b])
+    bases = f"; {agreeing(by_base, difference.mean)}/{len(by_base)} base models" if len(by_base) > 1 else ""
+    return f"{a} − {b}: {difference.cell()} ({difference.wins}/{difference.n}{bases})", difference
 
 
 def _claim(statement: str, comparisons: Sequence[tuple[str, Interval] | None]) -> Claim | None:

@@ -79,8 +79,9 @@ def quick_overrides() -> list[str]:
 
 def compare_specs(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], seeds: int, best: float,
                   alphas: Sequence[float] = (), base_seeds: Sequence[int | None] = (None,)) -> list[RunSpec]:
-    """The base evaluations first, then each base model and seed's methods (so that a partial comparison covers
-    all methods); `alphas` adds a run at each of those fixed exposures (α = 1 is ``opsd``)."""
+    """The base evaluations first, then the methods of each training seed on every base model in turn (so that a
+    partial comparison covers all methods and base models); `alphas` adds a run at each of those fixed exposures
+    (α = 1 is ``opsd``)."""
     fixed = fixed_alpha_methods(tuple(alphas))
     table = {**methods(best), **fixed}
     unknown = [name for name in chosen if name not in table]
@@ -95,7 +96,7 @@ def compare_specs(recipes: Path, chosen: Sequence[str], overrides: Sequence[str]
                        trains=name != BASE_LABEL, base_seed=base_seed)
 
     return ([spec(BASE_LABEL, base, seed) for base in base_seeds for seed in range(seeds)]
-            + [spec(name, base, seed) for base in base_seeds for seed in range(seeds) for name in trained])
+            + [spec(name, base, seed) for seed in range(seeds) for base in base_seeds for name in trained])
 
 
 def check_equal_updates(runs: Sequence[Run]) -> None:

@@ -11,7 +11,14 @@ from typing import Any
 from atesd.analysis.buckets import BUCKETS, EASY_FROM, HARD_BELOW
 from atesd.analysis.claims import Claim
 from atesd.analysis.mismatch import STATISTICS
-from atesd.analysis.paired import CONFIDENCE, Interval, mean_interval, paired_difference
+from atesd.analysis.paired import (
+    CONFIDENCE,
+    Interval,
+    agreeing,
+    base_model_differences,
+    mean_interval,
+    paired_difference,
+)
 from atesd.analysis.tables import count, markdown, mean_std, mean_std_cell, metric_columns, percent, seconds
 
 Scores = Mapping[str, Mapping[Hashable, float]]  # {method: {(base model, seed): value}}
@@ -41,7 +48,8 @@ def means_section(summary: Sequence[dict[str, Any]], scores: Mapping[str, Scores
 
 def paired_rows(scores: Mapping[str, Scores], references: Mapping[str, str]) -> list[dict[str, Any]]:
     """One row per benchmark × method × reference (``{name: method label}``): the paired difference and its
-    interval over the pairs both ran (paired.csv)."""
+    interval over the pairs both ran, and the mean difference on each base model with how many of them agree in
+    sign with the overall mean (paired.csv)."""
     rows = []
     for benchmark, by_method in scores.items():
         for method, values in by_method.items():
@@ -50,10 +58,13 @@ def paired_rows(scores: Mapping[str, Scores], references: Mapping[str, str]) -> 
                     continue
                 difference = paired_difference(values, by_method[reference])
                 if difference is not None:
+                    by_base = base_model_differences(values, by_method[reference])
                     rows.append({"benchmark": benchmark, "method": method, "reference": name,
                                  "reference_method": reference, "pairs": difference.n, "mean": difference.mean,
                                  "low": difference.low, "high": difference.high, "wins": difference.wins,
-                                 "verdict": difference.verdict})
+                                 "verdict": difference.verdict, "base_models": len(by_base),
+                                 "base_models_agreeing": agreeing(by_base, difference.mean),
+                                 "by_base_model": " / ".join(f"{100 * d:+.1f}" for d in by_base.values())})
     return rows
 
 
@@ -63,15 +74,19 @@ def paired_section(rows: Sequence[dict[str, Any]], references: Mapping[str, str]
         return ""
     names = list(references)
     lines = [(f"Paired differences (percentage points): each method minus the reference on the same base model "
-              f"and training seed, mean [{CONFIDENCE:.0%} t-interval over the pairs] and the pairs it wins. "
-              "Read above 0: held; below 0: did not hold; containing 0: inconclusive at this power.\n")]
+              f"and training seed, mean [{CONFIDENCE:.0%} t-interval over the pairs], the pairs it wins and, with "
+              "several base models, how many base models' mean differences share the sign of the overall mean "
+              "(paired.csv lists them). Read above 0: held; below 0: did not hold; containing 0: inconclusive at "
+              "this power.\n")]
     for benchmark in dict.fromkeys(row["benchmark"] for row in rows):
         cells: dict[str, dict[str, str]] = {}
         for row in rows:
             if row["benchmark"] == benchmark:
                 interval = Interval(row["mean"], row["low"], row["high"], row["pairs"], row["wins"])
+                bases = (f"; {row['base_models_agreeing']}/{row['base_models']} base models"
+                         if row["base_models"] > 1 else "")
                 cells.setdefault(row["method"], {})[row["reference"]] = (
-                    f"{interval.cell()} ({row['wins']}/{row['pairs']})")
+                    f"{interval.cell()} ({row['wins']}/{row['pairs']}{bases})")
         header = ["method", *(f"− {name} ({references[name]})" for name in names)]
         body = [[method, *(by_reference.get(name, "–") for name in names)] for method, by_reference in cells.items()]
         lines.append(f"### {benchmark}\n\n{markdown(header, body)}\n")

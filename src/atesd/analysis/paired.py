@@ -7,7 +7,8 @@ model that is easy to improve, a lucky evaluation draw). A method's difference t
 taken pair by pair, and its 95 % interval is Student's t over the pairs (`scipy.stats.t`): the mean difference
 ± t(0.975, n − 1) · s / √n. The interval treats the pairs as independent; pairs that share a base model are
 not quite, so with few base models it is, if anything, narrower than it should be — read an interval that
-barely excludes 0 as weak evidence.
+barely excludes 0 as weak evidence. `base_model_differences` gives the mean difference within each base model
+beside it, so that a reader sees whether a difference holds on every base model or comes from one of them.
 
 A claim ("A beats B") is read from the interval of A − B: **held** when the interval lies above 0, **did not
 hold** when it lies below 0, **inconclusive** when it contains 0 (no difference this experiment could detect,
@@ -79,3 +80,19 @@ def combined_verdict(verdicts: Sequence[str]) -> str:
     if verdicts and all(verdict == HELD for verdict in verdicts):
         return HELD
     return NOT_HELD if NOT_HELD in verdicts else INCONCLUSIVE
+
+
+def base_model_differences(values: Mapping[Hashable, float],
+                           reference: Mapping[Hashable, float]) -> dict[Hashable, float]:
+    """`values` − `reference` averaged within each base model (the first element of a ``(base model, seed)``
+    pair) over the pairs both have, in the order the base models first appear."""
+    grouped: dict[Hashable, list[float]] = {}
+    for pair in values:
+        if pair in reference:
+            grouped.setdefault(pair[0], []).append(values[pair] - reference[pair])
+    return {base: statistics.fmean(differences) for base, differences in grouped.items()}
+
+
+def agreeing(by_base_model: Mapping[Hashable, float], mean: float) -> int:
+    """How many base models' mean differences have the sign of the overall `mean`."""
+    return sum((difference > 0) == (mean > 0) and difference != 0 for difference in by_base_model.values())
