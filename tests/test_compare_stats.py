@@ -25,8 +25,8 @@ from atesd.analysis.tables import read_csv
 from atesd.cli import main
 from atesd.config import load_config, save_config
 
-# Two-sided 95 % t quantiles (any statistics table): 4 and 2 degrees of freedom.
-T95_4, T95_2 = 2.7764451, 4.3026527
+# Two-sided 95 % t quantiles (any statistics table): 4, 2 and 1 degrees of freedom.
+T95_4, T95_2, T95_1 = 2.7764451, 4.3026527, 12.7062047
 
 
 def test_mean_interval_is_students_t_over_the_values():
@@ -216,3 +216,20 @@ def test_a_longer_budget_continues_the_shorter_runs_it_can_and_equals_them_run_f
     assert compare("cosine-long", 4, "train.lr_scheduler=cosine", "--continue-from",
                    str(tmp_path / "cosine-short")) == 0
     assert "continued" not in capfd.readouterr().out
+
+
+def test_difficulty_section_averages_each_runs_last_quarter_by_difficulty():
+    from atesd.analysis.compare_report import difficulty_section
+
+    def rows(easy: float, hard: float) -> list[dict]:
+        # steps 1-8: the first six at α 0.5 (outside the last quarter), the last two at the run's own α
+        return [{"step": step, "alpha": [0.5, 0.5] if step <= 6 else [easy, hard], "bucket": ["ops=2", "ops=10"]}
+                for step in range(1, 9)]
+
+    section = difficulty_section({"atesd-per-problem": {"a": rows(0.9, 0.3), "b": rows(0.7, 0.3)}})
+    header = "| method | runs | ops=2 | ops=10 | ops=10 − ops=2 |"
+    assert header in section  # natural order: ops=2 before ops=10
+    half = T95_1 * statistics.stdev([-0.6, -0.4]) / math.sqrt(2)
+    assert (f"| atesd-per-problem | 2 | 0.80 ± 0.14 | 0.30 ± 0.00 | −0.50 [{-0.5 - half:+.2f}, {-0.5 + half:+.2f}] |"
+            .replace("−", "-") in section.replace("−", "-"))
+    assert difficulty_section({}) == ""

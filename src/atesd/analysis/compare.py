@@ -11,10 +11,10 @@ model, same training seed — with t-intervals over the pairs (`atesd.analysis.p
 
 Outputs in the out folder: ``results.csv`` (one row per method × base model × seed × benchmark),
 ``summary.csv``, ``paired.csv`` (each method against OPSD and the best fixed α), ``report.md`` (means with
-95 % intervals, the paired differences, the exposure used, the mismatch per α, the paper's claims with their
-verdicts, and the compute columns), ``accuracy.png``, ``paired_differences.png``, ``learning_curves.png``,
-when some method varied α ``alpha_trajectories.png``, and under exposure per problem
-``alpha_by_difficulty.png``.
+95 % intervals, the paired differences, the exposure used, under exposure per problem the α per difficulty,
+the mismatch per α, the paper's claims with their verdicts, and the compute columns), ``accuracy.png``,
+``paired_differences.png``, ``learning_curves.png``, when some method varied α ``alpha_trajectories.png``,
+and under exposure per problem ``alpha_by_difficulty.png``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from atesd.analysis.buckets import BUCKETS
 from atesd.analysis.claims import best_fixed, bucket_claim, method_claims, mismatch_claim
 from atesd.analysis.compare_report import (
     claims_section,
+    difficulty_section,
     exposure_section,
     means_section,
     mismatch_section,
@@ -196,14 +197,17 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
     per_problem = per_problem_decisions(finished)
     if per_problem:
         written.append(out / "alpha_by_difficulty.png")
-        plot_alpha_by_difficulty(per_problem, written[-1], "exposure per problem: mean α by difficulty (runs pooled)")
+        plot_alpha_by_difficulty({method: [row for rows in runs.values() for row in rows]
+                                  for method, runs in per_problem.items()},
+                                 written[-1], "exposure per problem: mean α by difficulty (runs pooled)")
     settings = {"recipes": str(recipes), "runs": runs_count, "train.steps": runs[-1].config.train.steps,
                 "quick": quick, "best fixed α": f"{fixed[best_label]:g} ({best_label})" if best_label else "none",
                 "sweep": str(sweep_dir) if sweep_dir else "none"}
     claims = [*method_claims(first, fixed), *filter(None, [
         bucket_claim(pair_scores_by_bucket(rows, k), fixed), mismatch_claim(mismatch)])]
     sections = [preamble(command, settings), means_section(summary, scores, k), paired_section(paired, references),
-                exposure_section(varying), mismatch_section(mismatch, mismatch_problems), claims_section(claims),
+                exposure_section(varying), difficulty_section(per_problem),
+                mismatch_section(mismatch, mismatch_problems), claims_section(claims),
                 *(f"![{p.stem}]({p.name})\n" for p in written if p.suffix == ".png")]
     atomic_write_text(out / "report.md", "\n".join(section for section in sections if section))
     return written
@@ -250,14 +254,14 @@ def training_curves(finished: Sequence[FinishedRun]) -> dict[str, dict[str, list
     return curves
 
 
-def per_problem_decisions(finished: Sequence[FinishedRun]) -> dict[str, list[dict]]:
-    """``{method: per-problem decision rows of all its seeds}`` of the methods with exposure per problem."""
-    pooled: dict[str, list[dict]] = {}
+def per_problem_decisions(finished: Sequence[FinishedRun]) -> dict[str, dict[str, list[dict]]]:
+    """``{method: {run name: per-problem decision rows}}`` of the methods with exposure per problem."""
+    decisions: dict[str, dict[str, list[dict]]] = {}
     for run in finished:
         rows = per_problem_rows(read_metrics(run.run.directory / "decisions.jsonl")) if run.run.spec.trains else []
         if rows:
-            pooled.setdefault(run.run.spec.label, []).extend(rows)
-    return pooled
+            decisions.setdefault(run.run.spec.label, {})[run.run.spec.name] = rows
+    return decisions
 
 
 def fixed_exposures(methods_run: set[str], alphas: Sequence[float], best: float) -> dict[str, float]:

@@ -19,6 +19,7 @@ from atesd.analysis.paired import (
     mean_interval,
     paired_difference,
 )
+from atesd.analysis.plots import difficulty_groups
 from atesd.analysis.tables import count, markdown, mean_std, mean_std_cell, metric_columns, percent, seconds
 
 Scores = Mapping[str, Mapping[Hashable, float]]  # {method: {(base model, seed): value}}
@@ -127,6 +128,40 @@ def exposure_section(curves: Mapping[str, Mapping[int, list[dict[str, Any]]]]) -
         return ""
     return ("## Exposure used\n\nThe batch's α at each step (for exposure per problem, the mean over the batch's "
             f"problems), mean ± std over runs.\n\n{markdown(['method', 'runs', 'mean α', 'mean α, last quarter'], body)}\n")
+
+
+def difficulty_section(per_problem: Mapping[str, Mapping[str, Sequence[dict[str, Any]]]]) -> str:
+    """Exposure per problem by difficulty (``{method: {run: per-problem decision rows}}``): the mean α that each
+    difficulty's problems got in the last quarter of each run's training, mean ± std over runs, and the hardest
+    difficulty's α minus the easiest's with its t-interval over runs (difficulties in `plots.difficulty_groups`'
+    order, the easiest — fewest operations or segments — first; below 0: harder problems see less of the
+    reference)."""
+    body, order = [], []
+    for method, runs in per_problem.items():
+        pooled = [(name, row) for name, rows in runs.items() for row in rows]
+        groups, method_order = difficulty_groups([row for _, row in pooled])
+        order = order or method_order
+        last = {name: max(row["step"] for row in rows) for name, rows in runs.items() if rows}
+        alphas: dict[str, dict[str, list[float]]] = {}
+        for (name, row), row_groups in zip(pooled, groups):
+            if row["step"] > last[name] * 3 // 4:
+                for alpha, group in zip(row["alpha"], row_groups):
+                    alphas.setdefault(name, {}).setdefault(group, []).append(alpha)
+        per_run = [{group: statistics.fmean(values) for group, values in by_group.items()}
+                   for by_group in alphas.values()]
+        cells = []
+        for group in order:
+            values = [means[group] for means in per_run if group in means]
+            cells.append(_mean_std(values) if values else "–")
+        spread = [means[order[-1]] - means[order[0]] for means in per_run if order[-1] in means and order[0] in means]
+        cells.append(mean_interval(spread).cell(scale=1, digits=2) if spread else "–")
+        body.append([method, str(len(per_run)), *cells])
+    if not body:
+        return ""
+    header = ["method", "runs", *order, f"{order[-1]} − {order[0]}"]
+    return ("## Exposure per problem by difficulty\n\nThe mean α each difficulty's problems got in the last quarter "
+            f"of training, mean ± std over runs; the last column is the hardest minus the easiest, mean "
+            f"[{CONFIDENCE:.0%} t-interval over runs].\n\n{markdown(header, body)}\n")
 
 
 def claims_section(claims: Sequence[Claim]) -> str:
