@@ -16,6 +16,7 @@ from atesd.analysis.buckets import BUCKETS
 from atesd.analysis.paired import (
     Interval,
     agreeing,
+    agreement_note,
     base_model_differences,
     combined_verdict,
     mean_interval,
@@ -39,7 +40,7 @@ def _versus(a: str, b: str, scores: Mapping[str, Pairs]) -> tuple[str, Interval]
     if difference is None:
         return None
     by_base = base_model_differences(scores[a], scores[b])
-    bases = f"; {agreeing(by_base, difference.mean)}/{len(by_base)} base models" if len(by_base) > 1 else ""
+    bases = agreement_note(agreeing(by_base, difference.mean), len(by_base))
     return f"{a} − {b}: {difference.cell()} ({difference.wins}/{difference.n}{bases})", difference
 
 

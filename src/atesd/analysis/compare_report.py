@@ -15,6 +15,7 @@ from atesd.analysis.paired import (
     CONFIDENCE,
     Interval,
     agreeing,
+    agreement_note,
     base_model_differences,
     mean_interval,
     paired_difference,
@@ -84,8 +85,7 @@ def paired_section(rows: Sequence[dict[str, Any]], references: Mapping[str, str]
         for row in rows:
             if row["benchmark"] == benchmark:
                 interval = Interval(row["mean"], row["low"], row["high"], row["pairs"], row["wins"])
-                bases = (f"; {row['base_models_agreeing']}/{row['base_models']} base models"
-                         if row["base_models"] > 1 else "")
+                bases = agreement_note(row["base_models_agreeing"], row["base_models"])
                 cells.setdefault(row["method"], {})[row["reference"]] = (
                     f"{interval.cell()} ({row['wins']}/{row['pairs']}{bases})")
         header = ["method", *(f"− {name} ({references[name]})" for name in names)]

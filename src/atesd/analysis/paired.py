@@ -96,3 +96,9 @@ def base_model_differences(values: Mapping[Hashable, float],
 def agreeing(by_base_model: Mapping[Hashable, float], mean: float) -> int:
     """How many base models' mean differences have the sign of the overall `mean`."""
     return sum((difference > 0) == (mean > 0) and difference != 0 for difference in by_base_model.values())
+
+
+def agreement_note(agree: int, base_models: int) -> str:
+    """``; 2/3 base models`` after a difference's pairs won, or nothing with a single base model: the report's
+    cells and the claims' evidence say it alike."""
+    return f"; {agree}/{base_models} base models" if base_models > 1 else ""
