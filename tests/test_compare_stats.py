@@ -11,14 +11,17 @@ import statistics
 import pytest
 
 from atesd.analysis.claims import best_fixed, bucket_claim, method_claims, mismatch_claim
+from atesd.analysis.compare_report import claims_section
 from atesd.analysis.paired import (
     HELD,
     INCONCLUSIVE,
     NOT_HELD,
     agreeing,
     base_model_differences,
+    base_model_means,
     combined_verdict,
     mean_interval,
+    over_base_models,
     paired_difference,
 )
 from atesd.analysis.tables import read_csv
@@ -70,6 +73,20 @@ def test_base_model_differences_average_within_each_base_model():
     assert agreeing({0: 0.1, 1: -0.2, 2: 0.0}, 0.01) == 1  # a zero difference agrees with neither sign
 
 
+def test_over_base_models_is_t_over_the_base_models_means():
+    values = {(0, 0): 0.10, (0, 1): 0.14, (0, 2): 0.12, (1, 0): 0.02, (1, 1): 0.04, (1, 2): 0.03,
+              (2, 0): 0.30, (2, 1): 0.30}
+    means = base_model_means(values)
+    assert list(means) == [0, 1, 2] and means[0] == pytest.approx(0.12) and means[2] == pytest.approx(0.30)
+    interval = over_base_models(means)
+    half = T95_2 * statistics.stdev([0.12, 0.03, 0.30]) / math.sqrt(3)
+    assert interval.n == 3 and interval.mean == pytest.approx(0.15)
+    assert (interval.low, interval.high) == (pytest.approx(0.15 - half), pytest.approx(0.15 + half))
+    # every pair above 0 decides the pairs' interval, but three base models this far apart decide nothing
+    assert mean_interval(list(values.values())).verdict == HELD and interval.verdict == INCONCLUSIVE
+    assert over_base_models({0: 0.2}).verdict == INCONCLUSIVE  # one base model: no interval
+
+
 def _scores(means: dict[str, float], pairs: int = 4) -> dict[str, dict[tuple, float]]:
     """Per method, scores on `pairs` pairs: its mean plus a pair effect shared by every method and a small
     method-specific wobble, so that differences of 2 points or more are decided."""
@@ -93,6 +110,23 @@ def test_method_claims_follow_the_intervals():
     # the methods not run make no claim
     assert "the teacher-grounded term helps (G_lp only is worse)" not in claims
     assert not any("per problem" in statement for statement in claims)
+    # over the 2 base models' means (1 degree of freedom): SFT's 32 points hold, ATESD = OPSD stays undecided
+    sft = claims["OPSD > SFT at equal updates"]
+    assert sft.base_model_verdict == HELD and sft.base_model_evidence.startswith("+31.9 [")
+    assert claims["ATESD ≥ OPSD at equal updates"].base_model_verdict == INCONCLUSIVE
+    one_base = {method: {(0, seed): value for (_, seed), value in pairs.items()}
+                for method, pairs in _scores({"opsd": 0.42, "sft": 0.10}, pairs=2).items()}
+    (alone,) = method_claims(one_base, {"opsd": 1.0})
+    assert alone.verdict == HELD and alone.base_model_verdict is None and alone.base_model_evidence == ""
+
+
+def test_claims_section_reads_the_base_models_only_when_there_are_several():
+    fixed = {"alpha-0.5": 0.5, "opsd": 1.0}
+    several = claims_section(method_claims(_scores({"alpha-0.5": 0.45, "opsd": 0.42}), fixed))
+    assert "| verdict for new base models |" in several and several.count("**held**") == 2
+    single = {method: {(0, seed): value for (_, seed), value in pairs.items()}
+              for method, pairs in _scores({"alpha-0.5": 0.45, "opsd": 0.42}, pairs=2).items()}
+    assert "new base models" not in claims_section(method_claims(single, fixed))
 
 
 def test_bucket_and_mismatch_claims():
@@ -102,6 +136,7 @@ def test_bucket_and_mismatch_claims():
                   "hard": _scores({"alpha-0": 0.2, "alpha-0.5": 0.1, "opsd": 0.05})}
     claim = bucket_claim(as_claimed, fixed)
     assert claim.verdict == HELD and claim.evidence.startswith("hard: best α = 0")
+    assert claim.base_model_evidence.startswith("hard: +") and claim.base_model_verdict in {HELD, INCONCLUSIVE}
     as_claimed["easy"] = _scores({"alpha-0": 0.95, "alpha-0.5": 0.85, "opsd": 0.9})
     assert bucket_claim(as_claimed, fixed).verdict == NOT_HELD
     assert bucket_claim(as_claimed, {"opsd": 1.0}) is None
@@ -115,7 +150,14 @@ def test_bucket_and_mismatch_claims():
     rising[(0, 0)]["1"] = rising[(0, 1)]["1"] = rising[(0, 2)]["1"] = stats(0.15)  # falls from 0.5 to 1
     falling = mismatch_claim(rising)
     assert falling.verdict == NOT_HELD and "kl_p90: 1 of 2 steps up in α raise it (did not hold)" in falling.evidence
+    assert falling.base_model_verdict is None  # one base model
     assert mismatch_claim({}) is None
+    # two base models that both rise, by different amounts: held over the pairs and over the base models
+    two = {(base, seed): {"0": stats(0.1), "1": stats(0.2 + 0.01 * base + 0.001 * seed)}
+           for base in range(2) for seed in range(2)}
+    both = mismatch_claim(two)
+    assert both.verdict == HELD and both.base_model_verdict == HELD
+    assert "kl_p99: 1 of 1 steps up in α raise it (held)" in both.base_model_evidence
 
 
 @pytest.mark.slow
@@ -154,6 +196,8 @@ def test_compare_over_base_models_with_fixed_alphas_in_two_jobs(tiny_config, tmp
     for row in paired:
         assert row["base_models"] == "2" and len(row["by_base_model"].split(" / ")) == 2
         assert 0 <= int(row["base_models_agreeing"]) <= 2
+        assert row["base_model_verdict"] in {HELD, NOT_HELD, INCONCLUSIVE}
+        assert float(row["base_model_low"]) <= float(row["mean"]) <= float(row["base_model_high"])
     report = (out / "report.md").read_text()
     for heading in ["## Paired differences", "## Mismatch per α", "## The paper's claims", "95% CI"]:
         assert heading in report, heading

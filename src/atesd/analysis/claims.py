@@ -2,8 +2,9 @@
 
 Every claim is a set of comparisons "A beats B", each the paired difference A − B over base models × seeds
 with its 95 % t-interval (`atesd.analysis.paired`); a claim is held when each of its comparisons held, did not
-hold when one of them did not, and is inconclusive otherwise. A claim whose methods the comparison did not run
-is left out. The fixed exposures are the comparison's ``--alphas`` runs with OPSD as α = 1.
+hold when one of them did not, and is inconclusive otherwise. Every claim is read twice: over the pairs (these
+base models, new training seeds) and over the base models' means (a new draw of base models, as a re-trial on
+another machine makes). A claim whose methods the comparison did not run is left out. The fixed exposures are the comparison's ``--alphas`` runs with OPSD as α = 1.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from itertools import pairwise
 
 from atesd.analysis.buckets import BUCKETS
 from atesd.analysis.paired import (
+    HELD,
     Interval,
     agreeing,
     agreement_note,
     base_model_differences,
+    base_model_means,
     combined_verdict,
     mean_interval,
+    over_base_models,
     paired_difference,
 )
 
@@ -32,23 +36,36 @@ PREFERRED_ALPHA = {"easy": 1.0, "medium": 0.5}  # and hard: the lowest α
 class Claim:
     statement: str
     evidence: str
-    verdict: str
+    verdict: str  # over the pairs
+    base_model_evidence: str = ""  # the intervals over the base models' means ("" with a single base model)
+    base_model_verdict: str | None = None
 
 
-def _versus(a: str, b: str, scores: Mapping[str, Pairs]) -> tuple[str, Interval] | None:
+@dataclass(frozen=True)
+class Comparison:
+    text: str
+    pairs: Interval
+    base_models: Interval
+
+
+def _versus(a: str, b: str, scores: Mapping[str, Pairs]) -> Comparison | None:
     difference = paired_difference(scores[a], scores[b]) if a in scores and b in scores else None
     if difference is None:
         return None
     by_base = base_model_differences(scores[a], scores[b])
     bases = agreement_note(agreeing(by_base, difference.mean), len(by_base))
-    return f"{a} − {b}: {difference.cell()} ({difference.wins}/{difference.n}{bases})", difference
+    return Comparison(f"{a} − {b}: {difference.cell()} ({difference.wins}/{difference.n}{bases})", difference,
+                      over_base_models(by_base))
 
 
-def _claim(statement: str, comparisons: Sequence[tuple[str, Interval] | None]) -> Claim | None:
+def _claim(statement: str, comparisons: Sequence[Comparison | None]) -> Claim | None:
     if not comparisons or any(c is None for c in comparisons):
         return None
-    return Claim(statement, "; ".join(text for text, _ in comparisons),
-                 combined_verdict([interval.verdict for _, interval in comparisons]))
+    several = all(c.base_models.n > 1 for c in comparisons)
+    return Claim(statement, "; ".join(c.text for c in comparisons),
+                 combined_verdict([c.pairs.verdict for c in comparisons]),
+                 "; ".join(c.base_models.cell() for c in comparisons) if several else "",
+                 combined_verdict([c.base_models.verdict for c in comparisons]) if several else None)
 
 
 def best_fixed(scores: Mapping[str, Pairs], fixed: Mapping[str, float], below_one: bool = False) -> str | None:
@@ -87,7 +104,7 @@ def bucket_claim(bucket_scores: Mapping[str, Mapping[str, Pairs]], fixed: Mappin
                if all(label in bucket_scores.get(bucket, {}) for bucket in BUCKETS)}
     if len(present) < 2:
         return None
-    texts, verdicts = [], []
+    texts, verdicts, base_texts, base_verdicts = [], [], [], []
     for bucket in BUCKETS:
         scores = bucket_scores[bucket]
         wanted = PREFERRED_ALPHA.get(bucket, min(present.values()))
@@ -95,15 +112,21 @@ def bucket_claim(bucket_scores: Mapping[str, Mapping[str, Pairs]], fixed: Mappin
         if preferred is None:
             return None
         best = best_fixed(scores, present)
-        differences = [paired_difference(scores[preferred], scores[other]) for other in present if other != preferred]
-        worst = min((d for d in differences if d is not None), key=lambda d: d.mean, default=None)
-        if worst is None:
+        rivals = [other for other in present if other != preferred]
+        differences = [paired_difference(scores[preferred], scores[other]) for other in rivals]
+        if any(d is None for d in differences):
             return None
-        verdicts.append(combined_verdict([d.verdict for d in differences if d is not None]))
+        by_base = [over_base_models(base_model_differences(scores[preferred], scores[other])) for other in rivals]
+        worst, worst_base = (min(intervals, key=lambda d: d.mean) for intervals in (differences, by_base))
+        verdicts.append(combined_verdict([d.verdict for d in differences]))
+        base_verdicts.append(combined_verdict([d.verdict for d in by_base]))
         texts.append(f"{bucket}: best α = {present[best]:g}, α = {wanted:g} against its closest rival "
                      f"{worst.cell()} ({verdicts[-1]})")
+        base_texts.append(f"{bucket}: {worst_base.cell()} ({base_verdicts[-1]})")
+    several = worst_base.n > 1
     return Claim("easy problems prefer α = 1, medium 0.5, hard the lowest α", "; ".join(texts),
-                 combined_verdict(verdicts))
+                 combined_verdict(verdicts), "; ".join(base_texts) if several else "",
+                 combined_verdict(base_verdicts) if several else None)
 
 
 def mismatch_claim(mismatch: Mapping[Hashable, Mapping[str, Mapping[str, float]]]) -> Claim | None:
@@ -114,13 +137,21 @@ def mismatch_claim(mismatch: Mapping[Hashable, Mapping[str, Mapping[str, float]]
     alphas = sorted({float(alpha) for by_alpha in mismatch.values() for alpha in by_alpha})
     if len(alphas) < 2:
         return None
-    texts, verdicts = [], []
+    readings = []  # per statistic: over the pairs (text, verdict), then over the base models (text, verdict)
     for statistic in MISMATCH_CLAIMED:
-        steps = [mean_interval([by_alpha[f"{high:g}"][statistic] - by_alpha[f"{low:g}"][statistic]
-                                for by_alpha in mismatch.values()])
-                 for low, high in pairwise(alphas)]
-        verdicts.append(combined_verdict([step.verdict for step in steps]))
-        rises = sum(step.verdict == "held" for step in steps)
-        texts.append(f"{statistic}: {rises} of {len(steps)} steps up in α raise it ({verdicts[-1]})")
+        rises = [{pair: by_alpha[f"{high:g}"][statistic] - by_alpha[f"{low:g}"][statistic]
+                  for pair, by_alpha in mismatch.items()} for low, high in pairwise(alphas)]
+        readings.append((*_steps_up(statistic, [mean_interval(list(rise.values())) for rise in rises]),
+                         *_steps_up(statistic, [over_base_models(base_model_means(rise)) for rise in rises])))
+    texts, verdicts, base_texts, base_verdicts = zip(*readings, strict=True)
+    several = len({pair[0] for pair in mismatch}) > 1
     return Claim("the teacher–student mismatch rises monotonically with α", "; ".join(texts),
-                 combined_verdict(verdicts))
+                 combined_verdict(verdicts), "; ".join(base_texts) if several else "",
+                 combined_verdict(base_verdicts) if several else None)
+
+
+def _steps_up(statistic: str, steps: Sequence[Interval]) -> tuple[str, str]:
+    """How many of the steps up in α raise `statistic`, and the verdict that every one does."""
+    verdict = combined_verdict([step.verdict for step in steps])
+    held = sum(step.verdict == HELD for step in steps)
+    return f"{statistic}: {held} of {len(steps)} steps up in α raise it ({verdict})", verdict

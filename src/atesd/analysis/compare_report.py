@@ -18,6 +18,7 @@ from atesd.analysis.paired import (
     agreement_note,
     base_model_differences,
     mean_interval,
+    over_base_models,
     paired_difference,
 )
 from atesd.analysis.plots import difficulty_groups
@@ -50,8 +51,8 @@ def means_section(summary: Sequence[dict[str, Any]], scores: Mapping[str, Scores
 
 def paired_rows(scores: Mapping[str, Scores], references: Mapping[str, str]) -> list[dict[str, Any]]:
     """One row per benchmark × method × reference (``{name: method label}``): the paired difference and its
-    interval over the pairs both ran, and the mean difference on each base model with how many of them agree in
-    sign with the overall mean (paired.csv)."""
+    interval over the pairs both ran, the mean difference on each base model with how many of them agree in
+    sign with the overall mean, and the interval over those base models' means (paired.csv)."""
     rows = []
     for benchmark, by_method in scores.items():
         for method, values in by_method.items():
@@ -61,12 +62,15 @@ def paired_rows(scores: Mapping[str, Scores], references: Mapping[str, str]) -> 
                 difference = paired_difference(values, by_method[reference])
                 if difference is not None:
                     by_base = base_model_differences(values, by_method[reference])
+                    over_bases = over_base_models(by_base)
                     rows.append({"benchmark": benchmark, "method": method, "reference": name,
                                  "reference_method": reference, "pairs": difference.n, "mean": difference.mean,
                                  "low": difference.low, "high": difference.high, "wins": difference.wins,
                                  "verdict": difference.verdict, "base_models": len(by_base),
                                  "base_models_agreeing": agreeing(by_base, difference.mean),
-                                 "by_base_model": " / ".join(f"{100 * d:+.1f}" for d in by_base.values())})
+                                 "by_base_model": " / ".join(f"{100 * d:+.1f}" for d in by_base.values()),
+                                 "base_model_low": over_bases.low, "base_model_high": over_bases.high,
+                                 "base_model_verdict": over_bases.verdict})
     return rows
 
 
@@ -78,8 +82,8 @@ def paired_section(rows: Sequence[dict[str, Any]], references: Mapping[str, str]
     lines = [(f"Paired differences (percentage points): each method minus the reference on the same base model "
               f"and training seed, mean [{CONFIDENCE:.0%} t-interval over the pairs], the pairs it wins and, with "
               "several base models, how many base models' mean differences share the sign of the overall mean "
-              "(paired.csv lists them). Read above 0: held; below 0: did not hold; containing 0: inconclusive at "
-              "this power.\n")]
+              "(paired.csv lists them, with the t-interval over the base models' means that the claims below also "
+              "read). Read above 0: held; below 0: did not hold; containing 0: inconclusive at this power.\n")]
     for benchmark in dict.fromkeys(row["benchmark"] for row in rows):
         cells: dict[str, dict[str, str]] = {}
         for row in rows:
@@ -167,11 +171,19 @@ def difficulty_section(per_problem: Mapping[str, Mapping[str, Sequence[dict[str,
 def claims_section(claims: Sequence[Claim]) -> str:
     if not claims:
         return ""
+    header = ["claim", "comparisons (pp, wins/pairs)", "verdict"]
     body = [[claim.statement, claim.evidence, f"**{claim.verdict}**"] for claim in claims]
-    return ("## The paper's claims\n\nEach claim from the paired intervals above: held when each of its comparisons "
-            "lies above 0, did not hold when one lies below 0, inconclusive otherwise. The best fixed α is chosen "
-            "on the same runs it is compared on, which favours it.\n\n"
-            f"{markdown(['claim', 'comparisons (pp, wins/pairs)', 'verdict'], body)}\n")
+    intro = ("Each claim from the paired intervals above: held when each of its comparisons lies above 0, did not "
+             "hold when one lies below 0, inconclusive otherwise. The best fixed α is chosen on the same runs it is "
+             "compared on, which favours it.")
+    if any(claim.base_model_verdict for claim in claims):
+        header += ["over base models (pp)", "verdict for new base models"]
+        for row, claim in zip(body, claims):
+            row += [claim.base_model_evidence or "–", f"**{claim.base_model_verdict or '–'}**"]
+        intro += (" The last two columns read the same comparisons from the t-interval over the base models' mean "
+                  "differences (base models − 1 degrees of freedom): whether the claim would be expected to "
+                  "hold on a new draw of base models, not only on these with new training seeds.")
+    return f"## The paper's claims\n\n{intro}\n\n{markdown(header, body)}\n"
 
 
 def preamble(command: str, settings: Mapping[str, object]) -> str:

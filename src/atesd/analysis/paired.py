@@ -5,10 +5,14 @@ model of a real run) and one training seed. Two methods run on the same pair sha
 order and the evaluation seed, so their difference on that pair cancels what the pair alone decides (a base
 model that is easy to improve, a lucky evaluation draw). A method's difference to a reference is therefore
 taken pair by pair, and its 95 % interval is Student's t over the pairs (`scipy.stats.t`): the mean difference
-± t(0.975, n − 1) · s / √n. The interval treats the pairs as independent; pairs that share a base model are
-not quite, so with few base models it is, if anything, narrower than it should be — read an interval that
-barely excludes 0 as weak evidence. `base_model_differences` gives the mean difference within each base model
-beside it, so that a reader sees whether a difference holds on every base model or comes from one of them.
+± t(0.975, n − 1) · s / √n. That interval speaks for *these* base models with new training seeds: it treats
+the pairs as independent, and pairs that share a base model are not quite.
+
+A re-trial on another machine draws other base models too. `over_base_models` is the interval for that: the
+t-interval over the base models' own mean differences (`base_model_differences`), B − 1 degrees of freedom for
+B base models — exact for a balanced design when base models vary at random, and wide with few of them (with 3,
+t = 4.30): a claim passes it only when its effect is large against how much it varies from one base model to
+the next. The report reads every claim both ways.
 
 A claim ("A beats B") is read from the interval of A − B: **held** when the interval lies above 0, **did not
 hold** when it lies below 0, **inconclusive** when it contains 0 (no difference this experiment could detect,
@@ -82,15 +86,25 @@ def combined_verdict(verdicts: Sequence[str]) -> str:
     return NOT_HELD if NOT_HELD in verdicts else INCONCLUSIVE
 
 
+def base_model_means(values: Mapping[Hashable, float]) -> dict[Hashable, float]:
+    """`values` (``{(base model, seed): value}``) averaged within each base model, in the order the base models
+    first appear."""
+    grouped: dict[Hashable, list[float]] = {}
+    for pair, value in values.items():
+        grouped.setdefault(pair[0], []).append(value)
+    return {base: statistics.fmean(group) for base, group in grouped.items()}
+
+
 def base_model_differences(values: Mapping[Hashable, float],
                            reference: Mapping[Hashable, float]) -> dict[Hashable, float]:
-    """`values` − `reference` averaged within each base model (the first element of a ``(base model, seed)``
-    pair) over the pairs both have, in the order the base models first appear."""
-    grouped: dict[Hashable, list[float]] = {}
-    for pair in values:
-        if pair in reference:
-            grouped.setdefault(pair[0], []).append(values[pair] - reference[pair])
-    return {base: statistics.fmean(differences) for base, differences in grouped.items()}
+    """`values` − `reference` averaged within each base model over the pairs both have."""
+    return base_model_means({pair: values[pair] - reference[pair] for pair in values if pair in reference})
+
+
+def over_base_models(by_base_model: Mapping[Hashable, float], confidence: float = CONFIDENCE) -> Interval:
+    """The t-interval over the base models' means (`base_model_means`, `base_model_differences`): what another
+    draw of base models would see; with a single base model there is none (n = 1, inconclusive)."""
+    return mean_interval(list(by_base_model.values()), confidence)
 
 
 def agreeing(by_base_model: Mapping[Hashable, float], mean: float) -> int:
