@@ -4,7 +4,8 @@ Every claim is a set of comparisons "A beats B", each the paired difference A �
 with its 95 % t-interval (`atesd.analysis.paired`); a claim is held when each of its comparisons held, did not
 hold when one of them did not, and is inconclusive otherwise. Every claim is read twice: over the pairs (these
 base models, new training seeds) and over the base models' means (a new draw of base models, as a re-trial on
-another machine makes). A claim whose methods the comparison did not run is left out. The fixed exposures are the comparison's ``--alphas`` runs with OPSD as α = 1.
+another machine makes). A claim whose methods the comparison did not run is left out. The fixed exposures are
+the comparison's ``--alphas`` runs with OPSD as α = 1.
 """
 
 from __future__ import annotations
