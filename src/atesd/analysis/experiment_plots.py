@@ -187,21 +187,34 @@ def plot_alpha_trajectories(curves: dict[str, dict[int, list[dict[str, Any]]]], 
 
 def plot_paired_differences(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     """Each method's paired difference to each reference (rows of `compare_report.paired_rows`): the mean with
-    its confidence interval as a horizontal error bar, one panel per reference and benchmark, 0 marked."""
+    its confidence interval over the pairs as a horizontal error bar and, with several base models, the interval
+    over the base models' means as a thin one just below it; one panel per reference and benchmark, 0 marked."""
     panels = list(dict.fromkeys((row["benchmark"], row["reference"], row["reference_method"]) for row in rows))
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 0.9 + 0.42 * len(
+    figure, axes = plt.subplots(1, len(panels), figsize=(max(8.0, 5.5 * len(panels)), 0.9 + 0.42 * len(
         {row["method"] for row in rows})), squeeze=False, constrained_layout=True)
     for axis, (benchmark, reference, method) in zip(axes[0], panels):
         shown = [row for row in rows if (row["benchmark"], row["reference"]) == (benchmark, reference)]
         for index, row in enumerate(shown):
             mean, low, high = (100 * float(row[key]) for key in ("mean", "low", "high"))
             interval = [[mean - low], [high - mean]] if row["pairs"] > 1 else None
-            color = "C2" if low > 0 else "C3" if high < 0 else "C7"
-            axis.errorbar(mean, index, xerr=interval, fmt="o", color=color, capsize=4)
+            axis.errorbar(mean, index, xerr=interval, fmt="o", color=_verdict_color(low, high), capsize=4,
+                          label="over the pairs" if index == 0 else None)
+            if row["base_models"] > 1:
+                base_low, base_high = (100 * float(row[key]) for key in ("base_model_low", "base_model_high"))
+                axis.errorbar(mean, index + 0.25, xerr=[[mean - base_low], [base_high - mean]], fmt="none",
+                              color=_verdict_color(base_low, base_high), alpha=0.6, linewidth=1, capsize=2,
+                              label="over the base models" if index == 0 else None)
         axis.axvline(0, color="black", linewidth=0.8)
         axis.set_yticks(range(len(shown)), [row["method"] for row in shown])
         axis.invert_yaxis()
         axis.set_title(f"{benchmark}: − {reference} ({method})", fontsize=10)
         axis.set_xlabel("paired difference, percentage points (mean, 95 % CI)")
         axis.grid(axis="x", alpha=0.3)
+        if any(row["base_models"] > 1 for row in shown):
+            axis.legend(fontsize=8, loc="best")
     _save(figure, path, title)
+
+
+def _verdict_color(low: float, high: float) -> str:
+    """Green for an interval above 0, red below 0, grey across it."""
+    return "C2" if low > 0 else "C3" if high < 0 else "C7"
