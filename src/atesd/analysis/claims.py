@@ -18,14 +18,12 @@ from atesd.analysis.buckets import BUCKETS
 from atesd.analysis.paired import (
     HELD,
     Interval,
-    agreeing,
-    agreement_note,
-    base_model_differences,
+    PairedComparison,
     base_model_means,
     combined_verdict,
     mean_interval,
     over_base_models,
-    paired_difference,
+    paired_comparison,
 )
 
 Pairs = Mapping[Hashable, float]  # {(base model, seed): value}
@@ -45,28 +43,31 @@ class Claim:
 @dataclass(frozen=True)
 class Comparison:
     text: str
-    pairs: Interval
-    base_models: Interval
+    difference: PairedComparison
 
 
 def _versus(a: str, b: str, scores: Mapping[str, Pairs]) -> Comparison | None:
-    difference = paired_difference(scores[a], scores[b]) if a in scores and b in scores else None
+    difference = paired_comparison(scores[a], scores[b]) if a in scores and b in scores else None
     if difference is None:
         return None
-    by_base = base_model_differences(scores[a], scores[b])
-    bases = agreement_note(agreeing(by_base, difference.mean), len(by_base))
-    return Comparison(f"{a} − {b}: {difference.cell()} ({difference.wins}/{difference.n}{bases})", difference,
-                      over_base_models(by_base))
+    return Comparison(f"{a} − {b}: {difference.pairs.cell()} {difference.note}", difference)
 
 
 def _claim(statement: str, comparisons: Sequence[Comparison | None]) -> Claim | None:
     if not comparisons or any(c is None for c in comparisons):
         return None
-    several = all(c.base_models.n > 1 for c in comparisons)
-    return Claim(statement, "; ".join(c.text for c in comparisons),
-                 combined_verdict([c.pairs.verdict for c in comparisons]),
-                 "; ".join(c.base_models.cell() for c in comparisons) if several else "",
-                 combined_verdict([c.base_models.verdict for c in comparisons]) if several else None)
+    differences = [c.difference for c in comparisons]
+    return _read_both_ways(statement, [c.text for c in comparisons], [d.pairs.verdict for d in differences],
+                           [d.base_models.cell() for d in differences], [d.base_models.verdict for d in differences],
+                           several=all(d.base_models.n > 1 for d in differences))
+
+
+def _read_both_ways(statement: str, texts: Sequence[str], verdicts: Sequence[str], base_texts: Sequence[str],
+                    base_verdicts: Sequence[str], several: bool) -> Claim:
+    """A claim from its parts' evidence and verdicts over the pairs and over the base models (those only with
+    `several` base models)."""
+    return Claim(statement, "; ".join(texts), combined_verdict(verdicts),
+                 "; ".join(base_texts) if several else "", combined_verdict(base_verdicts) if several else None)
 
 
 def best_fixed(scores: Mapping[str, Pairs], fixed: Mapping[str, float], below_one: bool = False) -> str | None:
@@ -113,21 +114,17 @@ def bucket_claim(bucket_scores: Mapping[str, Mapping[str, Pairs]], fixed: Mappin
         if preferred is None:
             return None
         best = best_fixed(scores, present)
-        rivals = [other for other in present if other != preferred]
-        differences = [paired_difference(scores[preferred], scores[other]) for other in rivals]
+        differences = [paired_comparison(scores[preferred], scores[other]) for other in present if other != preferred]
         if any(d is None for d in differences):
             return None
-        by_base = [over_base_models(base_model_differences(scores[preferred], scores[other])) for other in rivals]
-        worst, worst_base = (min(intervals, key=lambda d: d.mean) for intervals in (differences, by_base))
-        verdicts.append(combined_verdict([d.verdict for d in differences]))
-        base_verdicts.append(combined_verdict([d.verdict for d in by_base]))
+        pairs, bases = [d.pairs for d in differences], [d.base_models for d in differences]
+        verdicts.append(combined_verdict([d.verdict for d in pairs]))
+        base_verdicts.append(combined_verdict([d.verdict for d in bases]))
         texts.append(f"{bucket}: best α = {present[best]:g}, α = {wanted:g} against its closest rival "
-                     f"{worst.cell()} ({verdicts[-1]})")
-        base_texts.append(f"{bucket}: {worst_base.cell()} ({base_verdicts[-1]})")
-    several = worst_base.n > 1
-    return Claim("easy problems prefer α = 1, medium 0.5, hard the lowest α", "; ".join(texts),
-                 combined_verdict(verdicts), "; ".join(base_texts) if several else "",
-                 combined_verdict(base_verdicts) if several else None)
+                     f"{min(pairs, key=lambda d: d.mean).cell()} ({verdicts[-1]})")
+        base_texts.append(f"{bucket}: {min(bases, key=lambda d: d.mean).cell()} ({base_verdicts[-1]})")
+    return _read_both_ways("easy problems prefer α = 1, medium 0.5, hard the lowest α", texts, verdicts,
+                           base_texts, base_verdicts, several=bases[0].n > 1)
 
 
 def mismatch_claim(mismatch: Mapping[Hashable, Mapping[str, Mapping[str, float]]]) -> Claim | None:
@@ -145,10 +142,8 @@ def mismatch_claim(mismatch: Mapping[Hashable, Mapping[str, Mapping[str, float]]
         readings.append((*_steps_up(statistic, [mean_interval(list(rise.values())) for rise in rises]),
                          *_steps_up(statistic, [over_base_models(base_model_means(rise)) for rise in rises])))
     texts, verdicts, base_texts, base_verdicts = zip(*readings, strict=True)
-    several = len({pair[0] for pair in mismatch}) > 1
-    return Claim("the teacher–student mismatch rises monotonically with α", "; ".join(texts),
-                 combined_verdict(verdicts), "; ".join(base_texts) if several else "",
-                 combined_verdict(base_verdicts) if several else None)
+    return _read_both_ways("the teacher–student mismatch rises monotonically with α", texts, verdicts, base_texts,
+                           base_verdicts, several=len({pair[0] for pair in mismatch}) > 1)
 
 
 def _steps_up(statistic: str, steps: Sequence[Interval]) -> tuple[str, str]:

@@ -14,12 +14,9 @@ from atesd.analysis.mismatch import STATISTICS
 from atesd.analysis.paired import (
     CONFIDENCE,
     Interval,
-    agreeing,
     agreement_note,
-    base_model_differences,
     mean_interval,
-    over_base_models,
-    paired_difference,
+    paired_comparison,
 )
 from atesd.analysis.plots import difficulty_groups
 from atesd.analysis.tables import count, markdown, mean_std, mean_std_cell, metric_columns, percent, seconds
@@ -59,18 +56,18 @@ def paired_rows(scores: Mapping[str, Scores], references: Mapping[str, str]) -> 
             for name, reference in references.items():
                 if reference not in by_method or reference == method:
                     continue
-                difference = paired_difference(values, by_method[reference])
-                if difference is not None:
-                    by_base = base_model_differences(values, by_method[reference])
-                    over_bases = over_base_models(by_base)
+                comparison = paired_comparison(values, by_method[reference])
+                if comparison is not None:
+                    pairs, bases = comparison.pairs, comparison.base_models
                     rows.append({"benchmark": benchmark, "method": method, "reference": name,
-                                 "reference_method": reference, "pairs": difference.n, "mean": difference.mean,
-                                 "low": difference.low, "high": difference.high, "wins": difference.wins,
-                                 "verdict": difference.verdict, "base_models": len(by_base),
-                                 "base_models_agreeing": agreeing(by_base, difference.mean),
-                                 "by_base_model": " / ".join(f"{100 * d:+.1f}" for d in by_base.values()),
-                                 "base_model_low": over_bases.low, "base_model_high": over_bases.high,
-                                 "base_model_verdict": over_bases.verdict})
+                                 "reference_method": reference, "pairs": pairs.n, "mean": pairs.mean,
+                                 "low": pairs.low, "high": pairs.high, "wins": pairs.wins,
+                                 "verdict": pairs.verdict, "base_models": len(comparison.by_base_model),
+                                 "base_models_agreeing": comparison.agreeing,
+                                 "by_base_model": " / ".join(f"{100 * d:+.1f}"
+                                                             for d in comparison.by_base_model.values()),
+                                 "base_model_low": bases.low, "base_model_high": bases.high,
+                                 "base_model_verdict": bases.verdict})
     return rows
 
 

@@ -201,7 +201,8 @@ def plot_paired_differences(rows: Sequence[dict[str, Any]], path: Path, title: s
                           label="over the pairs" if index == 0 else None)
             if row["base_models"] > 1:
                 base_low, base_high = (100 * float(row[key]) for key in ("base_model_low", "base_model_high"))
-                axis.errorbar(mean, index + 0.25, xerr=[[mean - base_low], [base_high - mean]], fmt="none",
+                # from low to high, not around `mean`: over unequal base models the two means differ
+                axis.errorbar((base_low + base_high) / 2, index + 0.25, xerr=(base_high - base_low) / 2, fmt="none",
                               color=_verdict_color(base_low, base_high), alpha=0.6, linewidth=1, capsize=2,
                               label="over the base models" if index == 0 else None)
         axis.axvline(0, color="black", linewidth=0.8)

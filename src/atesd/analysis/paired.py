@@ -112,6 +112,34 @@ def agreeing(by_base_model: Mapping[Hashable, float], mean: float) -> int:
     return sum((difference > 0) == (mean > 0) and difference != 0 for difference in by_base_model.values())
 
 
+@dataclass(frozen=True)
+class PairedComparison:
+    """A method against a reference, read both ways: over the pairs and over the base models' means."""
+
+    pairs: Interval
+    by_base_model: dict[Hashable, float]
+    base_models: Interval
+
+    @property
+    def agreeing(self) -> int:
+        return agreeing(self.by_base_model, self.pairs.mean)
+
+    @property
+    def note(self) -> str:
+        """``(5/9; 2/3 base models)``: the pairs won, and the base models that agree in sign."""
+        return f"({self.pairs.wins}/{self.pairs.n}{agreement_note(self.agreeing, len(self.by_base_model))})"
+
+
+def paired_comparison(values: Mapping[Hashable, float], reference: Mapping[Hashable, float],
+                      confidence: float = CONFIDENCE) -> PairedComparison | None:
+    """`values` − `reference` over the pairs both have and over their base models; None when none is shared."""
+    difference = paired_difference(values, reference, confidence)
+    if difference is None:
+        return None
+    by_base = base_model_differences(values, reference)
+    return PairedComparison(difference, by_base, over_base_models(by_base, confidence))
+
+
 def agreement_note(agree: int, base_models: int) -> str:
     """``; 2/3 base models`` after a difference's pairs won, or nothing with a single base model: the report's
     cells and the claims' evidence say it alike."""
