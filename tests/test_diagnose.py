@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from atesd.analysis.compare_report import diagnosis_section
 from atesd.analysis.diagnose import RunSettings, diagnose
 from atesd.cli import main
 from atesd.config import load_config, save_config
@@ -172,6 +173,43 @@ def test_exposure_per_problem_regresses_each_problems_credit_on_its_own_alpha():
     assert by_run["R"].n == 800 and abs(by_run["R"].slope - 0.2) < 3 * by_run["R"].se
     assert "mean α agrees" in diagnosis.runs[0]["checks"][0]
 
+    section = diagnosis_section({"atesd-per-problem": diagnosis})
+    assert "## What the reward says about α" in section and "| atesd-per-problem | R |" in section
+    assert "| atesd-per-problem | R | 800 |" in section  # the per-problem credit's table
+    assert f"{within['R'].t:+.2f}" in section
+
+
+def test_the_comparison_section_pools_each_methods_runs(tmp_path):
+    runs = [_synthetic_run(tmp_path / f"run{seed}", seed, steps=100) for seed in range(2)]
+    from atesd.analysis.diagnose_report import method_diagnoses
+
+    diagnoses = method_diagnoses({"random": runs})
+    section = diagnosis_section(diagnoses)
+    g_gt = next(fit for fit in diagnoses["random"].windows if fit.signal == "G_gt")
+    assert g_gt.n == 100 and "| random | G_gt | 100 |" in section and f"{g_gt.t:+.2f}" in section
+    assert "G_gt rises with α by construction" in section
+    assert "the rebuild agrees with decisions.jsonl in 2 of 2 runs" in section
+    assert diagnosis_section({}) == ""
+
+
+def test_logs_that_disagree_with_the_rebuild_or_lack_g_are_said_in_the_report(tmp_path):
+    run = _synthetic_run(tmp_path / "run", 0, steps=40)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    decisions = [{"step": row["step"], "alpha": row["alpha"], "R": 1.0, "G_lp": 1.0, "G_gt": 1.0}
+                 for row in rows if row["step"] % 2 == 1]  # logged rewards that are not the controller's
+    (run / "decisions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in decisions))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({**row, "teacher_ref_logp": None if row["step"] == 7
+                                                           else row["teacher_ref_logp"]}) + "\n" for row in rows))
+    from atesd.analysis.diagnose_report import method_diagnoses
+
+    diagnosis = method_diagnoses({"random": [run]})["random"]
+    warnings = diagnosis.runs[0]["warnings"]
+    assert "the rebuilt rewards differ from the logged ones" in warnings[0]
+    assert "1 of 20 windows lack g (teacher_ref_logp) at some step" in warnings[1]  # the window at steps 7-8 (L = 2)
+    fits = {fit.signal: fit for fit in diagnosis.windows}
+    assert fits["G_gt"].n == 19 and fits["G_lp"].n == 20
+    section = diagnosis_section({"random": diagnosis})
+    assert "in 0 of 1 runs · run: decisions.jsonl" in section
 
 
 # ---------------------------------------------------------------------------------------- user errors: one line, rc 2

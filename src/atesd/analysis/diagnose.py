@@ -38,6 +38,11 @@ SIGNALS = {
 }
 # Exposure per problem: the logged per-problem credit of decisions.jsonl.
 CREDIT_SIGNALS = {"G_lp": "G_lp (own NLL drop)", "G_gt": "G_gt (g_i)", "R": "R"}
+# What a window's term needs from the logs (said when no window has it).
+NEEDS = {"G_lp": "ℓ at every step", "G_gt": "g (teacher_ref_logp) at every step: log it with "
+         "train.teacher_ref_logp_every=1", "R": "g (teacher_ref_logp) at every step: log it with "
+         "train.teacher_ref_logp_every=1", "lp_signed": "ℓ at every step", "probe_drop": "the probe NLL",
+         "accuracy": "rollout_accuracy over the L updates before and after"}
 MIN_EXTRA_POINTS = 2  # a fit needs at least this many points beyond its parameters
 
 
@@ -166,34 +171,34 @@ def hold_violations(settings: RunSettings, metrics: Sequence[Mapping[str, Any]])
 
 
 def check_decisions(settings: RunSettings, windows: Sequence[Window], decisions: Sequence[Mapping[str, Any]],
-                    tolerance: float = 1e-9) -> str:
-    """How the rebuild agrees with decisions.jsonl: the decisions' steps and α, and for the controller its logged
-    R, G_lp and G_gt (one line for the report)."""
+                    tolerance: float = 1e-9) -> tuple[str, bool]:
+    """How the rebuild agrees with decisions.jsonl — the decisions' steps and α, and for the controller its logged
+    R, G_lp and G_gt — as a line for the report, and whether it agrees."""
     by_step = {w.step: w for w in windows}
     if settings.policy == "per_problem":
-        steps = {w.step: w.alpha for w in windows}
-        mismatched = [row["step"] for row in decisions if row["step"] in steps
-                      and abs(fmean(row["alpha"]) - steps[row["step"]]) > tolerance]
-        return (f"decisions.jsonl: each step's mean α agrees with metrics.jsonl ({len(decisions)} steps)"
-                if not mismatched else f"decisions.jsonl: mean α differs from metrics.jsonl at steps {mismatched[:5]}")
+        mismatched = [row["step"] for row in decisions if row["step"] in by_step
+                      and abs(fmean(row["alpha"]) - by_step[row["step"]].alpha) > tolerance]
+        if mismatched:
+            return f"decisions.jsonl: the mean α differs from metrics.jsonl at steps {mismatched[:5]}", False
+        return f"decisions.jsonl: each step's mean α agrees with metrics.jsonl ({len(decisions)} steps)", True
     starts = window_starts(settings, max((w.step for w in windows), default=0))
     logged = sorted(row["step"] for row in decisions)
     if logged[:len(starts)] != starts[:len(logged)]:
         return (f"decisions.jsonl: decisions at steps {logged[:4]}…, not every {settings.hold} updates from step 1: "
-                "the windows follow the hold, not decisions.jsonl")
+                "the windows follow the hold, not decisions.jsonl"), False
     alpha_off = [row["step"] for row in decisions
                  if row["step"] in by_step and abs(row["alpha"] - by_step[row["step"]].alpha) > tolerance]
     rewarded = [row for row in decisions if row.get("R") is not None and row["step"] in by_step]
     worst = max((abs(row[key] - by_step[row["step"]].values[key]) for row in rewarded
                  for key in ("R", "G_lp", "G_gt")), default=0.0)
+    rewards_agree = worst <= tolerance * max([1.0, *(abs(row["R"]) for row in rewarded)])
     line = f"decisions.jsonl: {len(decisions)} decisions, α agrees" if not alpha_off else \
         f"decisions.jsonl: α differs from metrics.jsonl at steps {alpha_off[:5]}"
     if rewarded:
-        agree = worst <= tolerance * max(1.0, max(abs(row["R"]) for row in rewarded))
         line += (f"; the rebuilt R, G_lp, G_gt equal the {len(rewarded)} logged rewards (max difference {worst:.1e})"
-                 if agree else f"; the rebuilt rewards differ from the logged ones by up to {worst:.3g}: the table "
-                 "uses the rebuild")
-    return line
+                 if rewards_agree else
+                 f"; the rebuilt rewards differ from the logged ones by up to {worst:.3g}: the table uses the rebuild")
+    return line, not alpha_off and rewards_agree
 
 
 def credit_points(settings: RunSettings, decisions: Sequence[Mapping[str, Any]]) -> list[Window]:
@@ -226,6 +231,8 @@ def fit_on_alpha(signal: str, points: Sequence[Window], groups: str = "run") -> 
     design = np.column_stack([*columns, dummies]) if kept else np.zeros((0, 0))
     n, parameters = design.shape if kept else (0, 0)
     mean, sd = (float(y.mean()), float(y.std(ddof=1))) if n > 1 else (math.nan, math.nan)
+    if n == 0:
+        return Fit(signal, 0, reason=f"not measured: no window has {NEEDS.get(signal, 'it')} in the logs")
     if n > 1 and float(np.ptp(y)) == 0.0:
         return Fit(signal, n, mean, sd, reason="the term never varied")
     if n < parameters + MIN_EXTRA_POINTS:
@@ -262,21 +269,24 @@ def diagnose(runs: Sequence[tuple[RunSettings, Sequence[Mapping[str, Any]], Sequ
         points = credit_points(settings, decisions) if settings.policy == "per_problem" else []
         credit += points
         alphas = [w.alpha for w in own]
-        checks = [check_decisions(settings, own, decisions)] if decisions else \
-            [f"no decisions.jsonl: windows at every {settings.hold} updates from step 1"]
+        line, agrees = check_decisions(settings, own, decisions) if decisions else \
+            (f"no decisions.jsonl: windows at every {settings.hold} updates from step 1", True)
+        checks, warnings = [line], [] if agrees else [line]
+        if settings.policy == "per_problem":
+            checks.append("its windows: one per step, at the batch's mean α")
         violations = hold_violations(settings, metrics) if settings.policy != "per_problem" else 0
         if violations:
-            checks.append(f"α changed within {violations} hold windows of {settings.hold} updates")
+            warnings.append(f"α changed within {violations} hold windows of {settings.hold} updates")
         missing_g = sum(not math.isfinite(w.values["G_gt"]) for w in own)
         if missing_g:
-            checks.append(f"{missing_g} of {len(own)} windows lack g (teacher_ref_logp) at some step: G_gt and R "
-                          "leave them out (train.teacher_ref_logp_every=1 logs it at every step)")
+            warnings.append(f"{missing_g} of {len(own)} windows lack g (teacher_ref_logp) at some step: G_gt and R "
+                            "leave them out (train.teacher_ref_logp_every=1 logs it at every step)")
         result.runs.append({"run": settings.name, "policy": settings.policy, "H": settings.hold,
                             "L": settings.lookahead, "gamma": settings.discount,
                             "lambda_gt": settings.grounded_weight, "signal": settings.progress_signal,
                             "T": settings.total_steps, "windows": len(own), "credited": len(points),
                             "alpha_min": min(alphas, default=math.nan), "alpha_max": max(alphas, default=math.nan),
-                            "checks": checks})
+                            "checks": checks + warnings, "warnings": warnings})
     result.windows = [fit_on_alpha(signal, windows) for signal in SIGNALS]
     if credit:
         result.credit = [fit_on_alpha(signal, credit) for signal in CREDIT_SIGNALS]
