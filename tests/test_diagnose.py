@@ -106,6 +106,23 @@ def test_the_rebuilt_rewards_equal_the_controllers_logged_ones(tiny_config, tmp_
     assert "the rebuilt R, G_lp, G_gt equal the 5 logged rewards" in summary  # decisions at 1, 3, …, 9
 
 
+@pytest.mark.slow
+def test_a_real_exposure_per_problem_run_gives_each_credited_problems_credit(tiny_config, tmp_path):
+    config = tiny_config(tmp_path, "method=atesd", "exposure.policy=controller", "exposure.per_problem=true",
+                         "exposure.controller.lookahead=2", "exposure.controller.credited_problems=2",
+                         "exposure.controller.hidden_sizes=[8]", "train.steps=10", "train.checkpoint_every=10")
+    path = tmp_path / "per-problem.yaml"
+    save_config(config, path)
+    assert main(["train", str(path)]) == 0
+    run = Path(config.run.output_dir) / "atesd-seed0"
+    result = json.loads((run / "diagnose.json").read_text())
+    credit = {row["signal"]: row for row in result["fits"] if row["table"] == "per_problem_within_step"}
+    assert credit["R"]["n"] == 2 * 8  # 2 credited problems of each of the 8 steps rewarded L = 2 updates later
+    assert result["runs"][0]["policy"] == "per_problem" and not result["runs"][0]["warnings"]
+    assert "each step's mean α agrees with metrics.jsonl" in result["runs"][0]["checks"][0]
+    assert "### Exposure per problem: each problem's credit on its own α" in (run / "diagnose.md").read_text()
+
+
 def _synthetic_run(directory: Path, seed: int, *, slope: float = 0.5, noise: float = 0.2, steps: int = 400) -> Path:
     """A random-exposure run's logs with H = L = 2: g_t = −1 + slope · α + noise, so that G_gt's slope on α is
     `slope`; the probe NLL falls 0.01 per update whatever α."""
@@ -190,6 +207,9 @@ def test_the_comparison_section_pools_each_methods_runs(tmp_path):
     assert "G_gt rises with α by construction" in section
     assert "the rebuild agrees with decisions.jsonl in 2 of 2 runs" in section
     assert diagnosis_section({}) == ""
+    shorter = diagnose([(RunSettings("short", "random", 2, 4, 0.9, 0.1, "probe_nll", 3),
+                         [{"step": step, "alpha": 0.1 * step} for step in (1, 2, 3)], [])])
+    assert {fit.reason for fit in shorter.windows} == {"no complete window: a window needs its L updates logged"}
 
 
 def test_logs_that_disagree_with_the_rebuild_or_lack_g_are_said_in_the_report(tmp_path):

@@ -287,7 +287,9 @@ def diagnose(runs: Sequence[tuple[RunSettings, Sequence[Mapping[str, Any]], Sequ
                             "T": settings.total_steps, "windows": len(own), "credited": len(points),
                             "alpha_min": min(alphas, default=math.nan), "alpha_max": max(alphas, default=math.nan),
                             "checks": checks + warnings, "warnings": warnings})
-    result.windows = [fit_on_alpha(signal, windows) for signal in SIGNALS]
+    result.windows = [fit_on_alpha(signal, windows) if windows else
+                      Fit(signal, 0, reason="no complete window: a window needs its L updates logged")
+                      for signal in SIGNALS]
     if credit:
         result.credit = [fit_on_alpha(signal, credit) for signal in CREDIT_SIGNALS]
         result.credit_within_step = [fit_on_alpha(signal, credit, groups="step") for signal in CREDIT_SIGNALS]
