@@ -94,27 +94,27 @@ def test_a_random_exposure_runs_diagnosis_equals_a_recomputation_from_its_metric
     assert all("α agrees" in run["checks"][0] for run in result["runs"])
 
 
+def _train(tiny_config, tmp_path: Path, *overrides: str) -> Path:
+    """`atesd train` of a tiny ATESD run (a controller small enough to decide and learn in a few steps)."""
+    config = tiny_config(tmp_path, "method=atesd", "exposure.policy=controller", "exposure.controller.hidden_sizes=[8]",
+                         "train.checkpoint_every=100", *overrides)
+    save_config(config, tmp_path / "atesd.yaml")
+    assert main(["train", str(tmp_path / "atesd.yaml")]) == 0
+    return Path(config.run.output_dir) / "atesd-seed0"
+
+
 @pytest.mark.slow
 def test_the_rebuilt_rewards_equal_the_controllers_logged_ones(tiny_config, tmp_path):
-    config = tiny_config(tmp_path, "method=atesd", "exposure.policy=controller", "exposure.hold_steps=2",
-                         "exposure.controller.lookahead=3", "exposure.controller.decisions_per_update=2",
-                         "exposure.controller.hidden_sizes=[8]", "train.steps=12", "train.checkpoint_every=12")
-    path = tmp_path / "atesd.yaml"
-    save_config(config, path)
-    assert main(["train", str(path)]) == 0
-    summary = (Path(config.run.output_dir) / "atesd-seed0" / "diagnose.md").read_text()
+    run = _train(tiny_config, tmp_path, "exposure.hold_steps=2", "exposure.controller.lookahead=3",
+                 "exposure.controller.decisions_per_update=2", "train.steps=12")
+    summary = (run / "diagnose.md").read_text()
     assert "the rebuilt R, G_lp, G_gt equal the 5 logged rewards" in summary  # decisions at 1, 3, …, 9
 
 
 @pytest.mark.slow
 def test_a_real_exposure_per_problem_run_gives_each_credited_problems_credit(tiny_config, tmp_path):
-    config = tiny_config(tmp_path, "method=atesd", "exposure.policy=controller", "exposure.per_problem=true",
-                         "exposure.controller.lookahead=2", "exposure.controller.credited_problems=2",
-                         "exposure.controller.hidden_sizes=[8]", "train.steps=10", "train.checkpoint_every=10")
-    path = tmp_path / "per-problem.yaml"
-    save_config(config, path)
-    assert main(["train", str(path)]) == 0
-    run = Path(config.run.output_dir) / "atesd-seed0"
+    run = _train(tiny_config, tmp_path, "exposure.per_problem=true", "exposure.controller.lookahead=2",
+                 "exposure.controller.credited_problems=2", "train.steps=10")
     result = json.loads((run / "diagnose.json").read_text())
     credit = {row["signal"]: row for row in result["fits"] if row["table"] == "per_problem_within_step"}
     assert credit["R"]["n"] == 2 * 8  # 2 credited problems of each of the 8 steps rewarded L = 2 updates later
