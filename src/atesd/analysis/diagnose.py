@@ -71,7 +71,7 @@ class RunSettings:
 @dataclass(frozen=True)
 class Window:
     """One decision's window: `step` is its first update (counted like metrics.jsonl), `values` its terms (NaN
-    where the logs lack what a term needs)."""
+    where the logs lack what a term needs). Under exposure per problem, also one credited problem's point."""
 
     run: str
     step: int
