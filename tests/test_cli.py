@@ -45,6 +45,9 @@ def test_demo_writes_table_plots_and_run_directory(tiny_config, tmp_path, capsys
     assert "alpha.png" in out and "3 controller decisions, policy mean 0.50 → " in out
     summary = (run / "summary.md").read_text()
     assert "exposure: α used" in summary and "torch " in summary and "transformers " in summary
+    # what the reward says about α: two rewarded windows, too few to fit, and the rebuild equals the logged rewards
+    assert "## What the reward says about α" in summary and "2 points: too few for 3 parameters" in summary
+    assert "the rebuilt R, G_lp, G_gt equal the 2 logged rewards" in summary
     assert json.loads((run / "versions.json").read_text())["torch"] == torch.__version__
     decisions = [json.loads(line) for line in (run / "decisions.jsonl").read_text().splitlines()]
     assert [row["step"] for row in decisions] == [1, 3, 5]

@@ -202,6 +202,9 @@ def test_compare_over_base_models_with_fixed_alphas_in_two_jobs(tiny_config, tmp
     for heading in ["## Paired differences", "## Mismatch per α", "## The paper's claims", "95% CI"]:
         assert heading in report, heading
     assert "the teacher–student mismatch rises monotonically with α" in report
+    # what the reward says about α, for atesd (its α varied), pooled over its 4 runs: windows at steps 1 and 2 (L = 1)
+    assert "## What the reward says about α" in report and "| atesd | G_lp | 8 |" in report
+    assert "| alpha-0 |" not in report.split("## What the reward says about α")[1].split("##")[0]
     # the exposure used counts every run, of both base models
     assert re.search(r"^\| atesd \| 4 \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \|$", report, re.MULTILINE)
     mismatch = json.loads((out / "mismatch/base-w0-seed0.json").read_text())

@@ -1,4 +1,4 @@
-"""The command line: ``atesd train | eval | demo | sweep | compare | testbed``.
+"""The command line: ``atesd train | eval | demo | sweep | compare | testbed | diagnose``.
 
     atesd train CONFIG [key=value ...] [--resume]
     atesd eval CONFIG [key=value ...] [--model DIR] [--teacher-alpha A] [--out DIR]
@@ -8,6 +8,7 @@
                   [--reuse DIR] [--continue-from DIR] [--out DIR] [--quick] [--methods M ...]
                   [--best-alpha A | --sweep SWEEP_DIR]
     atesd testbed [CONFIG] [key=value ...] [--seeds N] [--jobs J] [--out DIR]
+    atesd diagnose RUN [RUN ...] [--out DIR]
 
 Overrides are dotted config keys (``train.steps=50``), before or after the options (``atesd train CONFIG
 --resume train.steps=50``), except after an option that takes several values (--alphas, --methods); every
@@ -41,6 +42,7 @@ RECIPES = Path("configs/embedded")
 
 
 def _train(args: argparse.Namespace) -> None:
+    from atesd.analysis.diagnose_report import run_section
     from atesd.analysis.plots import plot_run
     from atesd.train.trainer import Trainer
 
@@ -52,7 +54,11 @@ def _train(args: argparse.Namespace) -> None:
         summary = exposure_summary(run_dir)
         if summary:
             print(summary)
-        print(f"run directory: {run_dir} (plots: {', '.join(p.name for p in plots)})")
+        diagnosis = run_section(run_dir, args.command_line)
+        if diagnosis:
+            print(f"\n{diagnosis}")
+        print(f"run directory: {run_dir} (plots: {', '.join(p.name for p in plots)}"
+              + ("; diagnose.md" if diagnosis and (run_dir / "diagnose.md").is_file() else "") + ")")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -83,6 +89,7 @@ def _eval(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     """Base model vs the trained model (ATESD by default) on the embedded task, with the base teacher at α = 1
     for reference."""
+    from atesd.analysis.diagnose_report import run_section
     from atesd.analysis.plots import plot_bucket_accuracy, plot_run
     from atesd.data.sources import benchmark_key
     from atesd.eval.runner import evaluate_model
@@ -126,6 +133,10 @@ def _demo(args: argparse.Namespace) -> None:
     if exposure:
         print(f"\n{exposure}")
         report.append(f"{exposure}\n")
+    diagnosis = run_section(run_dir, args.command_line)
+    if diagnosis:
+        print(f"\n{diagnosis}")
+        report.append(diagnosis)
     for benchmark in config.eval.benchmarks:
         per_label = {label: summaries[benchmark] for label, summaries in rows.items()}
         table = markdown_table(per_label, k)
@@ -168,6 +179,17 @@ def _testbed(args: argparse.Namespace) -> None:
     config_path = _config_or_default(args.config, SWEEP_CONFIG)
     written = run_testbed(config_path, args.overrides, args.seeds, Path(args.out), args.jobs, args.command_line)
     print(f"testbed done: {', '.join(str(p) for p in written)}")
+
+
+def _diagnose(args: argparse.Namespace) -> None:
+    from atesd.analysis.diagnose_report import diagnose_paths, diagnosis_markdown, write_diagnosis
+
+    paths = [Path(path) for path in args.runs]
+    diagnosis = diagnose_paths(paths)
+    out = Path(args.out) if args.out else paths[0] if len(paths) == 1 else Path("runs/diagnose")
+    written = write_diagnosis(diagnosis, out, args.command_line)
+    print(diagnosis_markdown(diagnosis))
+    print(f"written: {', '.join(str(p) for p in written)}")
 
 
 def _config_or_default(given: str | None, default: Path) -> Path:
@@ -299,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     testbed.add_argument("--jobs", type=int, default=1, help="seeds measured in parallel (default %(default)s)")
     testbed.add_argument("--out", default="runs/testbed", help="output folder (default %(default)s)")
     testbed.set_defaults(handler=_testbed)
+    diagnose = commands.add_parser("diagnose", help="what each reward term says about α in runs where α varied: its "
+                                   "slope on α, t, and the decisions it needs for t = 2 (table, CSV, JSON)")
+    diagnose.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or compare / sweep out folders "
+                          "(their runs whose α varied), pooled with one intercept per run")
+    diagnose.add_argument("--out", help="folder for diagnose.md, .csv and .json (default: the one folder given, "
+                          "else runs/diagnose)")
+    diagnose.set_defaults(handler=_diagnose)
     parser.commands = commands.choices  # for parse_args
     return parser
 

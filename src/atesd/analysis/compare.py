@@ -11,8 +11,9 @@ model, same training seed — with t-intervals over the pairs (`atesd.analysis.p
 
 Outputs in the out folder: ``results.csv`` (one row per method × base model × seed × benchmark),
 ``summary.csv``, ``paired.csv`` (each method against OPSD and the best fixed α), ``report.md`` (means with
-95 % intervals, the paired differences, the exposure used, under exposure per problem the α per difficulty,
-the mismatch per α, the paper's claims with their verdicts, and the compute columns), ``accuracy.png``,
+95 % intervals, the paired differences, the exposure used and, where it varied, what each reward term says about
+it (`diagnose`), under exposure per problem the α per difficulty, the mismatch per α, the paper's claims with
+their verdicts, and the compute columns), ``accuracy.png``,
 ``paired_differences.png``, ``learning_curves.png``, when some method varied α ``alpha_trajectories.png``,
 and under exposure per problem ``alpha_by_difficulty.png``.
 """
@@ -27,6 +28,7 @@ from atesd.analysis.buckets import BUCKETS
 from atesd.analysis.claims import best_fixed, bucket_claim, method_claims, mismatch_claim
 from atesd.analysis.compare_report import (
     claims_section,
+    diagnosis_section,
     difficulty_section,
     exposure_section,
     means_section,
@@ -35,6 +37,7 @@ from atesd.analysis.compare_report import (
     paired_section,
     preamble,
 )
+from atesd.analysis.diagnose_report import method_diagnoses
 from atesd.analysis.experiment_plots import (
     plot_alpha_trajectories,
     plot_learning_curves,
@@ -194,6 +197,9 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
     if varying:
         written.append(out / "alpha_trajectories.png")
         plot_alpha_trajectories(varying, written[-1], "exposure α used at each step (one line per run)")
+    diagnoses = method_diagnoses({label: [run.run.directory for run in finished
+                                          if run.run.spec.label == label and run.run.spec.trains]
+                                  for label in varying})
     per_problem = per_problem_decisions(finished)
     if per_problem:
         written.append(out / "alpha_by_difficulty.png")
@@ -206,7 +212,7 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
     claims = [*method_claims(first, fixed), *filter(None, [
         bucket_claim(pair_scores_by_bucket(rows, k), fixed), mismatch_claim(mismatch)])]
     sections = [preamble(command, settings), means_section(summary, scores, k), paired_section(paired, references),
-                exposure_section(varying), difficulty_section(per_problem),
+                exposure_section(varying), diagnosis_section(diagnoses), difficulty_section(per_problem),
                 mismatch_section(mismatch, mismatch_problems), claims_section(claims),
                 *(f"![{p.stem}]({p.name})\n" for p in written if p.suffix == ".png")]
     atomic_write_text(out / "report.md", "\n".join(section for section in sections if section))

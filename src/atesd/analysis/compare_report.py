@@ -1,6 +1,7 @@
 """The sections of `atesd compare`'s report.md and its paired.csv: the table of means with 95 % intervals, the
-paired differences against OPSD and the best fixed α, the mismatch per α, the exposure each method used, and
-the paper's claims with their verdicts (docs/method.md#paper-recipes)."""
+paired differences against OPSD and the best fixed α, the mismatch per α, the exposure each method used, what
+each reward term says about α where it varied, and the paper's claims with their verdicts
+(docs/method.md#paper-recipes)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 from atesd.analysis.buckets import BUCKETS, EASY_FROM, HARD_BELOW
 from atesd.analysis.claims import Claim
+from atesd.analysis.diagnose import CREDIT_SIGNALS, SIGNALS, Diagnosis
+from atesd.analysis.diagnose_report import MECHANICAL, READING, fits_table
 from atesd.analysis.mismatch import STATISTICS
 from atesd.analysis.paired import (
     CONFIDENCE,
@@ -163,6 +166,29 @@ def difficulty_section(per_problem: Mapping[str, Mapping[str, Sequence[dict[str,
     return ("## Exposure per problem by difficulty\n\nThe mean α each difficulty's problems got in the last quarter "
             f"of training, mean ± std over runs; the last column is the hardest minus the easiest, mean "
             f"[{CONFIDENCE:.0%} t-interval over runs].\n\n{markdown(header, body)}\n")
+
+
+def diagnosis_section(diagnoses: Mapping[str, Diagnosis]) -> str:
+    """`atesd compare`'s section: per method whose α varied, the windows' table pooled over its runs (and under
+    exposure per problem the credit's, with one intercept per step)."""
+    if not diagnoses:
+        return ""
+    parts = ["## What the reward says about α\n",
+             "For each method whose α varied, over its runs pooled: each decision's window (its first update and the "
+             "L after it, the run's own L, γ, λ_gt and H). " + READING,
+             fits_table({method: d.windows for method, d in diagnoses.items()}, SIGNALS, "windows") + "\n",
+             MECHANICAL + "\n"]
+    credit = {method: d.credit_within_step for method, d in diagnoses.items() if d.credit_within_step}
+    if credit:
+        parts += [("Exposure per problem, each credited problem's logged credit on its own α, one intercept per "
+                  "step (n counts credited problems):\n"), fits_table(credit, CREDIT_SIGNALS, "problems") + "\n"]
+    runs = [run for d in diagnoses.values() for run in d.runs]
+    warnings = [f"{run['run']}: {'; '.join(run['warnings'])}" for run in runs if run["warnings"]]
+    notes = [note for d in diagnoses.values() for note in d.notes]
+    parts.append(f"Checks: the windows follow the hold and the rebuild agrees with decisions.jsonl in "
+                 f"{len(runs) - len(warnings)} of {len(runs)} runs" + "".join(f" · {line}" for line in warnings + notes)
+                 + "\n")
+    return "\n".join(parts)
 
 
 def claims_section(claims: Sequence[Claim]) -> str:
