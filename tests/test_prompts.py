@@ -94,3 +94,48 @@ def test_characters_the_tokenizer_cannot_encode_are_named(short_builder, tokeniz
         short_builder.encode("Compute 中+文.")
     with pytest.raises(DataError, match="field 'templates.transition': the tokenizer cannot encode the characters '中'"):
         PromptBuilder(tokenizer, SHORT.model_copy(update={"transition": "中"}), STUDENT_KWARGS, TEACHER_KWARGS)
+
+
+# ---------------------------------------------------------------- the thinking boundary (OPSD issue #10)
+
+def boundary_builder(tokenizer, boundary: str, student=STUDENT_KWARGS, teacher=TEACHER_KWARGS) -> PromptBuilder:
+    return PromptBuilder(tokenizer, PromptTemplates(teacher_boundary=boundary), student, teacher)
+
+
+def test_open_boundary_is_the_chat_templates_own(tokenizer):
+    # Qwen3-style template: the student's turn ends after an empty think block, the teacher's opens in thinking mode
+    student = tokenizer.decode(boundary_builder(tokenizer, "open").student(PROBLEM))
+    teacher = tokenizer.decode(boundary_builder(tokenizer, "open").teacher(PROBLEM, 1.0))
+    assert student.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert teacher.endswith("<|im_start|>assistant\n")
+
+
+def test_think_boundary_opens_the_teachers_reasoning(tokenizer):
+    opened = boundary_builder(tokenizer, "think").teacher(PROBLEM, 0.5)
+    plain = boundary_builder(tokenizer, "open").teacher(PROBLEM, 0.5)
+    assert opened == plain + fresh(tokenizer, "<think>\n")
+    assert tokenizer.convert_ids_to_tokens(opened[-2]) == "<think>"  # the special token, not its characters
+
+
+def test_student_boundary_ends_the_teacher_prompt_like_the_students(tokenizer):
+    builder = boundary_builder(tokenizer, "student")
+    student, teacher = builder.student(PROBLEM), builder.teacher(PROBLEM, 1.0)
+    tail = fresh(tokenizer, "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert student[-len(tail):] == tail and teacher[-len(tail):] == tail
+    # the same chat kwargs for both: nothing to add
+    same = boundary_builder(tokenizer, "student", TEACHER_KWARGS, TEACHER_KWARGS)
+    assert same.teacher(PROBLEM, 1.0) == boundary_builder(tokenizer, "open", TEACHER_KWARGS, TEACHER_KWARGS
+                                                          ).teacher(PROBLEM, 1.0)
+
+
+def test_student_boundary_that_cannot_be_found_is_refused_by_name(tokenizer):
+    with pytest.raises(DataError, match="templates.teacher_boundary"):
+        boundary_builder(tokenizer, "student", TEACHER_KWARGS, STUDENT_KWARGS)
+
+
+def test_the_boundary_counts_in_the_lengths_checked_against_the_context(tokenizer):
+    longest = {b: boundary_builder(tokenizer, b).longest(PROBLEM, 64) for b in ("open", "think", "student")}
+    open_builder = boundary_builder(tokenizer, "open")
+    assert len(open_builder.teacher(PROBLEM, 1.0)) > len(open_builder.student(PROBLEM))  # the teacher's is longest
+    assert longest["think"] == longest["open"] + len(fresh(tokenizer, "<think>\n"))
+    assert longest["student"] == longest["open"] + len(fresh(tokenizer, "<think>\n\n</think>\n\n"))

@@ -2,6 +2,7 @@
 
     atesd train CONFIG [key=value ...] [--resume]
     atesd eval CONFIG [key=value ...] [--model DIR] [--teacher-alpha A] [--out DIR]
+    atesd eval --checkpoints RUN [key=value ...] [--out DIR]
     atesd demo [CONFIG] [key=value ...] [--resume]
     atesd sweep [CONFIG] [key=value ...] [--alphas A ...] [--seeds N] [--out DIR] [--mismatch-problems P]
     atesd compare [key=value ...] [--recipes DIR] [--seeds N] [--base-models N] [--alphas A ...] [--jobs N]
@@ -42,6 +43,7 @@ RECIPES = Path("configs/embedded")
 
 
 def _train(args: argparse.Namespace) -> None:
+    from atesd.analysis.along_training import along_training_section
     from atesd.analysis.diagnose_report import run_section
     from atesd.analysis.plots import plot_run
     from atesd.train.trainer import Trainer
@@ -57,16 +59,24 @@ def _train(args: argparse.Namespace) -> None:
         diagnosis = run_section(run_dir, args.command_line)
         if diagnosis:
             print(f"\n{diagnosis}")
+        along = along_training_section(run_dir)
+        if along:
+            print(f"\n{along}")
         print(f"run directory: {run_dir} (plots: {', '.join(p.name for p in plots)}"
               + ("; diagnose.md" if diagnosis and (run_dir / "diagnose.md").is_file() else "") + ")")
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from atesd.analysis.tables import evaluation_table
     from atesd.eval.runner import evaluate_model
     from atesd.models.loading import resolve_model_path
     from atesd.train.base_model import load_model
     from atesd.train.run_dir import run_directory
 
+    if args.checkpoints:
+        return _eval_checkpoints(args)
+    if args.config is None:
+        raise ConfigError("atesd eval needs CONFIG (or --checkpoints RUN to evaluate a run's checkpoints)")
     if args.teacher_alpha is not None and not 0.0 <= args.teacher_alpha <= 1.0:  # NaN fails this too
         raise ConfigError(f"--teacher-alpha must be an exposure in [0, 1], got {args.teacher_alpha}")
     config = load_config(args.config, args.overrides)
@@ -82,8 +92,26 @@ def _eval(args: argparse.Namespace) -> None:
     save_config(config, out_dir / f"{label}-config.yaml")
     print(f"model: {model_path or config.model.name_or_path}")
     for benchmark, summary in summaries.items():
-        print(f"\n{benchmark}\n" + markdown_table({label: summary}, config.eval.num_samples))
+        print(f"\n{benchmark}\n" + evaluation_table({label: summary}, config.eval.num_samples))
     print(f"\nper-problem results: {out_dir}")
+
+
+def _eval_checkpoints(args: argparse.Namespace) -> None:
+    """The base model and every checkpoint of a run, with the run's own config (and eval.* overrides)."""
+    from atesd.analysis.along_training import evaluate_checkpoints, write_along_training_report
+
+    run_dir = Path(args.checkpoints)
+    if args.config or args.model or args.teacher_alpha is not None:
+        raise ConfigError("--checkpoints evaluates the run's student with its own config.yaml: give only key=value "
+                          "overrides (eval.*), not CONFIG, --model or --teacher-alpha")
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"--checkpoints {run_dir}: no config.yaml there; give a run directory (atesd train's)")
+    config = load_config(run_dir / "config.yaml", args.overrides)
+    out_dir = Path(args.out) if args.out else run_dir / "eval" / "checkpoints"
+    rows = evaluate_checkpoints(config, run_dir, out_dir)
+    save_config(config, out_dir / "config.yaml")
+    print(write_along_training_report(rows, out_dir / "report.md", f"{run_dir.name}: the checkpoints evaluated"))
+    print(f"per-problem results and report.md: {out_dir}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -91,6 +119,7 @@ def _demo(args: argparse.Namespace) -> None:
     for reference."""
     from atesd.analysis.diagnose_report import run_section
     from atesd.analysis.plots import plot_bucket_accuracy, plot_run
+    from atesd.analysis.tables import evaluation_table
     from atesd.data.sources import benchmark_key
     from atesd.eval.runner import evaluate_model
     from atesd.train.base_model import load_model
@@ -139,7 +168,7 @@ def _demo(args: argparse.Namespace) -> None:
         report.append(diagnosis)
     for benchmark in config.eval.benchmarks:
         per_label = {label: summaries[benchmark] for label, summaries in rows.items()}
-        table = markdown_table(per_label, k)
+        table = evaluation_table(per_label, k)
         report.append(f"## {benchmark}\n\n{table}\n")
         print(f"\nheld-out {benchmark}, Average@{k} per difficulty bucket:\n{table}")
         plot_bucket_accuracy(per_label, f"average@{k}", run_dir / f"accuracy-{benchmark_key(benchmark)}.png",
@@ -223,19 +252,6 @@ def exposure_summary(run_dir: Path) -> str | None:
     return line + " (alpha.png)"
 
 
-def markdown_table(per_label: dict[str, dict[str, dict]], k: int) -> str:
-    """Rows: labels; columns: Average@k overall and per bucket, then Pass@k, Maj@k and boxed rate."""
-    from atesd.analysis.tables import markdown, percent
-
-    buckets = [b for b in next(iter(per_label.values())) if b != "all"]
-    header = ["model", f"Average@{k}", *buckets, f"Pass@{k}", f"Maj@{k}", "boxed"]
-    body = [[label, percent(summary["all"][f"average@{k}"]), *(percent(summary[b][f"average@{k}"]) for b in buckets),
-             percent(summary["all"][f"pass@{k}"]), percent(summary["all"][f"maj@{k}"]),
-             percent(summary["all"]["boxed_rate"])]
-            for label, summary in per_label.items()]
-    return markdown(header, body)
-
-
 def _clock(started: float) -> str:
     seconds = int(time.perf_counter() - started)
     return f"{seconds // 60:02d}:{seconds % 60:02d}"
@@ -255,11 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a model on the config's benchmarks")
-    evaluate.add_argument("config", metavar="CONFIG")
+    evaluate.add_argument("config", nargs="?", metavar="CONFIG")
     evaluate.add_argument("overrides", nargs="*", default=(), metavar="key=value")
     evaluate.add_argument("--model", help="model directory (default: the run's final_model, else the base model)")
     evaluate.add_argument("--teacher-alpha", type=float, help="evaluate the teacher prompt at this exposure")
-    evaluate.add_argument("--out", help="folder for the per-problem JSON (default: <run>/eval)")
+    evaluate.add_argument("--out", help="folder for the per-problem JSON (default: <run>/eval, with --checkpoints "
+                          "<run>/eval/checkpoints)")
+    evaluate.add_argument("--checkpoints", metavar="RUN", help="evaluate the base model and every checkpoint of "
+                          "the run directory RUN with its config: the last and the best per benchmark")
     evaluate.set_defaults(handler=_eval)
 
     demo = commands.add_parser("demo", help="the embedded default end to end: base vs trained, with a table")
@@ -346,7 +365,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     args.command_line = shlex.join(["atesd", *(sys.argv[1:] if argv is None else argv)])  # for the reports
-    if args.command in ("demo", "sweep", "testbed") and args.config and "=" in args.config:  # overrides, no config
+    if args.command in ("demo", "sweep", "testbed", "eval") and args.config and "=" in args.config:  # overrides, no config
         args.overrides = [args.config, *args.overrides]
         args.config = None
     try:

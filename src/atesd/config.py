@@ -288,6 +288,10 @@ class EvalConfig(Section):
     max_problems: int | None = Field(None, ge=1)
     teacher_alpha: float | None = Field(
         None, ge=0, le=1, description="Also evaluate the teacher prompt at this exposure (reference row).")
+    seeds: int = Field(1, ge=1, description="Repeat the k samples with this many seeds (run.seed, run.seed + 1, "
+                       "...); summaries give each metric's mean and its std over them.")
+    every: int = Field(0, ge=0, description="Evaluate the student on eval.benchmarks before training and every "
+                       "this many steps (and at the last): <run>/eval_along_training.jsonl. 0: never.")
 
 
 class Config(Section):

@@ -108,7 +108,26 @@ def mean_std_cell(entry: dict[str, Any], column: str, fmt: Callable[[float | Non
     return fmt(mean) if mean is None else f"{fmt(mean)} ± {fmt(std)}"
 
 
+def seeds_cell(summary: dict[str, Any] | None, key: str) -> str:
+    """An evaluation metric in %, with ``± std`` when it was measured over several seeds (`combine_seeds`)."""
+    if summary is None:
+        return "–"
+    several = summary.get("seeds", 1) > 1
+    return percent(summary[key]) + (f" ± {percent(summary[f'{key}_std'])}" if several else "")
+
+
 def markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)
+
+
+def evaluation_table(per_label: dict[str, dict[str, dict]], k: int) -> str:
+    """Rows: labels; columns: Average@k overall and per bucket, then Pass@k, Maj@k and boxed rate (each ± its
+    std over seeds when ``eval.seeds`` > 1)."""
+    buckets = [b for b in next(iter(per_label.values())) if b != "all"]
+    header = ["model", f"Average@{k}", *buckets, f"Pass@{k}", f"Maj@{k}", "boxed"]
+    body = [[label, *(seeds_cell(summary[b], f"average@{k}") for b in ("all", *buckets)),
+             *(seeds_cell(summary["all"], key) for key in (f"pass@{k}", f"maj@{k}", "boxed_rate"))]
+            for label, summary in per_label.items()]
+    return markdown(header, body)

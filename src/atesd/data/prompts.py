@@ -40,6 +40,7 @@ class PromptBuilder:
         self.templates = templates
         self.student_chat_kwargs = dict(student_chat_kwargs)
         self.teacher_chat_kwargs = dict(teacher_chat_kwargs)
+        self.teacher_boundary = self._boundary_text()
         self._student = lru_cache(maxsize=None)(self._student_ids)
         self._solution = lru_cache(maxsize=None)(self._solution_ids)
         self._teacher = lru_cache(maxsize=200_000)(self._teacher_ids)
@@ -141,7 +142,26 @@ class PromptBuilder:
 
     def _teacher_text(self, problem: Problem, reference: str) -> str:
         message = teacher_message_with_reference(problem, reference, self.templates)
-        return chat_prompt(self.tokenizer, message, self.teacher_chat_kwargs)
+        return chat_prompt(self.tokenizer, message, self.teacher_chat_kwargs) + self.teacher_boundary
+
+    def _boundary_text(self) -> str:
+        """What follows the teacher's chat prompt before the completion (`templates.teacher_boundary`).
+
+        ``student``: the text the student's prompt has after the point where the teacher's ends, found by
+        rendering one message both ways; the teacher's must be a prefix of the student's (true of Qwen3's
+        template: enable_thinking false only appends the empty think block)."""
+        boundary = self.templates.teacher_boundary
+        if boundary == "think":
+            return self.templates.think_open
+        if boundary == "open":
+            return ""
+        student = chat_prompt(self.tokenizer, "x", self.student_chat_kwargs)
+        teacher = chat_prompt(self.tokenizer, "x", self.teacher_chat_kwargs)
+        if not student.startswith(teacher):
+            raise DataError("the teacher's prompt is not a prefix of the student's with this chat template and "
+                            "these chat kwargs, so there is no student boundary to add: set "
+                            "templates.teacher_boundary to open or think", field="templates.teacher_boundary")
+        return student[len(teacher):]
 
     def _student_ids(self, problem: Problem) -> list[int]:
         return self.encode(self._student_text(problem))

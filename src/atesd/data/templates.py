@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -59,6 +59,15 @@ class PromptTemplates(BaseModel):
         description="Teacher prompt. Placeholders: {question}, {reference_block} (reference_intro, newline, "
         "exposed reference, newline; empty at zero exposure), {answer_line}, {transition}, {instruction}.",
     )
+    teacher_boundary: Literal["open", "think", "student"] = Field(
+        "open",
+        description="How the teacher's prompt ends before the student's completion (docs/method.md#the-thinking-"
+        "boundary): open, as the chat template writes it with model.teacher_chat_kwargs (OPSD's code); think, "
+        "followed by think_open, so that a teacher in thinking mode reads the completion as its reasoning "
+        "(OPSD issue #10); student, followed by whatever the student's prompt adds after the teacher's (with "
+        "Qwen3: the empty think block), so both read the completion after the same boundary.",
+    )
+    think_open: str = Field("<think>\n", description="What opens a thinking block (teacher_boundary: think).")
     segment_unit: SegmentUnit = Field(
         "line",
         description="Unit the exposure fraction counts in: line (non-empty lines), paragraph (blank-line "

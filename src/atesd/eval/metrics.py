@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -160,3 +161,22 @@ def summarize_by_bucket(results: list[ProblemResult], k: int) -> dict[str, dict[
     for bucket in sorted(by_bucket):
         summaries[bucket] = summarize(by_bucket[bucket], k)
     return summaries
+
+
+def combine_seeds(per_seed: Sequence[dict[str, dict[str, float | int]]]) -> dict[str, dict[str, float | int]]:
+    """Summaries by bucket of the same problems sampled with several seeds, as one: each metric's mean over the
+    seeds, its sample standard deviation as ``<metric>_std`` (0 for one seed), and ``seeds``; the counts are
+    those of one seed."""
+    combined: dict[str, dict[str, float | int]] = {}
+    for bucket, first in per_seed[0].items():
+        entry: dict[str, float | int] = {}
+        for key, value in first.items():
+            if key in ("num_problems", "num_samples"):
+                entry[key] = value
+                continue
+            values = [summary[bucket][key] for summary in per_seed]
+            entry[key] = _mean(values)
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        entry["seeds"] = len(per_seed)
+        combined[bucket] = entry
+    return combined

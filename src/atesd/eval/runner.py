@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from atesd.config import Config
@@ -13,6 +15,8 @@ from atesd.data.prompts import PromptBuilder
 from atesd.data.sources import benchmark_key, load_benchmark
 from atesd.eval.evaluate import evaluate, write_results
 from atesd.eval.grading import check_answer_parses
+from atesd.eval.metrics import combine_seeds
+from atesd.files import atomic_write_text
 from atesd.rollout import HFGenerateEngine, SamplingParams
 
 
@@ -26,14 +30,25 @@ def benchmark_problems(config: Config, name: str) -> list[Problem]:
     return problems[: config.eval.max_problems] if config.eval.max_problems else problems
 
 
-def results_file(out_dir: Path, label: str, benchmark: str) -> Path:
-    """Where `evaluate_model` writes the per-problem results of `label` on `benchmark`."""
-    return out_dir / f"{label}-{benchmark_key(benchmark)}.json"
+def results_file(out_dir: Path, label: str, benchmark: str, seed: int | None = None) -> Path:
+    """Where `evaluate_model` writes the per-problem results of `label` on `benchmark` (of one `seed`, when the
+    evaluation has several)."""
+    suffix = "" if seed is None else f"-seed{seed}"
+    return out_dir / f"{label}-{benchmark_key(benchmark)}{suffix}.json"
+
+
+def evaluation_seeds(config: Config) -> list[int]:
+    """The seeds the k samples are drawn with: ``run.seed`` and the next ``eval.seeds - 1`` integers."""
+    return [config.run.seed + index for index in range(config.eval.seeds)]
 
 
 def evaluation_parts(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
                      ) -> tuple[PromptBuilder, HFGenerateEngine, SamplingParams]:
-    """The prompt builder, generate engine and sampling settings (``eval.*``) every evaluation uses."""
+    """The prompt builder, generate engine and sampling settings (``eval.*``) every evaluation uses. A model
+    still on the CPU is moved to the GPU when there is one (`atesd eval` loads it on the CPU); a model already on
+    a device (a training process's) stays there."""
+    if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
+        model.to("cuda")
     prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
                             config.model.teacher_chat_kwargs)
     engine = HFGenerateEngine(model, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -44,19 +59,43 @@ def evaluation_parts(config: Config, model: PreTrainedModel, tokenizer: PreTrain
 
 
 def evaluate_model(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
-                   label: str, teacher_alpha: float | None = None) -> dict[str, dict]:
-    """Evaluate on every configured benchmark; writes ``out_dir/<label>-<benchmark>.json`` and returns
-    ``{benchmark: summary_by_bucket}``. With `teacher_alpha`, prompts are teacher prompts at that exposure."""
+                   label: str, teacher_alpha: float | None = None,
+                   problems: dict[str, list[Problem]] | None = None) -> dict[str, dict]:
+    """Evaluate on every configured benchmark (`problems` when given, else loaded); returns
+    ``{benchmark: summary_by_bucket}``. With `teacher_alpha`, prompts are teacher prompts at that exposure.
+
+    Writes ``out_dir/<label>-<benchmark>.json``; with ``eval.seeds`` > 1, one ``...-seed<s>.json`` per seed and
+    ``...-seeds.json`` with the summary over them (each metric's mean and std, `combine_seeds`)."""
     prompts, engine, sampling = evaluation_parts(config, model, tokenizer)
 
     def prompt_ids(problem: Problem) -> list[int]:
         return prompts.student(problem) if teacher_alpha is None else prompts.teacher(problem, teacher_alpha)
 
+    seeds = evaluation_seeds(config)
+    k = config.eval.num_samples
     summaries = {}
     for name in config.eval.benchmarks:
-        results = evaluate(benchmark_problems(config, name), prompt_ids, engine,
-                           lambda ids: tokenizer.decode(ids, skip_special_tokens=True), sampling,
-                           config.eval.num_samples, seed=config.run.seed, batch_size=config.eval.batch_size,
-                           description=f"eval {label} on {name}")
-        summaries[name] = write_results(results, config.eval.num_samples, results_file(out_dir, label, name))
+        chosen = problems[name] if problems is not None else benchmark_problems(config, name)
+        per_seed = []
+        for seed in seeds:
+            results = evaluate(chosen, prompt_ids, engine, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+                               sampling, k, seed=seed, batch_size=config.eval.batch_size,
+                               description=f"eval {label} on {name}" + (f" (seed {seed})" if len(seeds) > 1 else ""))
+            per_seed.append(write_results(results, k, results_file(out_dir, label, name,
+                                                                   seed if len(seeds) > 1 else None)))
+        summaries[name] = per_seed[0] if len(seeds) == 1 else combine_seeds(per_seed)
+        if len(seeds) > 1:
+            atomic_write_text(out_dir / f"{label}-{benchmark_key(name)}-seeds.json",
+                              json.dumps({"seeds": seeds, "summary": summaries[name]}, indent=1))
     return summaries
+
+
+def summary_rows(step: int, summaries: dict[str, dict], k: int) -> list[dict]:
+    """One row per benchmark of an evaluation at training `step`: its metrics over all problems (with their std
+    over seeds when there were several), for ``eval_along_training.jsonl`` and the checkpoints' table."""
+    rows = []
+    for benchmark, by_bucket in summaries.items():
+        overall = by_bucket["all"]
+        rows.append({"step": step, "benchmark": benchmark, "k": k, "seeds": overall.get("seeds", 1),
+                     **{key: value for key, value in overall.items() if key != "seeds"}})
+    return rows

@@ -135,17 +135,20 @@ def write_training_state(directory: Path, state: TrainingState) -> None:
     (directory / "trainer_state.json").write_text(json.dumps(state.trainer, indent=2))
 
 
-def read_training_state(directory: Path, expected_weights: dict[str, torch.Size]) -> TrainingState:
-    """The state saved in `directory`; restores the RNG states once every part has been read.
-    `expected_weights` are the names and shapes of the parameters being trained, which the checkpoint's weights
-    must match. Any file that cannot be read is a `CheckpointError` naming it."""
+def _reader(directory: Path) -> Callable[[str, Callable[[], Any]], Any]:
+    """``read(name, reader)``: `reader()`, with any failure a `CheckpointError` naming ``directory/name``."""
     def read(name: str, reader: Callable[[], Any]) -> Any:
         try:
             return reader()
         except (OSError, SafetensorError, ValueError, KeyError, TypeError) as error:
             raise CheckpointError(f"{directory / name} cannot be read ({type(error).__name__}: {error})") from None
+    return read
 
-    weights = read("model.safetensors", lambda: load_file(str(directory / "model.safetensors")))
+
+def read_checkpoint_weights(directory: Path, expected_weights: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """The trained parameters saved in `directory`, which must have exactly the names and shapes of
+    `expected_weights` (the parameters being trained: all of them, or the adapter's)."""
+    weights = _reader(directory)("model.safetensors", lambda: load_file(str(directory / "model.safetensors")))
     shapes = {name: tuple(tensor.shape) for name, tensor in weights.items()}
     expected = {name: tuple(shape) for name, shape in expected_weights.items()}
     if shapes != expected:
@@ -153,6 +156,15 @@ def read_training_state(directory: Path, expected_weights: dict[str, torch.Size]
         raise CheckpointError(f"{directory}/model.safetensors does not match the model: missing "
                               f"{sorted(expected.keys() - shapes.keys())[:5]}, unexpected "
                               f"{sorted(shapes.keys() - expected.keys())[:5]}, other shapes {wrong[:5]}")
+    return weights
+
+
+def read_training_state(directory: Path, expected_weights: dict[str, torch.Size]) -> TrainingState:
+    """The state saved in `directory`; restores the RNG states once every part has been read.
+    `expected_weights` are the names and shapes of the parameters being trained, which the checkpoint's weights
+    must match. Any file that cannot be read is a `CheckpointError` naming it."""
+    read = _reader(directory)
+    weights = read_checkpoint_weights(directory, expected_weights)
     trainer = read("trainer_state.json", lambda: json.loads((directory / "trainer_state.json").read_text()))
     missing = [key for key in TRAINER_STATE_KEYS if not isinstance(trainer, dict) or key not in trainer]
     if missing:

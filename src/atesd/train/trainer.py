@@ -45,6 +45,7 @@ from atesd.models.export import save_final_model
 from atesd.models.loading import load_training_model
 from atesd.models.teacher import Teacher
 from atesd.rollout import SamplingParams, build_rollout_engine
+from atesd.train.along_training import AlongTrainingEvaluator
 from atesd.train.base_model import base_model_path
 from atesd.train.baselines import grpo_step, sft_step
 from atesd.train.checkpoint import (
@@ -176,6 +177,9 @@ class Trainer:
         self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", accelerator, keep_before_step=kept)
         self.decisions = MetricsLogger(self.run_dir / "decisions.jsonl", accelerator, keep_before_step=kept,
                                        step_key="logged_at", trackers=False)
+        self.evaluator = AlongTrainingEvaluator(
+            config, self.unwrapped, self.tokenizer, self.run_dir, processes, accelerator,
+            resumed_at=self.step if resume else None, sharded=self.sharding is not None) if config.eval.every else None
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -191,11 +195,15 @@ class Trainer:
         try:
             if self.last_probe_nll is None:
                 self.last_probe_nll = self.probe_nll()
+            if self.evaluator is not None and self.step == 0 and self.evaluator.due(0):
+                self.evaluator.evaluate(0)
             while self.step < total:
                 record = self.train_step()
                 self.metrics.log(record)
                 for row in self.exposure.drain_decisions():
                     self.decisions.log(row)
+                if self.evaluator is not None and self.evaluator.due(self.step):
+                    self.evaluator.evaluate(self.step)
                 self.updater.stop_if_diverged()  # after logging: the last bad step is in metrics.jsonl
                 progress.update(1)
                 progress.set_postfix({key: f"{record[key]:.{digits}f}" for key, digits in
@@ -220,6 +228,8 @@ class Trainer:
             progress.close()
             self.metrics.close()
             self.decisions.close()
+            if self.evaluator is not None:
+                self.evaluator.close()
             self.release()
         return self.run_dir
 

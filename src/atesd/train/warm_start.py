@@ -65,11 +65,19 @@ def warm_start_key(config: Config) -> str:
         "version": WARM_START_VERSION,
         "model": config.model.embedded.model_dump(exclude={"cache_dir", *HEALTH_KEYS}),
         "task": config.data.task.model_dump(),
-        "templates": config.templates.model_dump(),
+        "templates": templates_key(config),
         "student_chat_kwargs": config.model.student_chat_kwargs,
         "teacher_chat_kwargs": config.model.teacher_chat_kwargs,
     }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def templates_key(config: Config) -> dict:
+    """The templates' settings; the teacher boundary's only when it adds something, so that the models cached
+    before the setting existed keep their keys (at ``open`` it changes no prompt)."""
+    templates = config.templates
+    return templates.model_dump(exclude={"teacher_boundary", "think_open"} if templates.teacher_boundary == "open"
+                                else set())
 
 
 def embedded_base_model(config: Config) -> Path:
