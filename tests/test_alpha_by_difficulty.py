@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 from atesd.analysis.compare import per_problem_decisions
-from atesd.analysis.plots import difficulty_groups, per_problem_rows, plot_run
+from atesd.analysis.plots import difficulty_groups, exposure_summary, per_problem_rows, plot_run
 from atesd.analysis.runs import FinishedRun, Run, RunSpec
-from atesd.cli import exposure_summary
 from atesd.config import load_config
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import atesd.analysis.runs as runs_module
 from atesd.analysis.buckets import bucket_of, difficulty_buckets, rebucketed_summary
-from atesd.analysis.runs import guard_settings
+from atesd.analysis.guards import guard_settings
 from atesd.analysis.sweep import best_alpha
 from atesd.analysis.tables import mean_std, read_csv
 from atesd.cli import main

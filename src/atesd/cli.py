@@ -36,6 +36,7 @@ from atesd.analysis.presets import (
 )
 from atesd.config import ConfigError, load_config, save_config
 from atesd.errors import UserError
+from atesd.files import atomic_write_text
 
 DEMO_CONFIG = Path("configs/embedded/atesd.yaml")
 SWEEP_CONFIG = Path("configs/embedded/opsd.yaml")
@@ -45,7 +46,7 @@ RECIPES = Path("configs/embedded")
 def _train(args: argparse.Namespace) -> None:
     from atesd.analysis.along_training import along_training_section
     from atesd.analysis.diagnose_report import run_section
-    from atesd.analysis.plots import plot_run
+    from atesd.analysis.plots import exposure_summary, plot_run
     from atesd.train.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
@@ -67,6 +68,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from atesd.analysis.guards import writable_folder
     from atesd.analysis.tables import evaluation_table
     from atesd.eval.runner import evaluate_model
     from atesd.models.loading import resolve_model_path
@@ -85,10 +87,13 @@ def _eval(args: argparse.Namespace) -> None:
         model_path = resolve_model_path(args.model, setting="--model")
     else:
         model_path = str(run_dir / "final_model") if (run_dir / "final_model").is_dir() else None
+    # Files named and filled with what is evaluated: a teacher at another α or another model never overwrites them.
+    label = "student" if args.teacher_alpha is None else f"teacher-alpha{args.teacher_alpha:g}"
+    config.eval.teacher_alpha = args.teacher_alpha if args.teacher_alpha is not None else config.eval.teacher_alpha
+    out_dir = writable_folder(Path(args.out) if args.out else run_dir / "eval", "--out")
     model, tokenizer = load_model(config, model_path)
-    label = "teacher" if args.teacher_alpha is not None else "student"
-    out_dir = Path(args.out) if args.out else run_dir / "eval"
-    summaries = evaluate_model(config, model, tokenizer, out_dir, label, args.teacher_alpha)
+    summaries = evaluate_model(config, model, tokenizer, out_dir, label, args.teacher_alpha,
+                               model_name=model_path or config.model.name_or_path)
     save_config(config, out_dir / f"{label}-config.yaml")
     print(f"model: {model_path or config.model.name_or_path}")
     for benchmark, summary in summaries.items():
@@ -118,7 +123,7 @@ def _demo(args: argparse.Namespace) -> None:
     """Base model vs the trained model (ATESD by default) on the embedded task, with the base teacher at α = 1
     for reference."""
     from atesd.analysis.diagnose_report import run_section
-    from atesd.analysis.plots import plot_bucket_accuracy, plot_run
+    from atesd.analysis.plots import exposure_summary, plot_bucket_accuracy, plot_run
     from atesd.analysis.tables import evaluation_table
     from atesd.data.sources import benchmark_key
     from atesd.eval.runner import evaluate_model
@@ -174,39 +179,48 @@ def _demo(args: argparse.Namespace) -> None:
         plot_bucket_accuracy(per_label, f"average@{k}", run_dir / f"accuracy-{benchmark_key(benchmark)}.png",
                              f"{benchmark}: Average@{k} per bucket")
     report.append(f"Versions: {versions_line()}\n")
-    (run_dir / "summary.md").write_text("\n".join(report))
-    (run_dir / "summary.json").write_text(json.dumps(rows, indent=1))
+    atomic_write_text(run_dir / "summary.md", "\n".join(report))
+    atomic_write_text(run_dir / "summary.json", json.dumps(rows, indent=1))
     print(f"\n[{_clock(started)}] done. run directory: {run_dir} (config.yaml, metrics.jsonl, decisions.jsonl, "
           f"checkpoints, final_model, eval/, summary.md, {', '.join(p.name for p in plots)})")
 
 
 def _sweep(args: argparse.Namespace) -> None:
+    from atesd.analysis.guards import experiment_lock, writable_folder
     from atesd.analysis.sweep import run_sweep
 
     config_path = _config_or_default(args.config, SWEEP_CONFIG)
-    written = run_sweep(config_path, args.overrides, args.alphas, args.seeds, Path(args.out), args.mismatch_problems,
-                        args.command_line)
+    out = writable_folder(Path(args.out), "--out")
+    with experiment_lock(out, "atesd sweep"):
+        written = run_sweep(config_path, args.overrides, args.alphas, args.seeds, out, args.mismatch_problems,
+                            args.command_line)
     print(f"sweep done: {', '.join(str(p) for p in written)}")
 
 
 def _compare(args: argparse.Namespace) -> None:
     from atesd.analysis.compare import run_compare
+    from atesd.analysis.guards import experiment_lock, writable_folder
 
-    seeds = args.seeds or (QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
-    written = run_compare(Path(args.recipes), args.methods, args.overrides, seeds, Path(args.out), quick=args.quick,
-                          best=args.best_alpha, sweep_dir=Path(args.sweep) if args.sweep else None,
-                          command=args.command_line, base_models=args.base_models, alphas=args.alphas or (),
-                          jobs=args.jobs, mismatch_problems=args.mismatch_problems,
-                          reuse=[Path(folder) for folder in args.reuse or ()],
-                          continue_from=Path(args.continue_from) if args.continue_from else None)
+    seeds = (QUICK_SEEDS if args.quick else DEFAULT_SEEDS) if args.seeds is None else args.seeds
+    out = writable_folder(Path(args.out), "--out")
+    with experiment_lock(out, "atesd compare"):
+        written = run_compare(Path(args.recipes), args.methods, args.overrides, seeds, out, quick=args.quick,
+                              best=args.best_alpha, sweep_dir=Path(args.sweep) if args.sweep else None,
+                              command=args.command_line, base_models=args.base_models, alphas=args.alphas or (),
+                              jobs=args.jobs, mismatch_problems=args.mismatch_problems,
+                              reuse=[Path(folder) for folder in args.reuse or ()],
+                              continue_from=Path(args.continue_from) if args.continue_from else None)
     print(f"comparison done: {', '.join(str(p) for p in written)}")
 
 
 def _testbed(args: argparse.Namespace) -> None:
+    from atesd.analysis.guards import experiment_lock, writable_folder
     from atesd.analysis.testbed import run_testbed
 
     config_path = _config_or_default(args.config, SWEEP_CONFIG)
-    written = run_testbed(config_path, args.overrides, args.seeds, Path(args.out), args.jobs, args.command_line)
+    out = writable_folder(Path(args.out), "--out")
+    with experiment_lock(out, "atesd testbed"):
+        written = run_testbed(config_path, args.overrides, args.seeds, out, args.jobs, args.command_line)
     print(f"testbed done: {', '.join(str(p) for p in written)}")
 
 
@@ -227,29 +241,6 @@ def _config_or_default(given: str | None, default: Path) -> Path:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (run from the repository root or pass a config)")
     return path
-
-
-def exposure_summary(run_dir: Path) -> str | None:
-    """One line on the exposure a run used (None when it was fixed): the α range and, for the controller, how
-    the policy's Beta mean moved and how often it learned."""
-    from atesd.train.metrics import read_metrics
-
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    alphas = [row["alpha"] for row in rows if row.get("alpha") is not None]
-    if len(set(alphas)) < 2:
-        return None
-    line = f"exposure: α used {min(alphas):.2f}–{max(alphas):.2f}, mean {sum(alphas) / len(alphas):.2f}"
-    decisions = sorted(read_metrics(run_dir / "decisions.jsonl"), key=lambda row: row["step"])
-    # under exposure per problem a row holds one Beta mean per problem of its step: their mean is the step's
-    means = [sum(m) / len(m) if isinstance(m, list) else m for m in (row.get("mean") for row in decisions)
-             if m is not None]
-    if means:
-        updates = max((row.get("controller_updates", 0) for row in rows), default=0)
-        kind = "per-problem controller decisions (steps)" if isinstance(decisions[0]["mean"], list) else \
-            "controller decisions"
-        line += (f"; {len(means)} {kind}, policy mean {means[0]:.2f} → {means[-1]:.2f} after "
-                 f"{updates} controller updates")
-    return line + " (alpha.png)"
 
 
 def _clock(started: float) -> str:

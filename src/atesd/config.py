@@ -156,7 +156,9 @@ class LossConfig(Section):
     beta: float = Field(0.5, ge=0, le=1, description="Generalized JSD weight (0 forward, 1 reverse).")
     top_k: int | None = Field(None, ge=1, description="Renormalise both distributions on the teacher's top-k.")
     clip: float | None = Field(None, gt=0, description="Pointwise clip of each vocabulary term (OPSD v3: 0.05).")
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, ge=0.01, le=100, description="Divides both models' logits. Outside [0.01, "
+                               "100] the distributions are one-hot or uniform and the loss learns nothing "
+                               "(docs/reliability.md#settings-that-cannot-learn).")
     chunk_size: int = Field(
         256, ge=1, description="Positions per chunk; bounds the memory of the loss and of every log-prob pass. "
         "256 keeps the loss's peak extra memory under a quarter of an unchunked one at Qwen3's vocabulary and "
@@ -260,11 +262,14 @@ class TrainConfig(Section):
     batch_size: int = Field(32, ge=1, description="Prompts per step, over all processes.")
     micro_batch_size: int = Field(32, ge=1, description="Sequences per forward/backward (gradient accumulation): prompts, or completions for GRPO "
         "(prompts x group_size).")
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-4, ge=1e-10, description="Peak learning rate. Below 1e-10 an update changes no float32 "
+                      "weight (docs/reliability.md#settings-that-cannot-learn).")
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
-    max_grad_norm: float = Field(1.0, gt=0)
+    max_grad_norm: float = Field(1.0, ge=1e-6, description="Gradient clipping norm. Below 1e-6 every gradient "
+                                 "entry falls under AdamW's epsilon and the step is a no-op "
+                                 "(docs/reliability.md#settings-that-cannot-learn).")
     bf16_autocast: bool = Field(False, description="bf16 autocast for scoring and the update.")
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

@@ -20,7 +20,6 @@ and under exposure per problem ``alpha_by_difficulty.png``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from atesd.analysis.experiment_plots import (
     plot_method_accuracy,
     plot_paired_differences,
 )
+from atesd.analysis.guards import check_counts, distinct, existing_folder, guard_settings, read_json
 from atesd.analysis.plots import per_problem_rows, plot_alpha_by_difficulty
 from atesd.analysis.presets import (
     BASE_LABEL,
@@ -62,7 +62,6 @@ from atesd.analysis.runs import (
     Run,
     RunSpec,
     continue_shorter,
-    guard_settings,
     parallel_map,
     plan,
     run_all,
@@ -115,7 +114,7 @@ def reuse_finished(runs: Sequence[Run], folders: Sequence[Path]) -> list[Run]:
     """Each run that a finished run of one of `folders` (a sweep's or another comparison's out folder) already
     is — same config apart from its location, and both trained or both not — is taken from there instead of
     being run again."""
-    finished = [(directory, json.loads((directory / RESULT_FILE).read_text())["method"] != BASE_LABEL, config)
+    finished = [(directory, read_json(directory / RESULT_FILE)["method"] != BASE_LABEL, config)
                 for folder in folders for directory, config in saved_runs(folder, RESULT_FILE)]
     reused = []
     for run in runs:
@@ -138,23 +137,30 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
     """
     if not recipes.is_dir():
         raise ConfigError(f"--recipes: {recipes} is not a directory of method configs")
-    if seeds < 1 or (base_models is not None and base_models < 1) or jobs < 1:
-        raise ConfigError("atesd compare needs at least one seed, one base model and one job")
+    check_counts(seeds=seeds, base_models=base_models, jobs=jobs, mismatch_problems=mismatch_problems)
+    distinct(alphas, "--alphas")
     if any(not 0 <= alpha <= 1 for alpha in alphas):
         raise ConfigError(f"--alphas: every α must lie in [0, 1], got {' '.join(f'{a:g}' for a in alphas)}")
+    if best is not None and not 0 <= best <= 1:  # NaN fails this too
+        raise ConfigError(f"--best-alpha must be an exposure in [0, 1], got {best}")
+    for folder, flag in ((sweep_dir, "--sweep"), (continue_from, "--continue-from"), *((f, "--reuse") for f in reuse)):
+        if folder is not None:
+            existing_folder(folder, flag)
     if best is None:
         best = best_alpha(sweep_dir) if sweep_dir is not None else PAPER_BEST_ALPHA
     all_overrides = [*(quick_overrides() if quick else []), *overrides]
-    guard_settings(out / SETTINGS_FILE, {
-        "recipes": str(recipes.resolve()), "methods": list(chosen), "overrides": list(overrides), "seeds": seeds,
-        "quick": quick, "best_alpha": best, "sweep": str(sweep_dir.resolve()) if sweep_dir else None,
-        "base_models": base_models, "alphas": list(alphas) or None})
     base_seeds = (None,) if base_models is None else tuple(range(base_models))
     runs = plan(compare_specs(recipes, chosen, all_overrides, seeds, best, alphas, base_seeds), out)
     check_equal_updates(runs)
     if base_models is not None and runs[0].config.model.name_or_path != "embedded":
         raise ConfigError("--base-models: only the embedded model has warm-start seeds (model.name_or_path is "
                           f"{runs[0].config.model.name_or_path!r}); leave it out for a real model")
+    # Recorded only now that every setting is valid: a refused command leaves nothing that blocks the corrected one.
+    guard_settings(out / SETTINGS_FILE, {
+        "recipes": str(recipes.resolve()), "methods": list(chosen), "overrides": list(overrides), "seeds": seeds,
+        "quick": quick, "best_alpha": best, "sweep": str(sweep_dir.resolve()) if sweep_dir else None,
+        "base_models": base_models, "alphas": list(alphas) or None, "mismatch_problems": mismatch_problems},
+        introduced={"mismatch_problems": DEFAULT_MISMATCH_PROBLEMS})
     sources = [*([sweep_dir] if sweep_dir is not None else []), *reuse]
     if sources:
         runs = reuse_finished(runs, sources)

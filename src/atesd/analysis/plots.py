@@ -1,5 +1,6 @@
 """Plots of a run: training curves from metrics.jsonl, the exposure trajectory with decisions.jsonl (under exposure
-per problem also α by difficulty over training), and held-out accuracy per difficulty bucket."""
+per problem also α by difficulty over training), held-out accuracy per difficulty bucket; and the run's one-line
+exposure summary."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
+
+from atesd.train.metrics import read_metrics
 
 TRAINING_PANELS = [
     ("loss", "distillation loss (per token)"),
@@ -162,8 +165,6 @@ def plot_alpha_by_difficulty(panels: dict[str, list[dict[str, Any]]], path: Path
 def plot_run(run_dir: Path, title: str) -> list[Path]:
     """The plots of a finished run directory: ``training.png``, ``alpha.png`` when the exposure varied, and
     ``alpha_by_difficulty.png`` under exposure per problem."""
-    from atesd.train.metrics import read_metrics
-
     metrics = read_metrics(run_dir / "metrics.jsonl")
     decisions = read_metrics(run_dir / "decisions.jsonl")
     per_problem = per_problem_rows(decisions)
@@ -177,3 +178,24 @@ def plot_run(run_dir: Path, title: str) -> list[Path]:
         written.append(run_dir / "alpha_by_difficulty.png")
         plot_alpha_by_difficulty({title: per_problem}, written[-1], f"{title}: exposure per problem by difficulty")
     return written
+
+
+def exposure_summary(run_dir: Path) -> str | None:
+    """One line on the exposure a run used (None when it was fixed): the α range and, for the controller, how
+    the policy's Beta mean moved and how often it learned."""
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    alphas = [row["alpha"] for row in rows if row.get("alpha") is not None]
+    if len(set(alphas)) < 2:
+        return None
+    line = f"exposure: α used {min(alphas):.2f}–{max(alphas):.2f}, mean {sum(alphas) / len(alphas):.2f}"
+    decisions = sorted(read_metrics(run_dir / "decisions.jsonl"), key=lambda row: row["step"])
+    # under exposure per problem a row holds one Beta mean per problem of its step: their mean is the step's
+    means = [sum(m) / len(m) if isinstance(m, list) else m for m in (row.get("mean") for row in decisions)
+             if m is not None]
+    if means:
+        updates = max((row.get("controller_updates", 0) for row in rows), default=0)
+        kind = "per-problem controller decisions (steps)" if isinstance(decisions[0]["mean"], list) else \
+            "controller decisions"
+        line += (f"; {len(means)} {kind}, policy mean {means[0]:.2f} → {means[-1]:.2f} after "
+                 f"{updates} controller updates")
+    return line + " (alpha.png)"

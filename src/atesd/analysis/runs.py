@@ -21,6 +21,7 @@ import gc
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -29,6 +30,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, TypeVar
 
+from atesd.analysis.guards import read_json
 from atesd.analysis.presets import BASE_LABEL
 from atesd.config import Config, ConfigError, changed_keys, load_config, save_config
 from atesd.files import atomic_write_text
@@ -134,7 +136,7 @@ def run_all(runs: Sequence[Run], jobs: int = 1) -> list[FinishedRun]:
             for wave in (first_of_base, later):
                 for future in as_completed([pool.submit(_timed, run, prefixes[run.directory]) for run in wave]):
                     future.result()  # a run's error stops the experiment, as it does with one job
-    return [FinishedRun(run, json.loads((run.directory / RESULT_FILE).read_text())) for run in runs]
+    return [FinishedRun(run, read_json(run.directory / RESULT_FILE)) for run in runs]
 
 
 def parallel_map(function: Callable[[T], R], items: Sequence[T], jobs: int) -> Iterator[R]:
@@ -149,8 +151,9 @@ def parallel_map(function: Callable[[T], R], items: Sequence[T], jobs: int) -> I
 
 def worker_pool(jobs: int) -> ProcessPoolExecutor:
     """`jobs` fresh worker processes (spawned, not forked: torch's threads do not survive a fork) of one thread
-    each, so that parallel jobs share the machine's cores."""
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=one_thread)
+    each, so that parallel jobs share the machine's cores; each ends itself when this process dies."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=one_thread,
+                               initargs=(os.getpid(),))
 
 
 def _describe(spec: RunSpec) -> str:
@@ -165,12 +168,23 @@ def _timed(run: Run, prefix: str) -> None:
     print(f"{prefix} done in {time.perf_counter() - started:.0f}s", flush=True)
 
 
-def one_thread() -> None:
-    """Initialiser of a worker process: one thread, so that parallel jobs share the machine's cores."""
+def one_thread(parent: int) -> None:
+    """Initialiser of a worker process: one thread, so that parallel jobs share the machine's cores, and a
+    watch on `parent` (the experiment's process)."""
     import torch
 
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
+    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True, name="exit-with-parent").start()
+
+
+def exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this worker once `parent` is gone (it is then adopted by another process). A killed experiment must
+    not leave workers training on, holding their runs' locks against the rerun; what a worker had not
+    checkpointed is redone by the rerun, as after any kill."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 def execute(run: Run) -> None:
@@ -255,6 +269,10 @@ def continue_shorter(runs: Sequence[Run], folder: Path) -> list[Run]:
                        and changed_keys(config, run.config, ignore=LOCATION_KEYS) == ["train.steps"]), None)
         if source is None or not length_independent(run.config):
             continue
+        if not log_reaches_checkpoint(source):
+            print(f"not continued: {source}'s metrics.jsonl stops before its last checkpoint; {run.spec.name} "
+                  "trains from scratch", flush=True)
+            continue
         partial = run.directory.with_name(run.directory.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         shutil.copytree(source, partial, ignore=shutil.ignore_patterns(
@@ -262,6 +280,18 @@ def continue_shorter(runs: Sequence[Run], folder: Path) -> list[Run]:
         os.replace(partial, run.directory)  # whole or not at all: a killed copy leaves no half run
         continued.append(run)
     return continued
+
+
+def log_reaches_checkpoint(directory: Path) -> bool:
+    """Whether a finished run's log holds every step up to its last checkpoint (a copy continued from it must
+    not lose the steps a damaged or truncated log is missing)."""
+    from atesd.train.metrics import read_metrics
+
+    checkpoint = latest_checkpoint(directory)
+    if checkpoint is None:
+        return False
+    steps = [row.get("step") for row in read_metrics(directory / "metrics.jsonl")]
+    return steps == list(range(1, int(checkpoint.name.removeprefix("step-")) + 1))
 
 
 def saved_runs(folder: Path, marker: str) -> list[tuple[Path, Config]]:
@@ -291,18 +321,3 @@ def check_saved_config(run: Run) -> None:
     if changed:
         raise ConfigError(f"{path} differs from this run's config in: {', '.join(changed)}; use another --out "
                           "or the arguments that made it")
-
-
-def guard_settings(path: Path, settings: dict[str, Any]) -> None:
-    """Record an experiment's settings in `path`, or refuse when the folder was made with different ones."""
-    settings = json.loads(json.dumps(settings))  # tuples → lists, as they read back
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        changed = sorted(key for key in saved.keys() | settings.keys() if saved.get(key) != settings.get(key))
-        if changed:
-            details = "; ".join(f"{key}: {saved.get(key)!r} there, {settings.get(key)!r} now" for key in changed)
-            raise ConfigError(f"{path.parent} was made with other settings ({details}): continue it with the same "
-                              "arguments, or pass another --out")
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(settings, indent=1))

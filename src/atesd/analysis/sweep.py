@@ -20,9 +20,10 @@ from atesd.analysis.experiment_plots import (
     plot_bucket_accuracy_vs_alpha,
     plot_mismatch_vs_alpha,
 )
+from atesd.analysis.guards import check_counts, distinct, guard_settings
 from atesd.analysis.mismatch import STATISTICS, mismatch_by_alpha
 from atesd.analysis.presets import BASE_LABEL, alpha_label
-from atesd.analysis.runs import RunSpec, guard_settings, plan, run_all
+from atesd.analysis.runs import RunSpec, plan, run_all
 from atesd.analysis.tables import (
     aggregate,
     markdown,
@@ -54,12 +55,15 @@ def sweep_specs(config_path: Path, overrides: Sequence[str], alphas: Sequence[fl
 def run_sweep(config_path: Path, overrides: Sequence[str], alphas: Sequence[float], seeds: int, out: Path,
               mismatch_problems: int, command: str) -> list[Path]:
     """Run (or continue) the sweep in `out` and write its table, CSV and plots; returns the files written."""
-    if not alphas or seeds < 1:
-        raise ConfigError("atesd sweep needs at least one α and one seed")
+    if not alphas:
+        raise ConfigError("atesd sweep needs at least one α")
+    check_counts(seeds=seeds, mismatch_problems=mismatch_problems)
+    distinct(alphas, "--alphas")
+    runs = plan(sweep_specs(config_path, overrides, alphas, seeds), out)
+    # Recorded only now that every setting is valid: a refused command leaves nothing that blocks the corrected one.
     guard_settings(out / SETTINGS_FILE, {"config": str(config_path.resolve()), "overrides": list(overrides),
                                          "alphas": list(alphas), "seeds": seeds,
                                          "mismatch_problems": mismatch_problems})
-    runs = plan(sweep_specs(config_path, overrides, alphas, seeds), out)
     base_runs = [run for run in runs if not run.spec.trains]
     mismatch = {run.spec.seed: seed_mismatch((run.config, alphas, mismatch_problems, run.spec.seed,
                                               out / "mismatch" / f"seed{run.spec.seed}.json"))
@@ -86,7 +90,7 @@ def run_sweep(config_path: Path, overrides: Sequence[str], alphas: Sequence[floa
     plot_mismatch_vs_alpha(mismatch_rows, out / PLOTS[1],
                            f"{title}: starting model's teacher–student mismatch ({mismatch_problems} problems/seed)")
     plot_bucket_accuracy_vs_alpha(alpha_rows, k, out / PLOTS[2], f"{title}: Average@{k} per difficulty bucket")
-    (out / "sweep.md").write_text(sweep_report(alpha_rows, base_rows, k, command))
+    atomic_write_text(out / "sweep.md", sweep_report(alpha_rows, base_rows, k, command))
     return [out / CSV_FILE, out / "sweep.md", *(out / name for name in PLOTS)]
 
 

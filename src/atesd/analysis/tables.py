@@ -4,6 +4,7 @@ plus the run's compute), mean ± std over seeds, CSV files and markdown tables."
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from atesd.analysis.buckets import BUCKETS, difficulty_buckets, read_problem_results, rebucketed_summary
 from atesd.analysis.runs import FinishedRun
+from atesd.files import atomic_write_text
 
 COMPUTE_COLUMNS = ("generated_tokens", "forward_tokens", "train_seconds", "eval_seconds", "updates")
 
@@ -78,11 +80,13 @@ def aggregate(rows: Sequence[dict[str, Any]], group_by: Sequence[str], columns: 
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Rows as CSV with the first row's keys as the header; None becomes an empty cell."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows([{key: "" if value is None else value for key, value in row.items()} for row in rows])
+    """Rows as CSV with the first row's keys as the header; None becomes an empty cell. Written atomically: a
+    reader (``compare --sweep DIR``) sees the old file or the new one, never part of one."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows([{key: "" if value is None else value for key, value in row.items()} for row in rows])
+    atomic_write_text(path, text.getvalue())
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

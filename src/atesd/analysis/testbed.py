@@ -9,26 +9,33 @@ so a killed run continues where it stopped. ``--jobs`` runs seeds in parallel pr
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+from atesd.analysis.guards import check_counts, guard_settings, read_json
 from atesd.analysis.runs import parallel_map
-from atesd.analysis.tables import markdown, percent
+from atesd.analysis.tables import markdown, percent, write_csv
 from atesd.config import load_config
 from atesd.files import atomic_write_text
 
 
 def run_testbed(config_path: Path, overrides: list[str], seeds: int, out: Path, jobs: int, command: str) -> list[Path]:
-    load_config(config_path, overrides)  # a bad override fails before any warm start
+    check_counts(seeds=seeds, jobs=jobs)
+    config = load_config(config_path, overrides)  # a bad override fails before any warm start
+    # What a seed's measurement depends on: a folder measured with other settings is refused, not reused.
+    guard_settings(out / SETTINGS_FILE, {"config": str(config_path.resolve()), "overrides": list(overrides),
+                                         "resolved": config.model_dump(mode="json", exclude={"run"})})
     (out / "seeds").mkdir(parents=True, exist_ok=True)
     todo = [seed for seed in range(seeds) if not seed_file(out, seed).is_file()]
     for seed in parallel_map(measure_seed, [(config_path, overrides, seed, out) for seed in todo], jobs):
         print(f"warm-start seed {seed} done", flush=True)
-    rows = [json.loads(seed_file(out, seed).read_text()) for seed in range(seeds)]
+    rows = [read_json(seed_file(out, seed)) for seed in range(seeds)]
     return write_tables(rows, out, command)
+
+
+SETTINGS_FILE = "testbed.json"
 
 
 def seed_file(out: Path, seed: int) -> Path:
@@ -95,16 +102,12 @@ def write_tables(rows: list[dict[str, Any]], out: Path, command: str) -> list[Pa
     summary = (f"{healthy}/{len(rows)} seeds in band; student {min(students):.1%}–{max(students):.1%} "
                f"(mean {sum(students) / len(students):.1%}); teacher lead {min(gaps):+.1%}–{max(gaps):+.1%}")
     csv_path, md_path = out / "testbed.csv", out / "testbed.md"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["seed", "student", "teacher", *(f"{b}_{side}" for b in buckets for side in ("student", "teacher")),
-                         "health_student", "health_teacher", "healthy", "warm_start_seconds"])
-        for row in rows:
-            writer.writerow([row["seed"], row["student"], row["teacher"],
-                             *(row["buckets"][b][side] for b in buckets for side in ("student", "teacher")),
-                             row["health"]["student"], row["health"]["teacher"], row["health"]["healthy"],
-                             row["warm_start_seconds"]])
-    md_path.write_text(f"# Warm-start seeds\n\nCommand: `{command}`\n\n{markdown(header, body)}\n\n{summary}\n")
+    write_csv([{"seed": row["seed"], "student": row["student"], "teacher": row["teacher"],
+                **{f"{b}_{side}": row["buckets"][b][side] for b in buckets for side in ("student", "teacher")},
+                "health_student": row["health"]["student"], "health_teacher": row["health"]["teacher"],
+                "healthy": row["health"]["healthy"], "warm_start_seconds": row["warm_start_seconds"]}
+               for row in rows], csv_path)
+    atomic_write_text(md_path, f"# Warm-start seeds\n\nCommand: `{command}`\n\n{markdown(header, body)}\n\n{summary}\n")
     print(markdown(header, body) + "\n" + summary)
     return [csv_path, md_path]
 

@@ -39,7 +39,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from atesd.data.problem import DataError, Problem
 
@@ -64,6 +64,15 @@ class EmbeddedTaskConfig(BaseModel):
     train_size: int = Field(4000, ge=1)
     test_size: int = Field(200, ge=1)
     seed: int = Field(1234, description="Seeds the problem generator (independent of run.seed).")
+
+    @model_validator(mode="after")
+    def _task_can_be_generated(self) -> EmbeddedTaskConfig:
+        if self.min_ops > self.max_ops:
+            raise ValueError(f"min_ops ({self.min_ops}) is above max_ops ({self.max_ops})")
+        unknown = sorted(set(self.operators) - set(OPERATORS))
+        if not self.operators or unknown:
+            raise ValueError(f"operators must be a non-empty subset of '{OPERATORS}', got '{self.operators}'")
+        return self
 
 
 @dataclass(frozen=True)
@@ -206,12 +215,24 @@ def make_splits(spec: ArithmeticSpec, sizes: dict[str, int], seed: int) -> dict[
     return splits
 
 
+# The probe problems drawn before the test split, whatever data.probe_size is (the default probe size): the test
+# and health problems then never depend on the probe size, and the default's are those of before this rule.
+PROBE_DRAWN_FIRST = 32
+
+
 def embedded_splits(task: EmbeddedTaskConfig, probe_size: int, health_size: int = 0) -> dict[str, list[Problem]]:
     """Train, probe and test problems of the embedded task (disjoint, from the task seed), and with `health_size`
-    the held-out problems of the base model's health check, drawn after the others (which it leaves unchanged)."""
+    the held-out problems of the base model's health check, drawn after the others (which it leaves unchanged).
+
+    The test split does not depend on `probe_size`: `PROBE_DRAWN_FIRST` probe problems are always drawn before
+    it, the probe is the first `probe_size` of them, and a larger probe continues after the test and health
+    problems."""
     spec = ArithmeticSpec(digits=task.digits, min_ops=task.min_ops, max_ops=task.max_ops, operators=task.operators,
                           reference_style=task.reference_style)
-    sizes = {"train": task.train_size, "probe": probe_size, "test": task.test_size}
+    sizes = {"train": task.train_size, "probe": PROBE_DRAWN_FIRST, "test": task.test_size}
     if health_size:
         sizes["health"] = health_size
-    return make_splits(spec, sizes, seed=task.seed)
+    sizes["probe-more"] = max(0, probe_size - PROBE_DRAWN_FIRST)
+    splits = make_splits(spec, sizes, seed=task.seed)
+    splits["probe"] = splits["probe"][:probe_size] + splits.pop("probe-more")
+    return splits

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from atesd.data.problem import Problem
 from atesd.eval.grading import grade
 from atesd.eval.metrics import ProblemResult, summarize_by_bucket
+from atesd.files import atomic_write_text
 from atesd.rollout import RolloutEngine, SamplingParams
 
 
@@ -43,10 +45,13 @@ def evaluate(problems: Sequence[Problem], prompt_ids: Callable[[Problem], list[i
     return results
 
 
-def write_results(results: list[ProblemResult], num_samples: int, path: Path) -> dict:
-    """Per-problem results and the summary (overall and per bucket) as one JSON file; returns the summary."""
+def write_results(results: list[ProblemResult], num_samples: int, path: Path,
+                  evaluated: dict[str, Any] | None = None) -> dict:
+    """Per-problem results and the summary (overall and per bucket) as one JSON file, written atomically, with
+    `evaluated` (what was evaluated: model, prompt, seed); returns the summary."""
     summary = summarize_by_bucket(results, num_samples)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"summary": summary, "problems": [r.to_json() for r in results]}, indent=1))
+    atomic_write_text(path, json.dumps({**({"evaluated": evaluated} if evaluated else {}), "summary": summary,
+                                        "problems": [r.to_json() for r in results]}, indent=1))
     return summary
 

@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from pathlib import Path
 
 import torch
@@ -24,6 +26,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from atesd.config import Config, ConfigError
 from atesd.errors import UserError
 from atesd.models.cache import cache_root, save_pretrained_atomically
+
+logger = logging.getLogger(__name__)
 
 
 class ModelLoadError(UserError):
@@ -49,10 +53,36 @@ def resolve_model_path(name: str, setting: str = "model.name_or_path") -> str:
         return str(converted_gguf(path))
     # A hub id is 'name' or 'owner/name': a path with more parts, or one that exists, is local.
     looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1 or "\\" in name
+    if looks_local and path.is_file():
+        raise ModelLoadError(f"{setting}: '{name}' is a file: give the folder that holds the model (its "
+                             "config.json, weights and tokenizer), or a .gguf file")
     if looks_local and not path.is_dir():
         raise FileNotFoundError(f"{setting}: '{name}' does not exist (give a model directory, a .gguf file, a hub "
                                 "id, or 'embedded')")
+    if looks_local:
+        check_model_dir(path, setting)
     return str(path) if looks_local else name
+
+
+def check_model_dir(path: Path, setting: str) -> None:
+    """A `ModelLoadError` saying what `path` is when it is not a model directory atesd can load without the
+    network: a training checkpoint, a LoRA adapter without its weights, a folder without config or tokenizer."""
+    def has(*names: str) -> bool:
+        return any((path / name).is_file() for name in names)
+
+    if has("trainer_state.json") and has("optimizer.json"):
+        raise ModelLoadError(f"{setting}: '{path}' is a training checkpoint, which holds only the trained parameters: "
+                             "evaluate the run's checkpoints with atesd eval --checkpoints RUN, or give its final_model")
+    if has(ADAPTER_CONFIG):
+        if not has("adapter_model.safetensors"):
+            raise ModelLoadError(f"{setting}: '{path}' holds a LoRA adapter config but no adapter_model.safetensors "
+                                 "(atesd reads safetensors only): give a complete adapter directory")
+    elif not has("config.json"):
+        raise ModelLoadError(f"{setting}: '{path}' has no config.json: give a model directory (from_pretrained's), "
+                             "a run's final_model, or a .gguf file")
+    if not has("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"):
+        raise ModelLoadError(f"{setting}: '{path}' has no tokenizer files (tokenizer.json or tokenizer_config.json): "
+                             "save the tokenizer beside the model")
 
 
 def converted_gguf(gguf_path: Path, cache: Path | None = None) -> Path:
@@ -100,6 +130,7 @@ def load_model_and_tokenizer(config: Config, path: str, base_path: str | None = 
 
             if base_path is None:
                 raise ModelLoadError(f"{path} holds a LoRA adapter: give the base model it was trained on")
+            warn_if_other_base(Path(path), base_path)
             base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=trust)
             model = PeftModel.from_pretrained(base, path).merge_and_unload()
         else:
@@ -114,6 +145,19 @@ def load_model_and_tokenizer(config: Config, path: str, base_path: str | None = 
     if config.model.chat_template is not None:
         tokenizer.chat_template = _chat_template_text(config.model.chat_template)
     return model, tokenizer
+
+
+def warn_if_other_base(adapter: Path, base_path: str) -> None:
+    """Warn when an adapter is merged onto another base than the one it records it was trained on: shapes may
+    match while the weights do not (another size's checkpoint, another warm start)."""
+    try:
+        recorded = json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return
+    if recorded and Path(recorded).expanduser().resolve() != Path(base_path).expanduser().resolve() and \
+            recorded != base_path:
+        logger.warning("%s was trained on %s and is merged onto %s: check model.name_or_path", adapter, recorded,
+                       base_path)
 
 
 def _chat_template_text(value: str) -> str:

@@ -57,8 +57,10 @@ class RunLock:
         self.path, self.handle = path, handle
 
     @classmethod
-    def acquire(cls, run_dir: Path) -> RunLock:
-        path = run_dir / LOCK_FILE
+    def acquire(cls, run_dir: Path, name: str = LOCK_FILE,
+                advice: str = "set run.name or run.output_dir for a new run") -> RunLock:
+        """Lock `run_dir` (through its file `name`), or a `RunDirectoryInUse` naming the holder and `advice`."""
+        path = run_dir / name
         if fcntl is None:
             logger.warning("%s: this platform has no file locks; make sure no other run uses %s", path, run_dir)
             return cls(path, None)
@@ -70,8 +72,8 @@ class RunLock:
                 holder = _holder(os.read(handle, 4096))
                 os.close(handle)
                 raise RunDirectoryInUse(
-                    f"{run_dir} is in use by {holder or 'another process'} ({path}): wait for that run to end or "
-                    "stop it, or set run.name or run.output_dir for a new run") from None
+                    f"{run_dir} is in use by {holder or 'another process'} ({path}): wait for it to end or "
+                    f"stop it, or {advice}") from None
             except OSError as error:  # a filesystem without locks (some network or FUSE mounts)
                 logger.warning("%s: cannot lock (%s); make sure no other run uses %s", path, error, run_dir)
                 return cls(path, handle)

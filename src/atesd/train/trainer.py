@@ -26,6 +26,7 @@ processes (`distributed`), the problem order (`problems`), the run directory and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ from atesd.train.distributed import Processes, refuse_unsupported_distribution
 from atesd.train.exposure_step import alpha_record, measure_credit, step_alphas
 from atesd.train.metrics import MetricsLogger
 from atesd.train.parts import StepParts, StepResult
+from atesd.train.preflight import learning_warnings
 from atesd.train.problems import EpochOrder, context_limit, fit_to_context, step_seed, training_problems
 from atesd.train.rollouts import Grader, RolloutSampler
 from atesd.train.run_dir import RunLock, prepare_run_dir, record_non_finite_stop, run_directory
@@ -69,6 +71,7 @@ from atesd.train.statistics import distillation_statistics, per_token_kl
 from atesd.train.update import NonFiniteError, Updater, lr_factor
 from atesd.train.versions import write_versions
 
+logger = logging.getLogger(__name__)
 LocalStepHook = Callable[[dict[str, Any], dict[str, Any]], None]  # (step record, this process's measurements)
 
 
@@ -159,6 +162,8 @@ class Trainer:
         )
         self.exposure = exposure_policy or build_exposure_policy(config.exposure, config.train.steps,
                                                                  config.run.seed)
+        for warning in learning_warnings(config):
+            logger.warning("%s", warning)
         if self.exposure.per_problem and processes.count > 1:
             raise ConfigError("exposure.per_problem runs on one process for now (each problem's alpha and its "
                               "credit stay where it is trained): run without data parallelism, or set "
@@ -217,8 +222,8 @@ class Trainer:
             self.save()
         except KeyboardInterrupt:
             progress.close()
-            self.accelerator.print(f"\ninterrupted at step {self.step}; the last checkpoint is intact: resume "
-                                   "with --resume")
+            self.accelerator.print(f"\ninterrupted at step {self.step}; the last checkpoint is intact: continue "
+                                   "with atesd train --resume, or run the same sweep or compare command again")
             raise
         except NonFiniteError as error:
             if self.processes.is_main:
