@@ -1,7 +1,8 @@
 """The typed configuration of a run: YAML files plus dotted ``key=value`` overrides, validated strictly.
 
-Every hyperparameter lives here, with its default and help text; a run writes the resolved config next to
-its outputs. Unknown keys are errors that name the key, so a typo never silently falls back to a default.
+Every hyperparameter lives here (the sections' common base in `atesd.config.section`), with its default and help
+text; a run writes the resolved config next to its outputs. Unknown keys are errors that name the key, so a typo
+never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PositiveInt,
     ValidationError,
@@ -22,17 +21,13 @@ from pydantic import (
     model_validator,
 )
 
+from atesd.config.section import Section
 from atesd.data.arithmetic import EmbeddedTaskConfig
 from atesd.data.loaders import ColumnMap
 from atesd.data.sources import check_benchmarks
 from atesd.data.templates import PromptTemplates
 from atesd.errors import ConfigError
 from atesd.files import atomic_write_text, directory_name, read_config_tree, read_yaml
-
-
-class Section(BaseModel):
-    # No setting takes NaN or infinity: train.lr=.inf used to pass and put NaN in every weight.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class RunConfig(Section):
