@@ -39,7 +39,7 @@ from atesd.config import Config, ConfigError
 from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
 from atesd.eval.grading import grade
-from atesd.exposure import ExposurePolicy, build_exposure_policy
+from atesd.exposure import AnyExposurePolicy, build_exposure_policy
 from atesd.losses import DivergenceSpec, divergence_from_hidden
 from atesd.models.export import save_final_model
 from atesd.models.loading import load_training_model
@@ -80,7 +80,7 @@ class Trainer:
     """
 
     def __init__(self, config: Config, *, resume: bool = False, accelerator: Accelerator | None = None,
-                 exposure_policy: ExposurePolicy | None = None, grader: Grader = grade,
+                 exposure_policy: AnyExposurePolicy | None = None, grader: Grader = grade,
                  divergence: Callable[..., Any] = divergence_from_hidden,
                  on_local_step: LocalStepHook | None = None) -> None:
         self.config = config
@@ -96,7 +96,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
 
-    def setup(self, resume: bool, accelerator: Accelerator, exposure_policy: ExposurePolicy | None,
+    def setup(self, resume: bool, accelerator: Accelerator, exposure_policy: AnyExposurePolicy | None,
               grader: Grader) -> None:
         config = self.config
         self.accelerator = accelerator
@@ -159,9 +159,10 @@ class Trainer:
         self.exposure = exposure_policy or build_exposure_policy(config.exposure, config.train.steps,
                                                                  config.run.seed)
         if self.exposure.per_problem and processes.count > 1:
-            raise ConfigError("exposure.per_problem runs on one process for now (each problem's alpha and its "
-                              "credit stay where it is trained): run without data parallelism, or set "
-                              "exposure.per_problem: false")
+            raise ConfigError("an exposure policy per problem (exposure.per_problem, or exposure.policy adaback, "
+                              "seele or paint) runs on one process for now (each problem's alpha and what the policy "
+                              "learns from it stay where it is trained): run without data parallelism, or use a "
+                              "batch-level policy")
         self.order = EpochOrder(len(self.train_problems), config.train.batch_size, config.run.seed)
         loss = config.loss
         self.divergence_spec = DivergenceSpec(kind=loss.divergence, beta=loss.beta, top_k=loss.top_k,
