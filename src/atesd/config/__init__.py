@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from atesd.config.peers import AdaBackConfig, SeeleConfig
+from atesd.config.peers import AdaBackConfig, AnchoredResidualConfig, SeeleConfig
 from atesd.config.section import Section
 from atesd.data.arithmetic import EmbeddedTaskConfig
 from atesd.data.loaders import ColumnMap
@@ -170,6 +170,8 @@ class TeacherConfig(Section):
     weights: Literal["initial", "live", "ema"] = Field(
         "initial", description="initial: frozen starting weights; live: current weights; ema: moving average.")
     ema_decay: float = Field(0.99, ge=0, lt=1)
+    anchored_residual: AnchoredResidualConfig | None = Field(
+        None, description="AR-OPD's anchored-residual teacher (docs/method.md#ar-opd); None: the plain teacher.")
 
 
 class ControllerConfig(Section):
@@ -314,6 +316,9 @@ class Config(Section):
             raise ValueError("method 'atesd' learns the exposure: set exposure.policy: controller")
         if self.method == "opsd" and learned:
             raise ValueError("exposure.policy 'controller' is ATESD: set method: atesd")
+        if self.teacher.anchored_residual is not None and self.method not in ("opsd", "atesd"):
+            raise ValueError(f"teacher.anchored_residual shapes the distillation teacher; method '{self.method}' "
+                             "has none: unset it or use method opsd or atesd")
         if learned and self.exposure.controller.progress_signal == "probe_nll" and self.data.probe_size == 0:
             raise ValueError("the controller's reward uses probe_nll, which needs a probe set: set data.probe_size "
                              "> 0 or exposure.controller.progress_signal: distill_loss")

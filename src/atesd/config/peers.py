@@ -1,6 +1,6 @@
 """The settings of the peers' methods that atesd runs in its own loop (docs/method.md#the-peers-rules): the exposure
-rules per problem AdaBack and SEELE (`exposure.adaback`, `exposure.seele`; PAINT has no setting of its own).
-Defaults are the papers' where they give one."""
+rules per problem AdaBack and SEELE (`exposure.adaback`, `exposure.seele`; PAINT has no setting of its own) and
+AR-OPD's anchored-residual teacher (`teacher.anchored_residual`). Defaults are the papers' where they give one."""
 
 from __future__ import annotations
 
@@ -42,3 +42,12 @@ class SeeleConfig(Section):
     explore: float = Field(0.2, ge=0, le=1, description="Share of decisions drawn uniformly in [alpha_min, "
                            "alpha_max] instead of from a curve: spread in alpha that the fits need (ours).")
 
+
+class AnchoredResidualConfig(Section):
+    """AR-OPD's teacher (arXiv 2606.10385; docs/method.md#ar-opd): log q = log_softmax(log p_anchor + lambda *
+    clip(log p_full - log p_anchor, -c, c)), with the anchor at partial exposure and 'full' the teacher at the
+    step's exposure (alpha = 1 under OPSD)."""
+
+    anchor_alpha: float = Field(0.5, ge=0, le=1, description="Exposure of the anchor teacher.")
+    residual_weight: float = Field(0.6, ge=0, le=1, description="lambda: 0 is the anchor, 1 the full teacher.")
+    residual_clip: float = Field(5.0, gt=0, description="c: each token's residual log-prob is clipped to +-c.")

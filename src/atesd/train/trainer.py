@@ -10,8 +10,8 @@ One distillation step, top to bottom in `distillation_step` (docs/method.md):
    per problem, one α per problem from what its rollout showed, `exposure_step`); the teacher prompt holds
    the question and the first ⌊α·m⌋ reference segments;
 3. the teacher (the same model, teacher weights) reads each completion after the teacher prompt: its hidden
-   states are the targets; it also scores the reference solutions (g_t); exposure per problem measures the
-   reference NLLs its credit needs;
+   states are the targets (with AR-OPD's anchored residual, also after the anchor's prompt); it also scores the
+   reference solutions (g_t); exposure per problem measures the reference NLLs its credit needs;
 4. the loss step: the student reads each completion after the student prompt, and the divergence between the
    two per-token distributions is the loss, normalised by the completion tokens of the whole step;
 5. one optimizer step (skipped, and counted, when the loss or gradient is not finite), then the probe NLL;
@@ -153,7 +153,8 @@ class Trainer:
             sampler=RolloutSampler(engine, self.tokenizer, sampling, grader),
             scorer=Scorer(self.model, self.unwrapped, self.teacher, prompts, processes,
                           pad_token_id=self.tokenizer.pad_token_id, micro_batch_size=config.train.micro_batch_size,
-                          chunk_size=config.loss.chunk_size, bf16_autocast=config.train.bf16_autocast),
+                          chunk_size=config.loss.chunk_size, bf16_autocast=config.train.bf16_autocast,
+                          anchored_residual=config.teacher.anchored_residual),
             processes=processes,
         )
         self.exposure = exposure_policy or build_exposure_policy(config.exposure, config.train.steps,
@@ -262,7 +263,9 @@ class Trainer:
                                  self.config.rollout.max_new_tokens)
         teacher_prompts = [prompts.teacher(p, alpha) for p, alpha in zip(problems, alphas)]
         solutions = [prompts.solution(p) for p in problems] if self.measures_teacher_ref_logp(step) else None
-        teacher = scorer.teacher_targets(teacher_prompts, rollouts.completion_ids, solutions, cost)
+        anchored = self.config.teacher.anchored_residual  # AR-OPD: the anchor teacher's prompts too
+        anchors = [prompts.teacher(p, anchored.anchor_alpha) for p in problems] if anchored is not None else None
+        teacher = scorer.teacher_targets(teacher_prompts, rollouts.completion_ids, solutions, cost, anchors)
         with cost.timed("exposure"):
             measure_credit(self.exposure, step, self.train_problems, scorer, teacher, cost)
         scale = processes.loss_scale(rollouts.num_tokens)  # sum over the step's tokens / their number
@@ -272,7 +275,8 @@ class Trainer:
             batch = scorer.packed(student_prompts[span], rollouts.completion_ids[span], cost)
             head, bias = scorer.student_head()
             out = self.divergence(scorer.student_hidden(batch), teacher.hidden[span.start], head, teacher.head,
-                                  batch.targets, self.divergence_spec, bias, teacher.bias)
+                                  batch.targets, self.divergence_spec, bias, teacher.bias,
+                                  teacher_mix=teacher.mix(span.start))
             outputs.append(out)
             return out.loss_sum * scale
 
