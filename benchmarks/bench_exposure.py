@@ -1,8 +1,8 @@
-"""Step-time cost of ATESD and of exposure per problem over fixed exposure α = 1 (OPSD) on the embedded default,
-and where it goes.
+"""Step-time cost of ATESD, exposure per problem and the peers' methods over fixed exposure α = 1 (OPSD) on the
+embedded default, and where it goes.
 
-Five variants of ``configs/embedded/atesd.yaml`` train for the same number of steps from the same cached base
-model and seed, one after the other in one process:
+Variants of ``configs/embedded/atesd.yaml`` train for the same number of steps from the same cached base model and
+seed, one after the other in one process:
 
 - ``opsd-no-probe``: fixed α = 1, the probe set measured only once at the start (the leanest OPSD step);
 - ``opsd-g-every-step``: fixed α = 1, probe NLL and g_t (the teacher's reference log-prob) at every step: what
@@ -10,7 +10,15 @@ model and seed, one after the other in one process:
 - ``opsd``: fixed α = 1 at the defaults: probe NLL after every update, g_t every 10 steps for the log;
 - ``atesd``: the controller, probe NLL and g_t at every step (its reward needs both);
 - ``atesd-per-problem``: exposure per problem (docs/method.md#exposure-per-problem): as ``atesd``, plus the
-  reference NLLs of the credited problems (8 of this step's, 8 of L steps ago) under the student prompt.
+  reference NLLs of the credited problems (8 of this step's, 8 of L steps ago) under the student prompt;
+- ``adaback``, ``seele``, ``paint``: the peers' exposure rules per problem (docs/method.md#the-peers-rules) on
+  OPSD's settings;
+- ``ar-opd``: OPSD with AR-OPD's anchored-residual teacher: one more teacher forward, after the anchor's prompts.
+
+A short run on the embedded task's 4,000 problems never brings a problem back, and AdaBack's and SEELE's work grows
+with the problems that come back (SEELE fits a curve per problem with enough attempts). So the rules' own cost per
+step is also timed apart, at steady state: 32 problems that all come back every step, after 10 visits each, when
+every SEELE decision fits a curve of its own (`rule_decision_ms`).
 
 Per variant it reports the mean ± std wall time of a step (after `--warmup` steps), and inside the step the
 time of the probe NLL, of the teacher's scoring (the distillation targets and, when measured, g_t: one pass over
@@ -30,12 +38,15 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from atesd.config import load_config
+from atesd.exposure import RULES, ProblemView, build_exposure_policy
 from atesd.train.trainer import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +57,12 @@ VARIANTS = {
     "opsd": OPSD,
     "atesd": [],
     "atesd-per-problem": ["exposure.per_problem=true"],
+    "adaback": ["method=opsd", "exposure.policy=adaback"],
+    "seele": ["method=opsd", "exposure.policy=seele"],
+    "paint": ["method=opsd", "exposure.policy=paint"],
+    "ar-opd": [*OPSD, "teacher.anchored_residual={}"],
 }
+REFERENCE = ("= 14", "= 22", "= 25", "= 23")  # an embedded 'values' reference, for PAINT's overlap
 
 
 def run_variant(name: str, overrides: list[str], args: argparse.Namespace, output_dir: str) -> dict:
@@ -83,6 +99,23 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, outpu
     }
 
 
+def rule_decision_ms(name: str, problems: int = 32, warm_visits: int = 10, timed_steps: int = 20) -> float:
+    """The milliseconds a rule takes to decide a step of `problems` that all come back every step (its steady
+    state), after `warm_visits` visits each; a problem is right at a visit with probability 0.1 + 0.9 σ(8 (α − 0.6))
+    of its last α."""
+    policy = build_exposure_policy(load_config(None, [f"exposure.policy={name}"]).exposure, 1000, 0)
+    rng, last = np.random.default_rng(0), [0.5] * problems
+    elapsed = 0.0
+    for step in range(warm_visits + timed_steps):
+        views = [ProblemView(key, bool(rng.random() < 0.1 + 0.9 / (1 + np.exp(-8 * (last[key] - 0.6)))), 0.5, 4,
+                             None, "6+8=14\n14+8=22\n22+3=26", REFERENCE) for key in range(problems)]
+        started = time.perf_counter()
+        last = policy.alphas(step, views)
+        elapsed += time.perf_counter() - started if step >= warm_visits else 0.0
+        policy.drain_decisions()
+    return elapsed / timed_steps * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=40)
@@ -113,11 +146,14 @@ def main() -> None:
                      f"{row.get('exposure_s_mean', 0) * 1000:.2f} | {row['teacher_prompt_tokens_mean']:.0f} | "
                      f"{ratios[0]} | {ratios[1]} |")
     print("\n".join(lines))
+    steady = {name: rule_decision_ms(name) for name in RULES}
+    print("\n| rule | decision ms per step at steady state (32 problems, all back every step) |\n|---|---|")
+    print("\n".join(f"| {name} | {ms:.1f} |" for name, ms in steady.items()))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"steps": args.steps, "warmup": args.warmup, "seed": args.seed, "threads": torch.get_num_threads(),
                 "torch": torch.__version__}
-        args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        args.out.write_text(json.dumps({"meta": meta, "results": results, "rule_decision_ms": steady}, indent=1))
 
 
 if __name__ == "__main__":

@@ -133,6 +133,20 @@ def test_sweep_writes_csv_table_and_plots(sweep_dir, recipes, capsys):
     assert "alphas: [0.5, 1.0] there, [0.5] now" in capsys.readouterr().err
 
 
+def test_compare_runs_the_peers_methods(recipes, tmp_path):
+    out = tmp_path / "peers"
+    peers = ["adaback", "seele", "paint", "ar-opd"]
+    assert main(["compare", "--recipes", str(recipes), "--seeds", "1", "--out", str(out), "--methods", "base", "opsd",
+                 *peers]) == 0
+    results = {row["method"]: row for row in read_csv(out / "results.csv")}
+    assert list(results) == ["base", "opsd", *peers]
+    # the rules decide one α per problem (drawn by difficulty); AR-OPD pays one more teacher forward than OPSD
+    assert (out / "alpha_by_difficulty.png").is_file() and "| adaback | 1 |" in (out / "report.md").read_text()
+    assert int(results["ar-opd"]["forward_tokens"]) > int(results["opsd"]["forward_tokens"])
+    for rule in peers[:3]:
+        assert f"policy: {rule}" in (out / f"runs/{rule}-seed0/config.yaml").read_text()
+
+
 def test_compare_killed_midway_continues_without_redoing_runs(recipes, sweep_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "compare"
     methods = ["opsd", "fixed-best", "random", "atesd", "sft", "grpo"]

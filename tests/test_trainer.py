@@ -297,15 +297,17 @@ def test_atesd_statistics_reach_the_controller(tiny_config, tmp_path):
 PER_PROBLEM = (*SMALL_CONTROLLER, "exposure.per_problem=true", "exposure.controller.credited_problems=3")
 
 
-def test_per_problem_exposure_resumed_after_a_crash_matches_an_uninterrupted_run(tiny_config, tmp_path):
-    common = (*PER_PROBLEM, "train.steps=10", "train.checkpoint_every=5", "train.lr=3e-3")
+def per_problem_runs(tiny_config, tmp_path, common: tuple[str, ...], waiting: bool):
+    """Run ``a`` uninterrupted and ``b`` crashed in step 8 and resumed from step 5, with a policy per problem
+    (`waiting`: decisions still wait for their reward at the checkpoint); checks that the two are equal, that the
+    teacher prompts used the decided α, and returns (a, b, a's metrics, a's decisions)."""
     run_a = Trainer(tiny_config(tmp_path, "run.name=a", *common))
-    teacher_alphas = []  # the α of every teacher prompt, in order
+    teacher_alphas = []
     original = run_a.parts.prompts.teacher
     run_a.parts.prompts.teacher = lambda problem, alpha: teacher_alphas.append(alpha) or original(problem, alpha)
     run_a.train()
     run_b = resumed_after_a_crash_in_step_eight(tiny_config, tmp_path, common)
-    assert run_b.step == 5 and run_b.exposure.waiting  # groups still waiting for their credit
+    assert run_b.step == 5 and bool(run_b.exposure.pending_decisions()) == waiting
     run_b.train()
 
     rows_a = read_metrics(run_a.run_dir / "metrics.jsonl")
@@ -314,20 +316,41 @@ def test_per_problem_exposure_resumed_after_a_crash_matches_an_uninterrupted_run
     decisions = read_metrics(run_a.run_dir / "decisions.jsonl")
     assert decisions == read_metrics(run_b.run_dir / "decisions.jsonl")
     assert same_weights(run_a.trainable_state(), run_b.trainable_state())
+    assert [a for row in decisions for a in row["alpha"]] == teacher_alphas  # the teacher prompts used exactly those
+    assert [row["alpha"] for row in rows_a] == pytest.approx([sum(r["alpha"]) / 4 for r in decisions])  # their mean
+    assert all(row["bucket"][0].startswith("ops=") for row in decisions)
+    return run_a, run_b, rows_a, decisions
+
+
+def test_per_problem_exposure_resumed_after_a_crash_matches_an_uninterrupted_run(tiny_config, tmp_path):
+    common = (*PER_PROBLEM, "train.steps=10", "train.checkpoint_every=5", "train.lr=3e-3")
+    # groups still waiting for their credit at the checkpoint
+    run_a, run_b, rows_a, decisions = per_problem_runs(tiny_config, tmp_path, common, waiting=True)
     for left, right in zip(run_a.exposure.net.parameters(), run_b.exposure.net.parameters()):
         assert torch.equal(left, right)
-    # one row per step, one α per problem: the teacher prompts used exactly those, and the step's alpha is their mean
+    # one row per step, one α per problem
     assert [row["step"] for row in decisions] == list(range(1, 11))
-    assert [a for row in decisions for a in row["alpha"]] == teacher_alphas
     assert all(len(row["alpha"]) == 4 and row["credited"] == 3 for row in decisions)
     assert any(len(set(row["alpha"])) > 1 for row in decisions)
-    assert [row["alpha"] for row in rows_a] == pytest.approx([sum(r["alpha"]) / 4 for r in decisions])
     # rewarded once L = 3 updates have passed: the groups of steps 1-7; the last three run past the end
     assert [row["R"] is not None for row in decisions] == [True] * 7 + [False] * 3
     assert all(len(row["R"]) == 3 and all(math.isfinite(r) for r in row["R"]) for row in decisions[:7])
-    assert all(row["bucket"][0].startswith("ops=") for row in decisions)
     updates = [row["step"] for row in rows_a if "controller_updates" in row]
     assert updates and min(updates) <= 5 < max(updates)  # the policy learned before and after the checkpoint
+
+
+@pytest.mark.parametrize("rule", ["adaback", "seele", "paint"])
+def test_a_peer_rule_resumed_after_a_crash_matches_an_uninterrupted_run(tiny_config, tmp_path, rule):
+    # 20 steps of 4 problems go round the 64 tiny problems once and a quarter: the last steps revisit problems
+    common = (f"exposure.policy={rule}", "exposure.seele.min_points=3", "train.steps=20", "train.checkpoint_every=5",
+              "train.lr=3e-3")
+    _, _, _, decisions = per_problem_runs(tiny_config, tmp_path, common, waiting=False)
+    assert [row["step"] for row in decisions] == list(range(1, 21))
+    if rule == "paint":
+        assert all(row["alpha"] == pytest.approx([max(1 - o, 0.05) for o in row["overlap"]]) for row in decisions)
+    else:  # the rollouts of the revisits (steps 17-20) complete the attempts of the first visits
+        rewards = [reward for row in decisions for reward in row["reward"]]
+        assert rewards[:64] == [None] * 64 and all(reward in (0.0, 1.0) for reward in rewards[64:])
 
 
 def test_per_problem_exposure_refuses_a_policy_that_does_not_learn(tiny_config, tmp_path):

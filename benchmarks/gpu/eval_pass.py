@@ -74,11 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"eval.batch_size={args.batch_size}", f"eval.max_new_tokens={args.max_new_tokens}",
             f"run.output_dir={scratch / 'runs'}"])
         model, tokenizer = load_model(config)
-        model.eval()
         if cuda:
-            model.cuda()
             torch.cuda.reset_peak_memory_stats()
-        prompts, engine, sampling = evaluation_parts(config, model, tokenizer)
+        prompts, engine, sampling = evaluation_parts(config, model, tokenizer)  # moves the model to the GPU
         counting = CountingEngine(engine)
         problems = benchmark_problems(config, str(benchmark))
         started = time.perf_counter()

@@ -55,6 +55,11 @@ def methods(best_alpha: float) -> dict[str, Method]:
         "atesd-no-drift-baseline": Method("atesd.yaml", ("exposure.controller.baseline=none",)),
         # beyond the paper: each problem its own α, credited by its own reference NLL (docs/method.md#exposure-per-problem)
         "atesd-per-problem": Method("atesd.yaml", ("exposure.per_problem=true",)),
+        # the peers' rules in the same loop, at their papers' settings (docs/method.md#the-peers-rules)
+        "adaback": Method("opsd.yaml", ("exposure.policy=adaback",)),
+        "seele": Method("opsd.yaml", ("exposure.policy=seele",)),
+        "paint": Method("opsd.yaml", ("exposure.policy=paint",)),
+        "ar-opd": Method("opsd.yaml", ("teacher.anchored_residual={}",)),
     }
 
 

@@ -303,8 +303,9 @@ def saved_runs(folder: Path, marker: str) -> list[tuple[Path, Config]]:
 
 def length_independent(config: Config) -> bool:
     """Whether a run's first updates do not depend on its ``train.steps``: a constant learning rate, and an
-    exposure that is fixed or random (a schedule and the controller's state read t/T)."""
-    return config.train.lr_scheduler == "constant" and config.exposure.policy in ("fixed", "random")
+    exposure that is fixed, random or one of the peers' rules (a schedule and the controller's state read t/T)."""
+    return config.train.lr_scheduler == "constant" and config.exposure.policy in (
+        "fixed", "random", "adaback", "seele", "paint")
 
 
 def check_saved_config(run: Run) -> None:

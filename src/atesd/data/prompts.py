@@ -44,7 +44,7 @@ class PromptBuilder:
         self._student = lru_cache(maxsize=None)(self._student_ids)
         self._solution = lru_cache(maxsize=None)(self._solution_ids)
         self._teacher = lru_cache(maxsize=200_000)(self._teacher_ids)
-        self._segments = lru_cache(maxsize=None)(self._segment_count)
+        self._segments = lru_cache(maxsize=None)(self._segment_texts)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; a DataError names the characters of a text the tokenizer cannot encode."""
@@ -80,6 +80,10 @@ class PromptBuilder:
 
     def segments(self, problem: Problem) -> int:
         """m, the number of reference segments exposure counts in (`templates.segment_unit`)."""
+        return len(self._segments(problem))
+
+    def segment_texts(self, problem: Problem) -> tuple[str, ...]:
+        """The texts of those m segments, in order."""
         return self._segments(problem)
 
     def solution(self, problem: Problem) -> list[int]:
@@ -169,8 +173,10 @@ class PromptBuilder:
     def _solution_ids(self, problem: Problem) -> list[int]:
         return self.encode(problem.solution) + [self.tokenizer.eos_token_id]
 
-    def _segment_count(self, problem: Problem) -> int:
-        return len(segment_spans(strip_final_boxed(problem.solution), self.templates.segment_unit, self.tokenizer))
+    def _segment_texts(self, problem: Problem) -> tuple[str, ...]:
+        reasoning = strip_final_boxed(problem.solution)
+        return tuple(reasoning[start:end] for start, end in
+                     segment_spans(reasoning, self.templates.segment_unit, self.tokenizer))
 
     def _teacher_ids(self, problem: Problem, reference: str) -> list[int]:
         return self.encode(self._teacher_text(problem, reference))

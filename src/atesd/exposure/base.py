@@ -5,19 +5,29 @@ never sees the trainer. Only the main process asks for α (and broadcasts it); e
 statistics, already averaged over processes. A policy's whole state goes into checkpoints so that a resumed run
 takes the same decisions as an uninterrupted one.
 
-A policy with ``per_problem`` true (`PerProblemExposure`) answers `alphas(step, views)` instead of `alpha(step)`,
-one α per problem, and is told each step's own-problem measurements (`nll_wanted`, `measured`) before `observe`.
+A policy with ``per_problem`` true (`ProblemExposurePolicy`: exposure per problem, the peers' rules) answers
+`alphas(step, views)` instead of `alpha(step)`, one α per problem from what each problem's rollout showed (its
+`ProblemView`), and is told each step's own-problem measurements (`nll_wanted`, `measured`) before `observe`. A new
+rule per problem subclasses `atesd.exposure.rules.ProblemRule` and is added to `RULES` (docs/architecture.md#adding-an-
+exposure-rule); the trainer needs no change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from atesd.config import ExposureConfig
+from atesd.exposure.adaback import AdaBackExposure
 from atesd.exposure.controller import ControllerExposure
-from atesd.exposure.per_problem import PerProblemExposure
+from atesd.exposure.paint import PaintExposure
+from atesd.exposure.per_problem import PerProblemExposure, ProblemView
+from atesd.exposure.rules import ProblemRule
+from atesd.exposure.seele import SeeleExposure
 from atesd.exposure.simple import FixedExposure, LinearScheduleExposure, RandomExposure
+
+# The rules per problem by their ``exposure.policy`` name; each is built as ``rule(config, seed)``.
+RULES: dict[str, type[ProblemRule]] = {"adaback": AdaBackExposure, "seele": SeeleExposure, "paint": PaintExposure}
 
 
 class ExposurePolicy(Protocol):
@@ -47,7 +57,39 @@ class ExposurePolicy(Protocol):
         ...
 
 
-def build_exposure_policy(config: ExposureConfig, total_steps: int, seed: int) -> ExposurePolicy | PerProblemExposure:
+class ProblemExposurePolicy(Protocol):
+    uses_teacher_ref_logp: bool  # whether `measured` needs each problem's g_i
+    per_problem: bool  # always true
+
+    def alphas(self, step: int, views: Sequence[ProblemView]) -> list[float]:
+        """The α of each problem of `step`, in the order of `views` (decided after the step's rollouts). Asking twice
+        for a step gives the same α."""
+        ...
+
+    def nll_wanted(self, step: int) -> list[int]:
+        """Training-set indices of the problems whose reference NLL under the student prompt to measure before update
+        `step` (empty: nothing to measure)."""
+        ...
+
+    def measured(self, step: int, nll: Sequence[float], teacher_logps: Sequence[float]) -> None:
+        """Those NLLs, in the order of `nll_wanted(step)`, and each problem's g_i (NaN when not measured)."""
+        ...
+
+    def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]: ...
+
+    def drain_decisions(self) -> list[dict[str, Any]]: ...
+
+    def pending_decisions(self) -> list[dict[str, Any]]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+AnyExposurePolicy = ExposurePolicy | ProblemExposurePolicy
+
+
+def build_exposure_policy(config: ExposureConfig, total_steps: int, seed: int) -> AnyExposurePolicy:
     """The policy named by ``config.policy``; `total_steps` sets schedules and the progress feature."""
     if config.policy == "fixed":
         return FixedExposure(config.alpha)
@@ -59,4 +101,6 @@ def build_exposure_policy(config: ExposureConfig, total_steps: int, seed: int) -
         return PerProblemExposure(config, total_steps, seed)
     if config.policy == "controller":
         return ControllerExposure(config, total_steps, seed)
+    if config.policy in RULES:
+        return RULES[config.policy](config, seed)
     raise ValueError(f"unknown exposure policy '{config.policy}'")

@@ -53,9 +53,21 @@ class ProblemView:
     length: float  # the rollout's tokens over rollout.max_new_tokens: long or truncated rollouts mark struggles
     segments: int  # m, the reference's segments: how much reasoning it holds, and how fine α's grid on it is
     bucket: str | None = None  # the data's own difficulty tag (problem.meta["bucket"]), for the log only
+    rollout: str = ""  # the rollout's text (special tokens left out): what a rule may compare with the reference
+    reference: tuple[str, ...] = ()  # the reference's segments as exposure counts them (their number: `segments`)
 
     def raw(self) -> list[float]:
         return [float(self.correct), self.length, math.log1p(self.segments)]
+
+
+def problem_columns(keys: Sequence[int], correct: Sequence[bool], segments: Sequence[int],
+                    buckets: Sequence[str | None]) -> dict[str, Any]:
+    """The per-problem lists every ``decisions.jsonl`` row of a per-problem policy holds, aligned with ``problem``
+    (``bucket`` only when the data has one): what `atesd train` and `atesd compare` draw α by difficulty from."""
+    columns: dict[str, Any] = {"problem": list(keys), "correct": [int(c) for c in correct], "segments": list(segments)}
+    if any(bucket is not None for bucket in buckets):
+        columns["bucket"] = list(buckets)
+    return columns
 
 
 @dataclass
@@ -82,14 +94,10 @@ class Group:
     def row(self, logged_at: int | None) -> dict[str, Any]:
         """Its ``decisions.jsonl`` row: one per step, per-problem lists aligned with ``problem`` (R, G_lp and
         G_gt for the first ``credited`` only); steps are counted like ``metrics.jsonl``."""
-        row: dict[str, Any] = {"step": self.step + 1, "problem": self.keys, "alpha": self.alphas,
-                               "mean": self.means, "correct": [int(c) for c in self.correct],
-                               "segments": self.segments, "credited": self.credited, "R": self.rewards,
-                               "G_lp": self.progress, "G_gt": self.grounding,
-                               "state": dict(zip(STATE_FEATURES, self.state)), "logged_at": logged_at}
-        if any(bucket is not None for bucket in self.buckets):
-            row["bucket"] = self.buckets
-        return row
+        return {"step": self.step + 1, **problem_columns(self.keys, self.correct, self.segments, self.buckets),
+                "alpha": self.alphas, "mean": self.means, "credited": self.credited, "R": self.rewards,
+                "G_lp": self.progress, "G_gt": self.grounding, "state": dict(zip(STATE_FEATURES, self.state)),
+                "logged_at": logged_at}
 
 
 class PerProblemExposure:

@@ -4,6 +4,7 @@ from atesd.losses.divergence import (
     Divergence,
     DivergenceOutput,
     DivergenceSpec,
+    TeacherMix,
     divergence_from_hidden,
     divergence_from_logits,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "Divergence",
     "DivergenceOutput",
     "DivergenceSpec",
+    "TeacherMix",
     "divergence_from_hidden",
     "divergence_from_logits",
 ]

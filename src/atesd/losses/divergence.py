@@ -30,6 +30,10 @@ the matmul in the inputs' own dtype, as the model's lm_head would compute them, 
 Logits must be finite (a -inf logit gives NaN terms, as in `torch.nn.functional.kl_div`).
 
 Gradients reach the student side only; the teacher side is detached.
+
+A teacher may be the combination of two teacher passes at the same positions (`TeacherMix`: AR-OPD's anchored
+residual, `atesd.train.anchored_teacher`): the second pass's hidden states are split into the same chunks, and each
+chunk's teacher logits are combined from both passes' logits, so the combination never needs [N, V] either.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal, get_args
+from itertools import repeat
+from typing import Literal, Protocol, get_args
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +102,16 @@ class DivergenceSpec:
                              "kind='sampled_token'; leave them None")
 
 
+class TeacherMix(Protocol):
+    """A second teacher pass whose logits combine with the teacher's into the distilled teacher, chunk by chunk."""
+
+    hidden: torch.Tensor  # [N, D]: its final hidden states at the same positions, read with the teacher's head
+
+    def combine(self, teacher_logits: torch.Tensor, other_logits: torch.Tensor) -> torch.Tensor:
+        """The distilled teacher's logits (or log-probs) of a chunk from both passes' logits [chunk, V]."""
+        ...
+
+
 @dataclass
 class DivergenceOutput:
     """The loss and the per-token statistics of one call, for N positions.
@@ -134,16 +149,21 @@ def divergence_from_logits(student_logits: torch.Tensor, teacher_logits: torch.T
 def divergence_from_hidden(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
                            student_head: torch.Tensor, teacher_head: torch.Tensor, targets: torch.Tensor,
                            spec: DivergenceSpec, student_head_bias: torch.Tensor | None = None,
-                           teacher_head_bias: torch.Tensor | None = None) -> DivergenceOutput:
+                           teacher_head_bias: torch.Tensor | None = None,
+                           teacher_mix: TeacherMix | None = None) -> DivergenceOutput:
     """Divergence and statistics from final hidden states [N, D] and LM heads [V, D] (+ optional bias [V]).
 
     Each chunk's logits are ``hidden_chunk @ head.T (+ bias)``, so the [N, V] logits are never made.
     Student and teacher may have different hidden sizes; the vocabulary must be the same. The student's
     gradient goes to `student_hidden`, `student_head` and `student_head_bias` (those that require grad);
     the teacher's tensors get none, even when the teacher's head is the student's head tensor itself.
+    With `teacher_mix`, each chunk's teacher logits are ``teacher_mix.combine(teacher's, second pass's)``.
     """
     n, vocab = _check_hidden(student_hidden, teacher_hidden, student_head, teacher_head,
                              student_head_bias, teacher_head_bias)
+    if teacher_mix is not None and teacher_mix.hidden.shape != teacher_hidden.shape:
+        raise ValueError(f"teacher_mix.hidden has shape {tuple(teacher_mix.hidden.shape)}, teacher_hidden "
+                         f"{tuple(teacher_hidden.shape)}: the two passes must cover the same positions")
     _check_targets(targets, n, vocab)
     _check_top_k(spec, vocab)
     teacher_hidden, teacher_head = teacher_hidden.detach(), teacher_head.detach()
@@ -155,20 +175,24 @@ def divergence_from_hidden(student_hidden: torch.Tensor, teacher_hidden: torch.T
 
     size = spec.chunk_size
     heads = (student_head, teacher_head, student_head_bias, teacher_head_bias)
-    chunks = ((hidden_s, hidden_t, *heads, chunk_targets) for hidden_s, hidden_t, chunk_targets
-              in zip(student_hidden.split(size), teacher_hidden.split(size), targets.split(size)))
-    return _over_chunks(partial(_chunk_from_hidden, spec=spec), chunks, use_checkpoint)
+    mixed = teacher_mix.hidden.detach().split(size) if teacher_mix is not None else repeat(None)
+    chunks = ((hidden_s, hidden_t, hidden_m, *heads, chunk_targets) for hidden_s, hidden_t, hidden_m, chunk_targets
+              in zip(student_hidden.split(size), teacher_hidden.split(size), mixed, targets.split(size)))
+    combine = teacher_mix.combine if teacher_mix is not None else None
+    return _over_chunks(partial(_chunk_from_hidden, spec=spec, combine=combine), chunks, use_checkpoint)
 
 
 # --- one chunk -----------------------------------------------------------------------------------------
 
-def _chunk_from_hidden(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, student_head: torch.Tensor,
-                       teacher_head: torch.Tensor, student_head_bias: torch.Tensor | None,
-                       teacher_head_bias: torch.Tensor | None, targets: torch.Tensor,
-                       spec: DivergenceSpec) -> tuple[torch.Tensor, ...]:
+def _chunk_from_hidden(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mixed_hidden: torch.Tensor | None,
+                       student_head: torch.Tensor, teacher_head: torch.Tensor, student_head_bias: torch.Tensor | None,
+                       teacher_head_bias: torch.Tensor | None, targets: torch.Tensor, spec: DivergenceSpec,
+                       combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
     student_logits = F.linear(student_hidden, student_head, student_head_bias)
     with torch.no_grad():
         teacher_logits = F.linear(teacher_hidden, teacher_head, teacher_head_bias)
+        if combine is not None:
+            teacher_logits = combine(teacher_logits, F.linear(mixed_hidden, teacher_head, teacher_head_bias))
     return _chunk_from_logits(student_logits, teacher_logits, targets, spec)
 
 

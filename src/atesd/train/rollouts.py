@@ -28,10 +28,11 @@ Grader = Callable[[str, str], Graded]  # (completion text, gold answer) -> a res
 
 @dataclass
 class GradedRollouts:
-    """One completion per prompt and whether each one's answer is right."""
+    """One completion per prompt, its text and whether its answer is right."""
 
     completions: Completions
     correct: list[bool]
+    texts: list[str]  # decoded without special tokens, as graded
 
     @property
     def completion_ids(self) -> list[list[int]]:
@@ -64,6 +65,6 @@ class RolloutSampler:
         with cost.timed("rollout"):
             self.engine.update_weights()  # a separate engine (vLLM) samples with the weights of the last update
             completions = self.engine.generate(prompts, self.sampling, generator)
-            correct = [self.grader(self.tokenizer.decode(ids, skip_special_tokens=True), p.answer).correct
-                       for ids, p in zip(completions.completion_ids, problems)]
-        return GradedRollouts(completions, correct)
+            texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in completions.completion_ids]
+            correct = [self.grader(text, p.answer).correct for text, p in zip(texts, problems)]
+        return GradedRollouts(completions, correct, texts)

@@ -2,7 +2,9 @@
 
 - `teacher_targets`: the teacher at exposure α reads its prompt once per micro-batch and continues it with the
   student's rollouts (its final hidden states there are the distillation targets) and with the reference
-  solutions (their mean log-prob is g_t, docs/method.md#statistics), when g_t is wanted that step.
+  solutions (their mean log-prob is g_t, docs/method.md#statistics), when g_t is wanted that step. With AR-OPD's
+  anchored residual (`teacher.anchored_residual`, `atesd.train.anchored_teacher`) a second teacher forward reads
+  the rollouts after the anchor's prompts, and the targets combine the two passes.
 - `student_hidden` / `student_token_logprobs`: the student's view of ``[student prompt ; completion]``.
 - `probe_nll`: the student's per-token NLL of the held-out probe references, independent of α;
   `reference_nlls`: the same per problem, for exposure per problem's own-problem credit.
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from atesd.config import AnchoredResidualConfig
 from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
 from atesd.models.sequences import (
@@ -28,6 +31,7 @@ from atesd.models.sequences import (
     token_logprobs_from_hidden,
 )
 from atesd.models.teacher import Teacher
+from atesd.train.anchored_teacher import AnchoredResidual
 from atesd.train.cost import StepCost
 from atesd.train.distributed import Processes
 from atesd.train.update import micro_batches, precision
@@ -42,6 +46,14 @@ class TeacherTargets:
     bias: torch.Tensor | None
     reference_logp: float  # g_t: mean log-prob of the reference solutions, over all processes
     reference_logps: list[float]  # g_i: each of this process's problems' mean log-prob (NaN when not measured)
+    anchor_hidden: dict[int, torch.Tensor]  # AR-OPD: the anchor teacher's hidden states, by micro-batch (else empty)
+    residual: AnchoredResidualConfig | None = None
+
+    def mix(self, start: int) -> AnchoredResidual | None:
+        """The second pass the loss combines with `hidden[start]` (AR-OPD's anchor), or None."""
+        if self.residual is None:
+            return None
+        return AnchoredResidual(self.anchor_hidden[start], self.residual.residual_weight, self.residual.residual_clip)
 
 
 class Scorer:
@@ -49,11 +61,12 @@ class Scorer:
 
     def __init__(self, model: torch.nn.Module, student: torch.nn.Module, teacher: Teacher, prompts: PromptBuilder,
                  processes: Processes, *, pad_token_id: int, micro_batch_size: int, chunk_size: int,
-                 bf16_autocast: bool) -> None:
+                 bf16_autocast: bool, anchored_residual: AnchoredResidualConfig | None = None) -> None:
         self.model, self.student, self.teacher, self.prompts = model, student, teacher, prompts
         self.processes = processes
         self.pad_token_id, self.micro_batch_size, self.chunk_size = pad_token_id, micro_batch_size, chunk_size
         self.bf16_autocast = bf16_autocast
+        self.anchored_residual = anchored_residual
 
     def spans(self, size: int) -> list[slice]:
         return micro_batches(size, self.micro_batch_size)
@@ -79,11 +92,16 @@ class Scorer:
 
     @torch.no_grad()
     def teacher_targets(self, teacher_prompts: list[list[int]], completions: list[list[int]],
-                        solutions: list[list[int]] | None, cost: StepCost) -> TeacherTargets:
+                        solutions: list[list[int]] | None, cost: StepCost,
+                        anchor_prompts: list[list[int]] | None = None) -> TeacherTargets:
         """The teacher's hidden states at the rollouts' positions and, when `solutions` are given, g_t (NaN
         otherwise); both continue the same teacher prompts, which run once for the two
-        (`shared_prompt_hidden_states`)."""
-        hidden, total, count, per_problem = {}, 0.0, 0, []
+        (`shared_prompt_hidden_states`). With AR-OPD's anchored residual, the anchor's hidden states after
+        `anchor_prompts` too (one more teacher forward)."""
+        hidden, anchor_hidden, total, count, per_problem = {}, {}, 0.0, 0, []
+        residual = self.anchored_residual
+        if (residual is None) != (anchor_prompts is None):
+            raise ValueError("anchor prompts are given exactly when teacher.anchored_residual is set")
         with cost.timed("teacher"), self.teacher.scoring() as teacher_model, self._precision():
             head, bias = output_head(teacher_model)
             for span in self.spans(len(teacher_prompts)):
@@ -94,6 +112,10 @@ class Scorer:
                                                       self.pad_token_id)
                 hidden[span.start] = outputs[0]
                 cost.count_forward(sum(len(ids) for part in (prompts, rollouts) for ids in part))
+                if anchor_prompts is not None:
+                    anchor_hidden[span.start] = shared_prompt_hidden_states(
+                        teacher_model, anchor_prompts[span], [rollouts], self.pad_token_id)[0]
+                    cost.count_forward(sum(len(ids) for part in (anchor_prompts[span], rollouts) for ids in part))
                 if references is None:
                     continue
                 targets = torch.tensor([token for ids in references for token in ids], device=self.processes.device)
@@ -103,9 +125,11 @@ class Scorer:
                 per_problem += [float(part.mean()) for part in logprobs.split([len(ids) for ids in references])]
                 cost.count_forward(sum(len(ids) for ids in references))
         if solutions is None:
-            return TeacherTargets(hidden, head, bias, float("nan"), [float("nan")] * len(teacher_prompts))
+            return TeacherTargets(hidden, head, bias, float("nan"), [float("nan")] * len(teacher_prompts),
+                                  anchor_hidden, residual)
         sums = self.processes.sums({"total": total, "count": float(count)})
-        return TeacherTargets(hidden, head, bias, sums["total"] / max(sums["count"], 1.0), per_problem)
+        return TeacherTargets(hidden, head, bias, sums["total"] / max(sums["count"], 1.0), per_problem, anchor_hidden,
+                              residual)
 
     def teacher_token_logprobs(self, batch: PackedSequences, cost: StepCost) -> torch.Tensor:
         with cost.timed("teacher"), self.teacher.scoring() as teacher_model, self._precision():

@@ -10,8 +10,8 @@ One distillation step, top to bottom in `distillation_step` (docs/method.md):
    per problem, one α per problem from what its rollout showed, `exposure_step`); the teacher prompt holds
    the question and the first ⌊α·m⌋ reference segments;
 3. the teacher (the same model, teacher weights) reads each completion after the teacher prompt: its hidden
-   states are the targets; it also scores the reference solutions (g_t); exposure per problem measures the
-   reference NLLs its credit needs;
+   states are the targets (with AR-OPD's anchored residual, also after the anchor's prompt); it also scores the
+   reference solutions (g_t); exposure per problem measures the reference NLLs its credit needs;
 4. the loss step: the student reads each completion after the student prompt, and the divergence between the
    two per-token distributions is the loss, normalised by the completion tokens of the whole step;
 5. one optimizer step (skipped, and counted, when the loss or gradient is not finite), then the probe NLL;
@@ -40,7 +40,7 @@ from atesd.config import Config, ConfigError
 from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
 from atesd.eval.grading import grade
-from atesd.exposure import ExposurePolicy, build_exposure_policy
+from atesd.exposure import AnyExposurePolicy, build_exposure_policy
 from atesd.losses import DivergenceSpec, divergence_from_hidden
 from atesd.models.export import save_final_model
 from atesd.models.loading import load_training_model
@@ -84,7 +84,7 @@ class Trainer:
     """
 
     def __init__(self, config: Config, *, resume: bool = False, accelerator: Accelerator | None = None,
-                 exposure_policy: ExposurePolicy | None = None, grader: Grader = grade,
+                 exposure_policy: AnyExposurePolicy | None = None, grader: Grader = grade,
                  divergence: Callable[..., Any] = divergence_from_hidden,
                  on_local_step: LocalStepHook | None = None) -> None:
         self.config = config
@@ -100,7 +100,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
 
-    def setup(self, resume: bool, accelerator: Accelerator, exposure_policy: ExposurePolicy | None,
+    def setup(self, resume: bool, accelerator: Accelerator, exposure_policy: AnyExposurePolicy | None,
               grader: Grader) -> None:
         config = self.config
         self.accelerator = accelerator
@@ -157,7 +157,8 @@ class Trainer:
             sampler=RolloutSampler(engine, self.tokenizer, sampling, grader),
             scorer=Scorer(self.model, self.unwrapped, self.teacher, prompts, processes,
                           pad_token_id=self.tokenizer.pad_token_id, micro_batch_size=config.train.micro_batch_size,
-                          chunk_size=config.loss.chunk_size, bf16_autocast=config.train.bf16_autocast),
+                          chunk_size=config.loss.chunk_size, bf16_autocast=config.train.bf16_autocast,
+                          anchored_residual=config.teacher.anchored_residual),
             processes=processes,
         )
         self.exposure = exposure_policy or build_exposure_policy(config.exposure, config.train.steps,
@@ -165,9 +166,10 @@ class Trainer:
         for warning in learning_warnings(config):
             logger.warning("%s", warning)
         if self.exposure.per_problem and processes.count > 1:
-            raise ConfigError("exposure.per_problem runs on one process for now (each problem's alpha and its "
-                              "credit stay where it is trained): run without data parallelism, or set "
-                              "exposure.per_problem: false")
+            raise ConfigError("an exposure policy per problem (exposure.per_problem, or exposure.policy adaback, "
+                              "seele or paint) runs on one process for now (each problem's alpha and what the policy "
+                              "learns from it stay where it is trained): run without data parallelism, or use a "
+                              "batch-level policy")
         self.order = EpochOrder(len(self.train_problems), config.train.batch_size, config.run.seed)
         loss = config.loss
         self.divergence_spec = DivergenceSpec(kind=loss.divergence, beta=loss.beta, top_k=loss.top_k,
@@ -276,7 +278,9 @@ class Trainer:
                                  self.config.rollout.max_new_tokens)
         teacher_prompts = [prompts.teacher(p, alpha) for p, alpha in zip(problems, alphas)]
         solutions = [prompts.solution(p) for p in problems] if self.measures_teacher_ref_logp(step) else None
-        teacher = scorer.teacher_targets(teacher_prompts, rollouts.completion_ids, solutions, cost)
+        anchored = self.config.teacher.anchored_residual  # AR-OPD: the anchor teacher's prompts too
+        anchors = [prompts.teacher(p, anchored.anchor_alpha) for p in problems] if anchored is not None else None
+        teacher = scorer.teacher_targets(teacher_prompts, rollouts.completion_ids, solutions, cost, anchors)
         with cost.timed("exposure"):
             measure_credit(self.exposure, step, self.train_problems, scorer, teacher, cost)
         scale = processes.loss_scale(rollouts.num_tokens)  # sum over the step's tokens / their number
@@ -286,7 +290,8 @@ class Trainer:
             batch = scorer.packed(student_prompts[span], rollouts.completion_ids[span], cost)
             head, bias = scorer.student_head()
             out = self.divergence(scorer.student_hidden(batch), teacher.hidden[span.start], head, teacher.head,
-                                  batch.targets, self.divergence_spec, bias, teacher.bias)
+                                  batch.targets, self.divergence_spec, bias, teacher.bias,
+                                  teacher_mix=teacher.mix(span.start))
             outputs.append(out)
             return out.loss_sum * scale
 

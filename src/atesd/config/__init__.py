@@ -1,7 +1,8 @@
 """The typed configuration of a run: YAML files plus dotted ``key=value`` overrides, validated strictly.
 
-Every hyperparameter lives here, with its default and help text; a run writes the resolved config next to
-its outputs. Unknown keys are errors that name the key, so a typo never silently falls back to a default.
+Every hyperparameter lives here (the peers' methods' settings in `atesd.config.peers`, the sections' common base
+in `atesd.config.section`), with its default and help text; a run writes the resolved config next to its outputs.
+Unknown keys are errors that name the key, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PositiveInt,
     ValidationError,
@@ -22,17 +21,14 @@ from pydantic import (
     model_validator,
 )
 
+from atesd.config.peers import AdaBackConfig, AnchoredResidualConfig, SeeleConfig
+from atesd.config.section import Section
 from atesd.data.arithmetic import EmbeddedTaskConfig
 from atesd.data.loaders import ColumnMap
 from atesd.data.sources import check_benchmarks
 from atesd.data.templates import PromptTemplates
 from atesd.errors import ConfigError
 from atesd.files import atomic_write_text, directory_name, read_config_tree, read_yaml
-
-
-class Section(BaseModel):
-    # No setting takes NaN or infinity: train.lr=.inf used to pass and put NaN in every weight.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class RunConfig(Section):
@@ -176,6 +172,8 @@ class TeacherConfig(Section):
     weights: Literal["initial", "live", "ema"] = Field(
         "initial", description="initial: frozen starting weights; live: current weights; ema: moving average.")
     ema_decay: float = Field(0.99, ge=0, lt=1)
+    anchored_residual: AnchoredResidualConfig | None = Field(
+        None, description="AR-OPD's anchored-residual teacher (docs/method.md#ar-opd); None: the plain teacher.")
 
 
 class ControllerConfig(Section):
@@ -216,11 +214,13 @@ class ControllerConfig(Section):
 
 
 class ExposureConfig(Section):
-    policy: Literal["fixed", "random", "schedule", "controller"] = Field(
-        "fixed", description="fixed alpha; random alpha per hold window; linear schedule; the ATESD controller.")
+    policy: Literal["fixed", "random", "schedule", "controller", "adaback", "seele", "paint"] = Field(
+        "fixed", description="fixed alpha; random alpha per hold window; linear schedule; the ATESD controller; "
+        "the peers' rules per problem (docs/method.md#the-peers-rules): AdaBack's bisection, SEELE's target "
+        "accuracy, PAINT's rollout-reference overlap.")
     alpha: float = Field(1.0, ge=0, le=1, description="Exposure of the fixed policy: share of reference segments.")
-    alpha_min: float = Field(0.05, ge=0, le=1, description="Lower clip of random and controller exposures.")
-    alpha_max: float = Field(1.0, ge=0, le=1, description="Upper clip of random and controller exposures.")
+    alpha_min: float = Field(0.05, ge=0, le=1, description="Lower clip of random, controller and rule exposures.")
+    alpha_max: float = Field(1.0, ge=0, le=1, description="Upper clip of random, controller and rule exposures.")
     hold_steps: int = Field(2, ge=1, description="H: updates each random or controller decision is held for.")
     schedule_start: float = Field(1.0, ge=0, le=1, description="Linear schedule: alpha at the first step (ours).")
     schedule_end: float = Field(0.05, ge=0, le=1, description="Linear schedule: alpha at the last step (ours).")
@@ -229,6 +229,8 @@ class ExposureConfig(Section):
         "and that problem's features, rewarded by that problem's own learning progress (ours, "
         "docs/method.md#exposure-per-problem); needs policy: controller.")
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    adaback: AdaBackConfig = Field(default_factory=AdaBackConfig)
+    seele: SeeleConfig = Field(default_factory=SeeleConfig)
 
     @model_validator(mode="after")
     def _clip_range_is_ordered(self) -> ExposureConfig:
@@ -301,8 +303,8 @@ class EvalConfig(Section):
 
 class Config(Section):
     method: Literal["opsd", "atesd", "grpo", "sft"] = Field(
-        "opsd", description="opsd: distillation at a non-learned exposure (fixed, random, schedule); "
-                            "atesd: distillation with the learned exposure controller; grpo: policy gradient on "
+        "opsd", description="opsd: distillation at a non-learned exposure (fixed, random, schedule, the peers' "
+                            "rules); atesd: distillation with the learned exposure controller; grpo: policy gradient on "
                             "graded rollouts (no teacher); sft: NLL of the reference solutions (no rollouts).")
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -323,6 +325,9 @@ class Config(Section):
             raise ValueError("method 'atesd' learns the exposure: set exposure.policy: controller")
         if self.method == "opsd" and learned:
             raise ValueError("exposure.policy 'controller' is ATESD: set method: atesd")
+        if self.teacher.anchored_residual is not None and self.method not in ("opsd", "atesd"):
+            raise ValueError(f"teacher.anchored_residual shapes the distillation teacher; method '{self.method}' "
+                             "has none: unset it or use method opsd or atesd")
         if learned and self.exposure.controller.progress_signal == "probe_nll" and self.data.probe_size == 0:
             raise ValueError("the controller's reward uses probe_nll, which needs a probe set: set data.probe_size "
                              "> 0 or exposure.controller.progress_signal: distill_loss")
