@@ -9,6 +9,7 @@ generated arithmetic problems as the JSONL a user's data would be.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -57,3 +58,18 @@ def write_problems(path: Path, count: int, *, with_answers: bool = False) -> Pat
                                                                            else {})} for p in problems]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every part that builds a Qwen3-shaped model takes: ``--tiny`` and ``--model-dir``."""
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test); Qwen3-1.7B otherwise")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="a model made by shapes.build_model_dir (made in a scratch folder otherwise)")
+
+
+def require_gpu_unless_tiny(parser: argparse.ArgumentParser, tiny: bool) -> bool:
+    """Whether there is a CUDA GPU; without one only ``--tiny`` runs."""
+    cuda = torch.cuda.is_available()
+    if not cuda and not tiny:
+        parser.error("no CUDA GPU: run with --tiny for the CPU smoke test")
+    return cuda
