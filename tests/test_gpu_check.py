@@ -60,6 +60,17 @@ def test_run_sh_without_wheels_says_what_to_do(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_run_sh_refuses_wheels_built_from_other_sources(tmp_path):
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "atesd-0.1.0-py3-none-any.whl").write_bytes(b"")
+    (stale / "atesd-source.sha256").write_text("0" * 64)
+    env = {**os.environ, "PYTHON": sys.executable, "ATESD_GPU_WHEELS": str(stale)}
+    done = subprocess.run(["bash", str(GPU / "run.sh"), str(tmp_path / "out"), "--tiny"], check=False, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "make gpu-wheels" in done.stderr and "other sources" in done.stderr
+
+
 def test_full_shapes_are_qwen3_1_7b():
     from transformers import Qwen3Config
 

@@ -26,6 +26,8 @@ if ! ls "$wheels"/*.whl >/dev/null 2>&1; then
     echo "run.sh: error: no wheels in $wheels: run 'make gpu-wheels' where pip reaches PyPI, then carry the folder" >&2
     exit 2
 fi
+# An atesd wheel built from other sources would check other code than this tree's.
+"$python" "$root/benchmarks/gpu/wheels.py" --check --dest "$wheels" || exit 2
 started=$(date +%s)
 "$python" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl
 echo "installed $(ls "$wheels"/*.whl | wc -l) wheels into $site in $(( $(date +%s) - started )) s"

@@ -5,7 +5,8 @@ tokenizers, tqdm and PyYAML; what it lacks of atesd's imports is carried: `CARRI
 constraints.txt (the versions atesd is tested with), built for the machine's Python (``--python-version``,
 3.12 by default) on manylinux x86-64, and atesd itself as a wheel. ``datasets`` is left out: atesd imports it
 only to load a hub dataset, which a machine without network cannot do anyway. The folder must stay under
-64 MiB (what travels to such a machine with a working tree); the script refuses to finish above it.
+64 MiB (what travels to such a machine with a working tree); the script refuses to finish above it. A hash of
+atesd's sources is recorded beside the wheels: `run.sh` refuses wheels built from other sources (``--check``).
 
     python benchmarks/gpu/wheels.py                                  # into benchmarks/gpu/wheels, Python 3.12
     python benchmarks/gpu/wheels.py --dest DIR --python-version 3.11
@@ -14,6 +15,7 @@ only to load a hub dataset, which a machine without network cannot do anyway. Th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import shutil
 import subprocess
@@ -41,11 +43,34 @@ def pinned(names: tuple[str, ...]) -> list[str]:
     return [versions[key(name)] for name in names]
 
 
+SOURCE_STAMP = "atesd-source.sha256"
+
+
+def source_hash() -> str:
+    """A hash of atesd's source files, recorded beside its wheel: a wheel built from other sources is stale."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "src" / "atesd").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def check_fresh(wheels: Path) -> None:
+    """Exit with a message when the atesd wheel in `wheels` was not built from this working tree's sources."""
+    stamp = wheels / SOURCE_STAMP
+    if not stamp.is_file() or stamp.read_text().strip() != source_hash():
+        raise SystemExit(f"wheels.py: error: the atesd wheel in {wheels} was built from other sources than this "
+                         "working tree's: run 'make gpu-wheels' again and carry the folder")
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dest", type=Path, default=Path(__file__).resolve().parent / "wheels")
     parser.add_argument("--python-version", default="3.12", help="the GPU machine's Python (major.minor)")
+    parser.add_argument("--check", action="store_true", help="only check that --dest's atesd wheel is this tree's")
     args = parser.parse_args(argv)
+    if args.check:
+        check_fresh(args.dest)
+        return args.dest
     if args.dest.exists():
         shutil.rmtree(args.dest)  # one version of each package: two would stop the install there
     args.dest.mkdir(parents=True)
@@ -55,6 +80,7 @@ def main(argv: list[str] | None = None) -> Path:
                     "-d", str(args.dest), *pinned(CARRIED)], check=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(args.dest), str(ROOT)],
                    check=True)
+    (args.dest / SOURCE_STAMP).write_text(source_hash() + "\n")
     size = sum(path.stat().st_size for path in args.dest.glob("*.whl")) / 2**20
     print(f"{len(list(args.dest.glob('*.whl')))} wheels, {size:.1f} MiB, in {args.dest}")
     if size > LIMIT_MIB:
