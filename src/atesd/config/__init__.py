@@ -1,7 +1,7 @@
 """The typed configuration of a run: YAML files plus dotted ``key=value`` overrides, validated strictly.
 
-Every hyperparameter lives here, with its default and help text; a run writes the resolved config next to
-its outputs. Unknown keys are errors that name the key, so a typo never silently falls back to a default.
+Every hyperparameter lives here (the vLLM engines' settings in `atesd.config.engines`), with its default and
+help text; a run writes the resolved config next to its outputs. Unknown keys are errors that name the key, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PositiveInt,
     ValidationError,
@@ -22,17 +20,14 @@ from pydantic import (
     model_validator,
 )
 
+from atesd.config.engines import EvalVLLMConfig, VLLMConfig
+from atesd.config.section import Section
 from atesd.data.arithmetic import EmbeddedTaskConfig
 from atesd.data.loaders import ColumnMap
 from atesd.data.sources import check_benchmarks
 from atesd.data.templates import PromptTemplates
 from atesd.errors import ConfigError
 from atesd.files import atomic_write_text, directory_name, read_config_tree, read_yaml
-
-
-class Section(BaseModel):
-    # No setting takes NaN or infinity: train.lr=.inf used to pass and put NaN in every weight.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class RunConfig(Section):
@@ -131,15 +126,6 @@ class DataConfig(Section):
     probe_size: int = Field(32, ge=0, description="Training problems held out for probe_nll (never trained on).")
     probe_seed: int = Field(0, description="Chooses which problems of a file/dataset form the probe set.")
     task: EmbeddedTaskConfig = Field(default_factory=EmbeddedTaskConfig)
-
-
-class VLLMConfig(Section):
-    """The colocated vLLM engine (``pip install atesd[vllm]``); see docs/scaling.md."""
-
-    gpu_memory_utilization: float = Field(
-        0.3, gt=0, le=1, description="Share of GPU memory vLLM may take; the rest is left to training.")
-    max_model_len: int | None = Field(None, ge=1, description="Prompt + completion tokens; default: the model's.")
-    enforce_eager: bool = Field(False, description="Skip CUDA graph capture (starts faster, samples slower).")
 
 
 class RolloutConfig(Section):
@@ -288,6 +274,10 @@ class EvalConfig(Section):
     max_problems: int | None = Field(None, ge=1)
     teacher_alpha: float | None = Field(
         None, ge=0, le=1, description="Also evaluate the teacher prompt at this exposure (reference row).")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="What `atesd eval` samples with: hf (transformers generate, eval.batch_size prompts at a "
+        "time) or vllm (eval.vllm; the model never loaded by transformers). The demo, sweeps and comparisons use hf.")
+    vllm: EvalVLLMConfig = Field(default_factory=EvalVLLMConfig)
 
 
 class Config(Section):
