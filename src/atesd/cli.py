@@ -56,9 +56,10 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from atesd.eval.engines import build_eval_engine
     from atesd.eval.runner import evaluate_model
-    from atesd.models.loading import resolve_model_path
-    from atesd.train.base_model import load_model
+    from atesd.models.loading import load_tokenizer, resolve_model_path
+    from atesd.train.base_model import base_model_path
     from atesd.train.run_dir import run_directory
 
     if args.teacher_alpha is not None and not 0.0 <= args.teacher_alpha <= 1.0:  # NaN fails this too
@@ -69,10 +70,12 @@ def _eval(args: argparse.Namespace) -> None:
         model_path = resolve_model_path(args.model, setting="--model")
     else:
         model_path = str(run_dir / "final_model") if (run_dir / "final_model").is_dir() else None
-    model, tokenizer = load_model(config, model_path)
+    base = base_model_path(config)
+    tokenizer = load_tokenizer(config, model_path or base)
+    engine = build_eval_engine(config, model_path or base, base, tokenizer)  # eval.engine: hf | vllm
     label = "teacher" if args.teacher_alpha is not None else "student"
     out_dir = Path(args.out) if args.out else run_dir / "eval"
-    summaries = evaluate_model(config, model, tokenizer, out_dir, label, args.teacher_alpha)
+    summaries = evaluate_model(config, None, tokenizer, out_dir, label, args.teacher_alpha, engine=engine)
     save_config(config, out_dir / f"{label}-config.yaml")
     print(f"model: {model_path or config.model.name_or_path}")
     for benchmark, summary in summaries.items():

@@ -11,9 +11,10 @@ from atesd.data.arithmetic import embedded_splits
 from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
 from atesd.data.sources import benchmark_key, load_benchmark
+from atesd.eval.engines import SampleEngine, hf_sample_engine
 from atesd.eval.evaluate import evaluate, write_results
 from atesd.eval.grading import check_answer_parses
-from atesd.rollout import HFGenerateEngine, SamplingParams
+from atesd.rollout import SamplingParams
 
 
 def benchmark_problems(config: Config, name: str) -> list[Problem]:
@@ -31,23 +32,26 @@ def results_file(out_dir: Path, label: str, benchmark: str) -> Path:
     return out_dir / f"{label}-{benchmark_key(benchmark)}.json"
 
 
-def evaluation_parts(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
-                     ) -> tuple[PromptBuilder, HFGenerateEngine, SamplingParams]:
-    """The prompt builder, generate engine and sampling settings (``eval.*``) every evaluation uses."""
+def evaluation_parts(config: Config, model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase,
+                     engine: SampleEngine | None = None) -> tuple[PromptBuilder, SampleEngine, SamplingParams]:
+    """The prompt builder, sampling engine (`engine`, else HF generate on `model`) and sampling settings
+    (``eval.*``) every evaluation uses."""
     prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
                             config.model.teacher_chat_kwargs)
-    engine = HFGenerateEngine(model, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                              batch_size=config.eval.batch_size)
+    engine = engine or hf_sample_engine(model, tokenizer, config.eval.batch_size)
     sampling = SamplingParams(config.eval.temperature, config.eval.top_p, config.eval.top_k,
                               config.eval.max_new_tokens)
     return prompts, engine, sampling
 
 
-def evaluate_model(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
-                   label: str, teacher_alpha: float | None = None) -> dict[str, dict]:
+def evaluate_model(config: Config, model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+                   label: str, teacher_alpha: float | None = None, engine: SampleEngine | None = None
+                   ) -> dict[str, dict]:
     """Evaluate on every configured benchmark; writes ``out_dir/<label>-<benchmark>.json`` and returns
-    ``{benchmark: summary_by_bucket}``. With `teacher_alpha`, prompts are teacher prompts at that exposure."""
-    prompts, engine, sampling = evaluation_parts(config, model, tokenizer)
+    ``{benchmark: summary_by_bucket}``. With `teacher_alpha`, prompts are teacher prompts at that exposure. The
+    samples come from `engine` (`atesd.eval.engines.build_eval_engine`: vLLM, say) when given, else from HF
+    generate on `model`."""
+    prompts, engine, sampling = evaluation_parts(config, model, tokenizer, engine)
 
     def prompt_ids(problem: Problem) -> list[int]:
         return prompts.student(problem) if teacher_alpha is None else prompts.teacher(problem, teacher_alpha)

@@ -40,6 +40,8 @@ from atesd.rollout.sync_check import SyncCheck
 # which source files they were read from. pyproject.toml's ``vllm`` extra pins the same range.
 SUPPORTED_VLLM = ((0, 16), (0, 34))
 VLLM_REQUIREMENT = "vllm>=0.16,<0.35"
+# The values vLLM's max_lora_rank takes (its LoRAConfig's MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class VLLMUnavailableError(UserError, ImportError):
@@ -71,6 +73,15 @@ def build_llm(vllm: ModuleType, model: str, settings: VLLMSettings, *, dtype: st
     return vllm.LLM(model=model, dtype=dtype, seed=seed, gpu_memory_utilization=settings.gpu_memory_utilization,
                     max_model_len=settings.max_model_len, enforce_eager=settings.enforce_eager,
                     trust_remote_code=trust_remote_code, enable_prefix_caching=True, **engine_args)
+
+
+def served_lora_rank(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM takes that serves an adapter of `rank`."""
+    served = next((allowed for allowed in VLLM_LORA_RANKS if rank <= allowed), None)
+    if served is None:
+        raise UserError(f"a LoRA adapter of rank {rank} is above vLLM's largest max_lora_rank "
+                        f"({VLLM_LORA_RANKS[-1]}): set eval.vllm.lora=merge")
+    return served
 
 
 def sampling_params(vllm: ModuleType, sampling: SamplingParams, *, eos_token_id: int, n: int = 1,
