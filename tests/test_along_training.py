@@ -78,7 +78,9 @@ def test_eval_checkpoints_matches_evaluating_the_final_model(tiny_config, tmp_pa
     for seed in (0, 1):
         from_checkpoint = json.loads((out_dir / "step-0000004" / f"student-embedded-seed{seed}.json").read_text())
         from_final = json.loads((tmp_path / "final" / f"student-embedded-seed{seed}.json").read_text())
-        assert from_checkpoint == from_final
+        assert from_checkpoint["problems"] == from_final["problems"]
+        assert from_checkpoint["summary"] == from_final["summary"]
+        assert from_checkpoint["evaluated"]["model"].endswith("checkpoints/step-0000004")
     # the base model (step 0) is the run's starting point, not a trained one
     base = json.loads((out_dir / "step-0000000" / "student-embedded-seeds.json").read_text())
     assert base["summary"]["all"]["average@2"] == rows[0]["average@2"]

@@ -153,20 +153,16 @@ def test_lora_distillation_and_evaluation_on_champ(smollm2_dir, tmp_path):
 
 
 class ReplayEngine:
-    """A rollout engine that "samples" given texts: the reference solutions, to check grading end to end."""
+    """An evaluation engine that "samples" given texts: the reference solutions, to check grading end to end."""
+
+    schedules_itself = True
 
     def __init__(self, tokenizer, texts: dict[tuple[int, ...], str]) -> None:
         self.tokenizer, self.texts = tokenizer, texts
 
-    def update_weights(self) -> None:
-        pass
-
-    def generate(self, prompt_ids, sampling, generator=None):
-        from atesd.rollout import Completions
-
-        completions = [self.tokenizer(self.texts[tuple(p)], add_special_tokens=False)["input_ids"]
-                       + [self.tokenizer.eos_token_id] for p in prompt_ids]
-        return Completions([list(p) for p in prompt_ids], completions, [True] * len(completions))
+    def generate_samples(self, prompt_ids, n, sampling, seeds, generator):
+        return [[self.tokenizer(self.texts[tuple(p)], add_special_tokens=False)["input_ids"]
+                 + [self.tokenizer.eos_token_id]] * n for p in prompt_ids]
 
 
 def test_champ_answers_grade_through_the_real_tokenizer(smollm2_dir, tmp_path):

@@ -1,10 +1,12 @@
 """What `atesd.train.sharding` decides without a second process: which accelerate FSDP settings it honours or
 refuses, and, in a one-process gloo group, that a vLLM weight sync of a sharded LoRA model streams the merged
-weights one FSDP unit at a time, equal to `merged_state_dict` of the unsharded model, and that HF generate runs
-with every parameter gathered and leaves them sharded. (Two processes: tests/test_fsdp.py.)"""
+weights one FSDP unit at a time, equal to `merged_state_dict` of the unsharded model, that the sync guard scores
+the sharded model against vLLM, and that HF generate runs with every parameter gathered and leaves them sharded.
+(Two processes: tests/test_fsdp.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import socket
 from types import SimpleNamespace
@@ -64,13 +66,16 @@ def one_process_group():
     dist.destroy_process_group()
 
 
+def tiny_base_model():
+    return build_tiny_model(build_char_tokenizer(), hidden_size=16, num_layers=2, num_heads=2, num_kv_heads=1,
+                            intermediate_size=32, max_positions=64, seed=0)
+
+
 def tiny_lora_model():
     from peft import LoraConfig, get_peft_model
 
     tokenizer = build_char_tokenizer()
-    model = build_tiny_model(tokenizer, hidden_size=16, num_layers=2, num_heads=2, num_kv_heads=1,
-                             intermediate_size=32, max_positions=64, seed=0)
-    model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+    model = get_peft_model(tiny_base_model(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
                                              task_type="CAUSAL_LM"))
     with torch.no_grad():  # a non-zero update, so that merging changes the adapted weights
         for name, parameter in model.named_parameters():
@@ -105,6 +110,29 @@ def test_a_vllm_sync_streams_the_merged_weights_one_unit_at_a_time(one_process_g
     layer_parameters = sum(1 for _ in model.get_decoder().layers[0].parameters())
     assert 0 < engine.whole_at_once <= layer_parameters  # never more than one unit gathered
     assert all(isinstance(p, DTensor) for p in model.parameters())
+
+
+def test_the_sync_guard_checks_vllm_against_the_sharded_model(one_process_group, tmp_path, monkeypatch):
+    import vllm_stand_in
+
+    from atesd.config.engines import VLLMConfig
+    from atesd.rollout.sync_check import WeightSyncError
+    from atesd.rollout.vllm import VLLMEngine
+
+    vllm_stand_in.install(monkeypatch)
+    model, tokenizer = tiny_lora_model()
+    tiny_base_model().save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    sharding = Sharding(ShardingSettings())
+    sharding.shard(model)
+    for arrives in (True, False):
+        engine = VLLMEngine(model, str(tmp_path), VLLMConfig(sync_check_tolerance=0.02),
+                            eos_token_id=tokenizer.eos_token_id, dtype="float32", seed=0)
+        engine.llm.worker.ignore_updates = not arrives  # an adapter that never arrives leaves vLLM on the base
+        rollouts = sharding.rollout_engine(engine, model)
+        rollouts.update_weights()
+        with contextlib.nullcontext() if arrives else pytest.raises(WeightSyncError):
+            rollouts.generate([list(range(5, 40))], SamplingParams(max_new_tokens=3), torch.Generator().manual_seed(0))
 
 
 def test_hf_generate_runs_gathered_and_leaves_the_model_sharded(one_process_group):

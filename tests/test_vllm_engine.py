@@ -1,75 +1,42 @@
-"""The rollout-engine contract, for the HF engine and for the vLLM engine driven through a stand-in for the
-vLLM API (vLLM itself needs a CUDA GPU and is never installed here): sampling-parameter mapping, EOS
-trimming, seeding, and the weight sync into vLLM before each step's rollouts (LoRA merged)."""
+"""The rollout-engine contract, for the HF engine and for the vLLM engine driven through a stand-in that follows the
+pinned vLLM API (tests/vllm_stand_in.py; vLLM itself needs a CUDA GPU and is never installed here): the version
+pin, sampling-parameter mapping, EOS trimming, seeding, the weight sync through ``LLM.apply_model`` before each
+step's rollouts (LoRA merged), and the sync guard that catches an adapter that never arrived."""
 
 from __future__ import annotations
 
-import random
+import re
 import sys
-from types import SimpleNamespace
-from typing import ClassVar
+from pathlib import Path
 
 import pytest
 import torch
+import vllm_stand_in
 
-import atesd.rollout.vllm as vllm_module
+from atesd.config.engines import VLLMConfig
 from atesd.models.export import merged_state_dict
 from atesd.models.tiny import build_char_tokenizer, build_tiny_model
 from atesd.rollout import HFGenerateEngine, SamplingParams
-from atesd.rollout.vllm import VLLMEngine
+from atesd.rollout.sync_check import WeightSyncError
+from atesd.rollout.vllm import VLLM_REQUIREMENT, VLLMEngine, VLLMUnavailableError, supported_version, trimmed
 
 EOS = 2
 VOCAB = 101
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-class FakeVLLMModel:
-    """What `load_weights` received, call by call."""
-
-    def __init__(self) -> None:
-        self.loads: list[dict[str, torch.Tensor]] = []
-
-    def load_weights(self, weights) -> None:
-        self.loads.append({name: tensor.detach().clone() for name, tensor in weights})
+@pytest.fixture
+def stand_in(monkeypatch):
+    return vllm_stand_in.install(monkeypatch)
 
 
-class FakeSamplingParams:
-    def __init__(self, **kwargs) -> None:
-        self.kwargs = kwargs
-
-
-class FakeLLM:
-    """Samples tokens from each request's seed; like vLLM, may leave the stop token out of the ids."""
-
-    instances: ClassVar[list[FakeLLM]] = []
-
-    def __init__(self, **kwargs) -> None:
-        self.init_kwargs = kwargs
-        self.requests: list[tuple[list[int], dict]] = []
-        self.keep_stop_token = True
-        self.model = FakeVLLMModel()
-        worker = SimpleNamespace(model_runner=SimpleNamespace(model=self.model))
-        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(worker=worker)))
-        FakeLLM.instances.append(self)
-
-    def generate(self, prompts, params, use_tqdm=True):
-        outputs = []
-        for prompt, param in zip(prompts, params):
-            self.requests.append((prompt["prompt_token_ids"], param.kwargs))
-            rng = random.Random(param.kwargs["seed"])
-            ids, reason = [], "length"
-            while len(ids) < param.kwargs["max_tokens"]:
-                token = EOS if rng.random() < 0.15 else rng.randrange(5, VOCAB)
-                if token in param.kwargs["stop_token_ids"]:
-                    reason = "stop"
-                    if self.keep_stop_token:
-                        ids.append(token)
-                    break
-                ids.append(token)
-            outputs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=tuple(ids), finish_reason=reason)]))
-        return outputs
-
-
-FAKE_VLLM = SimpleNamespace(LLM=FakeLLM, SamplingParams=FakeSamplingParams)
+@pytest.fixture
+def base_dir(tmp_path) -> Path:
+    """The tiny model and its tokenizer on disk: the base model vLLM loads."""
+    tokenizer = build_char_tokenizer()
+    tiny_model().save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
 
 
 def tiny_model() -> torch.nn.Module:
@@ -79,86 +46,95 @@ def tiny_model() -> torch.nn.Module:
                             intermediate_size=64, max_positions=128, seed=0)
 
 
-def vllm_engine(model: torch.nn.Module | None = None) -> VLLMEngine:
-    return VLLMEngine(model or tiny_model(), "/models/base", eos_token_id=EOS, dtype="bfloat16", seed=7,
-                      gpu_memory_utilization=0.25, max_model_len=2048, enforce_eager=True, vllm=FAKE_VLLM)
+def tiny_lora_model() -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(tiny_model(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
 
 
-def hf_engine() -> HFGenerateEngine:
-    return HFGenerateEngine(tiny_model(), pad_token_id=0, eos_token_id=EOS, batch_size=3)
+def train_adapter(model: torch.nn.Module) -> None:
+    """An "optimizer step" on the adapter that moves the adapted model measurably away from the base model."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.5)
+
+
+def vllm_engine(base: Path, model: torch.nn.Module | None = None, **settings) -> VLLMEngine:
+    return VLLMEngine(model or tiny_model(), str(base), VLLMConfig(gpu_memory_utilization=0.25, max_model_len=2048,
+                                                                 enforce_eager=True, **settings),
+                      eos_token_id=EOS, dtype="bfloat16", seed=7)
+
+
+PROMPTS = [[10, 11, 12], [13], [14, 15, 16, 17, 18], [19, 20]]
 
 
 # ------------------------------------------------------------------------------------ the shared contract
 
-@pytest.mark.parametrize("make_engine", [hf_engine, vllm_engine], ids=["hf", "vllm"])
-def test_engine_contract(make_engine):
-    engine = make_engine()
+@pytest.mark.parametrize("kind", ["hf", "vllm"])
+def test_engine_contract(kind, stand_in, base_dir):
+    engine = HFGenerateEngine(tiny_model(), pad_token_id=0, eos_token_id=EOS, batch_size=3) if kind == "hf" \
+        else vllm_engine(base_dir)
     engine.update_weights()
-    prompts = [[10, 11, 12], [13], [14, 15, 16, 17, 18], [19, 20]]
     sampling = SamplingParams(temperature=1.0, top_p=0.95, top_k=20, max_new_tokens=12)
-    out = engine.generate(prompts, sampling, torch.Generator().manual_seed(0))
-    assert out.prompt_ids == prompts
-    assert len(out.completion_ids) == len(out.finished) == len(prompts)
+    out = engine.generate(PROMPTS, sampling, torch.Generator().manual_seed(0))
+    assert out.prompt_ids == PROMPTS
+    assert len(out.completion_ids) == len(out.finished) == len(PROMPTS)
     for ids, finished in zip(out.completion_ids, out.finished):
         assert 0 < len(ids) <= 12 + 1  # a stop token vLLM left out is put back
         assert (EOS in ids) == finished
         if finished:
             assert ids.index(EOS) == len(ids) - 1
-    again = engine.generate(prompts, sampling, torch.Generator().manual_seed(0))
-    other = engine.generate(prompts, sampling, torch.Generator().manual_seed(1))
+    again = engine.generate(PROMPTS, sampling, torch.Generator().manual_seed(0))
+    other = engine.generate(PROMPTS, sampling, torch.Generator().manual_seed(1))
     assert again.completion_ids == out.completion_ids
     assert other.completion_ids != out.completion_ids
 
 
 # ------------------------------------------------------------------------------------ vLLM specifics
 
-def test_vllm_engine_is_built_colocated_with_the_configured_settings():
-    engine = vllm_engine()
-    assert engine.llm.init_kwargs == {"model": "/models/base", "dtype": "bfloat16", "seed": 7,
-                                      "gpu_memory_utilization": 0.25, "max_model_len": 2048, "enforce_eager": True,
-                                      "enable_prefix_caching": True}
+def test_vllm_engine_is_built_colocated_with_the_configured_settings(stand_in, base_dir):
+    engine = vllm_engine(base_dir)
+    assert engine.llm.init_kwargs == {
+        "model": str(base_dir), "tokenizer": None, "trust_remote_code": False, "tensor_parallel_size": 1,
+        "dtype": "bfloat16", "seed": 7, "gpu_memory_utilization": 0.25, "max_model_len": 2048,
+        "enforce_eager": True, "enable_prefix_caching": True}
 
 
-@pytest.mark.parametrize(("top_k", "expected"), [(0, -1), (20, 20)])
-def test_sampling_parameters_map_onto_vllm(top_k, expected):
-    engine = vllm_engine()
+@pytest.mark.parametrize("top_k", [0, 20])
+def test_sampling_parameters_map_onto_vllm(top_k, stand_in, base_dir):
+    engine = vllm_engine(base_dir)
     engine.generate([[10, 11], [12]], SamplingParams(temperature=1.1, top_p=0.95, top_k=top_k, max_new_tokens=9),
                     torch.Generator().manual_seed(0))
-    (first_prompt, first), (second_prompt, second) = engine.llm.requests
+    (first_prompt, first, _), (second_prompt, second, _) = engine.llm.requests
     assert (first_prompt, second_prompt) == ([10, 11], [12])
     for params in (first, second):
-        assert {k: v for k, v in params.items() if k != "seed"} == {
-            "n": 1, "temperature": 1.1, "top_p": 0.95, "top_k": expected, "max_tokens": 9,
-            "stop_token_ids": [EOS], "detokenize": False}
-    assert isinstance(first["seed"], int) and first["seed"] != second["seed"]  # one seed per request
+        assert (params.n, params.temperature, params.top_p, params.top_k, params.max_tokens, params.stop_token_ids,
+                params.detokenize) == (1, 1.1, 0.95, top_k, 9, [EOS], False)  # top_k 0: no top-k in vLLM too
+    assert isinstance(first.seed, int) and first.seed != second.seed  # one seed per request
 
 
-def test_eos_is_kept_once_whether_or_not_vllm_returns_it():
-    engine = vllm_engine()
+def test_eos_is_kept_once_whether_or_not_vllm_returns_it(stand_in, base_dir):
+    engine = vllm_engine(base_dir)
     prompts = [[10 + i] for i in range(16)]
     sampling = SamplingParams(max_new_tokens=8)
     with_stop = engine.generate(prompts, sampling, torch.Generator().manual_seed(5))
     engine.llm.keep_stop_token = False
     without_stop = engine.generate(prompts, sampling, torch.Generator().manual_seed(5))
     assert with_stop.completion_ids == without_stop.completion_ids
-    assert any(with_stop.finished) and not all(with_stop.finished)
-    assert engine._trim([5, 6, EOS, 7, EOS], "stop") == ([5, 6, EOS], True)
-    assert engine._trim([5, 6], "length") == ([5, 6], False)
+    assert trimmed([5, 6, EOS, 7, EOS], "stop", EOS) == ([5, 6, EOS], True)
+    assert trimmed((5, 6), "length", EOS) == ([5, 6], False)
+    assert trimmed((5, 6), "stop", EOS) == ([5, 6, EOS], True)
 
 
-def test_weight_sync_sends_the_merged_lora_weights_under_base_names():
-    from peft import LoraConfig, get_peft_model
-
-    model = get_peft_model(tiny_model(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+def test_weight_sync_loads_the_merged_lora_weights_through_apply_model(stand_in, base_dir):
+    model = tiny_lora_model()
     base_names = set(tiny_model().state_dict())
-    engine = vllm_engine(model)
+    engine = vllm_engine(base_dir, model)
     engine.update_weights()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.5)  # an "optimizer step" on the adapter
+    train_adapter(model)
     engine.update_weights()
-    first, second = engine.llm.model.loads
+    first, second = engine.llm.worker.loads
     assert set(first) == set(second) == base_names
     q_proj = "model.layers.0.self_attn.q_proj.weight"
     layer = model.get_base_model().model.layers[0].self_attn.q_proj
@@ -166,32 +142,117 @@ def test_weight_sync_sends_the_merged_lora_weights_under_base_names():
     expected = layer.base_layer.weight + layer.get_delta_weight("default")
     assert torch.allclose(second[q_proj], expected) and not torch.equal(second[q_proj], first[q_proj])
     assert all(torch.equal(second[k], v) for k, v in merged_state_dict(model).items())
-    assert not model.get_base_model().model.layers[0].self_attn.q_proj.merged  # the training model is untouched
+    assert not layer.merged  # the training model is untouched
+    assert engine.llm.prefix_cache_resets == 2  # nothing cached with the old weights is reused
 
 
-def test_missing_vllm_says_how_to_install_it(monkeypatch):
+# ------------------------------------------------------------------------------------ the sync guard
+
+def test_the_sync_guard_passes_a_sync_and_catches_an_adapter_that_never_arrived(stand_in, base_dir):
+    # The tiny model is near uniform: its trained adapter moves the prompt's log-probs by about 0.1 nats per
+    # token, a synced float32 stand-in by about 1e-7; the tolerance sits between them.
+    model = tiny_lora_model()
+    train_adapter(model)
+    sampling = SamplingParams(max_new_tokens=4)
+    prompts = [list(range(10, 40)), [13]]
+    engine = vllm_engine(base_dir, model, sync_check_tokens=16, sync_check_tolerance=0.05)
+    engine.update_weights()
+    engine.generate(prompts, sampling, torch.Generator().manual_seed(0))  # checked: it arrived
+    checked = engine.llm.requests[0]
+    assert checked[0] == prompts[0][:16] and checked[1].prompt_logprobs is not None
+    engine.generate(prompts, sampling, torch.Generator().manual_seed(0))
+    assert len(engine.llm.requests) == 1 + 2 * len(prompts)  # once per sync, not per call
+    dropped = vllm_engine(base_dir, model, sync_check_tokens=16, sync_check_tolerance=0.05)
+    dropped.llm.worker.ignore_updates = True  # the adapter never reaches vLLM's model
+    dropped.update_weights()
+    with pytest.raises(WeightSyncError, match=r"after weight sync 1, vLLM's log-probs of 15 prompt tokens differ .*"
+                       r"adapter: rollouts would sample the base model.*rollout\.vllm\.sync_check=false"):
+        dropped.generate(prompts, sampling, torch.Generator().manual_seed(0))
+    assert len(dropped.llm.requests) == 1  # stopped before any rollout
+
+
+def test_the_sync_guard_measures_rounding_as_small_and_a_dropped_adapter_as_large(stand_in, base_dir):
+    from atesd.rollout.sync_check import SyncCheck
+    from atesd.rollout.vllm import served_logprobs
+
+    model = tiny_lora_model()
+    engine = vllm_engine(base_dir, model, sync_check=False)
+    train_adapter(model)
+    prompt = list(range(10, 40))
+    check = SyncCheck(tokens=64, tolerance=0.05)
+
+    def gap() -> float:
+        return check.verify(lambda ids: served_logprobs(stand_in, engine.llm, ids), model, prompt, sync=1)
+
+    engine.update_weights()
+    assert gap() < 1e-4  # float32 on both sides: the same model
+    engine.llm.worker.model.load_state_dict(tiny_model().state_dict())  # vLLM back on the base weights
+    with pytest.raises(WeightSyncError) as caught:
+        gap()
+    assert float(re.search(r"by (\S+) nats", str(caught.value))[1]) > 0.05
+
+
+def test_the_sync_guard_can_be_turned_off(stand_in, base_dir):
+    model = tiny_lora_model()
+    engine = vllm_engine(base_dir, model, sync_check=False)
+    train_adapter(model)
+    engine.llm.worker.ignore_updates = True
+    engine.update_weights()
+    engine.generate(PROMPTS, SamplingParams(max_new_tokens=4), torch.Generator().manual_seed(0))
+    assert all(params.prompt_logprobs is None for _, params, _ in engine.llm.requests)
+
+
+# ------------------------------------------------------------------------------------ the version pin
+
+def test_missing_vllm_says_how_to_install_it(monkeypatch, base_dir):
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail
-    with pytest.raises(ImportError, match=r"pip install 'atesd\[vllm\]'.*rollout.engine=hf"):
-        VLLMEngine(tiny_model(), "/models/base", eos_token_id=EOS, dtype="float32", seed=0,
-                   gpu_memory_utilization=0.3, max_model_len=None, enforce_eager=False)
+    with pytest.raises(VLLMUnavailableError, match=r"pip install 'atesd\[vllm\]'.*rollout.engine=hf"):
+        vllm_engine(base_dir)
+
+
+@pytest.mark.parametrize("version", ["0.10.2", "0.15.1", "0.35.0", "1.0.0", "unknown"])
+def test_a_vllm_outside_the_pin_is_refused_in_one_line(version, stand_in, monkeypatch, base_dir):
+    monkeypatch.setattr(stand_in, "__version__", version)
+    with pytest.raises(VLLMUnavailableError) as caught:
+        vllm_engine(base_dir)
+    message = str(caught.value)
+    assert f"vLLM {version} is installed; atesd supports {VLLM_REQUIREMENT}" in message and "\n" not in message
+    assert isinstance(caught.value, ImportError)
+
+
+def test_the_pin_is_the_extra_of_pyproject():
+    extra = re.search(r'^vllm = \["(.+)"\]$', (REPO_ROOT / "pyproject.toml").read_text(), re.MULTILINE)[1]
+    assert extra == VLLM_REQUIREMENT
+    assert all(supported_version(v) for v in ["0.16.0", "0.20.1", "0.33.0", "0.34.0", "0.34.1.dev3+gabc"])
+    assert not any(supported_version(v) for v in ["0.15.1", "0.35.0", "0.8.5", "2.0"])
+
+
+def test_the_stand_in_refuses_what_the_pinned_api_refuses(stand_in, base_dir):
+    with pytest.raises(TypeError):
+        stand_in.SamplingParams(max_new_tokens=4)  # vLLM's name is max_tokens
+    with pytest.raises(TypeError):
+        stand_in.LLM(str(base_dir), max_seq_len=16)  # and max_model_len
+    with pytest.raises(ValueError, match="max_lora_rank"):
+        stand_in.LLM(str(base_dir), enable_lora=True, max_lora_rank=2)
 
 
 @pytest.mark.slow
-def test_trainer_syncs_vllm_before_every_step(tiny_config, tmp_path, monkeypatch):
+def test_trainer_syncs_and_checks_vllm_before_every_step(tiny_config, tmp_path, stand_in):
     from atesd.train.base_model import base_model_path
     from atesd.train.trainer import Trainer
 
-    FakeLLM.instances.clear()
-    monkeypatch.setattr(vllm_module, "import_vllm", lambda: FAKE_VLLM)
     config = tiny_config(tmp_path, "rollout.engine=vllm", "model.lora={r: 2, alpha: 8}", "train.steps=2",
                          "train.lr=5e-2")
     trainer = Trainer(config)
-    llm = FakeLLM.instances[-1]
+    llm = stand_in.LLM.instances[-1]
     assert llm.init_kwargs["model"] == base_model_path(config)  # vLLM loads the base model from disk
     trainer.train_step()
     after_first_step = merged_state_dict(trainer.unwrapped)
     trainer.train_step()
-    assert len(llm.model.loads) == 2
-    assert all(torch.equal(llm.model.loads[1][k], v) for k, v in after_first_step.items())
-    assert any(not torch.equal(llm.model.loads[0][k], llm.model.loads[1][k]) for k in after_first_step)
-    assert len(llm.requests) == 2 * config.train.batch_size
+    loads = llm.worker.loads
+    assert len(loads) == 2
+    assert all(torch.equal(loads[1][k], v) for k, v in after_first_step.items())
+    assert any(not torch.equal(loads[0][k], loads[1][k]) for k in after_first_step)
+    checks = [params for _, params, _ in llm.requests if params.prompt_logprobs is not None]
+    assert len(checks) == 2  # one sync guard per step
+    assert len(llm.requests) == 2 * config.train.batch_size + len(checks)

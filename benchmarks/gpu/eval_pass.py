@@ -39,14 +39,12 @@ class CountingEngine:
 
     def __init__(self, engine) -> None:
         self.engine, self.tokens = engine, 0
+        self.schedules_itself = engine.schedules_itself
 
-    def update_weights(self) -> None:
-        self.engine.update_weights()
-
-    def generate(self, prompt_ids, sampling, generator=None):
-        completions = self.engine.generate(prompt_ids, sampling, generator)
-        self.tokens += completions.num_tokens
-        return completions
+    def generate_samples(self, prompt_ids, n, sampling, seeds, generator):
+        samples = self.engine.generate_samples(prompt_ids, n, sampling, seeds, generator)
+        self.tokens += sum(len(ids) for group in samples for ids in group)
+        return samples
 
 
 def main(argv: list[str] | None = None) -> dict:

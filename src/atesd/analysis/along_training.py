@@ -46,7 +46,8 @@ def evaluate_checkpoints(config: Config, run_dir: Path, out_dir: Path) -> list[d
     for step, directory in [(0, None)] + [(int(STEP_NAME.fullmatch(path.name).group(1)), path) for path in saved]:
         if directory is not None:
             model.load_state_dict(read_checkpoint_weights(directory, trained), strict=False)
-        summaries = evaluate_model(config, model, tokenizer, out_dir / f"step-{step:07d}", "student")
+        summaries = evaluate_model(config, model, tokenizer, out_dir / f"step-{step:07d}", "student",
+                                   model_name=str(directory or base_model_path(config)))
         rows += summary_rows(step, summaries, config.eval.num_samples)
         atomic_write_text(out_dir / CHECKPOINT_ROWS, "".join(json.dumps(row) + "\n" for row in rows))
     return rows

@@ -1,8 +1,9 @@
 """The typed configuration of a run: YAML files plus dotted ``key=value`` overrides, validated strictly.
 
-Every hyperparameter lives here (the peers' methods' settings in `atesd.config.peers`, the sections' common base
-in `atesd.config.section`), with its default and help text; a run writes the resolved config next to its outputs.
-Unknown keys are errors that name the key, so a typo never silently falls back to a default.
+Every hyperparameter lives here (the peers' methods' settings in `atesd.config.peers`, the vLLM engines' in
+`atesd.config.engines`, the sections' common base in `atesd.config.section`), with its default and help
+text; a run writes the resolved config next to its outputs. Unknown keys are errors that name the key, so a
+typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from atesd.config.engines import EvalVLLMConfig, VLLMConfig
 from atesd.config.peers import AdaBackConfig, AnchoredResidualConfig, SeeleConfig
 from atesd.config.section import Section
 from atesd.data.arithmetic import EmbeddedTaskConfig
@@ -127,15 +129,6 @@ class DataConfig(Section):
     probe_size: int = Field(32, ge=0, description="Training problems held out for probe_nll (never trained on).")
     probe_seed: int = Field(0, description="Chooses which problems of a file/dataset form the probe set.")
     task: EmbeddedTaskConfig = Field(default_factory=EmbeddedTaskConfig)
-
-
-class VLLMConfig(Section):
-    """The colocated vLLM engine (``pip install atesd[vllm]``); see docs/scaling.md."""
-
-    gpu_memory_utilization: float = Field(
-        0.3, gt=0, le=1, description="Share of GPU memory vLLM may take; the rest is left to training.")
-    max_model_len: int | None = Field(None, ge=1, description="Prompt + completion tokens; default: the model's.")
-    enforce_eager: bool = Field(False, description="Skip CUDA graph capture (starts faster, samples slower).")
 
 
 class RolloutConfig(Section):
@@ -299,6 +292,10 @@ class EvalConfig(Section):
                        "...); summaries give each metric's mean and its std over them.")
     every: int = Field(0, ge=0, description="Evaluate the student on eval.benchmarks before training and every "
                        "this many steps (and at the last): <run>/eval_along_training.jsonl. 0: never.")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="What `atesd eval` samples with: hf (transformers generate, eval.batch_size prompts at a "
+        "time) or vllm (eval.vllm; the model never loaded by transformers). The demo, sweeps and comparisons use hf.")
+    vllm: EvalVLLMConfig = Field(default_factory=EvalVLLMConfig)
 
 
 class Config(Section):

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from atesd.config import Config
@@ -16,12 +15,12 @@ from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
 from atesd.data.sources import benchmark_key, load_benchmark
 from atesd.errors import UserError
+from atesd.eval.engines import SampleEngine, hf_sample_engine
 from atesd.eval.evaluate import evaluate, write_results
 from atesd.eval.grading import check_answer_parses
 from atesd.eval.metrics import combine_seeds
 from atesd.files import atomic_write_text
-from atesd.models.loading import context_length
-from atesd.rollout import HFGenerateEngine, SamplingParams
+from atesd.rollout import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -48,27 +47,25 @@ def evaluation_seeds(config: Config) -> list[int]:
     return [config.run.seed + index for index in range(config.eval.seeds)]
 
 
-def evaluation_parts(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
-                     ) -> tuple[PromptBuilder, HFGenerateEngine, SamplingParams]:
-    """The prompt builder, generate engine and sampling settings (``eval.*``) every evaluation uses. A model
-    still on the CPU is moved to the GPU when there is one (`atesd eval` loads it on the CPU); a model already on
-    a device (a training process's) stays there."""
-    if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
-        model.to("cuda")
+def evaluation_parts(config: Config, model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase,
+                     engine: SampleEngine | None = None) -> tuple[PromptBuilder, SampleEngine, SamplingParams]:
+    """The prompt builder, sampling engine (`engine`, else HF generate on `model`) and sampling settings
+    (``eval.*``) every evaluation uses."""
     prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
                             config.model.teacher_chat_kwargs)
-    engine = HFGenerateEngine(model, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                              batch_size=config.eval.batch_size)
+    engine = engine or hf_sample_engine(model, tokenizer, config.eval.batch_size)
     sampling = SamplingParams(config.eval.temperature, config.eval.top_p, config.eval.top_k,
                               config.eval.max_new_tokens)
     return prompts, engine, sampling
 
 
-def evaluate_model(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
-                   label: str, teacher_alpha: float | None = None,
+def evaluate_model(config: Config, model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+                   label: str, teacher_alpha: float | None = None, engine: SampleEngine | None = None,
                    problems: dict[str, list[Problem]] | None = None, model_name: str | None = None) -> dict[str, dict]:
     """Evaluate on every configured benchmark (`problems` when given, else loaded); returns
-    ``{benchmark: summary_by_bucket}``. With `teacher_alpha`, prompts are teacher prompts at that exposure.
+    ``{benchmark: summary_by_bucket}``. With `teacher_alpha`, prompts are teacher prompts at that exposure. The
+    samples come from `engine` (`atesd.eval.engines.build_eval_engine`: vLLM, say) when given, else from HF
+    generate on `model`.
 
     Writes ``out_dir/<label>-<benchmark>.json``; with ``eval.seeds`` > 1, one ``...-seed<s>.json`` per seed and
     ``...-seeds.json`` with the summary over them (each metric's mean and std, `combine_seeds`). Each file
@@ -80,7 +77,7 @@ def evaluate_model(config: Config, model: PreTrainedModel, tokenizer: PreTrained
         for name in config.eval.benchmarks:
             for seed in seeds:
                 refuse_other_evaluation(results_file(out_dir, label, name, seed if len(seeds) > 1 else None), identity)
-    prompts, engine, sampling = evaluation_parts(config, model, tokenizer)
+    prompts, engine, sampling = evaluation_parts(config, model, tokenizer, engine)
 
     def prompt_ids(problem: Problem) -> list[int]:
         return prompts.student(problem) if teacher_alpha is None else prompts.teacher(problem, teacher_alpha)
@@ -89,7 +86,7 @@ def evaluate_model(config: Config, model: PreTrainedModel, tokenizer: PreTrained
     summaries = {}
     for name in config.eval.benchmarks:
         chosen = within_context(problems[name] if problems is not None else benchmark_problems(config, name),
-                                prompt_ids, context_length(model), config, name)
+                                prompt_ids, engine.context_length, config, name)
         per_seed = []
         for seed in seeds:
             results = evaluate(chosen, prompt_ids, engine, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),

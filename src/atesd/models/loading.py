@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -117,14 +119,11 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 def load_model_and_tokenizer(config: Config, path: str, base_path: str | None = None
                              ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model at `path` (in the configured dtype) and its tokenizer, as a plain `transformers` model.
-
-    A peft adapter directory at `path` is merged into the model at `base_path`. The pad token defaults to EOS
-    when the model has none; `model.chat_template` replaces the tokenizer's.
-    """
+    """The model at `path` (in the configured dtype) and its tokenizer (`load_tokenizer`), as a plain
+    `transformers` model. A peft adapter directory at `path` is merged into the model at `base_path`."""
     trust = config.model.trust_remote_code
     dtype = DTYPES[config.model.dtype]
-    try:
+    with _loading(path):
         if is_adapter_dir(path):
             from peft import PeftModel
 
@@ -135,16 +134,30 @@ def load_model_and_tokenizer(config: Config, path: str, base_path: str | None = 
             model = PeftModel.from_pretrained(base, path).merge_and_unload()
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-    # Missing or damaged files (a final_model cut short by an older atesd), an unreachable or unknown hub id.
-    except (OSError, SafetensorError, HFValidationError) as error:
-        detail = " ".join(str(error).split())
-        raise ModelLoadError(f"cannot load the model '{path}': {type(error).__name__}: {detail[:500]}") from None
+    return model, load_tokenizer(config, path)
+
+
+def load_tokenizer(config: Config, path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer at `path` (a model or adapter directory, or a hub id). The pad token defaults to EOS when the
+    model has none; `model.chat_template` replaces the tokenizer's."""
+    with _loading(path):
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if config.model.chat_template is not None:
         tokenizer.chat_template = _chat_template_text(config.model.chat_template)
-    return model, tokenizer
+    return tokenizer
+
+
+@contextlib.contextmanager
+def _loading(path: str) -> Iterator[None]:
+    """Missing or damaged files (a final_model cut short by an older atesd), an unreachable or unknown hub id:
+    one `ModelLoadError` naming `path`."""
+    try:
+        yield
+    except (OSError, SafetensorError, HFValidationError) as error:
+        detail = " ".join(str(error).split())
+        raise ModelLoadError(f"cannot load the model '{path}': {type(error).__name__}: {detail[:500]}") from None
 
 
 def warn_if_other_base(adapter: Path, base_path: str) -> None:

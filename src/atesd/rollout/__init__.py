@@ -21,10 +21,8 @@ def build_rollout_engine(config: Config, model: torch.nn.Module, tokenizer: PreT
     if config.rollout.engine == "vllm":
         from atesd.rollout.vllm import VLLMEngine
 
-        settings = config.rollout.vllm
-        return VLLMEngine(model, model_path, eos_token_id=tokenizer.eos_token_id, dtype=config.model.dtype,
-                          seed=seed, gpu_memory_utilization=settings.gpu_memory_utilization,
-                          max_model_len=settings.max_model_len, enforce_eager=settings.enforce_eager)
+        return VLLMEngine(model, model_path, config.rollout.vllm, eos_token_id=tokenizer.eos_token_id,
+                          dtype=config.model.dtype, seed=seed, trust_remote_code=config.model.trust_remote_code)
     return HFGenerateEngine(model, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                             batch_size=batch_size)
 

@@ -54,7 +54,8 @@ class AlongTrainingEvaluator:
     def evaluate(self, step: int) -> None:
         if self.processes.is_main:
             summaries = evaluate_model(self.config, self.model, self.tokenizer,
-                                       self.run_dir / "eval" / f"step-{step:07d}", "student", problems=self.problems)
+                                       self.run_dir / "eval" / f"step-{step:07d}", "student", problems=self.problems,
+                                       model_name=f"{self.run_dir} at step {step}")
             for row in summary_rows(step, summaries, self.config.eval.num_samples):
                 self.log.log(row)
         self.processes.wait_for_everyone()

@@ -1,0 +1,45 @@
+"""The settings of the vLLM engines (``pip install 'atesd[vllm]'``, on a machine with a CUDA GPU): the colocated
+engine of training rollouts (``rollout.vllm``, with its sync guard) and the engine of ``atesd eval``
+(``eval.vllm``). See docs/scaling.md#vllm-rollouts."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from atesd.config.section import Section
+
+
+class VLLMSettings(Section):
+    """What every `vllm.LLM` atesd builds takes from the config."""
+
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="Share of GPU memory vLLM may take.")
+    max_model_len: int | None = Field(None, ge=1, description="Prompt + completion tokens; default: the model's.")
+    enforce_eager: bool = Field(False, description="Skip CUDA graph capture (starts faster, samples slower).")
+
+
+class VLLMConfig(VLLMSettings):
+    """The colocated vLLM engine of training rollouts: one per training process, on its GPU."""
+
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="Share of GPU memory vLLM may take; the rest is left to training.")
+    sync_check: bool = Field(
+        True, description="The sync guard: after every weight sync, vLLM's log-probs of the first prompt's first "
+        "sync_check_tokens tokens must equal the training model's within sync_check_tolerance, else the run stops "
+        "(a LoRA adapter that did not arrive in vLLM: rollouts would sample the base model).")
+    sync_check_tokens: int = Field(64, ge=2, le=64, description="Prompt tokens the sync guard scores (at most 64).")
+    sync_check_tolerance: float = Field(
+        0.1, gt=0, description="Largest mean absolute difference (nats per token) between vLLM's and the training "
+        "model's log-probs the sync guard accepts; bf16 rounding makes about 0.01-0.03 (docs/scaling.md).")
+
+
+class EvalVLLMConfig(VLLMSettings):
+    """vLLM for ``atesd eval`` (``eval.engine: vllm``): the GPU is evaluation's alone."""
+
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of GPU memory vLLM may take.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs the model is split over (tensor parallelism).")
+    lora: Literal["merge", "request"] = Field(
+        "merge", description="How a LoRA adapter (a LoRA run's final_model) is served: merge (the run's "
+        "final_model_merged, else the adapter merged into the base model in a temporary directory) or request "
+        "(vLLM applies the adapter to the base model as a LoRA request).")
