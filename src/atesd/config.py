@@ -142,8 +142,20 @@ class VLLMConfig(Section):
     enforce_eager: bool = Field(False, description="Skip CUDA graph capture (starts faster, samples slower).")
 
 
+class DecodeLoopConfig(Section):
+    """atesd's decode loop, the hf engine's default sampler (docs/performance.md#sampling)."""
+
+    cache: Literal["static", "dynamic"] = Field("static", description="static: preallocated for prompt + new tokens.")
+    drop_finished: bool = Field(True, description="Finished sequences leave the batch (the tokens stay the same).")
+    compile: bool = Field(False, description="torch.compile the decode step, for GPUs (slower on CPU); implies a "
+                          "static cache and finished sequences kept.")
+
+
 class RolloutConfig(Section):
-    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate; vllm: colocated vLLM.")
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers (rollout.sampler); vllm: colocated vLLM.")
+    sampler: Literal["loop", "generate"] = Field("loop", description="hf engine: loop (generate's tokens, faster; "
+                                                 "a model it cannot serve gets generate) or generate.")
+    loop: DecodeLoopConfig = Field(default_factory=DecodeLoopConfig)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 disables top-k sampling.")
