@@ -175,8 +175,10 @@ def test_smollm2_samples_what_generate_samples(smollm2_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
-               for question in ("What is 2 + 3?", "Name a prime number larger than ten.", "Say hi.")]
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                           tokenize=False)
+             for question in ("What is 2 + 3?", "Name a prime number larger than ten.", "Say hi.")]
+    prompts = [tokenizer(text, add_special_tokens=False).input_ids for text in texts]
     assert_same_samples(model, prompts, tokenizer.pad_token_id, tokenizer.eos_token_id, batch_sizes=(3,),
                         seeds=(0,), samplings=[SamplingParams(temperature=1.0, top_p=0.95, top_k=20,
                                                               max_new_tokens=12)], options=OPTIONS[:2])
