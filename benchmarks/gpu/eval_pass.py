@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from shapes import build_model_dir, shapes_for, write_problems
+from shapes import add_shape_flags, build_model_dir, device_shapes, write_problems
 
 from atesd.config import load_config
 from atesd.eval.evaluate import evaluate, write_results
@@ -51,19 +51,14 @@ class CountingEngine:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test); Qwen3-1.7B otherwise")
-    parser.add_argument("--model-dir", type=Path, default=None,
-                        help="a model made by shapes.build_model_dir (made in a scratch folder otherwise)")
+    add_shape_flags(parser)
     parser.add_argument("--problems", type=int, default=16)
     parser.add_argument("--num-samples", type=int, default=12, help="k samples per problem (the paper's 12)")
     parser.add_argument("--batch-size", type=int, default=96, help="sequences per generate call (eval.yaml's)")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--out", type=Path, default=Path("gpu_eval.json"))
     args = parser.parse_args(argv)
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.tiny:
-        parser.error("no CUDA GPU: run with --tiny for the CPU smoke test")
-    label, shapes, dtype = shapes_for(args.tiny)
+    cuda, label, shapes, dtype = device_shapes(parser, args)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         model_dir = args.model_dir or build_model_dir(scratch / "model", shapes, dtype)

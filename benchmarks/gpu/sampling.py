@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from shapes import build_model_dir, shapes_for
+from shapes import add_shape_flags, build_model_dir, device_shapes
 
 from atesd.config import load_config
 from atesd.rollout import DecodeOptions, HFGenerateEngine, SamplingParams
@@ -46,19 +46,14 @@ def timed_round(engine: HFGenerateEngine, prompts: list[list[int]], sampling: Sa
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test); Qwen3-1.7B otherwise")
-    parser.add_argument("--model-dir", type=Path, default=None,
-                        help="a model made by shapes.build_model_dir (made in a scratch folder otherwise)")
+    add_shape_flags(parser)
     parser.add_argument("--lora", action="store_true", help="the recipe's LoRA adapters on every projection")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 96])
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("gpu_sampling.json"))
     args = parser.parse_args(argv)
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.tiny:
-        parser.error("no CUDA GPU: run with --tiny for the CPU smoke test")
-    label, shapes, dtype = shapes_for(args.tiny)
+    cuda, label, shapes, dtype = device_shapes(parser, args)
     lora = ("{r: 8, alpha: 16}" if args.tiny else "{r: 64, alpha: 128}") if args.lora else "null"
     sampling = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=args.max_new_tokens)
     rows = []

@@ -9,6 +9,7 @@ generated arithmetic problems as the JSONL a user's data would be.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -24,6 +25,21 @@ QWEN3_1_7B = {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 61
               "tie_word_embeddings": True}
 TINY = {**QWEN3_1_7B, "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+
+
+def add_shape_flags(parser: argparse.ArgumentParser) -> None:
+    """``--tiny`` and ``--model-dir``, which every timed part of the check takes."""
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test); Qwen3-1.7B otherwise")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="a model made by shapes.build_model_dir (made in a scratch folder otherwise)")
+
+
+def device_shapes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[bool, str, dict, str]:
+    """(CUDA?, label, architecture, dtype) for the parsed flags; full shapes without a GPU are an error."""
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.tiny:
+        parser.error("no CUDA GPU: run with --tiny for the CPU smoke test")
+    return (cuda, *shapes_for(args.tiny))
 
 
 def shapes_for(tiny: bool) -> tuple[str, dict, str]:
