@@ -111,12 +111,12 @@ def keeps_the_stream(device: torch.device) -> bool:
     once per device on a private RNG state; a torch that samples otherwise keeps finished rows in the batch)."""
     if device not in _STREAM_KEPT:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            probs = torch.softmax(torch.randn(6, 50, device=device), dim=-1)
+            probs = torch.softmax(2 * torch.randn(16, 100, device=device), dim=-1)
             torch.manual_seed(0)
             expected = torch.multinomial(probs, 1).squeeze(1)
             torch.manual_seed(0)
-            rows = torch.tensor([1, 4], device=device)
-            _STREAM_KEPT[device] = torch.equal(same_stream_sample(probs[rows], rows, 6), expected[rows])
+            rows = torch.arange(1, 16, 2, device=device)  # eight rows of 100 tokens: no agreement by chance
+            _STREAM_KEPT[device] = torch.equal(same_stream_sample(probs[rows], rows, 16), expected[rows])
     return _STREAM_KEPT[device]
 
 
