@@ -2,7 +2,9 @@
 
 Each method trains from the same cached base model and seed with its own recipe (``configs/embedded/<method>.yaml``
 as shipped; ATESD and OPSD measure the probe NLL every step, GRPO samples its group of rollouts per prompt).
-After `--warmup` untimed steps, `--repeats` steps are timed from the trainer's own per-step record:
+Every variant's trainer is built first, then the steps run in turn, one step of each variant after the other, so
+that a machine that gets busier or quieter during the run weighs on all of them. After `--warmup` untimed steps,
+`--repeats` steps are timed from the trainer's own per-step record:
 
 - ``rollout_time`` (sampling, with grading), ``teacher_time`` (teacher forwards: the distillation targets and the
   reference scoring g_t), ``update_time`` (student forward, backward, optimizer), ``probe_time`` (probe NLL),
@@ -12,7 +14,10 @@ A key the trainer does not write (yet) shows as None. Throughput is generated to
 (rollout: sampled; teacher and update: scored), and forward tokens per second of teacher + update; the share of
 each part is its time over the step's. Variants with ``+bf16`` set ``train.bf16_autocast``: their first step
 uses the same rollouts as the float32 run (same seed, same weights, and sampling is never autocast), so the
-difference of the step-0 loss and mean KL is the numerical effect of autocast alone.
+difference of the step-0 loss and mean KL is the numerical effect of autocast alone. Variants with ``+generate``
+sample with transformers' generate (``rollout.sampler=generate``, the sampler before issue 27) instead of atesd's
+decode loop: the same tokens, so the same steps, at another sampling cost. ``cpu_step_s`` is the step's CPU time
+in this process (steadier than wall time on a shared machine).
 
     python benchmarks/bench_step.py --out runs/bench/step.json
 """
@@ -37,10 +42,14 @@ VARIANTS = {
     "atesd": ("atesd.yaml", []),
     "grpo": ("grpo.yaml", []),
     "opsd+bf16": ("opsd.yaml", ["train.bf16_autocast=true"]),
+    "opsd+generate": ("opsd.yaml", ["rollout.sampler=generate"]),
+    "atesd+generate": ("atesd.yaml", ["rollout.sampler=generate"]),
+    "grpo+generate": ("grpo.yaml", ["rollout.sampler=generate"]),
 }
 
 
-def run_variant(name: str, args: argparse.Namespace, output_dir: str) -> dict:
+def build_trainer(name: str, args: argparse.Namespace, output_dir: str) -> Trainer | dict:
+    """The variant's trainer, ready for its first step, or a row with the reason it cannot run."""
     config_file, overrides = VARIANTS[name]
     if not (CONFIGS / config_file).is_file():
         return {"variant": name, "error": f"configs/embedded/{config_file} does not exist on this branch"}
@@ -50,11 +59,19 @@ def run_variant(name: str, args: argparse.Namespace, output_dir: str) -> dict:
         f"run.seed={args.seed}", f"train.checkpoint_every={steps}"])
     trainer = Trainer(config)
     trainer.last_probe_nll = trainer.probe_nll()  # what train() does before its first step
-    records, wall = [], []
-    for _ in range(steps):
-        started = time.perf_counter()
-        records.append(trainer.train_step())
-        wall.append(time.perf_counter() - started)
+    return trainer
+
+
+def timed_step(trainer: Trainer, runs: dict) -> None:
+    started, cpu = time.perf_counter(), time.process_time()
+    runs["records"].append(trainer.train_step())
+    runs["wall"].append(time.perf_counter() - started)
+    runs["cpu"].append(time.process_time() - cpu)
+
+
+def summarise(name: str, trainer: Trainer, runs: dict, args: argparse.Namespace) -> dict:
+    records, wall = runs["records"], runs["wall"]
+    config = trainer.config
     timed = records[args.warmup:]
 
     def mean(key: str) -> float | None:
@@ -64,6 +81,7 @@ def run_variant(name: str, args: argparse.Namespace, output_dir: str) -> dict:
     row = {"variant": name, "method": config.method, "steps_timed": len(timed),
            "step_s": statistics.mean(wall[args.warmup:]),
            "step_s_std": statistics.stdev(wall[args.warmup:]) if len(timed) > 1 else 0.0,
+           "cpu_step_s": statistics.mean(runs["cpu"][args.warmup:]),
            "step_time": mean("step_time"), "generated_tokens": mean("generated_tokens"),
            "forward_tokens": mean("forward_tokens"), "first_loss": records[0].get("loss"),
            "first_kl_mean": records[0].get("kl_mean"),
@@ -93,8 +111,14 @@ def main() -> None:
 
     results = []
     with tempfile.TemporaryDirectory() as output_dir:
-        for name in args.variants:
-            results.append(run_variant(name, args, output_dir))
+        trainers = {name: build_trainer(name, args, output_dir) for name in args.variants}
+        runs = {name: {"records": [], "wall": [], "cpu": []} for name in trainers}
+        for _ in range(args.warmup + args.repeats):
+            for name, trainer in trainers.items():
+                if isinstance(trainer, Trainer):
+                    timed_step(trainer, runs[name])
+        for name, trainer in trainers.items():
+            results.append(summarise(name, trainer, runs[name], args) if isinstance(trainer, Trainer) else trainer)
             row = results[-1]
             print(f"{name}: " + (row["error"] if "error" in row else f"{row['step_s'] * 1000:.0f} ms/step"),
                   flush=True)
@@ -106,10 +130,10 @@ def main() -> None:
         for key in ("first_loss", "first_kl_mean"):
             base, other = ok["opsd"][key], ok["opsd+bf16"][key]
             ok["opsd+bf16"][f"{key}_rel_diff"] = abs(other - base) / abs(base) if base else None
-    header = ["variant", "step ms", "× opsd", "rollout share", "teacher share", "update share", "probe share",
+    header = ["variant", "step ms", "CPU ms", "× opsd", "rollout share", "teacher share", "update share", "probe share",
               "rollout tok/s", "teacher tok/s", "update tok/s", "forward tok/s"]
     print(markdown_table(header, [
-        [r["variant"], r["step_s"] * 1000, r["vs_opsd"], r["rollout_share"], r["teacher_share"], r["update_share"],
+        [r["variant"], r["step_s"] * 1000, r["cpu_step_s"] * 1000, r["vs_opsd"], r["rollout_share"], r["teacher_share"], r["update_share"],
          r["probe_share"], r["rollout_tok_s"], r["teacher_tok_s"], r["update_tok_s"], r["forward_tok_s"]]
         for r in ok.values()]))
     write_results(args.out, "step", args, results)

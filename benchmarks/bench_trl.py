@@ -25,8 +25,10 @@ step's tokens, SDFT per sequence), so at a real rate the two policies drift apar
 different lengths, which is different work; at 1e-12 every step still runs the optimizer, and both keep sampling
 from the base model. Times are also reported per 1,000 generated tokens.
 
-Order: half of atesd's steps, TRL's, then the other half of atesd's, so that a machine that gets busier or quieter
-during the run weighs on both. Each side's first `--warmup` steps are not timed.
+atesd runs once per ``--samplers`` value (``rollout.sampler``: atesd's decode loop, the default, and transformers'
+generate, the sampler before issue 27; both sample the same tokens), each against the same TRL run. Order: half of
+each sampler's steps, TRL's, then the other half of each in reverse order, so that a machine that gets busier or
+quieter during the run weighs on all of them. Each run's first `--warmup` steps (in each half) are not timed.
 
     pip install -e ".[bench]"   # trl, pinned
     python benchmarks/bench_trl.py --out runs/bench/trl.json
@@ -130,6 +132,8 @@ def main() -> None:
     add_common_flags(parser, repeats=10)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first, on each side")
     parser.add_argument("--lr", type=float, default=1e-12, help="learning rate of both (see the docstring)")
+    parser.add_argument("--samplers", nargs="+", default=["loop", "generate"], choices=["loop", "generate"],
+                        help="atesd's rollout.sampler values, each timed against the same TRL run")
     args = parser.parse_args()
     if args.quick:
         args.warmup, args.repeats = 1, min(args.repeats, 2)
@@ -140,54 +144,68 @@ def main() -> None:
         raise SystemExit("bench_trl needs trl: pip install -e '.[bench]'") from None
 
     steps = args.warmup + args.repeats
+    first = steps // 2 + args.warmup
+    trainers, atesd_rows = {}, {name: [] for name in args.samplers}
     with tempfile.TemporaryDirectory() as output_dir:
-        config = load_config(CONFIG, [f"run.output_dir={output_dir}", "run.name=atesd-opsd",
-                                      f"train.steps={2 * steps}", f"train.probe_every={10 * steps}",
-                                      f"train.checkpoint_every={10 * steps}", f"train.lr={args.lr}"])
+        configs = {name: load_config(CONFIG, [
+            f"run.output_dir={output_dir}", f"run.name=atesd-opsd-{name}", f"rollout.sampler={name}",
+            f"train.steps={2 * steps}", f"train.probe_every={10 * steps}", f"train.checkpoint_every={10 * steps}",
+            f"train.lr={args.lr}"]) for name in args.samplers}
+        config = configs[args.samplers[0]]
         model_dir = embedded_base_model(config)
         problems = embedded_splits(config.data.task, config.data.probe_size)["train"]
-        first = steps // 2 + args.warmup
-        trainer, atesd_rows = atesd_steps(config, first, None)
+        for name in args.samplers:
+            trainers[name], rows = atesd_steps(configs[name], first, None)
+            atesd_rows[name] += rows[args.warmup:]
         data = problems[: steps * config.train.batch_size]
         trl_rows, trl_info = trl_steps(config, model_dir, data, steps, output_dir + "/trl", checkpointing=False)
         trl_default = None if args.quick else trl_steps(config, model_dir, data, steps, output_dir + "/trl-default",
                                                         checkpointing=True)[0]
-        _, more = atesd_steps(config, steps - first + args.warmup, trainer)
-        atesd_teacher = statistics.mean(len(trainer.parts.prompts.teacher(p, 1.0)) for p in problems[:256])
+        for name in reversed(args.samplers):
+            atesd_rows[name] += atesd_steps(configs[name], steps - first + args.warmup, trainers[name])[1][args.warmup:]
+        atesd_teacher = statistics.mean(len(trainers[args.samplers[0]].parts.prompts.teacher(p, 1.0))
+                                        for p in problems[:256])
 
-    atesd_timed = atesd_rows[args.warmup:] + more[args.warmup:]
     trl_timed = trl_rows[args.warmup:]
     def per_k_tokens(rows: list[dict], key: str = "step_s") -> float:
         return 1000 * sum(r[key] for r in rows) / sum(r["generated_tokens"] for r in rows)
 
+    def atesd_figures(rows: list[dict]) -> dict:
+        figures = {"atesd_s_per_k_tokens": per_k_tokens(rows),
+                   "atesd_same_work_s_per_k_tokens": per_k_tokens(rows, "same_work_s"),
+                   "atesd_step_s": statistics.median(r["step_s"] for r in rows),
+                   "atesd_same_work_s": statistics.median(r["same_work_s"] for r in rows),
+                   "atesd_generated_tokens": statistics.mean(r["generated_tokens"] for r in rows),
+                   "atesd_steps": rows}
+        figures["ratio_step"] = figures["atesd_step_s"] / trl_step
+        figures["ratio_same_work"] = figures["atesd_same_work_s"] / trl_step
+        figures["ratio_per_token"] = figures["atesd_s_per_k_tokens"] / trl_per_k
+        figures["ratio_same_work_per_token"] = figures["atesd_same_work_s_per_k_tokens"] / trl_per_k
+        return figures
+
+    trl_step, trl_per_k = statistics.median(r["step_s"] for r in trl_timed), per_k_tokens(trl_timed)
+    samplers = {name: atesd_figures(rows) for name, rows in atesd_rows.items()}
     result = {
         "trl_version": trl.__version__,
-        "atesd_s_per_k_tokens": per_k_tokens(atesd_timed),
-        "atesd_same_work_s_per_k_tokens": per_k_tokens(atesd_timed, "same_work_s"),
-        "trl_s_per_k_tokens": per_k_tokens(trl_timed),
+        # The first sampler's figures (rollout.sampler's default, loop) at the top level, each sampler's below.
+        **samplers[args.samplers[0]], "samplers": samplers,
+        "trl_s_per_k_tokens": trl_per_k,
         "trl_generated_tokens": statistics.mean(r["generated_tokens"] for r in trl_timed),
-        "atesd_step_s": statistics.median(r["step_s"] for r in atesd_timed),
-        "atesd_same_work_s": statistics.median(r["same_work_s"] for r in atesd_timed),
-        "trl_step_s": statistics.median(r["step_s"] for r in trl_timed),
-        "atesd_generated_tokens": statistics.mean(r["generated_tokens"] for r in atesd_timed),
+        "trl_step_s": trl_step,
         "atesd_teacher_prompt_tokens_mean": atesd_teacher, **{f"trl_{k}": v for k, v in trl_info.items()},
         "trl_default_checkpointing_step_s": (statistics.median(r["step_s"] for r in trl_default[args.warmup:])
                                              if trl_default else None),
-        "atesd_steps": atesd_timed, "trl_steps": trl_timed,
+        "trl_steps": trl_timed,
     }
-    result["ratio_step"] = result["atesd_step_s"] / result["trl_step_s"]
-    result["ratio_same_work"] = result["atesd_same_work_s"] / result["trl_step_s"]
-    result["ratio_per_token"] = result["atesd_s_per_k_tokens"] / result["trl_s_per_k_tokens"]
-    result["ratio_same_work_per_token"] = result["atesd_same_work_s_per_k_tokens"] / result["trl_s_per_k_tokens"]
     print(markdown_table(
-        ["atesd step s", "atesd same-work s", f"TRL {trl.__version__} SDFT step s", "SDFT with its default checkpointing s",
-         "atesd / TRL", "same work / TRL", "same work / TRL per token", "generated tokens (atesd / TRL)",
-         "teacher prompt tokens (atesd / TRL)"],
-        [[result["atesd_step_s"], result["atesd_same_work_s"], result["trl_step_s"],
-          result["trl_default_checkpointing_step_s"], result["ratio_step"], result["ratio_same_work"],
-          result["ratio_same_work_per_token"],
-          f"{result['atesd_generated_tokens']:.0f} / {result['trl_generated_tokens']:.0f}",
-          f"{atesd_teacher:.0f} / {result['trl_teacher_prompt_tokens_mean']:.0f}"]]))
+        ["rollout.sampler", "atesd step s", "atesd same-work s", f"TRL {trl.__version__} SDFT step s",
+         "SDFT with its default checkpointing s", "atesd / TRL", "same work / TRL", "same work / TRL per token",
+         "generated tokens (atesd / TRL)", "teacher prompt tokens (atesd / TRL)"],
+        [[name, figures["atesd_step_s"], figures["atesd_same_work_s"], trl_step,
+          result["trl_default_checkpointing_step_s"], figures["ratio_step"], figures["ratio_same_work"],
+          figures["ratio_same_work_per_token"],
+          f"{figures['atesd_generated_tokens']:.0f} / {result['trl_generated_tokens']:.0f}",
+          f"{atesd_teacher:.0f} / {result['trl_teacher_prompt_tokens_mean']:.0f}"] for name, figures in samplers.items()]))
     write_results(args.out, "trl", args, result)
 
 

@@ -7,7 +7,7 @@ Parts (each its own script here, run in its own process with the same --threads 
   ``divergence_hidden`` the same from hidden states + LM head (what the trainer calls; float32 on CPU, whose
   bf16 matmuls are slow, bf16 on a GPU);
 - ``step``: a training step on the embedded default for OPSD, ATESD, GRPO and OPSD with bf16 autocast;
-- ``rollout``: HF-engine sampling throughput over batch sizes;
+- ``rollout``: HF-engine sampling throughput over batch sizes, each sampler against one forward;
 - ``grading``: answers/s on the benchmark answer files, in-process against worker pools;
 - ``prompts``: prompt tokenization per step, fresh against PromptBuilder's caches;
 - ``scoring``: the teacher's two scoring passes of a distillation step, separate against one batched forward;
@@ -81,7 +81,8 @@ def headline(part: str, document: dict[str, Any]) -> list[list[Any]]:
             if "first_loss_rel_diff" in r:
                 rows.append([part, f"{r['variant']} step-0 loss rel diff vs float32", r["first_loss_rel_diff"], ""])
     elif part == "rollout":
-        rows += [[part, f"batch {r['batch_size']}", r["tokens_per_s"], "tokens/s"] for r in results]
+        rows += [[part, f"batch {r['batch_size']}, {r['variant']}", (f"{r['tokens_per_s']:.0f} "
+                  f"({r['x_forward_cpu']:.2f}× forward)"), "tokens/s"] for r in results]
     elif part == "grading":
         rows += [[part, f"{r['batch']} ({r['answers']}), workers {r['workers']} {r['mode']}", r["answers_per_s"],
                   "answers/s"] for r in results]

@@ -34,7 +34,7 @@ def test_run_sh_tiny_installs_the_wheels_and_runs_every_part(tmp_path):
                           capture_output=True, text=True, timeout=600)
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert done.returncode == 0, done.stdout + done.stderr
-    assert report["all_ok"] and list(report["parts"]) == ["agreement", "eval", "fsdp", "lora"]
+    assert report["all_ok"] and list(report["parts"]) == ["agreement", "eval", "fsdp", "sampling", "lora"]
     # atesd and what a GPU machine lacks came from the scratch install, not from this environment
     packages = report["environment"]["packages"]
     for name in ("atesd", "math_verify", "pydantic"):
@@ -93,3 +93,16 @@ def test_agreement_compares_every_gradient():
     assert report["1.0"]["grad_rel_diff"] == pytest.approx(0.01)
     assert not report["agree"] and report["worst_rel_diff"] == pytest.approx(0.01)
     assert agreement.compare(cpu, dict(cpu))["agree"]
+
+
+@pytest.mark.slow
+def test_sampling_compares_the_samplers_at_tiny_shapes(tmp_path):
+    out = tmp_path / "sampling.json"
+    done = subprocess.run([sys.executable, "sampling.py", "--tiny", "--lora", "--batch-sizes", "3",
+                           "--max-new-tokens", "6", "--variants", "generate", "loop", "--out", str(out)],
+                          cwd=GPU, check=False, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["variant"], r["sampler_used"]) for r in rows] == [("generate", "generate"), ("loop", "loop")]
+    assert all(r["same_tokens_as_first_variant"] and r["generated_tokens"] == 3 * 6 for r in rows)

@@ -5,7 +5,9 @@
 1. ``agreement`` (`agreement.py`): the distillation loss and gradients on CUDA against the CPU, embedded model;
 2. ``eval`` (`eval_pass.py`): the evaluation code path at Qwen3-1.7B shapes, generated tokens/s;
 3. ``fsdp`` (`train_step.py --fsdp` under ``accelerate launch``): full-fine-tuning steps sharded by FSDP2;
-4. ``lora`` (`train_step.py`): training steps at Qwen3-1.7B shapes, LoRA, bf16, gradient checkpointing, 1,024
+4. ``sampling`` (`sampling.py --lora`): generate, atesd's decode loop and its compiled step side by side, ms per
+   decode step and whether they sample the same tokens;
+5. ``lora`` (`train_step.py`): training steps at Qwen3-1.7B shapes, LoRA, bf16, gradient checkpointing, 1,024
    sampled tokens per rollout (the recipe's worst case; the longest part: about 3 minutes on an H200).
 
 Each part gets what is left of ``--budget-s`` (default 450 s, so that the whole check ends within 8 minutes)
@@ -46,7 +48,11 @@ def part_commands(tiny: bool, model_dir: Path, scratch: Path) -> dict[str, tuple
     sizes = {"eval": ["--problems", "4", "--num-samples", "2", "--max-new-tokens", "16"],
              "lora": ["--steps", "2", "--batch-size", "2", "--micro-batch-size", "1", "--max-new-tokens", "12"],
              "fsdp": ["--steps", "2", "--batch-size", "2", "--micro-batch-size", "1", "--max-new-tokens", "12"]} \
-        if tiny else {"eval": [], "lora": ["--steps", "2"], "fsdp": ["--steps", "2", "--max-new-tokens", "256"]}
+        if tiny else {"eval": ["--max-new-tokens", "256"], "lora": ["--steps", "2"],
+                      "fsdp": ["--steps", "2", "--max-new-tokens", "256"]}
+    # On a CPU the compiled step takes a minute to compile: the smoke test leaves it out.
+    sampling = ["--batch-sizes", "2", "--max-new-tokens", "8", "--variants", "generate", "loop"] if tiny \
+        else ["--batch-sizes", "8", "--max-new-tokens", "64"]
     tiny_flag = ["--tiny"] if tiny else []
     cpu = {"ACCELERATE_USE_CPU": "true"} if tiny else {}
     launch = [python, "-m", "accelerate.commands.launch", "--config_file",
@@ -58,6 +64,8 @@ def part_commands(tiny: bool, model_dir: Path, scratch: Path) -> dict[str, tuple
                   "--out", str(scratch / "eval.json")], 150, {}),
         "fsdp": ([*launch, str(HERE / "train_step.py"), "--fsdp", *tiny_flag, *model, *sizes["fsdp"],
                   "--out", str(scratch / "fsdp.json")], 150, cpu),
+        "sampling": ([python, str(HERE / "sampling.py"), "--lora", *tiny_flag, *model, *sampling,
+                      "--out", str(scratch / "sampling.json")], 120, {}),
         "lora": ([python, str(HERE / "train_step.py"), *tiny_flag, *model, *sizes["lora"],
                   "--out", str(scratch / "lora.json")], 300, {}),
     }
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and the parts' logs")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on a CPU (the smoke test)")
     parser.add_argument("--budget-s", type=float, default=450.0, help="the whole check's time, model build included")
-    parser.add_argument("--parts", nargs="+", default=None, help="only these parts (agreement eval fsdp lora)")
+    parser.add_argument("--parts", nargs="+", default=None, help="only these parts (agreement eval fsdp sampling lora)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() and not args.tiny:
         parser.error("no CUDA GPU: run with --tiny for the CPU smoke test")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from shapes import add_model_flags, build_model_dir, require_gpu_unless_tiny, shapes_for, write_problems
+from shapes import add_shape_flags, build_model_dir, device_shapes, write_problems
 
 from atesd.config import load_config
 from atesd.eval.evaluate import evaluate, write_results
@@ -49,15 +49,14 @@ class CountingEngine:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_model_flags(parser)
+    add_shape_flags(parser)
     parser.add_argument("--problems", type=int, default=16)
     parser.add_argument("--num-samples", type=int, default=12, help="k samples per problem (the paper's 12)")
     parser.add_argument("--batch-size", type=int, default=96, help="sequences per generate call (eval.yaml's)")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--out", type=Path, default=Path("gpu_eval.json"))
     args = parser.parse_args(argv)
-    cuda = require_gpu_unless_tiny(parser, args.tiny)
-    label, shapes, dtype = shapes_for(args.tiny)
+    cuda, label, shapes, dtype = device_shapes(parser, args)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         model_dir = args.model_dir or build_model_dir(scratch / "model", shapes, dtype)

@@ -27,6 +27,21 @@ TINY = {**QWEN3_1_7B, "vocab_size": 1024, "hidden_size": 64, "intermediate_size"
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
 
 
+def add_shape_flags(parser: argparse.ArgumentParser) -> None:
+    """``--tiny`` and ``--model-dir``, which every timed part of the check takes."""
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test); Qwen3-1.7B otherwise")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="a model made by shapes.build_model_dir (made in a scratch folder otherwise)")
+
+
+def device_shapes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[bool, str, dict, str]:
+    """(CUDA?, label, architecture, dtype) for the parsed flags; full shapes without a GPU are an error."""
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.tiny:
+        parser.error("no CUDA GPU: run with --tiny for the CPU smoke test")
+    return (cuda, *shapes_for(args.tiny))
+
+
 def shapes_for(tiny: bool) -> tuple[str, dict, str]:
     """(label, architecture, dtype): float32 at tiny shapes (CPUs are slow at bf16 matmuls), bf16 otherwise."""
     return ("tiny", TINY, "float32") if tiny else ("Qwen3-1.7B", QWEN3_1_7B, "bfloat16")
@@ -58,18 +73,3 @@ def write_problems(path: Path, count: int, *, with_answers: bool = False) -> Pat
                                                                            else {})} for p in problems]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
-
-
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags every part that builds a Qwen3-shaped model takes: ``--tiny`` and ``--model-dir``."""
-    parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test); Qwen3-1.7B otherwise")
-    parser.add_argument("--model-dir", type=Path, default=None,
-                        help="a model made by shapes.build_model_dir (made in a scratch folder otherwise)")
-
-
-def require_gpu_unless_tiny(parser: argparse.ArgumentParser, tiny: bool) -> bool:
-    """Whether there is a CUDA GPU; without one only ``--tiny`` runs."""
-    cuda = torch.cuda.is_available()
-    if not cuda and not tiny:
-        parser.error("no CUDA GPU: run with --tiny for the CPU smoke test")
-    return cuda

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from shapes import add_model_flags, build_model_dir, require_gpu_unless_tiny, shapes_for, write_problems
+from shapes import add_shape_flags, build_model_dir, device_shapes, write_problems
 
 from atesd.config import load_config
 from atesd.train.trainer import Trainer
@@ -44,7 +44,7 @@ PARTS = ("rollout", "teacher", "update", "probe", "exposure")
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_model_flags(parser)
+    add_shape_flags(parser)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per step (the recipe uses 32)")
     parser.add_argument("--micro-batch-size", type=int, default=8, help="prompts per forward and per generate call")
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.fsdp and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
         parser.error("--fsdp: launch with accelerate launch --config_file configs/accelerate/fsdp.yaml")
 
-    cuda = require_gpu_unless_tiny(parser, args.tiny)
-    label, shapes, dtype = shapes_for(args.tiny)
+    cuda, label, shapes, dtype = device_shapes(parser, args)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         model_dir = args.model_dir or build_model_dir(scratch / "model", shapes, dtype)

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from atesd.config.engines import EvalVLLMConfig, VLLMConfig
+from atesd.config.engines import DecodeLoopConfig, EvalVLLMConfig, VLLMConfig
 from atesd.config.peers import AdaBackConfig, AnchoredResidualConfig, SeeleConfig
 from atesd.config.section import Section
 from atesd.data.arithmetic import EmbeddedTaskConfig
@@ -132,7 +132,10 @@ class DataConfig(Section):
 
 
 class RolloutConfig(Section):
-    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate; vllm: colocated vLLM.")
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers (rollout.sampler); vllm: colocated vLLM.")
+    sampler: Literal["loop", "generate"] = Field("loop", description="hf engine: loop (generate's tokens, faster; "
+                                                 "a model it cannot serve gets generate) or generate.")
+    loop: DecodeLoopConfig = Field(default_factory=DecodeLoopConfig)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 disables top-k sampling.")

@@ -43,3 +43,12 @@ class EvalVLLMConfig(VLLMSettings):
         "merge", description="How a LoRA adapter (a LoRA run's final_model) is served: merge (the run's "
         "final_model_merged, else the adapter merged into the base model in a temporary directory) or request "
         "(vLLM applies the adapter to the base model as a LoRA request).")
+
+
+class DecodeLoopConfig(Section):
+    """atesd's decode loop, the hf engine's default sampler (docs/performance.md#sampling)."""
+
+    cache: Literal["static", "dynamic"] = Field("static", description="static: preallocated for prompt + new tokens.")
+    drop_finished: bool = Field(True, description="Finished sequences leave the batch (the tokens stay the same).")
+    compile: bool = Field(False, description="torch.compile the decode step, for GPUs (slower on CPU); implies a "
+                          "static cache and finished sequences kept.")

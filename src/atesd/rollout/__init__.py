@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from atesd.rollout.base import Completions, RolloutEngine, SamplingParams
+from atesd.rollout.decode import DecodeOptions
 from atesd.rollout.hf import HFGenerateEngine
 
 if TYPE_CHECKING:
@@ -23,8 +24,10 @@ def build_rollout_engine(config: Config, model: torch.nn.Module, tokenizer: PreT
 
         return VLLMEngine(model, model_path, config.rollout.vllm, eos_token_id=tokenizer.eos_token_id,
                           dtype=config.model.dtype, seed=seed, trust_remote_code=config.model.trust_remote_code)
+    loop = config.rollout.loop
     return HFGenerateEngine(model, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                            batch_size=batch_size)
+                            batch_size=batch_size, sampler=config.rollout.sampler,
+                            decode_options=DecodeOptions(loop.cache, loop.drop_finished, loop.compile))
 
 
-__all__ = ["Completions", "HFGenerateEngine", "RolloutEngine", "SamplingParams", "build_rollout_engine"]
+__all__ = ["Completions", "DecodeOptions", "HFGenerateEngine", "RolloutEngine", "SamplingParams", "build_rollout_engine"]
