@@ -83,7 +83,8 @@ def test_a_random_exposure_runs_diagnosis_equals_a_recomputation_from_its_metric
     result = json.loads((out / "diagnose.json").read_text())
     fits = {row["signal"]: row for row in result["fits"] if row["table"] == "windows"}
     expected = _recompute(runs)
-    assert set(fits) == set(expected)
+    assert set(expected) <= set(fits)  # and our estimators of the probe NLL (tests/test_diagnose_signals.py)
+    assert set(fits) - set(expected) == {"probe_tscl", "probe_alp", "probe_quantile"}
     for term, figures in expected.items():
         for key, value in figures.items():
             assert fits[term][key] == (value if value is None or isinstance(value, str) else

@@ -185,8 +185,8 @@ class ControllerConfig(Section):
         (2.0, 2.0), description="(a, b) of the starting policy, set through the output bias (ours: Beta(2, 2)).")
     lookahead: int = Field(4, ge=1, description="L: updates over which a decision's reward is summed.")
     discount: float = Field(0.9, ge=0, le=1, description="gamma of the discounted reward.")
-    progress_signal: Literal["probe_nll", "distill_loss"] = Field(
-        "probe_nll", description="The loss l whose drops make G_lp.")
+    progress_signal: Literal["probe_nll", "distill_loss", "style_nll"] = Field(
+        "probe_nll", description="The loss l whose drops make G_lp; style_nll: the style probe's (ours).")
     teacher_grounded_weight: float = Field(0.1, ge=0, description="lambda_gt: weight of G_gt in R (0: G_lp only).")
     decisions_per_update: int = Field(4, ge=2, description="B: rewarded decisions per REINFORCE update.")
     lr: float = Field(1e-2, gt=0, description="Adam learning rate of the policy.")
@@ -204,6 +204,11 @@ class ControllerConfig(Section):
         8, ge=1, description="Exposure per problem: problems of each step whose own reference NLL is measured "
         "before their update and after the look-ahead, to reward their alpha (the first of the batch; each costs "
         "two reference passes under the student prompt).")
+    credit: Literal["own_nll", "alignment"] = Field("own_nll", description="Exposure per problem's credit: own NLL "
+                                                   "drop, or alignment (ours, docs/controller.md#signals-with-power).")
+    alignment_probe: Literal["style", "reference"] = Field("style", description="The probe alignment is measured on.")
+    alignment_refresh: int = Field(5, ge=1, description="Steps between refreshes of the probe gradient (ours).")
+    style_probe_samples: int = Field(4, ge=1, description="Base-model samples per probe problem (ours).")
 
     @field_validator("initial_beta")
     @classmethod
@@ -232,9 +237,11 @@ class ExposureConfig(Section):
     def _clip_range_is_ordered(self) -> ExposureConfig:
         if self.alpha_min > self.alpha_max:
             raise ValueError(f"alpha_min ({self.alpha_min}) is above alpha_max ({self.alpha_max})")
-        if self.per_problem and self.policy != "controller":
-            raise ValueError(f"per_problem: the learned controller chooses each problem's alpha, policy is "
-                             f"'{self.policy}': set exposure.policy: controller and method: atesd")
+        if self.per_problem and self.policy not in ("controller", "random"):
+            raise ValueError(f"per_problem: the learned controller chooses each problem's alpha (or random exposure "
+                             f"draws it), policy is '{self.policy}': set exposure.policy: controller and method: atesd")
+        if self.controller.credit == "alignment" and self.policy == "controller" and not self.per_problem:
+            raise ValueError("controller.credit: alignment credits each problem's own alpha: set per_problem: true")
         return self
 
 
@@ -317,6 +324,13 @@ class Config(Section):
         if learned and self.exposure.controller.progress_signal == "probe_nll" and self.data.probe_size == 0:
             raise ValueError("the controller's reward uses probe_nll, which needs a probe set: set data.probe_size "
                              "> 0 or exposure.controller.progress_signal: distill_loss")
+        controller = self.exposure.controller  # uses_alignment and uses_style_probe (exposure/signals.py)
+        aligns = controller.credit == "alignment" and self.exposure.policy in ("controller", "random")
+        if (controller.progress_signal == "style_nll" or aligns and controller.alignment_probe == "style") \
+                and self.data.probe_size == 0:
+            raise ValueError("the style probe is sampled on the probe problems: set data.probe_size > 0")
+        if aligns and self.method not in ("opsd", "atesd"):
+            raise ValueError("controller.credit: alignment is measured on the distillation loss (opsd or atesd)")
         return self
 
 

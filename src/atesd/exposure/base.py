@@ -5,8 +5,9 @@ never sees the trainer. Only the main process asks for α (and broadcasts it); e
 statistics, already averaged over processes. A policy's whole state goes into checkpoints so that a resumed run
 takes the same decisions as an uninterrupted one.
 
-A policy with ``per_problem`` true (`PerProblemExposure`) answers `alphas(step, views)` instead of `alpha(step)`,
-one α per problem, and is told each step's own-problem measurements (`nll_wanted`, `measured`) before `observe`.
+A policy with ``per_problem`` true (`PerProblemExposure`, `RandomPerProblemExposure`) answers `alphas(step, views)`
+instead of `alpha(step)`, one α per problem, and is told each step's own-problem measurements (`nll_wanted`,
+`measured`, or `aligned` under the alignment credit) before `observe`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from typing import Any, Protocol
 from atesd.config import ExposureConfig
 from atesd.exposure.controller import ControllerExposure
 from atesd.exposure.per_problem import PerProblemExposure
-from atesd.exposure.simple import FixedExposure, LinearScheduleExposure, RandomExposure
+from atesd.exposure.simple import (
+    FixedExposure,
+    LinearScheduleExposure,
+    RandomExposure,
+    RandomPerProblemExposure,
+)
 
 
 class ExposurePolicy(Protocol):
@@ -47,10 +53,13 @@ class ExposurePolicy(Protocol):
         ...
 
 
-def build_exposure_policy(config: ExposureConfig, total_steps: int, seed: int) -> ExposurePolicy | PerProblemExposure:
+def build_exposure_policy(config: ExposureConfig, total_steps: int,
+                          seed: int) -> ExposurePolicy | PerProblemExposure | RandomPerProblemExposure:
     """The policy named by ``config.policy``; `total_steps` sets schedules and the progress feature."""
     if config.policy == "fixed":
         return FixedExposure(config.alpha)
+    if config.policy == "random" and config.per_problem:
+        return RandomPerProblemExposure(config.alpha_min, config.alpha_max, seed)
     if config.policy == "random":
         return RandomExposure(config.alpha_min, config.alpha_max, config.hold_steps, seed)
     if config.policy == "schedule":
