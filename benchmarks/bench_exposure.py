@@ -10,7 +10,12 @@ model and seed, one after the other in one process:
 - ``opsd``: fixed α = 1 at the defaults: probe NLL after every update, g_t every 10 steps for the log;
 - ``atesd``: the controller, probe NLL and g_t at every step (its reward needs both);
 - ``atesd-per-problem``: exposure per problem (docs/method.md#exposure-per-problem): as ``atesd``, plus the
-  reference NLLs of the credited problems (8 of this step's, 8 of L steps ago) under the student prompt.
+  reference NLLs of the credited problems (8 of this step's, 8 of L steps ago) under the student prompt;
+- ``atesd-style``: the controller with the style probe's NLL as its progress signal (ours,
+  docs/controller.md#signals-with-power): a forward over the style probe after every update;
+- ``atesd-alignment``: exposure per problem credited with each problem's alignment (ours, same page): one
+  student forward over the step's rollouts a small step along the style probe's gradient, and that gradient (a
+  backward over the style probe) every 5 steps; ``atesd-alignment-every-step`` refreshes it every step.
 
 Per variant it reports the mean ± std wall time of a step (after `--warmup` steps), and inside the step the
 time of the probe NLL, of the teacher's scoring (the distillation targets and, when measured, g_t: one pass over
@@ -46,6 +51,10 @@ VARIANTS = {
     "opsd": OPSD,
     "atesd": [],
     "atesd-per-problem": ["exposure.per_problem=true"],
+    "atesd-style": ["exposure.controller.progress_signal=style_nll"],
+    "atesd-alignment": ["exposure.per_problem=true", "exposure.controller.credit=alignment"],
+    "atesd-alignment-every-step": ["exposure.per_problem=true", "exposure.controller.credit=alignment",
+                                   "exposure.controller.alignment_refresh=1"],
 }
 
 
@@ -63,7 +72,8 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, outpu
         return ids
 
     trainer.parts.prompts.teacher = counting_teacher
-    trainer.last_probe_nll = trainer.probe_nll()  # what train() does before its first step
+    trainer.signals.start(trainer.parts.sampler)  # what train() does before its first step
+    trainer.last_probe_nll = trainer.probe_nll()
     step_times, per_step = [], defaultdict(list)
     for step in range(args.steps):
         tokens_before = len(teacher_tokens)

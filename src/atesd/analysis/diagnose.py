@@ -226,7 +226,8 @@ def credit_points(settings: RunSettings, decisions: Sequence[Mapping[str, Any]])
 def alignment_points(settings: RunSettings, metrics: Sequence[Mapping[str, Any]]) -> list[Window]:
     """One point per problem of every step that logged the alignment credit (metrics.jsonl's ``alignment`` and
     ``problem_alpha``): that problem's α and its credit."""
-    return [Window(settings.name, step, alpha, (step - 1) / max(settings.total_steps, 1), {"alignment": credit})
+    return [Window(settings.name, step, alpha, (step - 1) / max(settings.total_steps, 1),
+                   {"alignment": credit, "alignment_sign": float(np.sign(credit))})
             for step, alphas, credits in alignment_rows(metrics) for alpha, credit in zip(alphas, credits)]
 
 

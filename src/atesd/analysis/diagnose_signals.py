@@ -30,7 +30,7 @@ EXTRA_NEEDS = {name: ("style_nll at every step (exposure.controller.progress_sig
                       if name.startswith("style") else "alignment at every step (exposure.controller.credit=alignment)"
                       if name.startswith("alignment") else "the probe NLL at every step") for name in EXTRA_SIGNALS}
 # Each problem's alignment credit on its own α (random exposure per problem, or the alignment credit).
-ALIGNMENT_SIGNALS = {"alignment": "alignment credit c_i"}
+ALIGNMENT_SIGNALS = {"alignment": "alignment credit c_i", "alignment_sign": "sign of c_i (robust to its heavy tails)"}
 
 
 def number(row: Mapping[str, Any] | None, key: str) -> float:
