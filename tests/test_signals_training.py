@@ -140,3 +140,19 @@ def test_diagnose_reports_the_alignment_credit_and_the_style_probes_estimators(t
     assert main(["diagnose", str(run), "--steps", "3", "--out", str(tmp_path / "first")]) == 0
     fits = json.loads((tmp_path / "first" / "diagnose.json").read_text())["fits"]
     assert next(row for row in fits if row["table"] == "alignment_within_step")["n"] == 3 * 4
+
+
+def test_the_contrast_probe_pushes_towards_the_right_solutions_and_away_from_the_wrong_ones(tiny_config, tmp_path):
+    config = tiny_config(tmp_path, "run.name=contrast", *ALIGNED, "exposure.controller.alignment_probe=contrast")
+    trainer = Trainer(config, grader=even_length)
+    trainer.signals.start(trainer.parts.sampler)
+    probe, scorer = trainer.signals.probe, trainer.parts.scorer
+    assert probe.completions and probe.wrong_completions and trainer.signals.last_style_nll is None  # not logged
+    assert all(len(trainer.tokenizer.decode(ids, skip_special_tokens=True)) % 2 == 1 for ids in probe.wrong_completions)
+    parameters = [p for p in trainer.unwrapped.parameters() if p.requires_grad]
+    right = scorer.nll_gradient(probe.prompts, probe.completions, parameters, StepCost())
+    wrong = scorer.nll_gradient(probe.wrong_prompts, probe.wrong_completions, parameters, StepCost())
+    contrast = trainer.signals.probe_gradient(parameters, StepCost())
+    assert all(torch.allclose(c, r - w) for c, r, w in zip(contrast, right, wrong))
+    trainer.signals.load_state_dict(trainer.signals.state_dict())  # the wrong ones go into checkpoints too
+    assert trainer.signals.probe == probe

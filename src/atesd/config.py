@@ -206,8 +206,9 @@ class ControllerConfig(Section):
         "two reference passes under the student prompt).")
     credit: Literal["own_nll", "alignment"] = Field("own_nll", description="Exposure per problem's credit: own NLL "
                                                    "drop, or alignment (ours, docs/controller.md#signals-with-power).")
-    alignment_probe: Literal["style", "reference"] = Field("style", description="The probe alignment is measured on.")
-    alignment_refresh: int = Field(5, ge=1, description="Steps between refreshes of the probe gradient (ours).")
+    alignment_probe: Literal["style", "reference", "contrast"] = Field(
+        "style", description="The probe alignment is measured on (contrast: right against wrong solutions).")
+    alignment_refresh: int = Field(10, ge=1, description="Steps between refreshes of the probe gradient (ours).")
     style_probe_samples: int = Field(4, ge=1, description="Base-model samples per probe problem (ours).")
 
     @field_validator("initial_beta")
@@ -326,7 +327,7 @@ class Config(Section):
                              "> 0 or exposure.controller.progress_signal: distill_loss")
         controller = self.exposure.controller  # uses_alignment and uses_style_probe (exposure/signals.py)
         aligns = controller.credit == "alignment" and self.exposure.policy in ("controller", "random")
-        if (controller.progress_signal == "style_nll" or aligns and controller.alignment_probe == "style") \
+        if (controller.progress_signal == "style_nll" or aligns and controller.alignment_probe != "reference") \
                 and self.data.probe_size == 0:
             raise ValueError("the style probe is sampled on the probe problems: set data.probe_size > 0")
         if aligns and self.method not in ("opsd", "atesd"):

@@ -24,8 +24,9 @@ from atesd.train.metrics import read_metrics
 
 RunLogs = tuple[RunSettings, list[dict[str, Any]], list[dict[str, Any]]]  # settings, metrics rows, decision rows
 FILES = ("diagnose.md", "diagnose.csv", "diagnose.json")
-MECHANICAL = ("G_gt rises with α by construction (a teacher that has read more of the reference gives it a higher "
-              "log-prob): its slope measures no learning, and R inherits it in proportion to λ_gt.")
+MECHANICAL = ("G_gt's slope measures how the teacher reads the reference, not what the student learns: it rose with α "
+              "on base model 0 and fell on base model 1 (docs/controller.md#signals-with-power), whatever the "
+              "student learned, and R inherits it in proportion to λ_gt.")
 
 
 def run_directories(paths: Sequence[Path]) -> list[Path]:

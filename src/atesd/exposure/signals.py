@@ -35,7 +35,7 @@ def uses_alignment(exposure: ExposureConfig) -> bool:
 def uses_style_probe(exposure: ExposureConfig) -> bool:
     """Whether a run samples and measures the style probe (`atesd.train.signals`)."""
     return exposure.controller.progress_signal == "style_nll" or (
-        uses_alignment(exposure) and exposure.controller.alignment_probe == "style")
+        uses_alignment(exposure) and exposure.controller.alignment_probe != "reference")
 
 
 QUANTILES = (0.2, 0.8)  # Graves et al.'s percentiles

@@ -7,7 +7,8 @@
 - **Alignment**: before update t, each problem i of the batch gets a credit
   c_i = ⟨∇ L_i, ∇ ℓ_probe⟩ / ‖∇ ℓ_probe‖, the first-order drop of the probe loss that training on problem i
   alone would cause (per unit step along its gradient): L_i is problem i's part of the step's distillation loss
-  (its tokens' loss times the step's normalisation) and ℓ_probe the style probe's NLL (or the probe references'),
+  (its tokens' loss times the step's normalisation) and ℓ_probe the style probe's NLL (or the probe references',
+  or, ``contrast``, the style probe's NLL of the base model's right solutions minus that of its wrong ones),
   both at the weights before the update. It is measured as a forward difference along the unit probe gradient
   û (without the embeddings' padding rows: `without_padding_rows`), c_i = (L_i(w + εû) − L_i(w)) / ε with
   ε = `EPSILON`: L_i(w) is the update's own forward, so a step costs one forward of the student over its
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Any
 
@@ -47,13 +48,17 @@ STYLE_SEED = 0x57E  # with data.probe_seed: the style probe is the same for ever
 
 @dataclass
 class StyleProbe:
-    """The base model's verified-correct solutions of the probe problems, under the student prompt."""
+    """The base model's verified-correct solutions of the probe problems, under the student prompt (and its wrong
+    ones, which the contrast probe pushes away from)."""
 
     prompts: list[list[int]]
     completions: list[list[int]]
+    wrong_prompts: list[list[int]] = field(default_factory=list)
+    wrong_completions: list[list[int]] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"prompts": self.prompts, "completions": self.completions}
+        return {"prompts": self.prompts, "completions": self.completions, "wrong_prompts": self.wrong_prompts,
+                "wrong_completions": self.wrong_completions}
 
 
 def collect_style_probe(sampler: RolloutSampler, prompts: list[list[int]], problems: list[Problem], samples: int,
@@ -64,11 +69,14 @@ def collect_style_probe(sampler: RolloutSampler, prompts: list[list[int]], probl
     rollouts = sampler.sample(repeated_prompts, repeated, torch.Generator().manual_seed(seed), StepCost())
     kept = [(prompt, ids) for prompt, ids, correct in zip(repeated_prompts, rollouts.completion_ids, rollouts.correct)
             if correct and ids]
+    wrong = [(prompt, ids) for prompt, ids, correct in zip(repeated_prompts, rollouts.completion_ids, rollouts.correct)
+             if not correct and ids]
     if not kept:
         raise UserError(f"the style probe: the base model solved none of the {len(problems)} probe problems in "
                         f"{samples} samples each; raise exposure.controller.style_probe_samples or data.probe_size, "
                         "or use progress_signal probe_nll and alignment_probe reference")
-    return StyleProbe([prompt for prompt, _ in kept], [ids for _, ids in kept])
+    return StyleProbe([prompt for prompt, _ in kept], [ids for _, ids in kept], [prompt for prompt, _ in wrong],
+                      [ids for _, ids in wrong])
 
 
 def losses_along(parameters: Sequence[torch.Tensor], direction: Sequence[torch.Tensor],
@@ -120,6 +128,8 @@ class ExposureSignals:
         controller = config.exposure.controller
         self.config, self.scorer, self.probe_problems = config, scorer, probe_problems
         self.style = uses_style_probe(config.exposure)
+        # its NLL after every update only where it is the progress signal (alignment needs only its gradient)
+        self.logs_style = controller.progress_signal == "style_nll"
         self.aligns = uses_alignment(config.exposure)
         self.alignment_probe, self.refresh = controller.alignment_probe, controller.alignment_refresh
         # û, refreshed every `refresh` steps and at every checkpoint's step: not checkpointed, as a resumed run
@@ -145,7 +155,7 @@ class ExposureSignals:
             self.probe = collect_style_probe(sampler, [self.scorer.prompts.student(p) for p in self.probe_problems],
                                              self.probe_problems, self.config.exposure.controller.style_probe_samples,
                                              step_seed(STYLE_SEED, self.config.data.probe_seed))
-        if self.last_style_nll is None:
+        if self.last_style_nll is None and self.logs_style:
             self.last_style_nll = self.style_nll(cost)
 
     def style_nll(self, cost: StepCost | None = None) -> float:
@@ -153,8 +163,9 @@ class ExposureSignals:
         return self.scorer.sequences_nll(self.probe.prompts, self.probe.completions, cost)
 
     def after_update(self, measured: bool, cost: StepCost) -> dict[str, Any]:
-        """``style_nll_before`` and ``style_nll`` of the step's record (measured when the probe NLL is)."""
-        if not self.style:
+        """``style_nll_before`` and ``style_nll`` of the step's record (measured when the probe NLL is), where the
+        style probe's NLL is the progress signal."""
+        if not self.logs_style:
             return {}
         before = self.last_style_nll
         if measured:
@@ -164,12 +175,20 @@ class ExposureSignals:
 
     # ------------------------------------------------------------------ alignment
 
-    def probe_sequences(self) -> tuple[list[list[int]], list[list[int]]]:
-        if self.alignment_probe == "style":
-            assert self.probe is not None
-            return self.probe.prompts, self.probe.completions
-        problems = self.probe_problems
-        return [self.scorer.prompts.student(p) for p in problems], [self.scorer.prompts.solution(p) for p in problems]
+    def probe_gradient(self, parameters: list[torch.Tensor], cost: StepCost) -> list[torch.Tensor]:
+        """∇ ℓ_probe: of the style probe's NLL, of the probe references', or (contrast) of the style probe's NLL
+        of its right solutions minus that of its wrong ones."""
+        scorer, probe = self.scorer, self.probe
+        if self.alignment_probe == "reference":
+            problems = self.probe_problems
+            return scorer.nll_gradient([scorer.prompts.student(p) for p in problems],
+                                       [scorer.prompts.solution(p) for p in problems], parameters, cost)
+        assert probe is not None
+        right = scorer.nll_gradient(probe.prompts, probe.completions, parameters, cost)
+        if self.alignment_probe == "style" or not probe.wrong_completions:
+            return right
+        wrong = scorer.nll_gradient(probe.wrong_prompts, probe.wrong_completions, parameters, cost)
+        return [r - w for r, w in zip(right, wrong)]
 
     def perturbed(self, step: int, divergence: Callable[..., Any], spec: DivergenceSpec,
                   student_prompts: list[list[int]], completions: list[list[int]], teacher: TeacherTargets,
@@ -179,7 +198,7 @@ class ExposureSignals:
         scorer = self.scorer
         parameters = [p for p in scorer.student.parameters() if p.requires_grad]
         if self.direction is None or step % self.refresh == 0 or step % self.checkpoint_every == 0:
-            gradient = scorer.nll_gradient(*self.probe_sequences(), parameters, cost)
+            gradient = self.probe_gradient(parameters, cost)
             self.direction, self.norm = unit(without_padding_rows(scorer.student, parameters, gradient))
         spans = scorer.spans(len(student_prompts))
         batches = [scorer.packed(student_prompts[span], completions[span], cost) for span in spans]
@@ -213,5 +232,6 @@ class ExposureSignals:
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         state = state or {}
         probe = state.get("style_probe")
-        self.probe = StyleProbe(probe["prompts"], probe["completions"]) if probe else None
+        self.probe = StyleProbe(probe["prompts"], probe["completions"], probe.get("wrong_prompts", []),
+                                probe.get("wrong_completions", [])) if probe else None
         self.last_style_nll = state.get("last_style_nll")
