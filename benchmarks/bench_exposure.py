@@ -13,9 +13,10 @@ model and seed, one after the other in one process:
   reference NLLs of the credited problems (8 of this step's, 8 of L steps ago) under the student prompt;
 - ``atesd-style``: the controller with the style probe's NLL as its progress signal (ours,
   docs/controller.md#signals-with-power): a forward over the style probe after every update;
-- ``atesd-alignment``: exposure per problem credited with each problem's alignment (ours, same page): one
-  student forward over the step's rollouts a small step along the style probe's gradient, and that gradient (a
-  backward over the style probe) every 5 steps; ``atesd-alignment-every-step`` refreshes it every step.
+- ``atesd-alignment``: exposure per problem credited with each problem's alignment on the contrast probe (ours,
+  same page): one student forward over the step's rollouts a small step along the probe's gradient, and that
+  gradient (backwards over the style probe's right and wrong solutions) every 10 steps;
+  ``atesd-alignment-every-step`` refreshes it every step.
 
 Per variant it reports the mean ± std wall time of a step (after `--warmup` steps), and inside the step the
 time of the probe NLL, of the teacher's scoring (the distillation targets and, when measured, g_t: one pass over
@@ -52,9 +53,10 @@ VARIANTS = {
     "atesd": [],
     "atesd-per-problem": ["exposure.per_problem=true"],
     "atesd-style": ["exposure.controller.progress_signal=style_nll"],
-    "atesd-alignment": ["exposure.per_problem=true", "exposure.controller.credit=alignment"],
+    "atesd-alignment": ["exposure.per_problem=true", "exposure.controller.credit=alignment",
+                        "exposure.controller.alignment_probe=contrast"],
     "atesd-alignment-every-step": ["exposure.per_problem=true", "exposure.controller.credit=alignment",
-                                   "exposure.controller.alignment_refresh=1"],
+                                   "exposure.controller.alignment_probe=contrast", "exposure.controller.alignment_refresh=1"],
 }
 
 

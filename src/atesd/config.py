@@ -206,8 +206,8 @@ class ControllerConfig(Section):
         "two reference passes under the student prompt).")
     credit: Literal["own_nll", "alignment"] = Field("own_nll", description="Exposure per problem's credit: own NLL "
                                                    "drop, or alignment (ours, docs/controller.md#signals-with-power).")
-    alignment_probe: Literal["style", "reference", "contrast"] = Field(
-        "style", description="The probe alignment is measured on (contrast: right against wrong solutions).")
+    alignment_probe: Literal["contrast", "style", "reference"] = Field(
+        "contrast", description="The probe alignment is measured on (contrast: right against wrong solutions).")
     alignment_refresh: int = Field(10, ge=1, description="Steps between refreshes of the probe gradient (ours).")
     style_probe_samples: int = Field(4, ge=1, description="Base-model samples per probe problem (ours).")
 
