@@ -19,6 +19,12 @@ A short run on the embedded task's 4,000 problems never brings a problem back, a
 with the problems that come back (SEELE fits a curve per problem with enough attempts). So the rules' own cost per
 step is also timed apart, at steady state: 32 problems that all come back every step, after 10 visits each, when
 every SEELE decision fits a curve of its own (`rule_decision_ms`).
+- ``atesd-style``: the controller with the style probe's NLL as its progress signal (ours,
+  docs/controller.md#signals-with-power): a forward over the style probe after every update;
+- ``atesd-alignment``: exposure per problem credited with each problem's alignment on the contrast probe (ours,
+  same page): one student forward over the step's rollouts a small step along the probe's gradient, and that
+  gradient (backwards over the style probe's right and wrong solutions) every 10 steps;
+  ``atesd-alignment-every-step`` refreshes it every step.
 
 Per variant it reports the mean ± std wall time of a step (after `--warmup` steps), and inside the step the
 time of the probe NLL, of the teacher's scoring (the distillation targets and, when measured, g_t: one pass over
@@ -61,6 +67,11 @@ VARIANTS = {
     "seele": ["method=opsd", "exposure.policy=seele"],
     "paint": ["method=opsd", "exposure.policy=paint"],
     "ar-opd": [*OPSD, "teacher.anchored_residual={}"],
+    "atesd-style": ["exposure.controller.progress_signal=style_nll"],
+    "atesd-alignment": ["exposure.per_problem=true", "exposure.controller.credit=alignment",
+                        "exposure.controller.alignment_probe=contrast"],
+    "atesd-alignment-every-step": ["exposure.per_problem=true", "exposure.controller.credit=alignment",
+                                   "exposure.controller.alignment_probe=contrast", "exposure.controller.alignment_refresh=1"],
 }
 REFERENCE = ("= 14", "= 22", "= 25", "= 23")  # an embedded 'values' reference, for PAINT's overlap
 
@@ -79,7 +90,8 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, outpu
         return ids
 
     trainer.parts.prompts.teacher = counting_teacher
-    trainer.last_probe_nll = trainer.probe_nll()  # what train() does before its first step
+    trainer.signals.start(trainer.parts.sampler)  # what train() does before its first step
+    trainer.last_probe_nll = trainer.probe_nll()
     step_times, per_step = [], defaultdict(list)
     for step in range(args.steps):
         tokens_before = len(teacher_tokens)

@@ -83,7 +83,8 @@ def test_a_random_exposure_runs_diagnosis_equals_a_recomputation_from_its_metric
     result = json.loads((out / "diagnose.json").read_text())
     fits = {row["signal"]: row for row in result["fits"] if row["table"] == "windows"}
     expected = _recompute(runs)
-    assert set(fits) == set(expected)
+    assert set(expected) <= set(fits)  # and our estimators of the probe NLL (tests/test_diagnose_signals.py)
+    assert set(fits) - set(expected) == {"probe_tscl", "probe_alp", "probe_quantile"}
     for term, figures in expected.items():
         for key, value in figures.items():
             assert fits[term][key] == (value if value is None or isinstance(value, str) else
@@ -204,7 +205,7 @@ def test_the_comparison_section_pools_each_methods_runs(tmp_path):
     section = diagnosis_section(diagnoses)
     g_gt = next(fit for fit in diagnoses["random"].windows if fit.signal == "G_gt")
     assert g_gt.n == 100 and "| random | G_gt | 100 |" in section and f"{g_gt.t:+.2f}" in section
-    assert "G_gt rises with α by construction" in section
+    assert "G_gt's slope measures how the teacher reads the reference" in section
     assert "the rebuild agrees with decisions.jsonl in 2 of 2 runs" in section
     assert diagnosis_section({}) == ""
     shorter = diagnose([(RunSettings("short", "random", 2, 4, 0.9, 0.1, "probe_nll", 3),

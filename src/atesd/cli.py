@@ -9,7 +9,7 @@
                   [--reuse DIR] [--continue-from DIR] [--out DIR] [--quick] [--methods M ...]
                   [--best-alpha A | --sweep SWEEP_DIR]
     atesd testbed [CONFIG] [key=value ...] [--seeds N] [--jobs J] [--out DIR]
-    atesd diagnose RUN [RUN ...] [--out DIR]
+    atesd diagnose RUN [RUN ...] [--out DIR] [--steps N]
 
 Overrides are dotted config keys (``train.steps=50``), before or after the options (``atesd train CONFIG
 --resume train.steps=50``), except after an option that takes several values (--alphas, --methods); every
@@ -231,7 +231,9 @@ def _diagnose(args: argparse.Namespace) -> None:
     from atesd.analysis.diagnose_report import diagnose_paths, diagnosis_markdown, write_diagnosis
 
     paths = [Path(path) for path in args.runs]
-    diagnosis = diagnose_paths(paths)
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps: at least 1 update, got {args.steps}")
+    diagnosis = diagnose_paths(paths, args.steps)
     out = Path(args.out) if args.out else paths[0] if len(paths) == 1 else Path("runs/diagnose")
     written = write_diagnosis(diagnosis, out, args.command_line)
     print(diagnosis_markdown(diagnosis))
@@ -341,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(their runs whose α varied), pooled with one intercept per run")
     diagnose.add_argument("--out", help="folder for diagnose.md, .csv and .json (default: the one folder given, "
                           "else runs/diagnose)")
+    diagnose.add_argument("--steps", type=int, metavar="N", help="only each run's first N updates: what a run "
+                          "that stopped there would have said (e.g. 100 of a 300-update run)")
     diagnose.set_defaults(handler=_diagnose)
     parser.commands = commands.choices  # for parse_args
     return parser

@@ -13,6 +13,7 @@ from atesd.analysis.buckets import BUCKETS, EASY_FROM, HARD_BELOW
 from atesd.analysis.claims import Claim
 from atesd.analysis.diagnose import CREDIT_SIGNALS, SIGNALS, Diagnosis
 from atesd.analysis.diagnose_report import MECHANICAL, READING, fits_table
+from atesd.analysis.diagnose_signals import ALIGNMENT_SIGNALS, EXTRA_SIGNALS
 from atesd.analysis.mismatch import STATISTICS
 from atesd.analysis.paired import (
     CONFIDENCE,
@@ -176,12 +177,17 @@ def diagnosis_section(diagnoses: Mapping[str, Diagnosis]) -> str:
     parts = ["## What the reward says about α\n",
              "For each method whose α varied, over its runs pooled: each decision's window (its first update and the "
              "L after it, the run's own L, γ, λ_gt and H). " + READING,
-             fits_table({method: d.windows for method, d in diagnoses.items()}, SIGNALS, "windows") + "\n",
+             fits_table({method: d.windows for method, d in diagnoses.items()}, {**SIGNALS, **EXTRA_SIGNALS},
+                        "windows") + "\n",
              MECHANICAL + "\n"]
     credit = {method: d.credit_within_step for method, d in diagnoses.items() if d.credit_within_step}
     if credit:
         parts += [("Exposure per problem, each credited problem's logged credit on its own α, one intercept per "
                   "step (n counts credited problems):\n"), fits_table(credit, CREDIT_SIGNALS, "problems") + "\n"]
+    aligned = {method: d.alignment_within_step for method, d in diagnoses.items() if d.alignment_within_step}
+    if aligned:
+        parts += [("Each problem's alignment credit on its own α (docs/controller.md#signals-with-power), one "
+                   "intercept per step (n counts problems):\n"), fits_table(aligned, ALIGNMENT_SIGNALS, "problems") + "\n"]
     runs = [run for d in diagnoses.values() for run in d.runs]
     warnings = [f"{run['run']}: {'; '.join(run['warnings'])}" for run in runs if run["warnings"]]
     notes = [note for d in diagnoses.values() for note in d.notes]

@@ -23,8 +23,19 @@ from typing import Any
 
 import numpy as np
 
+from atesd.analysis.diagnose_signals import (
+    ALIGNMENT_SIGNALS,
+    EXTRA_NEEDS,
+    EXTRA_SIGNALS,
+    alignment_rows,
+    number,
+    rescale_by_history,
+    series,
+    window_signals,
+)
 from atesd.config import Config
-from atesd.exposure.reward import decision_reward, discount_weights, learning_progress
+from atesd.exposure.reward import decision_reward, learning_progress
+from atesd.exposure.signals import signed_progress
 
 # Batch-level windows' terms and signals, name → label (the rows of the table, in this order); READING says
 # what each is.
@@ -42,8 +53,11 @@ CREDIT_SIGNALS = {"G_lp": "G_lp (own NLL drop)", "G_gt": "G_gt (g_i)", "R": "R"}
 NEEDS = {"G_lp": "ℓ at every step", "G_gt": "g (teacher_ref_logp) at every step: log it with "
          "train.teacher_ref_logp_every=1", "R": "g (teacher_ref_logp) at every step: log it with "
          "train.teacher_ref_logp_every=1", "lp_signed": "ℓ at every step", "probe_drop": "the probe NLL",
-         "accuracy": "rollout_accuracy over the L updates before and after"}
+         "accuracy": "rollout_accuracy over the L updates before and after", **EXTRA_NEEDS}
 MIN_EXTRA_POINTS = 2  # a fit needs at least this many points beyond its parameters
+# Policies with an α per problem. Only their problems' credits are fitted on each problem's own α: where a step's
+# problems share one α, they share its noise too, and the fit's standard error would count them as independent.
+PER_PROBLEM = ("per_problem", "random_per_problem")
 
 
 @dataclass(frozen=True)
@@ -51,8 +65,8 @@ class RunSettings:
     """What a run's windows need from its config."""
 
     name: str
-    policy: str  # fixed | random | schedule | controller | per_problem
-    hold: int  # H (1 under exposure per problem: every step decides)
+    policy: str  # fixed | random | schedule | controller | per_problem | random_per_problem
+    hold: int  # H (1 with an α per problem: every step decides)
     lookahead: int  # L
     discount: float  # γ
     grounded_weight: float  # λ_gt
@@ -62,8 +76,9 @@ class RunSettings:
     @classmethod
     def from_config(cls, name: str, config: Config) -> RunSettings:
         exposure, controller = config.exposure, config.exposure.controller
-        per_problem = exposure.per_problem and exposure.policy == "controller"
-        return cls(name, "per_problem" if per_problem else exposure.policy, 1 if per_problem else exposure.hold_steps,
+        policy = {("controller", True): "per_problem", ("random", True): "random_per_problem"}.get(
+            (exposure.policy, exposure.per_problem), exposure.policy)
+        return cls(name, policy, 1 if exposure.per_problem else exposure.hold_steps,
                    controller.lookahead, controller.discount, controller.teacher_grounded_weight,
                    controller.progress_signal, config.train.steps)
 
@@ -103,18 +118,14 @@ class Fit:
         return self.n * (2 / self.t) ** 2 if math.isfinite(self.t) and self.t != 0 else math.inf
 
 
-def _number(row: Mapping[str, Any] | None, key: str) -> float:
-    value = None if row is None else row.get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-
-
 def window_starts(settings: RunSettings, last_step: int) -> list[int]:
     """The first update (1-based) of each decision: 1, 1 + H, 1 + 2H, … up to the last logged step."""
     return list(range(1, last_step + 1, settings.hold))
 
 
 def run_windows(settings: RunSettings, metrics: Sequence[Mapping[str, Any]]) -> list[Window]:
-    """Every window of a run whose L updates were logged, with its terms (`SIGNALS`) rebuilt from metrics.jsonl.
+    """Every window of a run whose L updates were logged, with its terms (`SIGNALS`, and ours: `EXTRA_SIGNALS`)
+    rebuilt from metrics.jsonl.
 
     With t0 = step − 1 the decision's first optimizer step: ℓ_{t0} is the probe NLL before update t0
     (``probe_nll_before`` of its row), ℓ_{t0+i} the probe NLL after the i-th update (or, with the
@@ -126,37 +137,32 @@ def run_windows(settings: RunSettings, metrics: Sequence[Mapping[str, Any]]) -> 
     lookahead, windows = settings.lookahead, []
     for step in window_starts(settings, max(rows)):
         span = [rows.get(step + i) for i in range(lookahead)]
-        probe = settings.progress_signal == "probe_nll"
+        probe = settings.progress_signal in ("probe_nll", "style_nll")  # ℓ measured after each update
         if any(row is None for row in span) or (not probe and step + lookahead not in rows):
             continue  # the window runs past the last logged step: never rewarded
-        losses = [_number(span[0], "probe_nll_before"), *(_number(row, "probe_nll") for row in span)] if probe \
-            else [_number(rows[step + i], "loss") for i in range(lookahead + 1)]
-        g = [_number(row, "teacher_ref_logp") for row in span]
-        values = dict.fromkeys(SIGNALS, math.nan)
+        losses = series(span, settings.progress_signal) if probe \
+            else [number(rows[step + i], "loss") for i in range(lookahead + 1)]
+        g = [number(row, "teacher_ref_logp") for row in span]
+        values = {**dict.fromkeys(SIGNALS, math.nan), **window_signals(span, settings.hold, settings.discount)}
         if all(math.isfinite(value) for value in g):
             values["R"], values["G_lp"], values["G_gt"] = decision_reward(losses, g, settings.discount,
                                                                           settings.grounded_weight)
         else:
             values["G_lp"] = learning_progress(losses, settings.discount)
         values["lp_signed"] = signed_progress(losses, settings.discount)
-        values["probe_drop"] = _number(span[0], "probe_nll_before") - _number(span[-1], "probe_nll")
+        values["probe_drop"] = number(span[0], "probe_nll_before") - number(span[-1], "probe_nll")
         values["accuracy"] = accuracy_change(rows, step, lookahead)
-        windows.append(Window(settings.name, step, _number(span[0], "alpha"),
+        windows.append(Window(settings.name, step, number(span[0], "alpha"),
                               (step - 1) / max(settings.total_steps, 1), values))
+    rescale_by_history([window.values for window in windows])
     return windows
-
-
-def signed_progress(losses: Sequence[float], discount: float) -> float:
-    """Σ γ^{i-1} (ℓ_{t0+i-1} − ℓ_{t0+i}): G_lp without the max(0, ·) (NaN when a loss is not finite)."""
-    drops = np.diff(np.asarray(losses, dtype=float)) * -1.0
-    return float(np.dot(discount_weights(len(drops), discount), drops))
 
 
 def accuracy_change(rows: Mapping[int, Mapping[str, Any]], step: int, lookahead: int) -> float:
     """Mean rollout accuracy of rows step+1 … step+L (rollouts sampled after the decision's first … L-th update)
     minus that of rows step−L+1 … step (sampled before its first update); NaN where a row is missing."""
-    after = [_number(rows.get(step + i), "rollout_accuracy") for i in range(1, lookahead + 1)]
-    before = [_number(rows.get(step - i), "rollout_accuracy") for i in range(lookahead)]
+    after = [number(rows.get(step + i), "rollout_accuracy") for i in range(1, lookahead + 1)]
+    before = [number(rows.get(step - i), "rollout_accuracy") for i in range(lookahead)]
     return fmean(after) - fmean(before)  # a NaN among them makes it NaN
 
 
@@ -165,7 +171,7 @@ def hold_violations(settings: RunSettings, metrics: Sequence[Mapping[str, Any]])
     rows = {row["step"]: row for row in metrics if isinstance(row.get("step"), int)}
     count = 0
     for step in window_starts(settings, max(rows, default=0)):
-        alphas = {_number(rows.get(step + i), "alpha") for i in range(settings.hold) if step + i in rows}
+        alphas = {number(rows.get(step + i), "alpha") for i in range(settings.hold) if step + i in rows}
         count += len(alphas) > 1
     return count
 
@@ -208,12 +214,21 @@ def credit_points(settings: RunSettings, decisions: Sequence[Mapping[str, Any]])
     for row in decisions:
         if not isinstance(row.get("alpha"), list) or row.get("R") is None:
             continue
+        grounding = row.get("G_gt") or [None] * len(row["R"])  # none under the alignment credit
         for i, reward in enumerate(row["R"]):
-            values = {"R": reward, "G_lp": row["G_lp"][i], "G_gt": row["G_gt"][i]}
+            values = {"R": reward, "G_lp": row["G_lp"][i], "G_gt": grounding[i]}
             points.append(Window(settings.name, row["step"], row["alpha"][i],
                                  (row["step"] - 1) / max(settings.total_steps, 1),
                                  {k: math.nan if v is None else float(v) for k, v in values.items()}))
     return points
+
+
+def alignment_points(settings: RunSettings, metrics: Sequence[Mapping[str, Any]]) -> list[Window]:
+    """One point per problem of every step that logged the alignment credit (metrics.jsonl's ``alignment`` and
+    ``problem_alpha``): that problem's α and its credit."""
+    return [Window(settings.name, step, alpha, (step - 1) / max(settings.total_steps, 1),
+                   {"alignment": credit, "alignment_sign": float(np.sign(credit))})
+            for step, alphas, credits in alignment_rows(metrics) for alpha, credit in zip(alphas, credits)]
 
 
 def fit_on_alpha(signal: str, points: Sequence[Window], groups: str = "run") -> Fit:
@@ -255,6 +270,9 @@ class Diagnosis:
     credit: list[Fit] = field(default_factory=list)  # exposure per problem, intercept per run
     credit_within_step: list[Fit] = field(default_factory=list)  # exposure per problem, intercept per step
     credited_per_step: float = math.nan
+    alignment: list[Fit] = field(default_factory=list)  # each problem's alignment credit, intercept per run
+    alignment_within_step: list[Fit] = field(default_factory=list)  # the same, intercept per step
+    aligned_per_step: float = math.nan
     notes: list[str] = field(default_factory=list)
 
 
@@ -263,16 +281,18 @@ def diagnose(runs: Sequence[tuple[RunSettings, Sequence[Mapping[str, Any]], Sequ
     result = Diagnosis()
     windows: list[Window] = []
     credit: list[Window] = []
+    aligned: list[Window] = []
     for settings, metrics, decisions in runs:
         own = run_windows(settings, metrics)
         windows += own
+        aligned += alignment_points(settings, metrics) if settings.policy in PER_PROBLEM else []
         points = credit_points(settings, decisions) if settings.policy == "per_problem" else []
         credit += points
         alphas = [w.alpha for w in own]
         line, agrees = check_decisions(settings, own, decisions) if decisions else \
             (f"no decisions.jsonl: windows at every {settings.hold} updates from step 1", True)
         checks, warnings = [line], [] if agrees else [line]
-        if settings.policy == "per_problem":
+        if settings.policy in PER_PROBLEM:
             checks.append("its windows: one per step, at the batch's mean α")
         violations = hold_violations(settings, metrics) if settings.policy != "per_problem" else 0
         if violations:
@@ -290,6 +310,11 @@ def diagnose(runs: Sequence[tuple[RunSettings, Sequence[Mapping[str, Any]], Sequ
     result.windows = [fit_on_alpha(signal, windows) if windows else
                       Fit(signal, 0, reason="no complete window: a window needs its L updates logged")
                       for signal in SIGNALS]
+    result.windows += [fit for fit in (fit_on_alpha(signal, windows) for signal in EXTRA_SIGNALS) if fit.n > 0]
+    if aligned:
+        result.alignment = [fit_on_alpha(signal, aligned) for signal in ALIGNMENT_SIGNALS]
+        result.alignment_within_step = [fit_on_alpha(signal, aligned, groups="step") for signal in ALIGNMENT_SIGNALS]
+        result.aligned_per_step = len(aligned) / len({(p.run, p.step) for p in aligned})
     if credit:
         result.credit = [fit_on_alpha(signal, credit) for signal in CREDIT_SIGNALS]
         result.credit_within_step = [fit_on_alpha(signal, credit, groups="step") for signal in CREDIT_SIGNALS]

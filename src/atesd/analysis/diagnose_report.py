@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from atesd.analysis.diagnose import CREDIT_SIGNALS, SIGNALS, Diagnosis, Fit, RunSettings, diagnose
+from atesd.analysis.diagnose_signals import ALIGNMENT_SIGNALS, EXTRA_SIGNALS
 from atesd.analysis.runs import RUNS_DIR
 from atesd.analysis.tables import markdown
 from atesd.config import load_config
@@ -23,8 +24,9 @@ from atesd.train.metrics import read_metrics
 
 RunLogs = tuple[RunSettings, list[dict[str, Any]], list[dict[str, Any]]]  # settings, metrics rows, decision rows
 FILES = ("diagnose.md", "diagnose.csv", "diagnose.json")
-MECHANICAL = ("G_gt rises with α by construction (a teacher that has read more of the reference gives it a higher "
-              "log-prob): its slope measures no learning, and R inherits it in proportion to λ_gt.")
+MECHANICAL = ("G_gt's slope measures how the teacher reads the reference, not what the student learns: it rose with α "
+              "on base model 0 and fell on base model 1 (docs/controller.md#signals-with-power), whatever the "
+              "student learned, and R inherits it in proportion to λ_gt.")
 
 
 def run_directories(paths: Sequence[Path]) -> list[Path]:
@@ -47,8 +49,9 @@ def run_directories(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
-def run_logs(directory: Path) -> RunLogs:
-    """A run's settings (from its config.yaml), metrics.jsonl and decisions.jsonl rows."""
+def run_logs(directory: Path, steps: int | None = None) -> RunLogs:
+    """A run's settings (from its config.yaml), metrics.jsonl and decisions.jsonl rows (with `steps`, only those of
+    its first `steps` updates: what a run that stopped there would have logged)."""
     if not (directory / "config.yaml").is_file():
         raise UserError(f"{directory / 'config.yaml'}: missing; the diagnosis reads the run's L, γ, λ_gt and hold "
                         "from it (atesd train writes it): restore it or diagnose another run")
@@ -56,7 +59,11 @@ def run_logs(directory: Path) -> RunLogs:
     metrics = read_metrics(directory / "metrics.jsonl")
     if not metrics:
         raise UserError(f"{directory / 'metrics.jsonl'}: no rows; the run logged no update: train it first")
-    return settings, metrics, read_metrics(directory / "decisions.jsonl")
+    decisions = read_metrics(directory / "decisions.jsonl")
+    if steps is not None:
+        metrics = [row for row in metrics if isinstance(row.get("step"), int) and row["step"] <= steps]
+        decisions = [row for row in decisions if isinstance(row.get("logged_at"), int) and row["logged_at"] <= steps]
+    return settings, metrics, decisions
 
 
 def why_not(logs: RunLogs) -> str | None:
@@ -71,12 +78,13 @@ def why_not(logs: RunLogs) -> str | None:
     return None
 
 
-def diagnose_paths(paths: Sequence[Path]) -> Diagnosis:
-    """The pooled diagnosis of the runs of `paths` that varied α. A run given by its own directory must have
-    varied α; the runs of an out folder that did not are left out with a note."""
+def diagnose_paths(paths: Sequence[Path], steps: int | None = None) -> Diagnosis:
+    """The pooled diagnosis of the runs of `paths` that varied α (of their first `steps` updates, when given). A
+    run given by its own directory must have varied α; the runs of an out folder that did not are left out with a
+    note."""
     logs, left_out = [], []
     for directory in run_directories(paths):
-        run = run_logs(directory)
+        run = run_logs(directory, steps)
         reason = why_not(run)
         if reason and directory in paths:
             raise UserError(f"{directory}: {reason}; diagnose a run with exposure.policy=random or controller")
@@ -131,7 +139,8 @@ def write_diagnosis(diagnosis: Diagnosis, out: Path, command: str) -> list[Path]
 def fit_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
     """One row per table and term: n, mean, sd, slope on α, SE, t and the points for t = 2."""
     tables = {"windows": diagnosis.windows, "per_problem": diagnosis.credit,
-              "per_problem_within_step": diagnosis.credit_within_step}
+              "per_problem_within_step": diagnosis.credit_within_step, "alignment": diagnosis.alignment,
+              "alignment_within_step": diagnosis.alignment_within_step}
     return [{"table": table, "signal": fit.signal, "n": fit.n, "mean": fit.mean, "sd": fit.sd, "slope": fit.slope,
              "se": fit.se, "t": fit.t, "needed_for_t2": fit.needed, "reason": fit.reason}
             for table, fits in tables.items() for fit in fits]
@@ -144,7 +153,16 @@ def diagnosis_markdown(diagnosis: Diagnosis, level: int = 2) -> str:
     parts = [f"{heading} What the reward says about α\n",
              f"{windows} windows of {len(diagnosis.runs)} run{'s' * (len(diagnosis.runs) > 1)}, a window per "
              "decision (the decision's first update and the L after it, the run's own L, γ, λ_gt, H). " + READING,
-             fits_table({"": diagnosis.windows}, SIGNALS, "windows") + "\n", MECHANICAL + "\n"]
+             fits_table({"": diagnosis.windows}, {**SIGNALS, **EXTRA_SIGNALS}, "windows") + "\n", MECHANICAL + "\n"]
+    if diagnosis.alignment:
+        parts += [f"{heading}# Each problem's alignment credit on its own α\n",
+                  ("One point per problem of each step that logged it (metrics.jsonl's `alignment`, "
+                   f"`problem_alpha`), {diagnosis.aligned_per_step:.3g} a step: divide the last column by that for "
+                   "steps. c_i is the first-order drop of the probe loss that training on problem i would cause "
+                   "(docs/controller.md#signals-with-power). First with one intercept per run and t/T, then with one "
+                   "intercept per step: the comparison of exposures on a common state.\n"),
+                  fits_table({"per run": diagnosis.alignment, "per step": diagnosis.alignment_within_step},
+                             ALIGNMENT_SIGNALS, "problems", label="intercept") + "\n"]
     if diagnosis.credit:
         parts += [f"{heading}# Exposure per problem: each problem's credit on its own α\n",
                   ("One point per credited problem (decisions.jsonl), about "

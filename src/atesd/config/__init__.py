@@ -16,12 +16,11 @@ import yaml
 from pydantic import (
     AfterValidator,
     Field,
-    PositiveInt,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
+from atesd.config.controller import ControllerConfig
 from atesd.config.engines import DecodeLoopConfig, EvalVLLMConfig, VLLMConfig
 from atesd.config.peers import AdaBackConfig, AnchoredResidualConfig, SeeleConfig
 from atesd.config.section import Section
@@ -172,43 +171,6 @@ class TeacherConfig(Section):
         None, description="AR-OPD's anchored-residual teacher (docs/method.md#ar-opd); None: the plain teacher.")
 
 
-class ControllerConfig(Section):
-    """The learned Beta-policy controller (docs/method.md#controller; every default is ours: the paper gives none)."""
-
-    hidden_sizes: list[PositiveInt] = Field(
-        default_factory=lambda: [64, 64], description="Policy MLP hidden layers (tanh); [] is a linear policy.")
-    initial_beta: tuple[float, float] = Field(
-        (2.0, 2.0), description="(a, b) of the starting policy, set through the output bias (ours: Beta(2, 2)).")
-    lookahead: int = Field(4, ge=1, description="L: updates over which a decision's reward is summed.")
-    discount: float = Field(0.9, ge=0, le=1, description="gamma of the discounted reward.")
-    progress_signal: Literal["probe_nll", "distill_loss"] = Field(
-        "probe_nll", description="The loss l whose drops make G_lp.")
-    teacher_grounded_weight: float = Field(0.1, ge=0, description="lambda_gt: weight of G_gt in R (0: G_lp only).")
-    decisions_per_update: int = Field(4, ge=2, description="B: rewarded decisions per REINFORCE update.")
-    lr: float = Field(1e-2, gt=0, description="Adam learning rate of the policy.")
-    entropy_coef: float = Field(0.01, ge=0, description="c: weight of the one-sided entropy hinge.")
-    entropy_target: float = Field(-0.5, description="H_target: Beta entropy above which the hinge acts.")
-    advantage_eps: float = Field(1e-8, gt=0, description="epsilon of the advantage normalisation.")
-    baseline: Literal["progress_trend", "none"] = Field(
-        "progress_trend", description="Advantages against a least-squares trend of R on training progress over the "
-        "latest baseline_window rewarded decisions (ours: removes the drift of shrinking progress); none: the "
-        "paper's normalisation over the update's B decisions.")
-    baseline_window: int = Field(16, ge=3, description="Rewarded decisions the progress trend is fitted on.")
-    state_ema_decay: float = Field(0.9, ge=0, lt=1, description="Decay of the state's EMAs (ours).")
-    feature_clip: float = Field(5.0, gt=0, description="Normalised state features are clipped to +-this (ours).")
-    credited_problems: int = Field(
-        8, ge=1, description="Exposure per problem: problems of each step whose own reference NLL is measured "
-        "before their update and after the look-ahead, to reward their alpha (the first of the batch; each costs "
-        "two reference passes under the student prompt).")
-
-    @field_validator("initial_beta")
-    @classmethod
-    def _initial_beta_above_one(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if min(value) <= 1.0:
-            raise ValueError(f"(a, b) = 1 + softplus(.) is always above 1; got {list(value)}")
-        return value
-
-
 class ExposureConfig(Section):
     policy: Literal["fixed", "random", "schedule", "controller", "adaback", "seele", "paint"] = Field(
         "fixed", description="fixed alpha; random alpha per hold window; linear schedule; the ATESD controller; "
@@ -232,9 +194,11 @@ class ExposureConfig(Section):
     def _clip_range_is_ordered(self) -> ExposureConfig:
         if self.alpha_min > self.alpha_max:
             raise ValueError(f"alpha_min ({self.alpha_min}) is above alpha_max ({self.alpha_max})")
-        if self.per_problem and self.policy != "controller":
-            raise ValueError(f"per_problem: the learned controller chooses each problem's alpha, policy is "
-                             f"'{self.policy}': set exposure.policy: controller and method: atesd")
+        if self.per_problem and self.policy not in ("controller", "random"):
+            raise ValueError(f"per_problem: the learned controller chooses each problem's alpha (or random exposure "
+                             f"draws it), policy is '{self.policy}': set exposure.policy: controller and method: atesd")
+        if self.controller.credit == "alignment" and self.policy == "controller" and not self.per_problem:
+            raise ValueError("controller.credit: alignment credits each problem's own alpha: set per_problem: true")
         return self
 
 
@@ -331,6 +295,13 @@ class Config(Section):
         if learned and self.exposure.controller.progress_signal == "probe_nll" and self.data.probe_size == 0:
             raise ValueError("the controller's reward uses probe_nll, which needs a probe set: set data.probe_size "
                              "> 0 or exposure.controller.progress_signal: distill_loss")
+        controller = self.exposure.controller  # uses_alignment and uses_style_probe (exposure/signals.py)
+        aligns = controller.credit == "alignment" and self.exposure.policy in ("controller", "random")
+        if (controller.progress_signal == "style_nll" or aligns and controller.alignment_probe != "reference") \
+                and self.data.probe_size == 0:
+            raise ValueError("the style probe is sampled on the probe problems: set data.probe_size > 0")
+        if aligns and self.method not in ("opsd", "atesd"):
+            raise ValueError("controller.credit: alignment is measured on the distillation loss (opsd or atesd)")
         return self
 
 

@@ -12,8 +12,13 @@ from atesd.exposure.controller import ControllerExposure
 from atesd.exposure.paint import PaintExposure
 from atesd.exposure.per_problem import PerProblemExposure, ProblemView
 from atesd.exposure.seele import SeeleExposure
-from atesd.exposure.simple import FixedExposure, LinearScheduleExposure, RandomExposure
+from atesd.exposure.simple import (
+    FixedExposure,
+    LinearScheduleExposure,
+    RandomExposure,
+    RandomPerProblemExposure,
+)
 
 __all__ = ["RULES", "AdaBackExposure", "AnyExposurePolicy", "ControllerExposure", "ExposurePolicy", "FixedExposure",
            "LinearScheduleExposure", "PaintExposure", "PerProblemExposure", "ProblemExposurePolicy", "ProblemView",
-           "RandomExposure", "SeeleExposure", "build_exposure_policy"]
+           "RandomExposure", "RandomPerProblemExposure", "SeeleExposure", "build_exposure_policy"]

@@ -5,11 +5,12 @@ never sees the trainer. Only the main process asks for α (and broadcasts it); e
 statistics, already averaged over processes. A policy's whole state goes into checkpoints so that a resumed run
 takes the same decisions as an uninterrupted one.
 
-A policy with ``per_problem`` true (`ProblemExposurePolicy`: exposure per problem, the peers' rules) answers
-`alphas(step, views)` instead of `alpha(step)`, one α per problem from what each problem's rollout showed (its
-`ProblemView`), and is told each step's own-problem measurements (`nll_wanted`, `measured`) before `observe`. A new
-rule per problem subclasses `atesd.exposure.rules.ProblemRule` and is added to `RULES` (docs/architecture.md#adding-an-
-exposure-rule); the trainer needs no change.
+A policy with ``per_problem`` true (`ProblemExposurePolicy`: exposure per problem, random exposure per problem,
+the peers' rules) answers `alphas(step, views)` instead of `alpha(step)`, one α per problem from what each
+problem's rollout showed (its `ProblemView`), and is told each step's own-problem measurements (`nll_wanted`,
+`measured`, or `aligned` under the alignment credit) before `observe`. A new rule per problem subclasses
+`atesd.exposure.rules.ProblemRule` and is added to `RULES` (docs/architecture.md#adding-an-exposure-rule); the
+trainer needs no change.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from atesd.exposure.paint import PaintExposure
 from atesd.exposure.per_problem import PerProblemExposure, ProblemView
 from atesd.exposure.rules import ProblemRule
 from atesd.exposure.seele import SeeleExposure
-from atesd.exposure.simple import FixedExposure, LinearScheduleExposure, RandomExposure
+from atesd.exposure.simple import (
+    FixedExposure,
+    LinearScheduleExposure,
+    RandomExposure,
+    RandomPerProblemExposure,
+)
 
 # The rules per problem by their ``exposure.policy`` name; each is built as ``rule(config, seed)``.
 RULES: dict[str, type[ProblemRule]] = {"adaback": AdaBackExposure, "seele": SeeleExposure, "paint": PaintExposure}
@@ -93,6 +99,8 @@ def build_exposure_policy(config: ExposureConfig, total_steps: int, seed: int) -
     """The policy named by ``config.policy``; `total_steps` sets schedules and the progress feature."""
     if config.policy == "fixed":
         return FixedExposure(config.alpha)
+    if config.policy == "random" and config.per_problem:
+        return RandomPerProblemExposure(config.alpha_min, config.alpha_max, seed)
     if config.policy == "random":
         return RandomExposure(config.alpha_min, config.alpha_max, config.hold_steps, seed)
     if config.policy == "schedule":

@@ -215,9 +215,10 @@ class ControllerExposure:
     # ------------------------------------------------------------------ learning
 
     def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]:
-        if self.settings.progress_signal == "probe_nll":
-            self.losses.setdefault(step, float(stats["probe_nll_before"]))
-            self.losses[step + 1] = float(stats["probe_nll"])
+        signal = self.settings.progress_signal
+        if signal in ("probe_nll", "style_nll"):  # ℓ measured after each update (style_nll: ours)
+            self.losses.setdefault(step, float(stats[f"{signal}_before"]))
+            self.losses[step + 1] = float(stats[signal])
         else:
             self.losses[step] = float(stats["loss"])
         self.teacher_logps[step] = float(stats.get("teacher_ref_logp", float("nan")))

@@ -115,7 +115,9 @@ class PerProblemExposure:
         self.problem_normalizer = RunningNormalizer(len(PROBLEM_FEATURES))
         self.waiting: list[Group] = []  # decided, reward not complete yet
         self.rewarded: list[Group] = []  # reward complete, not yet used by an update
-        self.uses_teacher_ref_logp = self.settings.teacher_grounded_weight > 0  # G_gt needs each g_i
+        self.alignment = self.settings.credit == "alignment"  # each problem credited the same step (ours)
+        # G_gt needs each g_i; the alignment credit has no G_gt
+        self.uses_teacher_ref_logp = self.settings.teacher_grounded_weight > 0 and not self.alignment
         self.updates = 0
         self._rows: list[dict[str, Any]] = []
 
@@ -136,7 +138,8 @@ class PerProblemExposure:
         group = Group(step, [v.key for v in views], [v.bucket for v in views], [v.correct for v in views],
                       [v.segments for v in views],
                       [min(max(x, self.exposure.alpha_min), self.exposure.alpha_max) for x in samples], samples,
-                      (a / (a + b)).tolist(), features, state, min(self.settings.credited_problems, len(views)))
+                      (a / (a + b)).tolist(), features, state,
+                      len(views) if self.alignment else min(self.settings.credited_problems, len(views)))
         self.waiting.append(group)
         return group.alphas
 
@@ -153,12 +156,16 @@ class PerProblemExposure:
     def nll_wanted(self, step: int) -> list[int]:
         """Keys of the problems whose reference NLL to measure before update `step`: this step's credited group
         (ℓ before), then the credited group of step − L (ℓ after the look-ahead), when there is one."""
+        if self.alignment:
+            return []
         current, due = self._group(step), self._group(step - self.settings.lookahead)
         return current.keys[:current.credited] + (due.keys[:due.credited] if due is not None else [])
 
     def measured(self, step: int, nll: Sequence[float], teacher_logps: Sequence[float]) -> None:
         """The NLLs of `nll_wanted(step)` (in its order) and g_i of every problem of the step (NaN when not
         measured), taken before update `step`."""
+        if self.alignment:  # credited after the update instead (`aligned`)
+            return
         current, due = self._group(step), self._group(step - self.settings.lookahead)
         current.before = [float(v) for v in nll[:current.credited]]
         current.teacher_logps = [float(g) for g in teacher_logps[:current.credited]]
@@ -171,6 +178,15 @@ class PerProblemExposure:
         self.waiting.remove(due)
         self.rewarded.append(due)
         self._rows.append(due.row(logged_at=step + 1))
+
+    def aligned(self, step: int, credits: Sequence[float]) -> None:
+        """The alignment credit (`controller.credit: alignment`, ours): each problem's first-order effect on the
+        probe loss, measured before update `step` (`atesd.train.signals`), is its reward at once: R_i = c_i."""
+        group = self._group(step)
+        group.progress = group.rewards = [float(c) for c in credits]
+        self.waiting.remove(group)
+        self.rewarded.append(group)
+        self._rows.append(group.row(logged_at=step + 1))
 
     def _group(self, step: int) -> Group | None:
         return next((group for group in self.waiting if group.step == step), None)

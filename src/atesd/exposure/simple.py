@@ -1,9 +1,10 @@
-"""The exposure policies that learn nothing: fixed α (α = 1 is OPSD), random α per hold window, linear schedule."""
+"""The exposure policies that learn nothing: fixed α (α = 1 is OPSD), random α per hold window (or per problem),
+linear schedule."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -97,3 +98,43 @@ class RandomExposure(NonLearningPolicy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.window_start, self.current_alpha = state["window_start"], state["current_alpha"]
+
+
+class RandomPerProblemExposure(NonLearningPolicy):
+    """α_i ~ Uniform[α_min, α_max] for each problem of each step (ours: random exposure with
+    ``exposure.per_problem: true``), the comparison of exposures within a step that `atesd diagnose` measures
+    per-problem credits on (docs/controller.md#signals-with-power). It measures no credit itself."""
+
+    per_problem = True
+
+    def __init__(self, alpha_min: float, alpha_max: float, seed: int) -> None:
+        self.alpha_min, self.alpha_max = _check_unit("alpha_min", alpha_min), _check_unit("alpha_max", alpha_max)
+        self.rng = np.random.default_rng([seed, 0xA1FB])
+        self.step: int | None = None
+        self.current: list[float] = []
+
+    def alphas(self, step: int, views: Sequence[Any]) -> list[float]:
+        """One draw per problem of the step (in the order of `views`); asking twice for a step gives the same."""
+        if step != self.step:
+            self.step, self.current = step, self.rng.uniform(self.alpha_min, self.alpha_max, len(views)).tolist()
+        return self.current
+
+    def nll_wanted(self, step: int) -> list[int]:
+        return []
+
+    def measured(self, step: int, nll: Sequence[float], teacher_logps: Sequence[float]) -> None:
+        pass
+
+    def aligned(self, step: int, credits: Sequence[float]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"policy": "random_per_problem", "rng": self.rng.bit_generator.state, "step": self.step,
+                "current": list(self.current)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("policy") != "random_per_problem":
+            raise ValueError(f"checkpoint holds a '{state.get('policy')}' exposure policy, config says random "
+                             "exposure per problem")
+        self.rng.bit_generator.state = state["rng"]
+        self.step, self.current = state["step"], list(state["current"])

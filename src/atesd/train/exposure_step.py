@@ -44,9 +44,17 @@ def alpha_record(policy: AnyExposurePolicy, alphas: list[float]) -> float:
 
 def measure_credit(policy: AnyExposurePolicy, step: int, train_problems: list[Problem],
                    scorer: Scorer, teacher: TeacherTargets, cost: StepCost) -> None:
-    """A policy per problem: the reference NLLs it asks for, before this step's update, and each problem's g_i;
-    nothing for a batch-level policy."""
+    """Exposure per problem: the reference NLLs its credit needs, before this step's update, and each problem's
+    g_i (none under the alignment credit); nothing for a batch-level policy."""
+    if not policy.per_problem:
+        return
+    wanted = policy.nll_wanted(step)
+    policy.measured(step, scorer.reference_nlls([train_problems[key] for key in wanted], cost),
+                    teacher.reference_logps)
+
+
+def credit_alignment(policy: AnyExposurePolicy, step: int, credits: list[float]) -> None:
+    """Exposure per problem under the alignment credit: each problem's credit (`atesd.train.signals`), after the
+    update and before `observe`; nothing for a batch-level policy (random exposure only logs it)."""
     if policy.per_problem:
-        wanted = policy.nll_wanted(step)
-        policy.measured(step, scorer.reference_nlls([train_problems[key] for key in wanted], cost),
-                        teacher.reference_logps)
+        policy.aligned(step, credits)

@@ -7,7 +7,8 @@
   the rollouts after the anchor's prompts, and the targets combine the two passes.
 - `student_hidden` / `student_token_logprobs`: the student's view of ``[student prompt ; completion]``.
 - `probe_nll`: the student's per-token NLL of the held-out probe references, independent of α;
-  `reference_nlls`: the same per problem, for exposure per problem's own-problem credit.
+  `reference_nlls`: the same per problem, for exposure per problem's own-problem credit; `sequences_nll` and
+  `nll_gradient`: any completions' NLL and its gradient (the style probe, and alignment with a probe).
 
 Every forward counts its tokens into the step's `StepCost`; teacher forwards are timed as ``teacher``.
 """
@@ -135,39 +136,60 @@ class Scorer:
         with cost.timed("teacher"), self.teacher.scoring() as teacher_model, self._precision():
             return completion_token_logprobs(teacher_model, batch, self.chunk_size)
 
-    # ------------------------------------------------------------------ the probe
+    # ------------------------------------------------------------------ the probes
 
     @torch.no_grad()
     def probe_nll(self, problems: list[Problem], cost: StepCost | None = None) -> float:
         """Mean per-token NLL of the probe problems' reference solutions under the student prompt."""
         if not problems:
             return float("nan")
+        return self.sequences_nll([self.prompts.student(p) for p in problems],
+                                  [self.prompts.solution(p) for p in problems], cost)
+
+    @torch.no_grad()
+    def sequences_nll(self, prompts: list[list[int]], completions: list[list[int]],
+                      cost: StepCost | None = None) -> float:
+        """The student's mean per-token NLL of `completions` after `prompts` (the probe, and the style probe)."""
         cost = cost or StepCost()
         total, count = 0.0, 0
         with cost.timed("probe"):
-            for batch, logprobs in self._reference_logprobs(problems, cost):
+            for batch, logprobs in self._logprobs(prompts, completions, cost):
                 total -= float(logprobs.sum())
                 count += batch.num_tokens
-        return total / count
+        return total / max(count, 1)
+
+    def nll_gradient(self, prompts: list[list[int]], completions: list[list[int]], parameters: list[torch.Tensor],
+                     cost: StepCost) -> list[torch.Tensor]:
+        """The gradient, with respect to `parameters`, of the student's mean per-token NLL of `completions` after
+        `prompts`, at the current weights (the `.grad` of the parameters is left alone)."""
+        count = sum(len(ids) for ids in completions)
+        gradient = [torch.zeros_like(p) for p in parameters]
+        for batch, logprobs in self._logprobs(prompts, completions, cost, grad=True):
+            parts = torch.autograd.grad(-logprobs.sum() / count, parameters, allow_unused=True)
+            for total, part in zip(gradient, parts):
+                if part is not None:
+                    total.add_(part)
+        return gradient
 
     @torch.no_grad()
     def reference_nlls(self, problems: list[Problem], cost: StepCost) -> list[float]:
         """Each problem's mean per-token NLL of its reference solution under the student prompt (untimed: the
         caller says whose cost it is)."""
-        return [float(-part.mean()) for batch, logprobs in self._reference_logprobs(problems, cost)
+        return [float(-part.mean()) for batch, logprobs in self._logprobs([self.prompts.student(p) for p in problems],
+                                                                          [self.prompts.solution(p) for p in problems],
+                                                                          cost)
                 for part in logprobs.split(batch.completion_lengths)]
 
-    def _reference_logprobs(self, problems: list[Problem], cost: StepCost):
-        """(batch, the student's log-probs of its reference tokens) per micro-batch, in eval mode."""
+    def _logprobs(self, prompts: list[list[int]], completions: list[list[int]], cost: StepCost, grad: bool = False):
+        """(batch, the student's log-probs of its completion tokens) per micro-batch, in eval mode (with
+        gradients when `grad`)."""
         model = self.student
         was_training = model.training
         model.eval()
         try:
-            for span in self.spans(len(problems)):
-                chunk = problems[span]
-                batch = self.packed([self.prompts.student(p) for p in chunk],
-                                    [self.prompts.solution(p) for p in chunk], cost)
-                with self._precision():
+            for span in self.spans(len(prompts)):
+                batch = self.packed(prompts[span], completions[span], cost)
+                with self._precision(), torch.set_grad_enabled(grad):
                     yield batch, completion_token_logprobs(model, batch, self.chunk_size)
         finally:
             model.train(was_training)

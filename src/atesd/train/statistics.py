@@ -37,5 +37,9 @@ def per_token_kl(outputs: Sequence[DivergenceOutput]) -> torch.Tensor:
     return torch.cat([o.per_token_kl for o in outputs])
 
 
+def per_token_loss(outputs: Sequence[DivergenceOutput]) -> torch.Tensor:
+    return torch.cat([o.per_token_loss for o in outputs])
+
+
 def quantile(values: torch.Tensor, q: float) -> float:
     return float(torch.quantile(values.float(), q)) if values.numel() else float("nan")

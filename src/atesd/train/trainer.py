@@ -58,7 +58,7 @@ from atesd.train.checkpoint import (
 )
 from atesd.train.cost import StepCost
 from atesd.train.distributed import Processes, refuse_unsupported_distribution
-from atesd.train.exposure_step import alpha_record, measure_credit, step_alphas
+from atesd.train.exposure_step import alpha_record, credit_alignment, measure_credit, step_alphas
 from atesd.train.metrics import MetricsLogger
 from atesd.train.parts import StepParts, StepResult
 from atesd.train.preflight import learning_warnings
@@ -67,7 +67,8 @@ from atesd.train.rollouts import Grader, RolloutSampler
 from atesd.train.run_dir import RunLock, prepare_run_dir, record_non_finite_stop, run_directory
 from atesd.train.scoring import Scorer
 from atesd.train.sharding import requested_sharding
-from atesd.train.statistics import distillation_statistics, per_token_kl
+from atesd.train.signals import ExposureSignals
+from atesd.train.statistics import distillation_statistics, per_token_kl, per_token_loss
 from atesd.train.update import NonFiniteError, Updater, lr_factor
 from atesd.train.versions import write_versions
 
@@ -161,6 +162,7 @@ class Trainer:
                           anchored_residual=config.teacher.anchored_residual),
             processes=processes,
         )
+        self.signals = ExposureSignals(config, self.parts.scorer, self.probe_problems, processes.count)
         self.exposure = exposure_policy or build_exposure_policy(config.exposure, config.train.steps,
                                                                  config.run.seed)
         for warning in learning_warnings(config):
@@ -200,6 +202,7 @@ class Trainer:
         progress = tqdm(total=total, initial=self.step, desc=f"train {self.run_dir.name}", unit="step",
                         disable=not self.processes.is_main)
         try:
+            self.signals.start(self.parts.sampler)  # the style probe, when one is used
             if self.last_probe_nll is None:
                 self.last_probe_nll = self.probe_nll()
             if self.evaluator is not None and self.step == 0 and self.evaluator.due(0):
@@ -281,9 +284,12 @@ class Trainer:
         anchored = self.config.teacher.anchored_residual  # AR-OPD: the anchor teacher's prompts too
         anchors = [prompts.teacher(p, anchored.anchor_alpha) for p in problems] if anchored is not None else None
         teacher = scorer.teacher_targets(teacher_prompts, rollouts.completion_ids, solutions, cost, anchors)
-        with cost.timed("exposure"):
-            measure_credit(self.exposure, step, self.train_problems, scorer, teacher, cost)
         scale = processes.loss_scale(rollouts.num_tokens)  # sum over the step's tokens / their number
+        with cost.timed("exposure"):
+            if self.signals.aligns:  # each problem's loss a small step along the probe gradient, before the update
+                self.signals.perturbed(step, self.divergence, self.divergence_spec, student_prompts,
+                                       rollouts.completion_ids, teacher, scale, cost)
+            measure_credit(self.exposure, step, self.train_problems, scorer, teacher, cost)
         outputs = []
 
         def loss_step(span: slice) -> torch.Tensor:
@@ -296,8 +302,12 @@ class Trainer:
             return out.loss_sum * scale
 
         updated = self.update_and_probe(scorer.spans(len(problems)), loss_step, step, cost)
+        signals = {}
+        if self.signals.aligns:  # the alignment credit, against the update's own forward
+            credits, signals = self.signals.credits(per_token_loss(outputs), rollouts.completion_ids, scale, alphas)
+            credit_alignment(self.exposure, step, credits)
         record = {"alpha": alpha_record(self.exposure, alphas), **distillation_statistics(outputs, processes),
-                  "teacher_ref_logp": teacher.reference_logp, **rollouts.record(processes), **updated}
+                  "teacher_ref_logp": teacher.reference_logp, **rollouts.record(processes), **updated, **signals}
         with cost.timed("exposure"):
             record.update(self.exposure.observe(step, record))
         return StepResult(record, {"prompts": rollouts.completions.prompt_ids, "correct": rollouts.correct,
@@ -313,10 +323,11 @@ class Trainer:
         if update.applied:
             self.teacher.after_optimizer_step()
         probe_before = self.last_probe_nll
-        if (step + 1) % self.config.train.probe_every == 0:
+        measured = (step + 1) % self.config.train.probe_every == 0
+        if measured:
             self.last_probe_nll = self.probe_nll(cost)
         return {"probe_nll": self.last_probe_nll, "probe_nll_before": probe_before,
-                **update.record(self.updater.skipped_steps)}
+                **self.signals.after_update(measured, cost), **update.record(self.updater.skipped_steps)}
 
     def measures_teacher_ref_logp(self, step: int) -> bool:
         """g_t costs a teacher pass over the references: taken when the exposure policy's reward uses it, else
@@ -352,7 +363,8 @@ class Trainer:
         state = TrainingState(
             weights=weights, optimizer=optimizer, exposure=self.exposure.state_dict(), teacher=teacher,
             trainer={"step": self.step, "data_position": self.step * self.config.train.batch_size,
-                     **self.updater.state_dict(), "last_probe_nll": self.last_probe_nll})
+                     **self.updater.state_dict(), "last_probe_nll": self.last_probe_nll,
+                     "signals": self.signals.state_dict()})
         save_checkpoint(self.run_dir, self.step, lambda directory: write_training_state(directory, state),
                         keep=self.config.train.keep_checkpoints)
 
@@ -369,6 +381,7 @@ class Trainer:
         self.updater.load_state_dict(state.trainer)
         self.step = state.trainer["step"]
         self.last_probe_nll = state.trainer["last_probe_nll"]
+        self.signals.load_state_dict(state.trainer.get("signals"))
 
     def save(self) -> None:
         """The trained model (the adapter, for LoRA) and tokenizer in ``<run>/final_model`` (see models.export)."""

@@ -1,0 +1,60 @@
+"""The power table of docs/controller.md#signals-with-power, from the diagnoses in docs/results-signals/.
+
+Window signals: ``win-<base>-s0-steps100`` and ``-steps300`` (t at 50 and 150 decisions); each problem's
+alignment credit: ``pp-*`` (style probe), ``ppref-*`` (reference probe), ``ppcon-*`` (contrast probe), 100
+updates, t at 300 updates scaled by √3. Writes ``power.csv`` there and prints it.
+
+    python benchmarks/signal_power.py
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "docs" / "results-signals"
+WINDOW_SIGNALS = ("G_lp", "G_gt", "R", "lp_signed", "probe_drop", "accuracy", "style_drop", "probe_tscl", "probe_alp",
+                  "probe_quantile", "style_tscl", "style_alp", "style_quantile")
+PROBES = {"pp": "style", "ppref": "reference", "ppcon": "contrast"}
+
+
+def fits(folder: str) -> dict[tuple[str, str], dict]:
+    data = json.loads((ROOT / folder / "diagnose.json").read_text())
+    return {(row["table"], row["signal"]): row for row in data["fits"]}
+
+
+def rows() -> list[dict]:
+    found = []
+    for base in ("w0", "w1"):
+        short, full = fits(f"win-{base}-s0-steps100"), fits(f"win-{base}-s0-steps300")
+        for signal in WINDOW_SIGNALS:
+            a, b = short[("windows", signal)], full[("windows", signal)]
+            found.append({"design": "windows: random, hold 2", "signal": signal, "run": f"{base}-s0",
+                          "slope_50": a["slope"], "t_50": a["t"], "slope_150": b["slope"], "t_150": b["t"],
+                          "t_150_measured": True})
+    for prefix, probe in PROBES.items():
+        for folder in sorted(path.name for path in ROOT.glob(f"{prefix}-w*-s*")):
+            table = fits(folder)
+            for signal in ("alignment", "alignment_sign"):
+                row = table[("alignment_within_step", signal)]
+                found.append({"design": f"per problem: random, alignment on the {probe} probe", "signal": signal,
+                              "run": folder.split("-", 1)[1], "slope_50": row["slope"], "t_50": row["t"],
+                              "slope_150": row["slope"], "t_150": row["t"] * math.sqrt(3), "t_150_measured": False})
+    return found
+
+
+def main() -> None:
+    table = rows()
+    with open(ROOT / "power.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    for row in table:
+        print(f"{row['design']:50} {row['signal']:15} {row['run']:6} t50 {row['t_50']:+6.2f} t150 {row['t_150']:+6.2f}"
+              + ("" if row["t_150_measured"] else " (scaled)"))
+
+
+if __name__ == "__main__":
+    main()
