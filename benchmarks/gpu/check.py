@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 from shapes import build_model_dir, shapes_for
 
+from atesd.files import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 PACKAGES = ("atesd", "torch", "transformers", "accelerate", "peft", "math_verify", "pydantic", "safetensors")
@@ -104,12 +106,6 @@ def run_part(name: str, command: list[str], limit: float, extra_env: dict, log: 
     return entry
 
 
-def write_report(path: Path, report: dict) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(report, indent=1))
-    os.replace(temporary, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and the parts' logs")
@@ -124,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     report_path = args.out / "gpu_check.json"
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "tiny": args.tiny, "environment": environment(), "parts": {}}
-    write_report(report_path, report)
+    atomic_write_text(report_path, json.dumps(report, indent=1))
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         _, shapes, dtype = shapes_for(args.tiny)
@@ -141,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
                 report["parts"][name] = run_part(name, command, min(limit, left), extra_env,
                                                  args.out / f"{name}.log", scratch / f"{name}.json")
             print(f"{name}: {report['parts'][name]['status']}", flush=True)
-            write_report(report_path, report)
+            atomic_write_text(report_path, json.dumps(report, indent=1))
     report["wall_time_s"] = round(time.perf_counter() - started, 1)
     report["all_ok"] = all(part["status"] == "ok" for part in report["parts"].values()) and \
         report["parts"].get("agreement", {}).get("result", {}).get("agree", False)
-    write_report(report_path, report)
+    atomic_write_text(report_path, json.dumps(report, indent=1))
     print(f"report: {report_path} (all parts ok: {report['all_ok']})")
     return 0 if report["all_ok"] else 1
 

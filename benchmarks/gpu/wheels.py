@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 CARRIED = ("math-verify", "latex2sympy2_extended", "antlr4-python3-runtime", "pydantic", "pydantic_core",
@@ -32,15 +33,13 @@ LIMIT_MIB = 64
 
 def pinned(names: tuple[str, ...]) -> list[str]:
     """``name==version`` for each of `names`, from constraints.txt (names compared as pip normalises them)."""
-    def key(name: str) -> str:
-        return re.sub(r"[-_.]+", "-", name).lower()
-
-    versions = {key(line.split("==")[0]): line.strip() for line in (ROOT / "constraints.txt").read_text().splitlines()
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    versions = {canonicalize_name(line.split("==")[0]): line.strip() for line in lines
                 if "==" in line and not line.startswith("#")}
-    missing = [name for name in names if key(name) not in versions]
+    missing = [name for name in names if canonicalize_name(name) not in versions]
     if missing:
         raise SystemExit(f"wheels.py: error: {missing} have no pin in constraints.txt")
-    return [versions[key(name)] for name in names]
+    return [versions[canonicalize_name(name)] for name in names]
 
 
 SOURCE_STAMP = "atesd-source.sha256"

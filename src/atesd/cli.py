@@ -90,7 +90,8 @@ def _eval(args: argparse.Namespace) -> None:
         model_path = str(run_dir / "final_model") if (run_dir / "final_model").is_dir() else None
     # Files named and filled with what is evaluated: a teacher at another α or another model never overwrites them.
     label = "student" if args.teacher_alpha is None else f"teacher-alpha{args.teacher_alpha:g}"
-    config.eval.teacher_alpha = args.teacher_alpha if args.teacher_alpha is not None else config.eval.teacher_alpha
+    if args.teacher_alpha is not None:  # the saved config says what was evaluated
+        config.eval.teacher_alpha = args.teacher_alpha
     out_dir = writable_folder(Path(args.out) if args.out else run_dir / "eval", "--out")
     base = base_model_path(config)
     tokenizer = load_tokenizer(config, model_path or base)
