@@ -27,7 +27,7 @@ from atesd.files import atomic_write_text
 from atesd.models.loading import load_training_model
 from atesd.train.along_training import EVAL_LOG
 from atesd.train.base_model import base_model_path
-from atesd.train.checkpoint import STEP_NAME, checkpoints, read_checkpoint_weights
+from atesd.train.checkpoint import checkpoint_step, checkpoints, read_checkpoint_weights
 from atesd.train.metrics import read_metrics
 
 CHECKPOINT_ROWS = "checkpoints.jsonl"
@@ -43,7 +43,7 @@ def evaluate_checkpoints(config: Config, run_dir: Path, out_dir: Path) -> list[d
     model, tokenizer = load_training_model(config, base_model_path(config))
     trained = {name: parameter.shape for name, parameter in model.named_parameters() if parameter.requires_grad}
     rows: list[dict[str, Any]] = []
-    for step, directory in [(0, None)] + [(int(STEP_NAME.fullmatch(path.name).group(1)), path) for path in saved]:
+    for step, directory in [(0, None)] + [(checkpoint_step(path), path) for path in saved]:
         if directory is not None:
             model.load_state_dict(read_checkpoint_weights(directory, trained), strict=False)
         summaries = evaluate_model(config, model, tokenizer, out_dir / f"step-{step:07d}", "student",

@@ -34,7 +34,7 @@ from atesd.analysis.guards import read_json
 from atesd.analysis.presets import BASE_LABEL
 from atesd.config import Config, ConfigError, changed_keys, load_config, save_config
 from atesd.files import atomic_write_text
-from atesd.train.checkpoint import latest_checkpoint
+from atesd.train.checkpoint import checkpoint_step, latest_checkpoint
 from atesd.train.run_dir import LOCK_FILE
 from atesd.train.trainer import Trainer
 
@@ -291,7 +291,7 @@ def log_reaches_checkpoint(directory: Path) -> bool:
     if checkpoint is None:
         return False
     steps = [row.get("step") for row in read_metrics(directory / "metrics.jsonl")]
-    return steps == list(range(1, int(checkpoint.name.removeprefix("step-")) + 1))
+    return steps == list(range(1, checkpoint_step(checkpoint) + 1))
 
 
 def saved_runs(folder: Path, marker: str) -> list[tuple[Path, Config]]:

@@ -82,6 +82,11 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda path: path.name, reverse=True)
 
 
+def checkpoint_step(directory: Path) -> int:
+    """The optimizer step a published checkpoint directory (``step-NNNNNNN``) was saved at."""
+    return int(STEP_NAME.fullmatch(directory.name).group(1))
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run, or None when it has none."""
     found = checkpoints(run_dir)
