@@ -207,3 +207,7 @@ def test_compare_killed_midway_continues_without_redoing_runs(recipes, sweep_dir
            "forward tokens | train s |" in report
     assert "| random | 2 |" in report and "atesd compare --recipes" in report
     assert "![learning_curves](learning_curves.png)" in report and "![alpha_trajectories]" in report
+    # every method against OPSD, the best fixed α and random exposure, the control an adaptive policy must beat
+    assert "| method | − OPSD (opsd) |" in report and "| − random exposure (random) |" in report
+    pairs = {(row["method"], row["reference"]) for row in read_csv(out / "paired.csv")}
+    assert {("atesd", "random exposure"), ("atesd", "OPSD"), ("sft", "random exposure")} <= pairs

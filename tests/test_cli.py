@@ -196,3 +196,24 @@ def test_damaged_checkpoints_and_final_model_are_named(tiny_config, tmp_path, ca
     assert main(["train", str(path), "train.steps=3", "--resume"]) == 2
     line = error_line(capsys)
     assert "no checkpoint of" in line and "step-0000002: " in line and "optimizer.json cannot be read" in line
+
+
+@pytest.mark.parametrize("recipe", ["configs/embedded/adaptive.yaml", "configs/embedded/strong-teacher/adaptive.yaml"])
+def test_the_recommended_adaptive_exposure_runs_as_the_demo_on_both_regimes(recipe, embedded_cache, tmp_path, capsys):
+    from conftest import TINY_MODEL_OVERRIDES, TINY_RUN_OVERRIDES
+
+    overrides = [f"model.embedded.cache_dir={embedded_cache}", *TINY_MODEL_OVERRIDES, *TINY_RUN_OVERRIDES,
+                 f"run.output_dir={tmp_path / 'runs'}", "train.steps=4", "eval.num_samples=1", "eval.max_problems=4",
+                 "eval.max_new_tokens=8", "exposure.controller.decisions_per_update=2",
+                 "exposure.controller.alignment_refresh=2",
+                 # the tiny model solves no probe problem, so the contrast probe would be empty: the probe is
+                 # tested with a grader of its own in test_signals_training.py
+                 "exposure.controller.alignment_probe=reference"]
+    assert main(["demo", str(REPO_ROOT / recipe), *overrides]) == 0
+    assert "| atesd (student) |" in capsys.readouterr().out
+    config = load_config(REPO_ROOT / recipe, overrides)
+    rows = [json.loads(line) for line in (Path(config.run.output_dir) / "atesd-seed0" / "metrics.jsonl")
+            .read_text().splitlines()]
+    # each problem of each step its own α, credited by its alignment with the contrast probe
+    assert [len(row["problem_alpha"]) for row in rows] == [4] * 4
+    assert all(len(row["alignment"]) == 4 for row in rows)

@@ -201,6 +201,9 @@ def test_compare_over_base_models_with_fixed_alphas_in_two_jobs(tiny_config, tmp
     report = (out / "report.md").read_text()
     for heading in ["## Paired differences", "## Mismatch per α", "## The paper's claims", "95% CI"]:
         assert heading in report, heading
+    # each paired cell: the interval over the pairs, then (2 base models) the one over the base models' means
+    assert re.search(r"^\| atesd \| [+-]\d+\.\d \[[^]]+\] \(\d/4; \d/2 base models; base models \[[^]]+\]\) \|",
+                     report, re.MULTILINE)
     assert "the teacher–student mismatch rises monotonically with α" in report
     # what the reward says about α, for atesd (its α varied), pooled over its 4 runs: windows at steps 1 and 2 (L = 1)
     assert "## What the reward says about α" in report and "| atesd | G_lp | 8 |" in report

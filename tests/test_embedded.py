@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from conftest import EMBEDDED_CONFIG
 from transformers import AutoTokenizer
 
 from atesd.data.arithmetic import ArithmeticSpec, make_problem, make_splits, solve_steps
@@ -66,6 +67,28 @@ def test_slipped_completion_hides_the_slip_from_the_loss():
     assert head == "7+2=9" and last.startswith("9+4=") and last != "9+4=13" and boxed == "\\boxed{13}"
     unscored = tokenizer.decode([i for i, w in zip(ids, weights) if w == 0])
     assert unscored == last.removeprefix("9+4=")
+
+
+def test_the_strong_teachers_answer_examples_need_more_than_half_of_the_reference():
+    from atesd.train.warm_start import answers_at
+
+    assert all(answers_at(None, alpha, m) for alpha in (0.0, 0.5, 1.0) for m in range(2, 7))
+    assert not any(answers_at(0.5, alpha, m) for alpha in (0.0, 0.25, 0.5) for m in range(2, 7))
+    assert all(answers_at(0.5, 1.0, m) for m in range(2, 7))
+    # at 0.75: floor(0.75 m) of m lines, more than half from 3 lines on (1 of 2 is not)
+    assert [answers_at(0.5, 0.75, m) for m in range(2, 7)] == [False, True, True, True, True]
+
+
+def test_a_new_warm_start_setting_left_unset_keeps_the_cached_models_keys():
+    from atesd.config import load_config
+    from atesd.train.warm_start import warm_start_key
+
+    default = load_config(EMBEDDED_CONFIG, [])
+    assert warm_start_key(default) == warm_start_key(load_config(EMBEDDED_CONFIG,
+                                                                 ["model.embedded.teacher_answer_above=null"]))
+    strong = load_config(EMBEDDED_CONFIG.parent / "strong-teacher" / "opsd.yaml", [])
+    assert strong.model.embedded.teacher_answer_above == 0.5 and warm_start_key(strong) != warm_start_key(default)
+    assert warm_start_key(default) == "9594147f6a4a7096"  # the key the default's base model of seed 0 was cached under
 
 
 def test_a_carried_slip_computes_on_from_the_slipped_value_and_hides_only_the_slip():

@@ -181,7 +181,8 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
     fixed = fixed_exposures({row["method"] for row in rows}, alphas, best)
     first = next(iter(scores.values()))
     best_label = best_fixed(first, fixed)
-    references = {"OPSD": "opsd", **({"best fixed α": best_label} if best_label and best_label != "opsd" else {})}
+    references = {"OPSD": "opsd", **({"best fixed α": best_label} if best_label and best_label != "opsd" else {}),
+                  **({"random exposure": "random"} if "random" in first else {})}
     paired = paired_rows(scores, references)
     write_csv(rows, out / "results.csv")
     write_csv(summary, out / "summary.csv")

@@ -82,17 +82,20 @@ def paired_section(rows: Sequence[dict[str, Any]], references: Mapping[str, str]
     names = list(references)
     lines = [(f"Paired differences (percentage points): each method minus the reference on the same base model "
               f"and training seed, mean [{CONFIDENCE:.0%} t-interval over the pairs], the pairs it wins and, with "
-              "several base models, how many base models' mean differences share the sign of the overall mean "
-              "(paired.csv lists them, with the t-interval over the base models' means that the claims below also "
-              "read). Read above 0: held; below 0: did not hold; containing 0: inconclusive at this power.\n")]
+              "several base models, how many base models' mean differences share the sign of the overall mean and "
+              "the t-interval over the base models' means, the one the claims below read (paired.csv lists each "
+              "base model's difference). Read above 0: held; below 0: did not hold; containing 0: inconclusive at "
+              "this power.\n")]
     for benchmark in dict.fromkeys(row["benchmark"] for row in rows):
         cells: dict[str, dict[str, str]] = {}
         for row in rows:
             if row["benchmark"] == benchmark:
                 interval = Interval(row["mean"], row["low"], row["high"], row["pairs"], row["wins"])
                 bases = agreement_note(row["base_models_agreeing"], row["base_models"])
+                second = (f"; base models [{100 * row['base_model_low']:+.1f}, {100 * row['base_model_high']:+.1f}]"
+                          if row["base_models"] > 1 else "")
                 cells.setdefault(row["method"], {})[row["reference"]] = (
-                    f"{interval.cell()} ({row['wins']}/{row['pairs']}{bases})")
+                    f"{interval.cell()} ({row['wins']}/{row['pairs']}{bases}{second})")
         header = ["method", *(f"− {name} ({references[name]})" for name in names)]
         body = [[method, *(by_reference.get(name, "–") for name in names)] for method, by_reference in cells.items()]
         lines.append(f"### {benchmark}\n\n{markdown(header, body)}\n")

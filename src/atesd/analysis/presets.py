@@ -55,6 +55,10 @@ def methods(best_alpha: float) -> dict[str, Method]:
         "atesd-no-drift-baseline": Method("atesd.yaml", ("exposure.controller.baseline=none",)),
         # beyond the paper: each problem its own α, credited by its own reference NLL (docs/method.md#exposure-per-problem)
         "atesd-per-problem": Method("atesd.yaml", ("exposure.per_problem=true",)),
+        # ours: exposure per problem credited by each problem's alignment with the contrast probe, the one signal
+        # with power (docs/controller.md#signals-with-power); and random exposure per problem, its control
+        "atesd-alignment": Method("atesd.yaml", ("exposure.per_problem=true", "exposure.controller.credit=alignment")),
+        "random-per-problem": Method("opsd.yaml", ("exposure.policy=random", "exposure.per_problem=true")),
         # the peers' rules in the same loop, at their papers' settings (docs/method.md#the-peers-rules)
         "adaback": Method("opsd.yaml", ("exposure.policy=adaback",)),
         "seele": Method("opsd.yaml", ("exposure.policy=seele",)),

@@ -71,6 +71,11 @@ class EmbeddedModelConfig(Section):
         0.0, ge=0, le=1, description="Share of teacher-format warm-start examples whose own chain of thought "
         "ends on a slipped value (shown, not scored) followed by the true boxed answer: the examples where the "
         "teacher's context is necessary, without which it never learns to read it.")
+    teacher_answer_above: float | None = Field(
+        None, ge=0, lt=1, description="The slipped-answer examples (teacher_answer_share) only where the teacher "
+        "prompt shows more than this share of the reference's segments; None: at every exposure. The second "
+        "regime's teacher (configs/embedded/strong-teacher/): once it has read most of the worked solution it "
+        "boxes the result it read, whatever the chain it scores says.")
     teacher_follow_share: float = Field(
         0.6, ge=0, le=1, description="Share of the other teacher-format examples whose chain slips at one line (not "
         "scored) and carries the slip on to a wrong boxed answer: the teacher learns to follow the chain it scores.")

@@ -141,6 +141,12 @@ def _common_prefix_length(a: str, b: str) -> int:
     return n
 
 
+def shown_segments(alpha: float, segments: int) -> int:
+    """floor(alpha * m): how many of a reference's m segments the teacher sees at exposure `alpha`."""
+    # The epsilon keeps e.g. alpha = 0.29, m = 100 at 29 segments although 0.29 * 100 = 28.999999999999996.
+    return math.floor(alpha * segments + 1e-9)
+
+
 def exposed_reference(solution: str, alpha: float, unit: SegmentUnit, tokenizer: Any = None) -> str:
     """The reference shown to the teacher at exposure `alpha`: the first floor(alpha * m) segments of the
     solution without its final boxed answer, as the exact prefix text (rstripped); '' when none.
@@ -150,8 +156,7 @@ def exposed_reference(solution: str, alpha: float, unit: SegmentUnit, tokenizer:
         raise ValueError(f"alpha must be a finite number in [0, 1], got alpha={alpha!r}")
     reasoning = strip_final_boxed(solution)
     spans = segment_spans(reasoning, unit, tokenizer)
-    # The epsilon keeps e.g. alpha = 0.29, m = 100 at 29 segments although 0.29 * 100 = 28.999999999999996.
-    shown = math.floor(alpha * len(spans) + 1e-9)
+    shown = shown_segments(alpha, len(spans))
     if shown == 0:
         return ""
     return reasoning[: spans[shown - 1][1]].rstrip()

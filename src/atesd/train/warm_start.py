@@ -40,6 +40,7 @@ from atesd.config import Config
 from atesd.data.arithmetic import embedded_splits, parse_expression, solve_steps
 from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
+from atesd.data.segments import shown_segments
 from atesd.data.templates import chat_prompt
 from atesd.models.cache import cache_root, save_pretrained_atomically
 from atesd.models.sequences import completion_token_logprobs, pack_sequences
@@ -63,13 +64,18 @@ def warm_start_key(config: Config) -> str:
     """A hash of every setting that changes the warm-started model."""
     shaping = {
         "version": WARM_START_VERSION,
-        "model": config.model.embedded.model_dump(exclude={"cache_dir", *HEALTH_KEYS}),
+        "model": config.model.embedded.model_dump(exclude={"cache_dir", *HEALTH_KEYS, *unset_since_cached(config)}),
         "task": config.data.task.model_dump(),
         "templates": templates_key(config),
         "student_chat_kwargs": config.model.student_chat_kwargs,
         "teacher_chat_kwargs": config.model.teacher_chat_kwargs,
     }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def unset_since_cached(config: Config) -> set[str]:
+    """Settings added after models were cached, left out of the key while unset so those models keep their keys."""
+    return {"teacher_answer_above"} if config.model.embedded.teacher_answer_above is None else set()
 
 
 def templates_key(config: Config) -> dict:
@@ -127,8 +133,10 @@ def warm_start(config: Config) -> tuple[PreTrainedModel, PreTrainedTokenizerFast
         own = problem.meta.get("student_solution", problem.solution)
         if rng.random() < settings.teacher_format_share:
             # floor(alpha*m) = m only at alpha = 1 exactly, so full exposure gets its own share of draws.
-            prompt = prompts.teacher(problem, min(1.0, rng.uniform(0.0, 1.25)))
-            if rng.random() < settings.teacher_answer_share:
+            alpha = min(1.0, rng.uniform(0.0, 1.25))
+            prompt = prompts.teacher(problem, alpha)
+            if rng.random() < settings.teacher_answer_share and answers_at(settings.teacher_answer_above, alpha,
+                                                                           prompts.segments(problem)):
                 return (prompt, *slipped_completion(own, rng, prompts.encode, tokenizer.eos_token_id))
             if settings.teacher_follow_share and rng.random() < settings.teacher_follow_share:
                 return (prompt, *carried_slip_completion(problem.question, rng, prompts.encode,
@@ -208,6 +216,12 @@ def carried_slip_completion(question: str, rng: random.Random, encode, eos_token
     slip = encode(value)
     tail = encode("\n" + "\n".join([*lines[slipped_line + 1:], f"\\boxed{{{answer}}}"])) + [eos_token_id]
     return head + slip + tail, [1.0] * len(head) + [0.0] * len(slip) + [1.0] * len(tail)
+
+
+def answers_at(above: float | None, alpha: float, segments: int) -> bool:
+    """Whether a slipped-answer example may be drawn at exposure `alpha` of a reference of `segments` segments:
+    always without `teacher_answer_above`, else only where more than that share of them is shown."""
+    return above is None or shown_segments(alpha, segments) > above * segments
 
 
 def slipped_completion(solution: str, rng: random.Random, encode, eos_token_id: int
