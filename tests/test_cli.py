@@ -199,10 +199,11 @@ def test_damaged_checkpoints_and_final_model_are_named(tiny_config, tmp_path, ca
 
 
 @pytest.mark.parametrize("recipe", ["configs/embedded/adaptive.yaml", "configs/embedded/strong-teacher/adaptive.yaml"])
-def test_the_recommended_adaptive_exposure_runs_as_the_demo_on_both_regimes(recipe, embedded_cache, tmp_path, capsys):
+def test_the_recommended_adaptive_exposure_runs_as_the_demo_on_both_regimes(recipe, tmp_path, capsys):
     from conftest import TINY_MODEL_OVERRIDES, TINY_RUN_OVERRIDES
 
-    overrides = [f"model.embedded.cache_dir={embedded_cache}", *TINY_MODEL_OVERRIDES, *TINY_RUN_OVERRIDES,
+    # a cache of its own: the second regime's warm start is another base model, and the session's cache holds one
+    overrides = [f"model.embedded.cache_dir={tmp_path / 'cache'}", *TINY_MODEL_OVERRIDES, *TINY_RUN_OVERRIDES,
                  f"run.output_dir={tmp_path / 'runs'}", "train.steps=4", "eval.num_samples=1", "eval.max_problems=4",
                  "eval.max_new_tokens=8", "exposure.controller.decisions_per_update=2",
                  "exposure.controller.alignment_refresh=2",
