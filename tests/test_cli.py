@@ -215,6 +215,6 @@ def test_the_recommended_adaptive_exposure_runs_as_the_demo_on_both_regimes(reci
     config = load_config(REPO_ROOT / recipe, overrides)
     rows = [json.loads(line) for line in (Path(config.run.output_dir) / "atesd-seed0" / "metrics.jsonl")
             .read_text().splitlines()]
-    # each problem of each step its own α, credited by its alignment with the contrast probe
+    # each problem of each step its own α, credited by its alignment credit (on the reference probe here)
     assert [len(row["problem_alpha"]) for row in rows] == [4] * 4
     assert all(len(row["alignment"]) == 4 for row in rows)
