@@ -73,9 +73,15 @@ def warm_start_key(config: Config) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Warm-start settings added after base models were cached, with the value every model cached before had: a setting
+# at that value is left out of the key, so those models keep their keys (the next such setting is one entry here).
+ADDED_AFTER_CACHING = {"teacher_answer_above": None}
+
+
 def unset_since_cached(config: Config) -> set[str]:
-    """Settings added after models were cached, left out of the key while unset so those models keep their keys."""
-    return {"teacher_answer_above"} if config.model.embedded.teacher_answer_above is None else set()
+    """The settings of `ADDED_AFTER_CACHING` still at the value the models cached before them had."""
+    settings = config.model.embedded
+    return {name for name, before in ADDED_AFTER_CACHING.items() if getattr(settings, name) == before}
 
 
 def templates_key(config: Config) -> dict:
