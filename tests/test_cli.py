@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from atesd.cli import DEMO_CONFIG, main
-from atesd.config import load_config, save_config
+from atesd.config import changed_keys, load_config, save_config
 
 pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)
 
@@ -205,16 +205,18 @@ def test_the_recommended_adaptive_exposure_runs_as_the_demo_on_both_regimes(reci
     # a cache of its own: the second regime's warm start is another base model, and the session's cache holds one
     overrides = [f"model.embedded.cache_dir={tmp_path / 'cache'}", *TINY_MODEL_OVERRIDES, *TINY_RUN_OVERRIDES,
                  f"run.output_dir={tmp_path / 'runs'}", "train.steps=4", "eval.num_samples=1", "eval.max_problems=4",
-                 "eval.max_new_tokens=8", "exposure.controller.decisions_per_update=2",
-                 "exposure.controller.alignment_refresh=2",
-                 # the tiny model solves no probe problem, so the contrast probe would be empty: the probe is
-                 # tested with a grader of its own in test_signals_training.py
-                 "exposure.controller.alignment_probe=reference"]
+                 "eval.max_new_tokens=8"]
     assert main(["demo", str(REPO_ROOT / recipe), *overrides]) == 0
-    assert "| atesd (student) |" in capsys.readouterr().out
+    # named apart from a plain OPSD run, whose method it shares
+    assert "| opsd with the AR-OPD teacher (student) |" in capsys.readouterr().out
     config = load_config(REPO_ROOT / recipe, overrides)
-    rows = [json.loads(line) for line in (Path(config.run.output_dir) / "atesd-seed0" / "metrics.jsonl")
-            .read_text().splitlines()]
-    # each problem of each step its own α, credited by its alignment credit (on the reference probe here)
-    assert [len(row["problem_alpha"]) for row in rows] == [4] * 4
-    assert all(len(row["alignment"]) == 4 for row in rows)
+    run = Path(config.run.output_dir) / "opsd-seed0"
+    assert load_config(run / "config.yaml").teacher.anchored_residual == config.teacher.anchored_residual
+    assert config.teacher.anchored_residual.anchor_alpha == 0.5 and config.exposure.alpha == 1
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    # one configuration for both regimes: the twin changes only the base model (and, without the overrides, the folder)
+    if "strong-teacher" in recipe:
+        default = load_config(REPO_ROOT / "configs/embedded/adaptive.yaml", overrides)
+        assert changed_keys(default, config) == ["model.embedded.teacher_answer_above",
+                                                 "model.embedded.teacher_answer_share"]

@@ -157,15 +157,16 @@ def _demo(args: argparse.Namespace) -> None:
                   f"alpha={config.eval.teacher_alpha:g} {teacher:.1%} (the gap distillation can close: "
                   f"{teacher - student:+.1%})")
 
-    print(f"[{_clock(started)}] training {config.method} for {config.train.steps} steps")
+    method = _method_label(config)
+    print(f"[{_clock(started)}] training {method} for {config.train.steps} steps")
     trainer = Trainer(config, resume=args.resume)
     trainer.train()
     trained_model, tokenizer = load_model(config, str(run_dir / "final_model"))
     print(f"[{_clock(started)}] evaluating the trained model")
-    rows[f"{config.method} (student)"] = evaluate_model(config, trained_model, tokenizer, out_dir, "trained")
+    rows[f"{method} (student)"] = evaluate_model(config, trained_model, tokenizer, out_dir, "trained")
 
-    plots = plot_run(run_dir, f"{config.method} on embedded")
-    report = [f"# {config.method} on the embedded task\n", f"Command: `atesd demo {config_path}"
+    plots = plot_run(run_dir, f"{method} on embedded")
+    report = [f"# {method} on the embedded task\n", f"Command: `atesd demo {config_path}"
               + "".join(f" {o}" for o in args.overrides) + "`\n"]
     exposure = exposure_summary(run_dir)
     if exposure:
@@ -247,6 +248,12 @@ def _config_or_default(given: str | None, default: Path) -> Path:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (run from the repository root or pass a config)")
     return path
+
+
+def _method_label(config) -> str:
+    """The trained method as the demo names it: its ``method``, and AR-OPD's teacher where that is on (its
+    method is opsd, and a plain OPSD run must not read the same)."""
+    return config.method + (" with the AR-OPD teacher" if config.teacher.anchored_residual is not None else "")
 
 
 def _clock(started: float) -> str:

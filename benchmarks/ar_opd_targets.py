@@ -1,0 +1,114 @@
+"""Where AR-OPD's teacher changes the targets: the full teacher against the anchor, and against AR-OPD's q, on
+the boxed answer and on the chain before it.
+
+The base model samples one student rollout per training problem; the teacher (the same model) scores it after
+the full reference (α = 1, OPSD's teacher) and after the anchor's (``anchor_alpha``), and q is AR-OPD's
+anchored-residual teacher made of the two (``atesd.train.anchored_teacher.anchored_residual``, the trainer's
+own). Per completion token, and averaged over the tokens of each region — ``answer``: from ``\\boxed{`` on;
+``chain``: every token before it — it reports KL(p_full ‖ p_anchor) (how much the full reference changes the
+targets), KL(p_full ‖ q) (how much of that AR-OPD takes back) and the full teacher's probability mass on
+vocabulary entries where the clip binds. On the strong-teacher regime the full teacher's answer is the one it
+read, not the chain's (docs/method.md#the-strong-teacher-regime); this shows where AR-OPD differs from it.
+
+    python benchmarks/ar_opd_targets.py --config configs/embedded/strong-teacher/adaptive.yaml model.embedded.seed=0
+
+Not a test: nothing is asserted; it prints the two regions and writes them as JSON with --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atesd.config import load_config
+from atesd.data.prompts import PromptBuilder
+from atesd.models.sequences import completion_hidden_states, output_head, pack_sequences
+from atesd.rollout import HFGenerateEngine, SamplingParams
+from atesd.train.anchored_teacher import anchored_residual
+from atesd.train.base_model import load_model
+from atesd.train.problems import training_problems
+
+BOX = "\\boxed{"
+
+
+def regions(pieces: list[str]) -> list[str]:
+    """``answer`` for each decoded token from the one that completes ``\\boxed{`` on, ``chain`` before it."""
+    text, found, labels = "", False, []
+    for piece in pieces:
+        text += piece
+        labels.append("answer" if found else "chain")
+        found = found or BOX in text
+    return labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--config", default="configs/embedded/adaptive.yaml",
+                        help="a config with teacher.anchored_residual set (its weight, clip and anchor are used)")
+    parser.add_argument("--problems", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    config = load_config(args.config, args.overrides)
+    residual = config.teacher.anchored_residual
+    if residual is None:
+        parser.error(f"{args.config}: teacher.anchored_residual is not set")
+    torch.manual_seed(args.seed)
+
+    model, tokenizer = load_model(config)
+    model.eval()
+    problems, _ = training_problems(config)
+    chosen = np.random.default_rng(args.seed).choice(len(problems), min(args.problems, len(problems)), replace=False)
+    problems = [problems[i] for i in sorted(chosen)]
+    prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
+                            config.model.teacher_chat_kwargs)
+    micro = config.train.micro_batch_size
+    engine = HFGenerateEngine(model, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                              batch_size=micro)
+    sampling = SamplingParams(config.rollout.temperature, config.rollout.top_p, config.rollout.top_k,
+                              config.rollout.max_new_tokens)
+    with torch.no_grad():
+        completions = engine.generate([prompts.student(p) for p in problems], sampling,
+                                      torch.Generator().manual_seed(args.seed)).completion_ids
+        head, bias = output_head(model)
+
+        def logits(alpha: float, span: slice) -> torch.Tensor:
+            batch = pack_sequences([prompts.teacher(p, alpha) for p in problems[span]], completions[span],
+                                   tokenizer.pad_token_id)
+            return torch.nn.functional.linear(completion_hidden_states(model, batch), head, bias).float()
+
+        per_region: dict[str, list[tuple[float, float, float]]] = {"answer": [], "chain": []}
+        for start in range(0, len(problems), micro):
+            span = slice(start, start + micro)
+            full, anchor = logits(1.0, span).log_softmax(-1), logits(residual.anchor_alpha, span).log_softmax(-1)
+            q = anchored_residual(anchor, full, residual.residual_weight, residual.residual_clip)
+            p_full = full.exp()
+            kl_anchor = (p_full * (full - anchor)).sum(-1)
+            kl_q = (p_full * (full - q)).sum(-1)
+            clipped = (p_full * ((full - anchor).abs() > residual.residual_clip)).sum(-1)
+            labels = [label for completion in completions[span]
+                      for label in regions([tokenizer.decode([token]) for token in completion])]
+            for label, *values in zip(labels, kl_anchor.tolist(), kl_q.tolist(), clipped.tolist()):
+                per_region[label].append(tuple(values))
+
+    rows = {region: {"tokens": len(values), **{name: float(np.mean([v[i] for v in values])) if values else None
+                                               for i, name in enumerate(("kl_full_anchor", "kl_full_q",
+                                                                         "clipped_mass"))}}
+            for region, values in per_region.items()}
+    print(f"anchor α = {residual.anchor_alpha:g}, λ = {residual.residual_weight:g}, clip = {residual.residual_clip:g}; "
+          f"{len(problems)} problems; overrides: {' '.join(args.overrides) or '(none)'}")
+    print(f"{'region':8s} {'tokens':>7s} {'KL(full‖anchor)':>16s} {'KL(full‖q)':>11s} {'clipped mass':>13s}")
+    for region, row in rows.items():
+        print(f"{region:8s} {row['tokens']:7d} {row['kl_full_anchor']:16.4f} {row['kl_full_q']:11.4f} "
+              f"{row['clipped_mass']:13.5f}")
+    if args.out:
+        args.out.write_text(json.dumps({"config": args.config, "overrides": args.overrides, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
