@@ -24,13 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atesd.analysis.mismatch import sample_base_rollouts
 from atesd.config import load_config
-from atesd.data.prompts import PromptBuilder
 from atesd.models.sequences import completion_hidden_states, output_head, pack_sequences
-from atesd.rollout import HFGenerateEngine, SamplingParams
 from atesd.train.anchored_teacher import anchored_residual
-from atesd.train.base_model import load_model
-from atesd.train.problems import training_problems
 
 BOX = "\\boxed{"
 
@@ -58,23 +55,9 @@ def main() -> None:
     residual = config.teacher.anchored_residual
     if residual is None:
         parser.error(f"{args.config}: teacher.anchored_residual is not set")
-    torch.manual_seed(args.seed)
-
-    model, tokenizer = load_model(config)
-    model.eval()
-    problems, _ = training_problems(config)
-    chosen = np.random.default_rng(args.seed).choice(len(problems), min(args.problems, len(problems)), replace=False)
-    problems = [problems[i] for i in sorted(chosen)]
-    prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
-                            config.model.teacher_chat_kwargs)
+    model, tokenizer, prompts, problems, completions = sample_base_rollouts(config, args.problems, args.seed)
     micro = config.train.micro_batch_size
-    engine = HFGenerateEngine(model, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                              batch_size=micro)
-    sampling = SamplingParams(config.rollout.temperature, config.rollout.top_p, config.rollout.top_k,
-                              config.rollout.max_new_tokens)
     with torch.no_grad():
-        completions = engine.generate([prompts.student(p) for p in problems], sampling,
-                                      torch.Generator().manual_seed(args.seed)).completion_ids
         head, bias = output_head(model)
 
         def logits(alpha: float, span: slice) -> torch.Tensor:

@@ -10,11 +10,13 @@ the teacher's context changes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from atesd.config import Config
+from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
 from atesd.losses import DivergenceSpec, divergence_from_hidden
 from atesd.models.sequences import completion_hidden_states, output_head, pack_sequences
@@ -25,11 +27,19 @@ from atesd.train.problems import training_problems
 STATISTICS = ("kl_mean", "kl_p90", "kl_p99", "top1_disagree")
 
 
+class BaseRollouts(NamedTuple):
+    model: torch.nn.Module
+    tokenizer: Any
+    prompts: PromptBuilder
+    problems: list[Problem]
+    completions: list[list[int]]
+
+
 @torch.no_grad()
-def mismatch_by_alpha(config: Config, alphas: Sequence[float], num_problems: int,
-                      seed: int) -> dict[str, dict[str, float]]:
-    """``{str(alpha): {kl_mean, kl_p90, kl_p99, top1_disagree, tokens}}`` on `num_problems` training problems
-    (chosen and sampled with `seed`) for the config's starting model."""
+def sample_base_rollouts(config: Config, num_problems: int, seed: int) -> BaseRollouts:
+    """The config's starting model, `num_problems` training problems chosen with `seed` and one student rollout
+    of each, sampled with `seed`: the fixed rollouts that several teachers then score (here, and in
+    benchmarks/ar_opd_targets.py)."""
     model, tokenizer = load_model(config)
     model.eval()
     train_problems, _ = training_problems(config)
@@ -38,13 +48,23 @@ def mismatch_by_alpha(config: Config, alphas: Sequence[float], num_problems: int
     problems = [train_problems[i] for i in sorted(chosen)]
     prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
                             config.model.teacher_chat_kwargs)
-    micro = config.train.micro_batch_size
     engine = HFGenerateEngine(model, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                              batch_size=micro)
+                              batch_size=config.train.micro_batch_size)
     rollout = config.rollout
     sampling = SamplingParams(rollout.temperature, rollout.top_p, rollout.top_k, rollout.max_new_tokens)
+    completions = engine.generate([prompts.student(p) for p in problems], sampling,
+                                  torch.Generator().manual_seed(seed)).completion_ids
+    return BaseRollouts(model, tokenizer, prompts, problems, completions)
+
+
+@torch.no_grad()
+def mismatch_by_alpha(config: Config, alphas: Sequence[float], num_problems: int,
+                      seed: int) -> dict[str, dict[str, float]]:
+    """``{str(alpha): {kl_mean, kl_p90, kl_p99, top1_disagree, tokens}}`` on `num_problems` training problems
+    (chosen and sampled with `seed`) for the config's starting model."""
+    model, tokenizer, prompts, problems, completions = sample_base_rollouts(config, num_problems, seed)
+    micro = config.train.micro_batch_size
     student_prompts = [prompts.student(p) for p in problems]
-    completions = engine.generate(student_prompts, sampling, torch.Generator().manual_seed(seed)).completion_ids
 
     # The statistics are the divergence's own (forward KL at temperature 1, full vocabulary), whatever loss the
     # config trains with; the kind only decides the loss, which is not used here.
