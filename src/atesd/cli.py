@@ -34,7 +34,7 @@ from atesd.analysis.presets import (
     METHOD_NAMES,
     QUICK_SEEDS,
 )
-from atesd.config import ConfigError, load_config, save_config
+from atesd.config import Config, ConfigError, load_config, save_config
 from atesd.errors import UserError
 from atesd.files import atomic_write_text
 
@@ -250,7 +250,7 @@ def _config_or_default(given: str | None, default: Path) -> Path:
     return path
 
 
-def _method_label(config) -> str:
+def _method_label(config: Config) -> str:
     """The trained method as the demo names it: its ``method``, and AR-OPD's teacher where that is on (its
     method is opsd, and a plain OPSD run must not read the same)."""
     return config.method + (" with the AR-OPD teacher" if config.teacher.anchored_residual is not None else "")
