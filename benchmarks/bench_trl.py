@@ -20,9 +20,9 @@ probe NLL is switched off (``train.probe_every`` past the run) for this comparis
 not, so the same-work comparison runs SDFT without it, and the full run (not ``--quick``) also times SDFT as
 configured by default.
 
-Both learn at a negligible rate (``--lr``, 1e-12 by default): the two losses normalise differently (atesd by the
-step's tokens, SDFT per sequence), so at a real rate the two policies drift apart and sample completions of
-different lengths, which is different work; at 1e-12 every step still runs the optimizer, and both keep sampling
+Both learn at a negligible rate (``--lr``, 1e-10 by default, the least `train.lr` accepts): the two losses
+normalise differently (atesd by the step's tokens, SDFT per sequence), so at a real rate the two policies drift apart and sample completions of
+different lengths, which is different work; at 1e-10 every step still runs the optimizer, and both keep sampling
 from the base model. Times are also reported per 1,000 generated tokens.
 
 atesd runs once per ``--samplers`` value (``rollout.sampler``: atesd's decode loop, the default, and transformers'
@@ -131,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_flags(parser, repeats=10)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first, on each side")
-    parser.add_argument("--lr", type=float, default=1e-12, help="learning rate of both (see the docstring)")
+    parser.add_argument("--lr", type=float, default=1e-10, help="learning rate of both (see the docstring)")
     parser.add_argument("--samplers", nargs="+", default=["loop", "generate"], choices=["loop", "generate"],
                         help="atesd's rollout.sampler values, each timed against the same TRL run")
     args = parser.parse_args()

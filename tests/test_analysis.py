@@ -211,3 +211,22 @@ def test_compare_killed_midway_continues_without_redoing_runs(recipes, sweep_dir
     assert "| method | − OPSD (opsd) |" in report and "| − random exposure (random) |" in report
     pairs = {(row["method"], row["reference"]) for row in read_csv(out / "paired.csv")}
     assert {("atesd", "random exposure"), ("atesd", "OPSD"), ("sft", "random exposure")} <= pairs
+
+
+def test_sweep_and_compare_warm_start_an_uncached_base_model(tiny_config, tmp_path):
+    """A new user's first `sweep` and `compare --alphas` on an empty cache: the mismatch statistics load the
+    base model under `torch.no_grad()`, and the warm start that this first load runs must still train."""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    empty = tmp_path / "empty-cache"
+    save_config(tiny_config(recipes, *TINY_RECIPE, f"model.embedded.cache_dir={empty}"), recipes / "opsd.yaml")
+    assert main(["sweep", str(recipes / "opsd.yaml"), "--alphas", "0.5", "1", "--seeds", "1", "--out",
+                 str(tmp_path / "sweep"), "--mismatch-problems", "2"]) == 0
+    assert json.loads((tmp_path / "sweep" / "mismatch" / "seed0.json").read_text())["1"]["tokens"] > 0
+
+    other = tmp_path / "other-empty-cache"
+    save_config(tiny_config(recipes, *TINY_RECIPE, f"model.embedded.cache_dir={other}"), recipes / "opsd.yaml")
+    assert main(["compare", "--recipes", str(recipes), "--seeds", "1", "--out", str(tmp_path / "compare"),
+                 "--methods", "base", "opsd", "--alphas", "0.25", "0.5", "--mismatch-problems", "2"]) == 0
+    assert (tmp_path / "compare" / "report.md").is_file() and list((tmp_path / "compare" / "mismatch").glob("*.json"))
+    assert [path.name for path in other.iterdir()] and [path.name for path in empty.iterdir()]

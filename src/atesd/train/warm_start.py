@@ -113,8 +113,13 @@ def embedded_base_model(config: Config) -> Path:
     return target
 
 
+@torch.inference_mode(False)
+@torch.enable_grad()
 def warm_start(config: Config) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """Train the tiny model from scratch: copy pre-training, then the task (see the module docstring)."""
+    """Train the tiny model from scratch: copy pre-training, then the task (see the module docstring).
+
+    It trains in its own grad mode, whatever its caller's: a base model is warm-started on first use, and that
+    first use may be an analysis running under `torch.no_grad()` (the mismatch statistics of `atesd sweep`)."""
     settings = config.model.embedded
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(
