@@ -21,9 +21,9 @@ not, so the same-work comparison runs SDFT without it, and the full run (not ``-
 configured by default.
 
 Both learn at a negligible rate (``--lr``, 1e-10 by default, the least `train.lr` accepts): the two losses
-normalise differently (atesd by the step's tokens, SDFT per sequence), so at a real rate the two policies drift apart and sample completions of
-different lengths, which is different work; at 1e-10 every step still runs the optimizer, and both keep sampling
-from the base model. Times are also reported per 1,000 generated tokens.
+normalise differently (atesd by the step's tokens, SDFT per sequence), so at a real rate the two policies drift
+apart and sample completions of different lengths, which is different work; at 1e-10 every step still runs the
+optimizer, and both keep sampling from the base model. Times are also reported per 1,000 generated tokens.
 
 atesd runs once per ``--samplers`` value (``rollout.sampler``: atesd's decode loop, the default, and transformers'
 generate, the sampler before issue 27; both sample the same tokens), each against the same TRL run. Order: half of
