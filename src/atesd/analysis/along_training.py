@@ -7,7 +7,8 @@ each in a table of its own and labelled, never mixed. The best is chosen on the 
 is an optimistic figure, not a held-out one; it is how OPSD's Table 2 (which ATESD's copies as its baseline) was
 made: steps 25, 50 and 75 for Qwen3-4B (OPSD issue #11). docs/reproducing.md says how to compare honestly.
 
-The base model is evaluated as step 0 (LoRA adapters fresh, so disabled in effect; full fine-tuning: the
+With ``eval.engine: vllm`` one vLLM engine serves them all: it starts on the base model and takes each checkpoint's
+weights (LoRA merged) in turn. The base model is evaluated as step 0 (LoRA adapters fresh, so disabled in effect; full fine-tuning: the
 starting weights). Checkpoints hold only the trained parameters (`train.checkpoint`); each is loaded onto the
 same base model in turn. Only the checkpoints a run kept are there (``train.keep_checkpoints``, with
 ``train.checkpoint_every``): keep more of them to evaluate along a run afterwards.
@@ -22,6 +23,7 @@ from typing import Any
 from atesd.analysis.tables import markdown, seeds_cell
 from atesd.config import Config
 from atesd.errors import UserError
+from atesd.eval.engines import reloadable_eval_engine
 from atesd.eval.runner import evaluate_model, summary_rows
 from atesd.files import atomic_write_text
 from atesd.models.loading import load_training_model
@@ -41,13 +43,17 @@ def evaluate_checkpoints(config: Config, run_dir: Path, out_dir: Path) -> list[d
         raise UserError(f"{run_dir} has no checkpoints (checkpoints/step-*): nothing to evaluate along training")
     out_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_training_model(config, base_model_path(config))
+    engine = reloadable_eval_engine(config, base_model_path(config), tokenizer) if config.eval.engine == "vllm" \
+        else None
     trained = {name: parameter.shape for name, parameter in model.named_parameters() if parameter.requires_grad}
     rows: list[dict[str, Any]] = []
     for step, directory in [(0, None)] + [(checkpoint_step(path), path) for path in saved]:
         if directory is not None:
             model.load_state_dict(read_checkpoint_weights(directory, trained), strict=False)
+            if engine is not None:
+                engine.load_weights(model)
         summaries = evaluate_model(config, model, tokenizer, out_dir / f"step-{step:07d}", "student",
-                                   model_name=str(directory or base_model_path(config)))
+                                   engine=engine, model_name=str(directory or base_model_path(config)))
         rows += summary_rows(step, summaries, config.eval.num_samples)
         atomic_write_text(out_dir / CHECKPOINT_ROWS, "".join(json.dumps(row) + "\n" for row in rows))
     return rows

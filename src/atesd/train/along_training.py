@@ -3,9 +3,10 @@ every ``eval.every`` steps and after the last, with the evaluation settings (``e
 
 Each evaluation writes its per-problem results under ``<run>/eval/step-NNNNNNN/`` and one row per benchmark to
 ``<run>/eval_along_training.jsonl`` (`eval.runner.summary_rows`); `atesd.analysis.along_training` reads them
-into the report of the last and the best checkpoint. It samples from the training model through the HF engine
-(in eval mode, restoring the RNG it draws from), on the main process while the others wait, so a run with
-``eval.every`` trains exactly as one without. A resumed run keeps the rows up to its checkpoint and redoes the
+into the report of the last and the best checkpoint. With ``eval.engine: hf`` it samples from the training model
+through HF generate (in eval mode, restoring the RNG it draws from); with ``eval.engine: vllm`` it samples from the
+run's colocated vLLM engine (``rollout.engine: vllm``), given the current weights first. Either way it runs on the
+main process while the others wait, so a run with ``eval.every`` trains exactly as one without. A resumed run keeps the rows up to its checkpoint and redoes the
 later ones. Under FSDP2 the parameters are sharded and generate would need them gathered on every process:
 there, evaluate the checkpoints afterwards (``atesd eval --checkpoints RUN``).
 """
@@ -19,9 +20,13 @@ from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
 
 from atesd.config import Config, ConfigError
+from atesd.eval.engines import VLLMSampleEngine
 from atesd.eval.runner import benchmark_problems, evaluate_model, summary_rows
+from atesd.rollout import RolloutEngine
+from atesd.rollout.vllm import VLLMEngine
 from atesd.train.distributed import Processes
 from atesd.train.metrics import MetricsLogger
+from atesd.train.problems import context_limit
 
 EVAL_LOG = "eval_along_training.jsonl"
 
@@ -30,11 +35,20 @@ class AlongTrainingEvaluator:
     """Evaluates `model` (the training model, unwrapped) when `due`; rows go to the run's `EVAL_LOG`."""
 
     def __init__(self, config: Config, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path,
-                 processes: Processes, accelerator: Accelerator, *, resumed_at: int | None, sharded: bool) -> None:
+                 processes: Processes, accelerator: Accelerator, *, resumed_at: int | None, sharded: bool,
+                 rollouts: RolloutEngine) -> None:
         if sharded:
             raise ConfigError("eval.every does not run under FSDP2 (generate would need every process's "
                               "parameters gathered): set eval.every=0 and evaluate the saved checkpoints afterwards "
                               "with atesd eval --checkpoints RUN")
+        self.engine: VLLMSampleEngine | None = None
+        if config.eval.engine == "vllm":
+            if not isinstance(rollouts, VLLMEngine):
+                raise ConfigError("eval.every with eval.engine=vllm samples from the run's colocated vLLM engine: set "
+                                  "rollout.engine=vllm too, or eval.engine=hf (or evaluate the checkpoints afterwards "
+                                  "with atesd eval --checkpoints RUN eval.engine=vllm)")
+            self.engine = VLLMSampleEngine.sharing(rollouts, context_limit(config, model))
+        self.rollouts = rollouts
         self.config, self.model, self.tokenizer, self.run_dir = config, model, tokenizer, run_dir
         self.processes = processes
         # Loaded now: a benchmark that cannot be read stops the run before its first step, not at its first eval.
@@ -53,9 +67,11 @@ class AlongTrainingEvaluator:
 
     def evaluate(self, step: int) -> None:
         if self.processes.is_main:
+            if self.engine is not None:
+                self.rollouts.update_weights()
             summaries = evaluate_model(self.config, self.model, self.tokenizer,
                                        self.run_dir / "eval" / f"step-{step:07d}", "student", problems=self.problems,
-                                       model_name=f"{self.run_dir} at step {step}")
+                                       engine=self.engine, model_name=f"{self.run_dir} at step {step}")
             for row in summary_rows(step, summaries, self.config.eval.num_samples):
                 self.log.log(row)
         self.processes.wait_for_everyone()

@@ -49,8 +49,11 @@ class GradedRollouts:
             "tokens": float(self.completions.num_tokens),
             "truncated": float(sum(not f for f in self.completions.finished))})
         count = max(sums["count"], 1.0)
-        return {"rollout_accuracy": sums["correct"] / count, "completion_length": sums["tokens"] / count,
-                "truncated_rate": sums["truncated"] / count, "generated_tokens": int(sums["tokens"])}
+        record = {"rollout_accuracy": sums["correct"] / count, "completion_length": sums["tokens"] / count,
+                  "truncated_rate": sums["truncated"] / count, "generated_tokens": int(sums["tokens"])}
+        if self.completions.sync_gap is not None:  # the main process's engine: the one the guard checked
+            record["sync_gap"] = self.completions.sync_gap
+        return record
 
 
 class RolloutSampler:

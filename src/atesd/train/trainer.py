@@ -188,7 +188,8 @@ class Trainer:
                                        step_key="logged_at", trackers=False)
         self.evaluator = AlongTrainingEvaluator(
             config, self.unwrapped, self.tokenizer, self.run_dir, processes, accelerator,
-            resumed_at=self.step if resume else None, sharded=self.sharding is not None) if config.eval.every else None
+            resumed_at=self.step if resume else None, sharded=self.sharding is not None,
+            rollouts=engine) if config.eval.every else None
 
     @property
     def unwrapped(self) -> torch.nn.Module:
