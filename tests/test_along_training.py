@@ -58,6 +58,17 @@ def test_eval_every_under_fsdp2_is_refused_with_what_to_do_instead(tiny_config, 
         AlongTrainingEvaluator(config, None, None, tmp_path, None, None, resumed_at=None, sharded=True, rollouts=None)
 
 
+def test_eval_every_on_vllm_needs_the_runs_vllm_engine(tiny_config, tmp_path, capsys):
+    from atesd.cli import main
+    from atesd.config import save_config
+
+    save_config(tiny_config(tmp_path), tmp_path / "run.yaml")
+    assert main(["train", str(tmp_path / "run.yaml"), "eval.every=2", "eval.engine=vllm"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("atesd: error: ") and "eval.every with eval.engine=vllm samples from the run's colocated "\
+        "vLLM engine: set rollout.engine=vllm too" in error and "\n" not in error
+
+
 @pytest.mark.slow
 def test_eval_checkpoints_matches_evaluating_the_final_model(tiny_config, tmp_path, capsys):
     config = tiny_config(tmp_path, "train.steps=4", "train.checkpoint_every=2", "train.keep_checkpoints=5", *EVAL)

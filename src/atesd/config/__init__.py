@@ -307,6 +307,10 @@ class Config(Section):
             raise ValueError("the style probe is sampled on the probe problems: set data.probe_size > 0")
         if aligns and self.method not in ("opsd", "atesd"):
             raise ValueError("controller.credit: alignment is measured on the distillation loss (opsd or atesd)")
+        if self.eval.every and self.eval.engine == "vllm" and self.rollout.engine != "vllm":
+            raise ValueError("eval.every with eval.engine=vllm samples from the run's colocated vLLM engine: set "
+                             "rollout.engine=vllm too, or eval.engine=hf (or evaluate the checkpoints afterwards "
+                             "with atesd eval --checkpoints RUN eval.engine=vllm)")
         return self
 
 

@@ -42,11 +42,8 @@ class AlongTrainingEvaluator:
                               "parameters gathered): set eval.every=0 and evaluate the saved checkpoints afterwards "
                               "with atesd eval --checkpoints RUN")
         self.engine: VLLMSampleEngine | None = None
-        if config.eval.engine == "vllm":
-            if not isinstance(rollouts, VLLMEngine):
-                raise ConfigError("eval.every with eval.engine=vllm samples from the run's colocated vLLM engine: set "
-                                  "rollout.engine=vllm too, or eval.engine=hf (or evaluate the checkpoints afterwards "
-                                  "with atesd eval --checkpoints RUN eval.engine=vllm)")
+        if config.eval.engine == "vllm":  # the config refuses it without rollout.engine: vllm
+            assert isinstance(rollouts, VLLMEngine)
             self.engine = VLLMSampleEngine.sharing(rollouts, context_limit(config, model))
         self.rollouts = rollouts
         self.config, self.model, self.tokenizer, self.run_dir = config, model, tokenizer, run_dir
