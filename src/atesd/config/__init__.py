@@ -37,8 +37,10 @@ class RunConfig(Section):
     name: Annotated[str | None, AfterValidator(directory_name)] = Field(
         None, description="Run directory name (inside output_dir); default: '<method>-seed<seed>'.")
     seed: int = Field(0, description="Seeds data order, rollouts and initialisation.")
-    report_to: list[Literal["tensorboard", "wandb"]] = Field(
-        default_factory=list, description="Extra trackers besides metrics.jsonl and the console.")
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(
+        default_factory=list, description="Trackers besides metrics.jsonl and the console (pip install "
+        "'atesd[tracking]'): tensorboard (<run>/trackers), wandb (online, or WANDB_MODE=offline), trackio (its "
+        "local store).")
 
 
 class EmbeddedModelConfig(Section):

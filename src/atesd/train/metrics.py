@@ -1,5 +1,10 @@
-"""Run logs as JSON lines: per-step metrics in ``metrics.jsonl`` (plus any configured trackers), exposure
+"""Run logs as JSON lines: per-step metrics in ``metrics.jsonl`` (plus the trackers of ``run.report_to``), exposure
 decisions in ``decisions.jsonl``.
+
+Trackers are accelerate's (tensorboard, wandb, trackio), each started with the run's resolved config, flattened to
+``section.key`` entries, and named after the run directory: tensorboard writes under ``<run>/trackers/``, wandb
+keeps its files there too (online, or offline with ``WANDB_MODE=offline``), and trackio in its own local store
+(``TRACKIO_DIR``), project ``atesd``.
 
 Only the main process writes. Rows are appended and flushed one at a time, so a kill mid-row leaves at worst a
 torn last line, which `read_metrics` drops with a warning naming the file. On start the log keeps only the rows
@@ -54,12 +59,39 @@ def _jsonl(rows: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
 
+TRACKERS_DIR = "trackers"
+PROJECT = "atesd"
+
+
+def start_trackers(accelerator: Accelerator, run_dir: Path, config: dict[str, Any]) -> None:
+    """Start `accelerator`'s trackers for the run in `run_dir`, with its config flattened (see the module
+    docstring); the accelerator's project directory is ``<run_dir>/trackers`` (`atesd.train.trainer`)."""
+    name = run_dir.name
+    accelerator.init_trackers(PROJECT, config=flat_config(config), init_kwargs={
+        "tensorboard": {}, "wandb": {"name": name, "dir": str(run_dir / TRACKERS_DIR)}, "trackio": {"name": name}})
+
+
+def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A nested config as ``{"section.key": value}`` with the scalar values trackers take (lists, None and other
+    values as their JSON text)."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{name}."))
+        elif isinstance(value, bool | int | float | str):
+            flat[name] = value
+        else:
+            flat[name] = json.dumps(value)
+    return flat
+
+
 class MetricsLogger:
     """Appends rows to `path`. `step_key` names the field holding the step a row was written at (rows without
     one are dropped on resume); `trackers` also sends numeric fields to accelerate's trackers."""
 
     def __init__(self, path: Path, accelerator: Accelerator, keep_before_step: int = 0, step_key: str = "step",
-                 trackers: bool = True) -> None:
+                 trackers: bool = True, tracker_config: dict[str, Any] | None = None) -> None:
         self.path = path
         self.accelerator = accelerator
         self.trackers = trackers and bool(accelerator.log_with)
@@ -72,7 +104,7 @@ class MetricsLogger:
                 atomic_write_text(path, kept)
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run, closed in close()
             if self.trackers:
-                accelerator.init_trackers(path.parent.name)
+                start_trackers(accelerator, path.parent, tracker_config or {})
 
     def log(self, record: dict[str, Any]) -> None:
         if self._file is None:

@@ -59,7 +59,7 @@ from atesd.train.checkpoint import (
 from atesd.train.cost import StepCost
 from atesd.train.distributed import Processes, refuse_unsupported_distribution
 from atesd.train.exposure_step import alpha_record, credit_alignment, measure_credit, step_alphas
-from atesd.train.metrics import MetricsLogger
+from atesd.train.metrics import TRACKERS_DIR, MetricsLogger
 from atesd.train.parts import StepParts, StepResult
 from atesd.train.preflight import learning_warnings
 from atesd.train.problems import EpochOrder, context_limit, fit_to_context, step_seed, training_problems
@@ -93,8 +93,10 @@ class Trainer:
         self.on_local_step = on_local_step
         self.lock: RunLock | None = None
         try:
-            self.setup(resume, accelerator or Accelerator(log_with=config.run.report_to or None), exposure_policy,
-                       grader)
+            # The trackers' files go under the run directory (tensorboard's there, wandb's beside them).
+            accelerator = accelerator or Accelerator(log_with=config.run.report_to or None,
+                                                     project_dir=str(run_directory(config) / TRACKERS_DIR))
+            self.setup(resume, accelerator, exposure_policy, grader)
         except BaseException:
             self.release()
             raise
@@ -183,7 +185,8 @@ class Trainer:
         if resume:
             resume_from_checkpoint(self.run_dir, self.load_checkpoint)
         kept = self.step if resume else 0
-        self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", accelerator, keep_before_step=kept)
+        self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", accelerator, keep_before_step=kept,
+                                     tracker_config=config.model_dump(mode="json"))
         self.decisions = MetricsLogger(self.run_dir / "decisions.jsonl", accelerator, keep_before_step=kept,
                                        step_key="logged_at", trackers=False)
         self.evaluator = AlongTrainingEvaluator(
