@@ -124,9 +124,22 @@ class ModelConfig(Section):
     embedded: EmbeddedModelConfig = Field(default_factory=EmbeddedModelConfig)
 
 
+class ReasoningGymConfig(Section):
+    """Procedural problems from reasoning-gym with worked solutions (atesd.data.reasoning_gym)."""
+
+    task: Literal["chain_sum", "products", "gsm_symbolic"] = Field(
+        description="The reasoning-gym task (those whose solution atesd writes in steps).")
+    settings: dict[str, Any] = Field(default_factory=dict, description="The task's own settings (the fields of "
+                                     "its reasoning-gym config, e.g. min_terms, max_digits).")
+    train_size: int = Field(2000, ge=1, le=1_000_000, description="Training problems (the probe set among them).")
+    test_size: int = Field(200, ge=1, le=100_000, description="Problems of the reasoning-gym benchmark, none of "
+                           "whose questions is a training question.")
+    seed: int = Field(0, ge=0, description="Generates the training problems; the benchmark's come from seed + 1.")
+
+
 class DataConfig(Section):
-    train: str = Field("embedded", description="'embedded', 'champ', a JSONL or Parquet file, or a `datasets` "
-                       "id/path (e.g. siyanzhao/Openthoughts_math_30k_opsd).")
+    train: str = Field("embedded", description="'embedded', 'champ', 'reasoning-gym' (data.reasoning_gym), a JSONL "
+                       "or Parquet file, or a `datasets` id/path (e.g. siyanzhao/Openthoughts_math_30k_opsd).")
     train_split: str = "train"
     columns: ColumnMap = Field(default_factory=ColumnMap)
     skip_invalid_rows: bool = Field(
@@ -135,6 +148,8 @@ class DataConfig(Section):
     probe_size: int = Field(32, ge=0, description="Training problems held out for probe_nll (never trained on).")
     probe_seed: int = Field(0, description="Chooses which problems of a file/dataset form the probe set.")
     task: EmbeddedTaskConfig = Field(default_factory=EmbeddedTaskConfig)
+    reasoning_gym: ReasoningGymConfig | None = Field(
+        None, description="The reasoning-gym task of data.train: reasoning-gym and of the reasoning-gym benchmark.")
 
 
 class RolloutConfig(Section):
@@ -309,6 +324,11 @@ class Config(Section):
             raise ValueError("the style probe is sampled on the probe problems: set data.probe_size > 0")
         if aligns and self.method not in ("opsd", "atesd"):
             raise ValueError("controller.credit: alignment is measured on the distillation loss (opsd or atesd)")
+        gym_users = [use for use, used in (("data.train", self.data.train == "reasoning-gym"),
+                                           ("eval.benchmarks", "reasoning-gym" in self.eval.benchmarks)) if used]
+        if gym_users and self.data.reasoning_gym is None:
+            raise ValueError(f"{' and '.join(gym_users)} name reasoning-gym: set data.reasoning_gym (its task, "
+                             "settings and sizes)")
         if self.eval.every and self.eval.engine == "vllm" and self.rollout.engine != "vllm":
             raise ValueError("eval.every with eval.engine=vllm samples from the run's colocated vLLM engine: set "
                              "rollout.engine=vllm too, or eval.engine=hf (or evaluate the checkpoints afterwards "

@@ -1,11 +1,12 @@
 """Where a run's problems come from: the training set with its held-out probe set, and the benchmarks.
 
-Training data is the embedded task, a named source (``champ``), a JSONL or Parquet file, or a `datasets`
+Training data is the embedded task, reasoning-gym's procedural tasks (`atesd.data.reasoning_gym`, with settings of
+their own), a named source (``champ``), a JSONL or Parquet file, or a `datasets`
 id/path (a hub dataset such as ``siyanzhao/Openthoughts_math_30k_opsd``, whose ``problem`` and ``solution``
 columns the default column map reads, the answer coming from the solution's last ``\boxed{}``). The probe set (docs/method.md#statistics) is a fixed
 set of training problems held out of training, so probe_nll measures progress on problems the student has
 never been trained on. Benchmarks are named (``aime24``, ``aime25``, ``hmmt25``, ``champ``, ``embedded``) or given as a
-JSONL path; a named benchmark is read from ``$ATESD_BENCHMARK_DIR/<name>.jsonl`` when that file exists (for
+JSONL path (and ``reasoning-gym``, held out of its training problems); a named benchmark is read from ``$ATESD_BENCHMARK_DIR/<name>.jsonl`` when that file exists (for
 machines with no hub access), and from its hub dataset otherwise.
 """
 
@@ -90,7 +91,7 @@ def benchmark_key(name_or_path: str) -> str:
 def check_benchmarks(names: list[str]) -> list[str]:
     """`names` when each is a known benchmark or a JSONL path and no two would write the same result files;
     else ValueError (the config checks ``eval.benchmarks`` with it, before any model is loaded)."""
-    known = ["embedded", *BENCHMARKS, *NAMED_SOURCES]
+    known = ["embedded", "reasoning-gym", *BENCHMARKS, *NAMED_SOURCES]
     seen: dict[str, str] = {}
     for name in names:
         if not name.endswith(".jsonl") and name not in known:

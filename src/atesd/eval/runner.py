@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from atesd.config import Config
+from atesd.data import reasoning_gym
 from atesd.data.arithmetic import embedded_splits
 from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
@@ -26,10 +27,13 @@ logger = logging.getLogger(__name__)
 
 
 def benchmark_problems(config: Config, name: str) -> list[Problem]:
-    """A benchmark's problems (the embedded task's test split for ``embedded``), every gold answer checked to
-    parse, cut to `eval.max_problems`."""
+    """A benchmark's problems (the embedded task's test split for ``embedded``, the held-out problems of
+    ``data.reasoning_gym`` for ``reasoning-gym``), every gold answer checked to parse, cut to `eval.max_problems`."""
     if name == "embedded":
         problems = embedded_splits(config.data.task, config.data.probe_size)["test"]
+    elif name == "reasoning-gym":
+        gym = config.data.reasoning_gym  # the config requires it with this benchmark
+        problems = reasoning_gym.benchmark_problems(gym.task, gym.settings, gym.train_size, gym.test_size, gym.seed)
     else:
         problems = load_benchmark(name, check_answer=check_answer_parses)
     return problems[: config.eval.max_problems] if config.eval.max_problems else problems

@@ -29,16 +29,22 @@ class SyncCheck:
     tokens: int  # the prompt tokens scored (the first scores none: it has no context)
     tolerance: float  # the largest mean absolute log-prob difference per token, in nats
 
-    def verify(self, served_logprobs: Callable[[list[int]], list[float]], model: torch.nn.Module,
-               prompt: Sequence[int], sync: int) -> float:
-        """The mean absolute difference between the engine's log-probs of the prompt's first tokens and `model`'s;
-        a `WeightSyncError` when it is above the tolerance. `sync` counts the syncs, for the message."""
+    def gap(self, served_logprobs: Callable[[list[int]], list[float]], model: torch.nn.Module,
+            prompt: Sequence[int]) -> float:
+        """The mean absolute difference between the engine's log-probs of the prompt's first tokens and `model`'s."""
         ids = list(prompt[: self.tokens])
         if len(ids) < 2:
             return 0.0
         served = torch.tensor(served_logprobs(ids), dtype=torch.float64)
         trained = training_logprobs(model, ids).to(torch.float64)
-        gap = float((served - trained).abs().mean())
+        return float((served - trained).abs().mean())
+
+    def verify(self, served_logprobs: Callable[[list[int]], list[float]], model: torch.nn.Module,
+               prompt: Sequence[int], sync: int) -> float:
+        """The `gap`; a `WeightSyncError` when it is above the tolerance. `sync` counts the syncs, for the
+        message."""
+        gap = self.gap(served_logprobs, model, prompt)
+        ids = list(prompt[: self.tokens])
         if not gap <= self.tolerance:  # NaN fails too
             raise WeightSyncError(
                 f"after weight sync {sync}, vLLM's log-probs of {len(ids) - 1} prompt tokens differ from the training "

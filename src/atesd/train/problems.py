@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from atesd.config import Config
+from atesd.data import reasoning_gym
 from atesd.data.arithmetic import embedded_splits
 from atesd.data.problem import DataError, Problem
 from atesd.data.prompts import PromptBuilder
@@ -34,6 +35,10 @@ def training_problems(config: Config) -> tuple[list[Problem], list[Problem]]:
     if config.data.train == "embedded":
         splits = embedded_splits(config.data.task, config.data.probe_size)
         return splits["train"], splits["probe"]
+    if config.data.train == "reasoning-gym":
+        gym = config.data.reasoning_gym  # the config requires it with this source
+        problems = reasoning_gym.training_problems(gym.task, gym.settings, gym.train_size, gym.seed)
+        return hold_out_probe(problems, config.data.probe_size, seed=config.data.probe_seed, source="reasoning-gym")
     # Every answer must parse: one the grader could never match would make a problem that no rollout can solve.
     problems = load_problems(config.data.train, config.data.train_split, config.data.columns,
                              skip_invalid=config.data.skip_invalid_rows, check_answer=check_answer_parses)
