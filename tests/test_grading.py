@@ -179,3 +179,14 @@ def test_another_rows_answer_grades_wrong(name):
     for gold, other in pairs:
         result = grade(r"\boxed{" + other + "}", gold)
         assert result.correct is False and result.error is None, (gold, other)
+
+
+def test_last_number_reads_a_bare_answer_only_where_there_is_no_boxed_one():
+    from atesd.eval.grading import grader_for
+
+    last = grader_for("last_number")
+    assert last("3 + 4 = 7, so the answer is 7.", "7") == GradeResult("7", True, False)
+    assert last("The total is 1,234 legs", "1234").correct and last("it is -12.5", "-12.5").correct
+    assert last("\\boxed{8} (or 7?)", "7") == GradeResult("8", False, True)  # a boxed answer wins
+    assert last("no number here", "7") == GradeResult(None, False, False)
+    assert grader_for("boxed")("3 + 4 = 7", "7") == GradeResult(None, False, False)  # the paper's: boxed only

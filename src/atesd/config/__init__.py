@@ -148,6 +148,10 @@ class DataConfig(Section):
     probe_size: int = Field(32, ge=0, description="Training problems held out for probe_nll (never trained on).")
     probe_seed: int = Field(0, description="Chooses which problems of a file/dataset form the probe set.")
     task: EmbeddedTaskConfig = Field(default_factory=EmbeddedTaskConfig)
+    answer: Literal["boxed", "last_number"] = Field(
+        "boxed", description="How a completion's answer is read, in training (rollout accuracy, GRPO's reward) and "
+        "evaluation: its last \\boxed{} (the paper's), or last_number: its last \\boxed{}, else its last number "
+        "(for small models that rarely box, such as SmolLM2-135M).")
     reasoning_gym: ReasoningGymConfig | None = Field(
         None, description="The reasoning-gym task of data.train: reasoning-gym and of the reasoning-gym benchmark.")
 

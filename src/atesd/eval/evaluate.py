@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from atesd.data.problem import Problem
 from atesd.eval.engines import SampleEngine
-from atesd.eval.grading import grade
+from atesd.eval.grading import GradeResult, grade
 from atesd.eval.metrics import ProblemResult, summarize_by_bucket
 from atesd.files import atomic_write_text
 from atesd.rollout import SamplingParams
@@ -27,8 +27,9 @@ from atesd.rollout import SamplingParams
 
 def evaluate(problems: Sequence[Problem], prompt_ids: Callable[[Problem], list[int]], engine: SampleEngine,
              decode: Callable[[list[int]], str], sampling: SamplingParams, num_samples: int, seed: int,
-             batch_size: int = 64, description: str = "eval") -> list[ProblemResult]:
-    """k samples per problem from `prompt_ids(problem)`, graded against each problem's answer. An engine that
+             batch_size: int = 64, description: str = "eval",
+             grader: Callable[[str, str], GradeResult] = grade) -> list[ProblemResult]:
+    """k samples per problem from `prompt_ids(problem)`, graded against each problem's answer by `grader`. An engine that
     schedules itself (vLLM) gets every problem at once, each with its own seed (`problem_seeds`); another (HF
     generate) gets `batch_size` prompts x samples per call, its RNG drawn from one seeded with `seed`."""
     generator = torch.Generator().manual_seed(seed)
@@ -45,7 +46,7 @@ def evaluate(problems: Sequence[Problem], prompt_ids: Callable[[Problem], list[i
                 problem_id=problem.id,
                 gold=problem.answer,
                 completions=texts,
-                grades=[grade(text, problem.answer) for text in texts],
+                grades=[grader(text, problem.answer) for text in texts],
                 bucket=problem.meta.get("bucket"),
             ))
     return results

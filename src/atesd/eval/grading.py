@@ -1,8 +1,10 @@
 """Grading of model completions against gold answers on math problems.
 
 A completion is graded by its last ``\\boxed{...}`` (or ``\\fbox{...}``) answer, compared with the gold answer by
-``math_verify``, which knows that ``\\frac{1}{2}``, ``0.5`` and ``1/2`` are the same number. Grading never raises:
-a parse error or a timeout makes the completion wrong and is recorded in ``GradeResult.error``.
+``math_verify``, which knows that ``\\frac{1}{2}``, ``0.5`` and ``1/2`` are the same number. With ``data.answer:
+last_number`` a completion without a boxed answer is graded by its last number instead (small models such as
+SmolLM2-135M rarely box; reasoning-gym's own scoring reads a bare number too). Grading never raises: a parse error
+or a timeout makes the completion wrong and is recorded in ``GradeResult.error``.
 
 math-verify enforces its timeouts with ``signal.alarm``, which works only in the main thread of the main
 interpreter. Grade in the main thread, or in worker processes; never in a thread pool. atesd grades in the
@@ -14,7 +16,10 @@ seconds before its first math-verify comparison against milliseconds per answer 
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from math_verify import parse, verify
 from math_verify.errors import TimeoutException
@@ -23,6 +28,8 @@ from atesd.data.boxed import extract_boxed
 
 # Distinct (answer, gold) pairs seen in a run: a few per problem and step; 65k bounds the memory.
 _CACHE_SIZE = 2**16
+AnswerMode = Literal["boxed", "last_number"]
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,8 @@ class GradeResult:
     """The grade of one completion.
 
     Attributes:
-        extracted: the content of the completion's last boxed answer, or None when it has none.
+        extracted: the content of the completion's last boxed answer (with ``last_number``, else its last number),
+            or None when it has none.
         correct: whether that answer is equivalent to the gold answer.
         has_boxed: whether the completion has a (closed) boxed answer at all.
         error: why grading failed (an exception or a timeout), or None when it ran to the end.
@@ -69,19 +77,29 @@ def _compare(extracted: str, gold: str, timeout_seconds: int) -> tuple[bool, str
         return False, f"{type(error).__name__}: {error}"
 
 
-def grade(completion: str, gold: str, timeout_seconds: int = 5) -> GradeResult:
-    """Grade one completion against the gold answer; never raises.
+def grade(completion: str, gold: str, timeout_seconds: int = 5, answer: AnswerMode = "boxed") -> GradeResult:
+    """Grade one completion against the gold answer; never raises. `answer`: how the answer is read (the module
+    docstring).
 
     Must run in the main thread or in a worker process (math-verify's timeouts use signals).
     """
     extracted = extract_boxed(completion)
+    boxed = extracted is not None
+    if extracted is None and answer == "last_number":
+        numbers = _NUMBER.findall(completion.replace(",", ""))
+        extracted = numbers[-1] if numbers else None
     if extracted is None:
         return GradeResult(extracted=None, correct=False, has_boxed=False)
     # Most correct answers are literally the gold (AIME integers): skip the symbolic comparison.
     if extracted.strip() and extracted.strip() == gold.strip():
-        return GradeResult(extracted=extracted, correct=True, has_boxed=True)
+        return GradeResult(extracted=extracted, correct=True, has_boxed=boxed)
     correct, error = _compare(extracted, gold, timeout_seconds)
-    return GradeResult(extracted=extracted, correct=correct, has_boxed=True, error=error)
+    return GradeResult(extracted=extracted, correct=correct, has_boxed=boxed, error=error)
+
+
+def grader_for(answer: AnswerMode) -> Callable[[str, str], GradeResult]:
+    """`grade` reading answers as ``data.answer`` says."""
+    return grade if answer == "boxed" else functools.partial(grade, answer=answer)
 
 
 def grade_many(completions: list[str], golds: list[str], timeout_seconds: int = 5) -> list[GradeResult]:

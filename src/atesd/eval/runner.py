@@ -18,7 +18,7 @@ from atesd.data.sources import benchmark_key, load_benchmark
 from atesd.errors import UserError
 from atesd.eval.engines import SampleEngine, hf_sample_engine
 from atesd.eval.evaluate import evaluate, write_results
-from atesd.eval.grading import check_answer_parses
+from atesd.eval.grading import check_answer_parses, grader_for
 from atesd.eval.metrics import combine_seeds
 from atesd.files import atomic_write_text
 from atesd.rollout import SamplingParams
@@ -95,6 +95,7 @@ def evaluate_model(config: Config, model: PreTrainedModel | None, tokenizer: Pre
         for seed in seeds:
             results = evaluate(chosen, prompt_ids, engine, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                                sampling, k, seed=seed, batch_size=config.eval.batch_size,
+                               grader=grader_for(config.data.answer),
                                description=f"eval {label} on {name}" + (f" (seed {seed})" if len(seeds) > 1 else ""))
             per_seed.append(write_results(results, k, results_file(out_dir, label, name,
                                                                    seed if len(seeds) > 1 else None),

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from atesd.config import Config, ConfigError
 from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
-from atesd.eval.grading import grade
+from atesd.eval.grading import grader_for
 from atesd.exposure import AnyExposurePolicy, build_exposure_policy
 from atesd.losses import DivergenceSpec, divergence_from_hidden
 from atesd.models.export import save_final_model
@@ -85,7 +85,7 @@ class Trainer:
     """
 
     def __init__(self, config: Config, *, resume: bool = False, accelerator: Accelerator | None = None,
-                 exposure_policy: AnyExposurePolicy | None = None, grader: Grader = grade,
+                 exposure_policy: AnyExposurePolicy | None = None, grader: Grader | None = None,
                  divergence: Callable[..., Any] = divergence_from_hidden,
                  on_local_step: LocalStepHook | None = None) -> None:
         self.config = config
@@ -96,7 +96,7 @@ class Trainer:
             # The trackers' files go under the run directory (tensorboard's there, wandb's beside them).
             accelerator = accelerator or Accelerator(log_with=config.run.report_to or None,
                                                      project_dir=str(run_directory(config) / TRACKERS_DIR))
-            self.setup(resume, accelerator, exposure_policy, grader)
+            self.setup(resume, accelerator, exposure_policy, grader or grader_for(config.data.answer))
         except BaseException:
             self.release()
             raise
