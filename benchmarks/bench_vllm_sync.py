@@ -20,7 +20,6 @@ import argparse
 import os
 import statistics
 import tempfile
-from pathlib import Path
 
 from harness import add_common_flags, apply_threads, markdown_table, write_results
 
