@@ -132,6 +132,7 @@ def build_eval_engine(config: Config, model_path: str, base_path: str,
     if config.eval.engine == "hf":
         model, _ = load_model_and_tokenizer(config, model_path, base_path)
         return hf_sample_engine(model, tokenizer, config.eval.batch_size)
+    run_in_process("eval.engine=vllm")  # a run of `atesd compare --jobs N` is a pool worker, which starts no process
     vllm = import_vllm()
     settings = config.eval.vllm
     common = {"dtype": config.model.dtype, "seed": config.run.seed, "trust_remote_code": config.model.trust_remote_code,
