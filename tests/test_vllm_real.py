@@ -216,3 +216,33 @@ def test_smollm2_is_served_with_lora_and_its_sync_is_checked(smollm2_dir, tmp_pa
     assert out.sync_gap < 1e-3 and all(len(ids) > 0 for ids in out.completion_ids)
     text = tokenizer.decode(out.completion_ids[0], skip_special_tokens=True)
     assert text.strip(), text
+
+
+def test_a_lora_run_is_evaluated_alike_as_a_request_and_merged(vllm_config, tmp_path):
+    """A LoRA run's final_model (an adapter) on vLLM: as a LoRA request on the base model, and merged into it;
+    float32 both ways, the same weights in effect, so the same samples."""
+    config = vllm_config(tmp_path, "train.steps=2", "train.lr=1e-2", "run.name=lora", "model.lora={r: 8, alpha: 16}",
+                         "eval.num_samples=2", "eval.max_problems=6", "eval.max_new_tokens=8", "eval.engine=vllm")
+    save_config(config, tmp_path / "run.yaml")
+    assert main(["train", str(tmp_path / "run.yaml")]) == 0
+    texts = {}
+    for lora in ("request", "merge"):
+        assert main(["eval", str(tmp_path / "run.yaml"), f"eval.vllm.lora={lora}", "--out", str(tmp_path / lora)]) == 0
+        (path,) = (tmp_path / lora).glob("student-*.json")
+        texts[lora] = [p["completions"] for p in json.loads(path.read_text())["problems"]]
+    assert texts["request"] == texts["merge"]
+
+
+def test_compare_evaluates_its_runs_on_vllm(vllm_config, tmp_path):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    save_config(vllm_config(tmp_path, "train.steps=2", "eval.num_samples=2", "eval.max_problems=6",
+                            "eval.max_new_tokens=8", "eval.engine=vllm", "rollout.engine=vllm",
+                            "eval.teacher_alpha=null"), recipes / "opsd.yaml")
+    assert main(["compare", "--recipes", str(recipes), "--methods", "base", "opsd", "--seeds", "1", "--out",
+                 str(tmp_path / "compare")]) == 0
+    for run in ("base-seed0", "opsd-seed0"):
+        result = json.loads((tmp_path / "compare" / "runs" / run / "result.json").read_text())
+        assert 0 <= result["benchmarks"]["embedded"]["summary"]["all"]["average@2"] <= 1
+    assert all(0 <= row["sync_gap"] < SAME_WEIGHTS_GAP
+               for row in read_metrics(tmp_path / "compare" / "runs" / "opsd-seed0" / "metrics.jsonl"))
