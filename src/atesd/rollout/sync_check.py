@@ -4,9 +4,10 @@ tokens must equal the training model's, else the run stops.
 The commonest silent failure of colocated vLLM training is a LoRA adapter that never reaches vLLM: rollouts are
 then sampled from the base model and training changes nothing, with every loss looking normal. The guard scores
 the first tokens of the step's first prompt (at most 64) twice, with the engine and with the training model, and
-compares their mean absolute difference per token with a tolerance (``rollout.vllm.sync_check_tolerance``;
-docs/scaling.md#the-sync-guard says why its default suits bf16). It costs one short prompt-log-prob request and one
-forward of those tokens per step.
+compares their mean absolute difference per token (the ``sync_gap`` of metrics.jsonl) with a tolerance
+(``rollout.vllm.sync_check_tolerance``, by default set by the weights' dtype from the gaps measured against vLLM:
+docs/scaling.md#the-sync-guard). It costs one short prompt-log-prob request and one forward of those tokens per
+step.
 """
 
 from __future__ import annotations
