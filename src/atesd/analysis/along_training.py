@@ -8,8 +8,8 @@ is an optimistic figure, not a held-out one; it is how OPSD's Table 2 (which ATE
 made: steps 25, 50 and 75 for Qwen3-4B (OPSD issue #11). docs/reproducing.md says how to compare honestly.
 
 With ``eval.engine: vllm`` one vLLM engine serves them all: it starts on the base model and takes each checkpoint's
-weights (LoRA merged) in turn. The base model is evaluated as step 0 (LoRA adapters fresh, so disabled in effect; full fine-tuning: the
-starting weights). Checkpoints hold only the trained parameters (`train.checkpoint`); each is loaded onto the
+weights (LoRA merged) in turn. The base model is evaluated as step 0 (LoRA adapters fresh, so disabled in effect;
+full fine-tuning: the starting weights). Checkpoints hold only the trained parameters (`train.checkpoint`); each is loaded onto the
 same base model in turn. Only the checkpoints a run kept are there (``train.keep_checkpoints``, with
 ``train.checkpoint_every``): keep more of them to evaluate along a run afterwards.
 """

@@ -1,13 +1,14 @@
 """Where a run's problems come from: the training set with its held-out probe set, and the benchmarks.
 
 Training data is the embedded task, reasoning-gym's procedural tasks (`atesd.data.reasoning_gym`, with settings of
-their own), a named source (``champ``), a JSONL or Parquet file, or a `datasets`
-id/path (a hub dataset such as ``siyanzhao/Openthoughts_math_30k_opsd``, whose ``problem`` and ``solution``
-columns the default column map reads, the answer coming from the solution's last ``\boxed{}``). The probe set (docs/method.md#statistics) is a fixed
-set of training problems held out of training, so probe_nll measures progress on problems the student has
-never been trained on. Benchmarks are named (``aime24``, ``aime25``, ``hmmt25``, ``champ``, ``embedded``) or given as a
-JSONL path (and ``reasoning-gym``, held out of its training problems); a named benchmark is read from ``$ATESD_BENCHMARK_DIR/<name>.jsonl`` when that file exists (for
-machines with no hub access), and from its hub dataset otherwise.
+their own), a named source (``champ``), a JSONL or Parquet file, or a `datasets` id/path (a hub dataset such as
+``siyanzhao/Openthoughts_math_30k_opsd``, whose ``problem`` and ``solution`` columns the default column map reads,
+the answer coming from the solution's last ``\boxed{}``). The probe set (docs/method.md#statistics) is a fixed set
+of training problems held out of training, so probe_nll measures progress on problems the student has never been
+trained on. Benchmarks are named (``aime24``, ``aime25``, ``hmmt25``, ``champ``, ``embedded``, and
+``reasoning-gym``, held out of its training problems) or given as a JSONL path; a named benchmark is read from
+``$ATESD_BENCHMARK_DIR/<name>.jsonl`` when that file exists (for machines with no hub access), and from its hub
+dataset otherwise.
 """
 
 from __future__ import annotations
