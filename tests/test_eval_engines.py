@@ -95,9 +95,8 @@ def test_vllm_evaluation_is_one_request_of_k_samples_per_problem_seeded_per_prob
     llm = engine.llm
     assert llm.init_kwargs == {"model": str(dirs["base"]), "tokenizer": None, "trust_remote_code": False,
                                "tensor_parallel_size": 2, "dtype": "bfloat16", "seed": 3,
-                               "gpu_memory_utilization": 0.85, "max_model_len": 512, "enforce_eager": True,
-                               "enable_prefix_caching": True, "kv_cache_memory_bytes": 2**30,
-                               "enable_chunked_prefill": False, "max_num_batched_tokens": 2048}  # the CPU build's
+                               "gpu_memory_utilization": 0.85, "max_model_len": 512, "enforce_eager": False,
+                               "enable_prefix_caching": True}
     results = run(engine)
     assert [ids for ids, _, _ in llm.requests] == [prompt_ids(p) for p in PROBLEMS]  # every problem at once
     assert [params.n for _, params, _ in llm.requests] == [3] * len(PROBLEMS)

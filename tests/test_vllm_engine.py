@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import vllm_stand_in
+from transformers import AutoModelForCausalLM
 
 from atesd.config.engines import VLLMConfig
+from atesd.errors import UserError
 from atesd.models.export import merged_state_dict
 from atesd.models.tiny import build_char_tokenizer, build_tiny_model
 from atesd.rollout import HFGenerateEngine, SamplingParams
@@ -96,35 +98,56 @@ def test_engine_contract(kind, stand_in, base_dir):
 
 # ------------------------------------------------------------------------------------ vLLM specifics
 
-def test_vllm_engine_is_built_colocated_with_the_configured_settings(stand_in, base_dir):
-    engine = vllm_engine(base_dir)
-    # The CPU build: no chunked prefill (a seeded request prefilled in chunks crashes it), a whole prompt per step,
-    # and a KV cache of 1 GiB unless kv_cache_gib says otherwise.
+def test_vllm_engine_is_built_colocated_with_the_configured_settings(stand_in, base_dir, tmp_path):
+    engine = vllm_engine(base_dir)  # on a GPU: vLLM's own defaults
     assert engine.llm.init_kwargs == {
         "model": str(base_dir), "tokenizer": None, "trust_remote_code": False, "tensor_parallel_size": 1,
         "dtype": "bfloat16", "seed": 7, "gpu_memory_utilization": 0.25, "max_model_len": 2048,
-        "enforce_eager": True, "enable_prefix_caching": True, "kv_cache_memory_bytes": 2**30,
-        "enable_chunked_prefill": False, "max_num_batched_tokens": 2048}
-    stand_in.Platform.cpu = False  # a GPU: vLLM's own defaults
+        "enforce_eager": True, "enable_prefix_caching": True}
     on_gpu = VLLMEngine(tiny_model(), str(base_dir), VLLMConfig(), eos_token_id=EOS, dtype="bfloat16",
                         seed=step_seed(3, 0))  # a 63-bit seed, folded into the 32 bits vLLM takes
     assert on_gpu.llm.init_kwargs["seed"] == step_seed(3, 0) % 2**32 and on_gpu.llm.init_kwargs["enforce_eager"] is False
-    assert not {"kv_cache_memory_bytes", "enable_chunked_prefill"} & set(on_gpu.llm.init_kwargs)
-    assert VLLMEngine(tiny_model(), str(base_dir), VLLMConfig(kv_cache_gib=2), eos_token_id=EOS, dtype="bfloat16",
+    # The CPU build: no chunked prefill (a seeded request prefilled in chunks crashes it), a whole prompt per step,
+    # a KV cache of 1 GiB unless kv_cache_gib says otherwise, eager, and only the head sizes it serves.
+    stand_in.Platform.cpu = True
+    with pytest.raises(UserError, match="vLLM's CPU build serves attention head sizes 32, 64, .* has 16: use the hf"):
+        vllm_engine(base_dir)
+    wide = wide_base_dir(tmp_path)
+    assert VLLMEngine(tiny_model(), str(wide), VLLMConfig(), eos_token_id=EOS, dtype="bfloat16", seed=7
+                      ).llm.init_kwargs == {
+        "model": str(wide), "tokenizer": None, "trust_remote_code": False, "tensor_parallel_size": 1,
+        "dtype": "bfloat16", "seed": 7, "gpu_memory_utilization": 0.3, "max_model_len": None,
+        "enforce_eager": True, "enable_prefix_caching": True, "kv_cache_memory_bytes": 2**30,
+        "enable_chunked_prefill": False, "max_num_batched_tokens": 2048}
+    assert VLLMEngine(tiny_model(), str(wide), VLLMConfig(kv_cache_gib=2), eos_token_id=EOS, dtype="bfloat16",
                       seed=0).llm.init_kwargs["kv_cache_memory_bytes"] == 2 * 2**30
     # The sync guard's tolerance follows the weights' dtype unless it is set (measured gaps: docs/scaling.md).
-    tolerances = [VLLMEngine(tiny_model(), str(base_dir), VLLMConfig(**settings), eos_token_id=EOS, dtype=dtype,
+    tolerances = [VLLMEngine(tiny_model(), str(wide), VLLMConfig(**settings), eos_token_id=EOS, dtype=dtype,
                              seed=0).sync_check.tolerance
                   for dtype, settings in [("float32", {}), ("bfloat16", {}), ("float32", {"sync_check_tolerance": 0.5})]]
     assert tolerances == [1e-3, 0.1, 0.5]
 
 
-def test_seeded_long_prompts_run_on_the_cpu_build(stand_in, base_dir):
+def wide_base_dir(tmp_path: Path) -> Path:
+    """A tiny model whose heads are 32 wide, a size vLLM's CPU build serves."""
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
+                             intermediate_size=64, max_positions=128, seed=0)
+    model.save_pretrained(tmp_path / "wide")
+    tokenizer.save_pretrained(tmp_path / "wide")
+    return tmp_path / "wide"
+
+
+def test_seeded_long_prompts_run_on_the_cpu_build(stand_in, tmp_path):
+    stand_in.Platform.cpu = True
+    wide = wide_base_dir(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(wide)
     long_prompt = [10 + i % 80 for i in range(300)]
-    engine = vllm_engine(base_dir, max_model_len=256 + 64)  # the context a step holds: max(context, 2048) tokens
+    engine = VLLMEngine(model, str(wide), VLLMConfig(max_model_len=256 + 64), eos_token_id=EOS, dtype="float32",
+                        seed=0)  # the context a step holds: max(context, 2048) tokens
     out = engine.generate([long_prompt] * 2, SamplingParams(max_new_tokens=2), torch.Generator().manual_seed(0))
     assert len(out.completion_ids) == 2
-    chunked = stand_in.LLM(str(base_dir), max_num_batched_tokens=256)  # vLLM's default: prefill in chunks
+    chunked = stand_in.LLM(str(wide), max_num_batched_tokens=256)  # vLLM's default: prefill in chunks
     with pytest.raises(RuntimeError, match="CPU Generator does not use offset"):
         chunked.generate([{"prompt_token_ids": long_prompt}], stand_in.SamplingParams(seed=1, max_tokens=2))
 

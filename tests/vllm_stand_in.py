@@ -142,7 +142,7 @@ class StandInModel:
 
 
 class Platform:
-    cpu: ClassVar[bool] = True
+    cpu: ClassVar[bool] = False  # a GPU unless a test says otherwise
 
     def is_cpu(self) -> bool:
         return Platform.cpu
@@ -269,10 +269,10 @@ class LLM:
 
 def install(monkeypatch) -> ModuleType:
     """Make ``import vllm``, ``from vllm.lora.request import LoRARequest`` and ``from vllm.platforms import
-    current_platform`` find this stand-in (a CPU build); returns it."""
+    current_platform`` find this stand-in (on a GPU; ``Platform.cpu = True`` makes it the CPU build); returns it."""
     module = sys.modules[__name__]
     LLM.instances.clear()
-    Platform.cpu = True
+    Platform.cpu = False
     lora = ModuleType("vllm.lora")
     lora.request = module
     platforms = ModuleType("vllm.platforms")

@@ -60,6 +60,8 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 ENGINE_SEEDS = 2**32
 # The KV cache the CPU build gets when ``kv_cache_gib`` is unset.
 CPU_KV_CACHE_GIB = 1.0
+# The attention head sizes the CPU build serves (vllm/v1/attention/backends/cpu_attn.py, 0.32).
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 # The sync guard's tolerance by the weights' dtype, when ``rollout.vllm.sync_check_tolerance`` is unset: measured
 # after a correct sync against vLLM's CPU build (benchmarks/bench_vllm_sync.py, docs/scaling.md#the-sync-guard), the
 # gap is at most 2.1e-6 nats per token in float32 and 0.022 in bfloat16, its rounding.
@@ -99,11 +101,26 @@ def on_cpu(vllm: ModuleType) -> bool:
 
 def model_context(model: str, trust_remote_code: bool) -> int | None:
     """The context a model directory or hub id declares in its config.json (None when it declares none)."""
-    from transformers import AutoConfig
-
     from atesd.models.loading import context_length
 
-    return context_length(SimpleNamespace(config=AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)))
+    return context_length(SimpleNamespace(config=declared_config(model, trust_remote_code)))
+
+
+def declared_config(model: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+
+
+def check_cpu_head_size(model: str, trust_remote_code: bool) -> None:
+    """One line instead of vLLM's failure at its first forward when the CPU build cannot serve the model's
+    attention head size."""
+    config = declared_config(model, trust_remote_code)
+    heads = getattr(config, "num_attention_heads", None)
+    size = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    if size is not None and size not in CPU_HEAD_SIZES:
+        raise UserError(f"vLLM's CPU build serves attention head sizes {', '.join(map(str, CPU_HEAD_SIZES))}; "
+                        f"{model} has {size}: use the hf engine (rollout.engine=hf, eval.engine=hf) for this model")
 
 
 def build_llm(vllm: ModuleType, model: str, settings: VLLMSettings, *, dtype: str, seed: int,
@@ -116,6 +133,7 @@ def build_llm(vllm: ModuleType, model: str, settings: VLLMSettings, *, dtype: st
     if kv_cache is not None:
         engine_args["kv_cache_memory_bytes"] = int(kv_cache * 2**30)
     if cpu:
+        check_cpu_head_size(model, trust_remote_code)
         context = settings.max_model_len or model_context(model, trust_remote_code) or 8192
         engine_args.update(enable_chunked_prefill=False, max_num_batched_tokens=max(context, 2048))
     return vllm.LLM(model=model, dtype=dtype, seed=seed % ENGINE_SEEDS,
