@@ -25,10 +25,11 @@ each step's rollouts the trainer calls `update_weights`:
 So rollouts are always sampled from the weights of the last optimizer step: on-policy, as with the HF engine.
 After every sync the sync guard (`atesd.rollout.sync_check`) compares vLLM's log-probs with the training model's.
 
-Two facts of vLLM's CPU build shape the engine it gets (`cpu_engine_args`): a seeded request whose prompt is
-prefilled in chunks crashes it ("CPU Generator does not use offset": the sampler rewinds a generator the CPU does
-not rewind), so chunked prefill is off and a step holds a whole prompt; and its KV cache is sized explicitly
-(``kv_cache_gib``), else it takes a share of the machine's memory after a warm-up pass.
+Facts of vLLM's CPU build shape the engine it gets (`build_llm`): a seeded request whose prompt is prefilled in
+chunks crashes it ("CPU Generator does not use offset": the sampler rewinds a generator the CPU does not rewind), so
+chunked prefill is off and a step holds a whole prompt; its KV cache is sized explicitly (``kv_cache_gib``), else it
+takes a share of the machine's memory after a warm-up pass; it runs eager, its compilation costing minutes; and a
+model whose attention head size it cannot serve is refused in one line before it starts.
 """
 
 from __future__ import annotations
@@ -246,7 +247,7 @@ class VLLMEngine:
         self.model.save_pretrained(directory)
         previous, self.lora_request = self.lora_request, LoRARequest(
             lora_name=f"atesd-sync-{self.syncs}", lora_int_id=self.syncs, lora_path=str(directory))
-        if previous is not None:  # vLLM has loaded it into memory; the new one replaces it at the next request
+        if previous is not None:  # no later request names it: vLLM reads an adapter's files once, when first used
             shutil.rmtree(previous.lora_path, ignore_errors=True)
         self.unchecked = self.sync_check is not None
 
