@@ -21,10 +21,8 @@ from harness import add_common_flags, apply_threads, markdown_table, write_resul
 from scipy import stats
 
 from atesd.config import load_config
-from atesd.eval.engines import build_eval_engine
 from atesd.eval.runner import evaluate_model
-from atesd.models.loading import load_tokenizer
-from atesd.train.base_model import base_model_path
+from atesd.train.base_model import evaluation_engine
 
 
 def per_problem_accuracy(path: Path) -> dict[str, float]:
@@ -47,12 +45,10 @@ def main() -> None:
         for engine_name in ("hf", "vllm"):
             config = load_config(args.config, [*args.overrides, *quick, f"eval.engine={engine_name}",
                                                "eval.teacher_alpha=null"])
-            base = base_model_path(config)
-            model = args.model or base
-            tokenizer = load_tokenizer(config, model)
-            engine = build_eval_engine(config, model, base, tokenizer)
+            engine, tokenizer = evaluation_engine(config, args.model)
             folder = Path(out) / engine_name
-            summaries = evaluate_model(config, None, tokenizer, folder, "student", engine=engine, model_name=model)
+            summaries = evaluate_model(config, None, tokenizer, folder, "student", engine=engine,
+                                       model_name=args.model or config.model.name_or_path)
             benchmark = config.eval.benchmarks[0]
             k = config.eval.num_samples
             averages[engine_name] = summaries[benchmark]["all"][f"average@{k}"]

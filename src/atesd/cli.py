@@ -70,10 +70,9 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from atesd.analysis.guards import writable_folder
     from atesd.analysis.tables import evaluation_table
-    from atesd.eval.engines import build_eval_engine
     from atesd.eval.runner import evaluate_model
-    from atesd.models.loading import load_tokenizer, resolve_model_path
-    from atesd.train.base_model import base_model_path
+    from atesd.models.loading import resolve_model_path
+    from atesd.train.base_model import evaluation_engine
     from atesd.train.run_dir import run_directory
 
     if args.checkpoints:
@@ -93,9 +92,7 @@ def _eval(args: argparse.Namespace) -> None:
     if args.teacher_alpha is not None:  # the saved config says what was evaluated
         config.eval.teacher_alpha = args.teacher_alpha
     out_dir = writable_folder(Path(args.out) if args.out else run_dir / "eval", "--out")
-    base = base_model_path(config)
-    tokenizer = load_tokenizer(config, model_path or base)
-    engine = build_eval_engine(config, model_path or base, base, tokenizer)  # eval.engine: hf | vllm
+    engine, tokenizer = evaluation_engine(config, model_path)  # eval.engine: hf | vllm
     summaries = evaluate_model(config, None, tokenizer, out_dir, label, args.teacher_alpha, engine=engine,
                                model_name=model_path or config.model.name_or_path)
     save_config(config, out_dir / f"{label}-config.yaml")

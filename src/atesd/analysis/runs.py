@@ -189,10 +189,8 @@ def exit_with_parent(parent: int, every: float = 1.0) -> None:
 
 def execute(run: Run) -> None:
     """Train (or resume) the run when it trains, evaluate its model, and write ``result.json``."""
-    from atesd.eval.engines import build_eval_engine
     from atesd.eval.runner import evaluate_model, results_file
-    from atesd.models.loading import load_tokenizer
-    from atesd.train.base_model import base_model_path, load_model
+    from atesd.train.base_model import evaluation_engine
 
     config, directory, trains = run.config, run.directory, run.spec.trains
     check_saved_config(run)
@@ -203,18 +201,11 @@ def execute(run: Run) -> None:
         save_config(config, directory / "config.yaml")
 
     started = time.perf_counter()
-    trained = str(directory / "final_model") if trains else None
-    engine = model = None
-    if config.eval.engine == "vllm":  # vLLM alone: no transformers copy of the model
-        base = base_model_path(config)
-        tokenizer = load_tokenizer(config, trained or base)
-        engine = build_eval_engine(config, trained or base, base, tokenizer)
-    else:
-        model, tokenizer = load_model(config, trained)
+    engine, tokenizer = evaluation_engine(config, str(directory / "final_model") if trains else None)
     label = EVAL_LABELS[trains]
-    summaries = evaluate_model(config, model, tokenizer, directory / "eval", label, engine=engine)
+    summaries = evaluate_model(config, None, tokenizer, directory / "eval", label, engine=engine)
     eval_seconds = time.perf_counter() - started
-    del model, engine
+    del engine
     gc.collect()
 
     result = {

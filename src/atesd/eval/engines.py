@@ -156,15 +156,12 @@ def build_eval_engine(config: Config, model_path: str, base_path: str,
 def reloadable_eval_engine(config: Config, base_path: str, tokenizer: PreTrainedTokenizerBase) -> VLLMSampleEngine:
     """``eval.engine: vllm`` on the base model at `base_path`, in this process, ready to take other weights
     (`VLLMSampleEngine.load_weights`): one engine for every checkpoint of a run."""
-    settings = config.eval.vllm
-    if settings.tensor_parallel_size > 1:
+    if config.eval.vllm.tensor_parallel_size > 1:
         raise UserError("atesd eval --checkpoints with eval.engine=vllm loads each checkpoint into one in-process "
                         "engine: set eval.vllm.tensor_parallel_size=1")
-    run_in_process("atesd eval --checkpoints with eval.engine=vllm")
-    vllm = import_vllm()
-    llm = build_llm(vllm, base_path, settings, dtype=config.model.dtype, seed=config.run.seed,
-                    trust_remote_code=config.model.trust_remote_code)
-    return VLLMSampleEngine(llm, vllm, tokenizer.eos_token_id, context=served_context(config, base_path))
+    engine = build_eval_engine(config, base_path, base_path, tokenizer)
+    assert isinstance(engine, VLLMSampleEngine)  # eval.engine is vllm, and a base model is no adapter
+    return engine
 
 
 def served_context(config: Config, model_path: str) -> int | None:

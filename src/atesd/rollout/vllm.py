@@ -93,18 +93,19 @@ def import_vllm() -> ModuleType:
     return vllm
 
 
-def on_cpu(vllm: ModuleType) -> bool:
-    """Whether this vLLM is its CPU build."""
+def on_cpu() -> bool:
+    """Whether the installed vLLM is its CPU build (call after `import_vllm`)."""
     from vllm.platforms import current_platform
 
     return bool(current_platform.is_cpu())
 
 
-def model_context(model: str, trust_remote_code: bool) -> int | None:
-    """The context a model directory or hub id declares in its config.json (None when it declares none)."""
+def model_context(model: str, trust_remote_code: bool, declared: Any = None) -> int | None:
+    """The context a model directory or hub id declares in its config.json (None when it declares none);
+    `declared`: that config, when the caller has read it already."""
     from atesd.models.loading import context_length
 
-    return context_length(SimpleNamespace(config=declared_config(model, trust_remote_code)))
+    return context_length(SimpleNamespace(config=declared or declared_config(model, trust_remote_code)))
 
 
 def declared_config(model: str, trust_remote_code: bool) -> Any:
@@ -113,10 +114,9 @@ def declared_config(model: str, trust_remote_code: bool) -> Any:
     return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
 
 
-def check_cpu_head_size(model: str, trust_remote_code: bool) -> None:
-    """One line instead of vLLM's failure at its first forward when the CPU build cannot serve the model's
-    attention head size."""
-    config = declared_config(model, trust_remote_code)
+def check_cpu_head_size(model: str, config: Any) -> None:
+    """One line instead of vLLM's failure at its first forward when the CPU build cannot serve the attention head
+    size of `model` (whose declared `config` this is)."""
     heads = getattr(config, "num_attention_heads", None)
     size = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
     if size is not None and size not in CPU_HEAD_SIZES:
@@ -128,14 +128,15 @@ def build_llm(vllm: ModuleType, model: str, settings: VLLMSettings, *, dtype: st
               trust_remote_code: bool, **engine_args: Any) -> Any:
     """A `vllm.LLM` on `model` (a directory or hub id) with the configured settings and any further engine args;
     `seed` is folded into the 32 bits vLLM's engine seed takes."""
-    cpu = on_cpu(vllm)
+    cpu = on_cpu()
     eager = settings.enforce_eager if settings.enforce_eager is not None else cpu
     kv_cache = settings.kv_cache_gib if settings.kv_cache_gib is not None else CPU_KV_CACHE_GIB if cpu else None
     if kv_cache is not None:
         engine_args["kv_cache_memory_bytes"] = int(kv_cache * 2**30)
     if cpu:
-        check_cpu_head_size(model, trust_remote_code)
-        context = settings.max_model_len or model_context(model, trust_remote_code) or 8192
+        declared = declared_config(model, trust_remote_code)
+        check_cpu_head_size(model, declared)
+        context = settings.max_model_len or model_context(model, trust_remote_code, declared) or 8192
         engine_args.update(enable_chunked_prefill=False, max_num_batched_tokens=max(context, 2048))
     return vllm.LLM(model=model, dtype=dtype, seed=seed % ENGINE_SEEDS,
                     gpu_memory_utilization=settings.gpu_memory_utilization, max_model_len=settings.max_model_len,

@@ -1,12 +1,14 @@
 """The model a run starts from: the embedded default's warm-started model (made on first use, then cached), or
-the configured directory, GGUF file or hub id; and loading it, or a run's trained model, for evaluation."""
+the configured directory, GGUF file or hub id; and loading it, or a run's trained model, for evaluation (as a model,
+or behind the configured evaluation engine)."""
 
 from __future__ import annotations
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from atesd.config import Config
-from atesd.models.loading import EMBEDDED, load_model_and_tokenizer, resolve_model_path
+from atesd.eval.engines import SampleEngine, build_eval_engine
+from atesd.models.loading import EMBEDDED, load_model_and_tokenizer, load_tokenizer, resolve_model_path
 from atesd.train.warm_start import embedded_base_model
 
 
@@ -22,3 +24,11 @@ def load_model(config: Config, path: str | None = None) -> tuple[PreTrainedModel
     the configured starting model; and its tokenizer."""
     base = base_model_path(config)
     return load_model_and_tokenizer(config, path or base, base_path=base)
+
+
+def evaluation_engine(config: Config, path: str | None = None) -> tuple[SampleEngine, PreTrainedTokenizerBase]:
+    """The ``eval.engine`` (HF or vLLM) serving the model at `path` (a run's ``final_model``, a LoRA adapter applied
+    to the base model) or, without one, the configured starting model; and its tokenizer."""
+    base = base_model_path(config)
+    tokenizer = load_tokenizer(config, path or base)
+    return build_eval_engine(config, path or base, base, tokenizer), tokenizer
