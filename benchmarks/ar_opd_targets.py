@@ -3,7 +3,7 @@ the boxed answer and on the chain before it.
 
 The base model samples one student rollout per training problem; the teacher (the same model) scores it after
 the full reference (α = 1, OPSD's teacher) and after the anchor's (``anchor_alpha``), and q is AR-OPD's
-anchored-residual teacher made of the two (``atesd.train.anchored_teacher.anchored_residual``, the trainer's
+anchored-residual teacher made of the two (``atesd.train.forwards.anchored_residual``, the trainer's
 own). Per completion token, and averaged over the tokens of each region — ``answer``: from ``\\boxed{`` on;
 ``chain``: every token before it — it reports KL(p_full ‖ p_anchor) (how much the full reference changes the
 targets), KL(p_full ‖ q) (how much of that AR-OPD takes back) and the full teacher's probability mass on
@@ -27,7 +27,7 @@ import torch
 from atesd.analysis.mismatch import sample_base_rollouts
 from atesd.config import load_config
 from atesd.models.sequences import completion_hidden_states, output_head, pack_sequences
-from atesd.train.anchored_teacher import anchored_residual
+from atesd.train.forwards import anchored_residual
 
 BOX = "\\boxed{"
 

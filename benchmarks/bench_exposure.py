@@ -52,8 +52,9 @@ import numpy as np
 import torch
 
 from atesd.config import load_config
-from atesd.exposure import RULES, ProblemView, build_exposure_policy
-from atesd.train.trainer import Trainer
+from atesd.exposure import REGISTRY, ProblemView, build_exposure_policy
+from atesd.exposure.rules import ProblemRule
+from atesd.train.recipe import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OPSD = ["method=opsd", "exposure.policy=fixed", "exposure.alpha=1.0"]
@@ -73,6 +74,8 @@ VARIANTS = {
     "atesd-alignment-every-step": ["exposure.per_problem=true", "exposure.controller.credit=alignment",
                                    "exposure.controller.alignment_probe=contrast", "exposure.controller.alignment_refresh=1"],
 }
+# The rules per problem among the registered exposure policies.
+RULES = [name for name, settings in REGISTRY.items() if isinstance(settings().build(1, 0), ProblemRule)]
 REFERENCE = ("= 14", "= 22", "= 25", "= 23")  # an embedded 'values' reference, for PAINT's overlap
 
 
@@ -81,7 +84,7 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, outpu
         *overrides, f"run.output_dir={output_dir}", f"run.name={name}", f"train.steps={args.steps}",
         f"run.seed={args.seed}", f"train.checkpoint_every={args.steps}"])
     trainer = Trainer(config)
-    original_teacher = trainer.parts.prompts.teacher
+    original_teacher = trainer.prompts.teacher
     teacher_tokens: list[int] = []
 
     def counting_teacher(problem, alpha):
@@ -89,8 +92,8 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, outpu
         teacher_tokens.append(len(ids))
         return ids
 
-    trainer.parts.prompts.teacher = counting_teacher
-    trainer.signals.start(trainer.parts.sampler)  # what train() does before its first step
+    trainer.prompts.teacher = counting_teacher
+    trainer.signals.start(trainer.sampler)  # what train() does before its first step
     trainer.last_probe_nll = trainer.probe_nll()
     step_times, per_step = [], defaultdict(list)
     for step in range(args.steps):

@@ -33,7 +33,7 @@ from pathlib import Path
 from harness import add_common_flags, apply_threads, markdown_table, write_results
 
 from atesd.config import load_config
-from atesd.train.trainer import Trainer
+from atesd.train.recipe import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "embedded"
 TIME_KEYS = ["rollout_time", "teacher_time", "update_time", "probe_time"]

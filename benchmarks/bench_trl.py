@@ -48,7 +48,7 @@ from atesd.config import load_config
 from atesd.data.arithmetic import embedded_splits
 from atesd.data.templates import chat_prompt, student_message, teacher_message
 from atesd.eval.grading import grade
-from atesd.train.trainer import Trainer
+from atesd.train.recipe import Trainer
 from atesd.train.warm_start import embedded_base_model
 
 GRADING_SECONDS: list[float] = []  # appended to by the grader the trainer is given: each rollout's grading time
@@ -163,7 +163,7 @@ def main() -> None:
                                                         checkpointing=True)[0]
         for name in reversed(args.samplers):
             atesd_rows[name] += atesd_steps(configs[name], steps - first + args.warmup, trainers[name])[1][args.warmup:]
-        atesd_teacher = statistics.mean(len(trainers[args.samplers[0]].parts.prompts.teacher(p, 1.0))
+        atesd_teacher = statistics.mean(len(trainers[args.samplers[0]].prompts.teacher(p, 1.0))
                                         for p in problems[:256])
 
     trl_timed = trl_rows[args.warmup:]

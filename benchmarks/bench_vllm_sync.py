@@ -1,7 +1,7 @@
 """The sync guard against the real vLLM engine: the log-probability gap between vLLM and the training model after a
 correct weight sync, after a skipped one, and (LoRA served as a request) with the adapter dropped.
 
-A real run trains (`atesd.train.trainer.Trainer`, ``rollout.engine=vllm``) for ``--steps`` updates. After each
+A real run trains (`atesd.train.recipe.Trainer`, ``rollout.engine=vllm``) for ``--steps`` updates. After each
 update, before the next sync, the guard's gap is measured on a fixed student prompt (the first training problem's):
 vLLM then still holds the weights of the update before, which is exactly what a skipped sync would leave (``skipped``).
 The next step syncs and its guard logs the gap after a correct sync (``synced``, metrics.jsonl's ``sync_gap``).
@@ -25,7 +25,7 @@ from harness import add_common_flags, apply_threads, markdown_table, write_resul
 
 from atesd.config import load_config
 from atesd.rollout.vllm import served_logprobs
-from atesd.train.trainer import Trainer
+from atesd.train.recipe import Trainer
 
 
 def main() -> None:
@@ -42,9 +42,9 @@ def main() -> None:
         config = load_config(args.config, [*args.overrides, "rollout.engine=vllm", f"train.steps={steps}",
                                            f"run.output_dir={runs}", "eval.every=0"])
         trainer = Trainer(config)
-        engine = trainer.parts.sampler.engine
+        engine = trainer.sampler.engine
         check = engine.sync_check
-        prompt = trainer.parts.prompts.student(trainer.train_problems[0])
+        prompt = trainer.prompts.student(trainer.train_problems[0])
         rows = []
         for _ in range(steps):
             record = trainer.train_step()

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from atesd.config import load_config
 from atesd.exposure import build_exposure_policy
-from atesd.train.trainer import Trainer
+from atesd.train.recipe import Trainer
 
 
 class RecordingExposure:
@@ -31,13 +31,22 @@ class RecordingExposure:
     def __init__(self, policy, rank: int) -> None:
         self.policy, self.rank = policy, rank
         self.uses_teacher_ref_logp = policy.uses_teacher_ref_logp
-        self.per_problem = policy.per_problem
+        self.single_process = policy.single_process
         self.asked = 0
         self.observed: list[dict] = []
 
-    def alpha(self, step: int) -> float:
+    def alphas(self, step: int, views) -> list[float]:
         self.asked += 1
-        return self.policy.alpha(step) if self.rank == 0 else 1.0
+        return self.policy.alphas(step, views) if self.rank == 0 else [1.0] * len(views)
+
+    def nll_wanted(self, step: int) -> list[int]:
+        return self.policy.nll_wanted(step)
+
+    def measured(self, step: int, nll, teacher_logps) -> None:
+        self.policy.measured(step, nll, teacher_logps)
+
+    def aligned(self, step: int, credits) -> None:
+        self.policy.aligned(step, credits)
 
     def observe(self, step: int, stats: dict) -> dict:
         self.observed.append({k: v for k, v in stats.items() if not k.endswith("_time")})

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from atesd.config import load_config, save_config
 from atesd.train.checkpoint import LATEST, checkpoints
-from atesd.train.trainer import Trainer
+from atesd.train.recipe import Trainer
 
 INTERRUPTED_AT = "step-0000002"
 

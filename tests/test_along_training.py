@@ -16,7 +16,7 @@ from atesd.config import ConfigError, save_config
 from atesd.eval.metrics import combine_seeds
 from atesd.train.along_training import EVAL_LOG, AlongTrainingEvaluator
 from atesd.train.metrics import read_metrics
-from atesd.train.trainer import Trainer
+from atesd.train.recipe import Trainer
 
 TIMINGS = {"rollout_time", "teacher_time", "update_time", "probe_time", "exposure_time", "step_time"}
 EVAL = ("eval.num_samples=2", "eval.max_new_tokens=8", "eval.max_problems=6")

@@ -18,7 +18,7 @@ from atesd.cli import main
 from atesd.config import ConfigError, save_config
 from atesd.eval.grading import GradeResult
 from atesd.eval.metrics import ProblemResult
-from atesd.train.trainer import Trainer
+from atesd.train.recipe import Trainer
 
 pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)
 

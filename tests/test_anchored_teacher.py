@@ -9,9 +9,9 @@ import torch
 
 from atesd.config import ConfigError, load_config
 from atesd.losses import DivergenceSpec, divergence_from_hidden, divergence_from_logits
-from atesd.train.anchored_teacher import AnchoredResidual, anchored_residual
+from atesd.train.forwards import AnchoredResidual, anchored_residual
 from atesd.train.metrics import read_metrics
-from atesd.train.trainer import Trainer
+from atesd.train.recipe import Trainer
 
 
 def test_the_anchor_at_weight_0_the_full_teacher_at_weight_1_and_the_clip_binds():

@@ -11,7 +11,7 @@ from atesd.models.export import merged_state_dict
 from atesd.models.loading import load_training_model
 from atesd.train.base_model import base_model_path, load_model
 from atesd.train.metrics import read_metrics
-from atesd.train.trainer import Trainer
+from atesd.train.recipe import Trainer
 
 pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)
 
@@ -46,9 +46,9 @@ def test_initial_teacher_is_the_base_model_with_the_adapter_disabled(tiny_config
     trainer.train()
     base, _ = load_model(config)
     trainer.unwrapped.eval()  # no LoRA dropout
-    ids = torch.tensor([trainer.parts.prompts.student(trainer.train_problems[0])])
-    with torch.no_grad(), trainer.teacher.scoring() as teacher_model:
-        assert trainer.teacher.copy is None and teacher_model is trainer.unwrapped
+    ids = torch.tensor([trainer.prompts.student(trainer.train_problems[0])])
+    with torch.no_grad(), trainer.teacher.weights.scoring() as teacher_model:
+        assert trainer.teacher.weights.copy is None and teacher_model is trainer.unwrapped
         teacher_logits = teacher_model(ids).logits
     with torch.no_grad():
         assert torch.allclose(teacher_logits, base(ids).logits, atol=1e-6)
@@ -97,7 +97,7 @@ def test_unknown_target_module_names_the_key_and_the_layers(tiny_config, tmp_pat
 
 def test_full_fine_tuning_keeps_a_frozen_copy_as_initial_teacher(tiny_config, tmp_path):
     trainer = Trainer(tiny_config(tmp_path, "run.name=full"))
-    assert trainer.teacher.copy is not None
-    assert all(not p.requires_grad for p in trainer.teacher.copy.parameters())
+    assert trainer.teacher.weights.copy is not None
+    assert all(not p.requires_grad for p in trainer.teacher.weights.copy.parameters())
     assert all(p.requires_grad for p in trainer.unwrapped.parameters())
 

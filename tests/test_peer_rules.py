@@ -10,21 +10,16 @@ import numpy as np
 import pytest
 
 from atesd.config import ConfigError, load_config
-from atesd.exposure import (
-    AdaBackExposure,
-    PaintExposure,
-    ProblemView,
-    SeeleExposure,
-    build_exposure_policy,
-)
-from atesd.exposure.paint import overlap
-from atesd.exposure.seele import alpha_for_accuracy, fit_logistic, logistic
+from atesd.exposure import ProblemView, build_exposure_policy
+from atesd.exposure.adaback import AdaBackExposure
+from atesd.exposure.paint import PaintExposure, overlap
+from atesd.exposure.seele import SeeleExposure, alpha_for_accuracy, fit_logistic, logistic
 from atesd.train.state_io import load_state, save_state
 
 
 def rule(name: str, *overrides: str, seed: int = 0):
     policy = build_exposure_policy(load_config(None, [f"exposure.policy={name}", *overrides]).exposure, 100, seed)
-    assert policy.per_problem and not policy.uses_teacher_ref_logp
+    assert policy.single_process and not policy.uses_teacher_ref_logp
     return policy
 
 
@@ -220,7 +215,7 @@ def test_a_rule_interrupted_and_resumed_takes_the_same_decisions(name, tmp_path)
     def accuracy(key: int, alpha: float) -> float:
         return float(logistic(np.array(alpha), 0.05, 10.0, 0.2 + 0.05 * (key % 10)))
 
-    settings = ("exposure.seele.min_points=3",)
+    settings = ("exposure.seele.min_points=3",) if name == "seele" else ()
     straight = rule(name, *settings, seed=4)
     expected = RevisitLearner(4, 24, 8, accuracy).run(straight, range(40))
     learner = RevisitLearner(4, 24, 8, accuracy)
@@ -240,12 +235,13 @@ def test_a_rule_interrupted_and_resumed_takes_the_same_decisions(name, tmp_path)
 
 @pytest.mark.parametrize("overrides,key", [
     (["exposure.policy=adaback", "exposure.adaback.threshold=1.5"], "exposure.adaback.threshold"),
-    (["exposure.adaback.start_bounds=[0.9, 0.1]"], "exposure.adaback.start_bounds"),
-    (["exposure.adaback.population_decay=1"], "exposure.adaback.population_decay"),
-    (["exposure.seele.target_accuracy=0"], "exposure.seele.target_accuracy"),
-    (["exposure.seele.min_points=2"], "exposure.seele.min_points"),
-    (["exposure.seele.explore=-0.1"], "exposure.seele.explore"),
-    (["exposure.seele.windw=3"], "exposure.seele.windw"),
+    (["exposure.policy=adaback", "exposure.adaback.start_bounds=[0.9, 0.1]"], "exposure.adaback.start_bounds"),
+    (["exposure.policy=adaback", "exposure.adaback.population_decay=1"], "exposure.adaback.population_decay"),
+    (["exposure.policy=seele", "exposure.seele.target_accuracy=0"], "exposure.seele.target_accuracy"),
+    (["exposure.policy=seele", "exposure.seele.min_points=2"], "exposure.seele.min_points"),
+    (["exposure.policy=seele", "exposure.seele.explore=-0.1"], "exposure.seele.explore"),
+    (["exposure.policy=seele", "exposure.seele.windw=3"], "exposure.seele.windw"),
+    (["exposure.adaback.threshold=0.3"], "exposure.adaback: unknown key"),  # another policy's setting does nothing
     (["exposure.policy=paint", "method=atesd"], "set exposure.policy: controller"),
     (["exposure.policy=seele", "exposure.per_problem=true"], "per_problem"),
 ])

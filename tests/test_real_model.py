@@ -24,7 +24,7 @@ from atesd.models.loading import converted_gguf
 from atesd.models.sequences import pack_sequences
 from atesd.train.base_model import load_model
 from atesd.train.metrics import read_metrics
-from atesd.train.trainer import Trainer
+from atesd.train.recipe import Trainer
 
 pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)
 
@@ -140,8 +140,8 @@ def test_lora_distillation_and_evaluation_on_champ(smollm2_dir, tmp_path):
 
     # the `initial` teacher is the base model: the adapter disabled, no copy
     base = AutoModelForCausalLM.from_pretrained(smollm2_dir)
-    ids = torch.tensor([trainer.parts.prompts.student(load_champ()[0])])
-    with torch.no_grad(), trainer.teacher.scoring() as teacher_model:
+    ids = torch.tensor([trainer.prompts.student(load_champ()[0])])
+    with torch.no_grad(), trainer.teacher.weights.scoring() as teacher_model:
         assert teacher_model is model
         assert torch.allclose(teacher_model(ids).logits, base(ids).logits, atol=1e-5)
     with torch.no_grad():

@@ -16,8 +16,8 @@ import torch
 from atesd.config import save_config
 from atesd.losses import divergence_from_hidden
 from atesd.train.metrics import read_metrics
+from atesd.train.recipe import Trainer
 from atesd.train.run_dir import LOCK_FILE, NON_FINITE_STOP, RunDirectoryInUse
-from atesd.train.trainer import Trainer
 from atesd.train.update import NonFiniteLossError
 
 pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)
@@ -194,7 +194,7 @@ def test_a_one_megabyte_reference_is_cut_to_the_context_before_any_tensor_is_bui
     assert "cut the reference solutions of 1 of" in caplog.text and "'huge'" in caplog.text
     huge = next(p for p in trainer.train_problems + trainer.probe_problems if p.id == "huge")
     context = trainer.unwrapped.config.max_position_embeddings
-    assert trainer.parts.prompts.longest(huge, config.rollout.max_new_tokens) <= context
+    assert trainer.prompts.longest(huge, config.rollout.max_new_tokens) <= context
     trainer.train()  # the step (and the probe) read every problem, the cut one too
     assert len(read_metrics(trainer.run_dir / "metrics.jsonl")) == 1
 

@@ -11,13 +11,12 @@ import pytest
 import torch
 
 from atesd.config import ConfigError, load_config
-from atesd.exposure import RandomPerProblemExposure, build_exposure_policy
+from atesd.exposure import build_exposure_policy
+from atesd.exposure.random import RandomPerProblemExposure
 from atesd.exposure.signals import (
     absolute_progress,
     quantile_rescaled,
     signed_progress,
-    uses_alignment,
-    uses_style_probe,
     window_slope,
     within_step_slope,
 )
@@ -102,7 +101,7 @@ def test_random_exposure_per_problem_draws_each_problem_uniformly_and_resumes(tm
     config = load_config(None, ["exposure.policy=random", "exposure.per_problem=true", "exposure.alpha_min=0.2",
                                 "exposure.alpha_max=0.6"]).exposure
     policy = build_exposure_policy(config, 100, seed=3)
-    assert isinstance(policy, RandomPerProblemExposure) and policy.per_problem
+    assert isinstance(policy, RandomPerProblemExposure) and policy.single_process
     assert not policy.uses_teacher_ref_logp and policy.nll_wanted(0) == []
     draws = [policy.alphas(step, views(step, size=8)) for step in range(200)]
     assert policy.alphas(199, views(199, size=8)) == draws[-1]  # asking twice changes nothing
@@ -159,16 +158,17 @@ def test_a_policy_whose_alpha_rises_with_the_alignment_credit_learns_to_raise_al
 @pytest.mark.parametrize("overrides,message", [
     (["method=atesd", "exposure.policy=controller", "exposure.controller.credit=alignment"],
      "credits each problem's own alpha: set per_problem: true"),
-    (["exposure.policy=fixed", "exposure.per_problem=true"], "per_problem: the learned controller"),
-    (["exposure.controller.progress_signal=style_nll", "data.probe_size=0"], "the style probe is sampled on the probe"),
+    (["exposure.policy=fixed", "exposure.per_problem=true"], "exposure.per_problem: unknown key"),
+    (["method=atesd", "exposure.policy=controller", "exposure.controller.progress_signal=style_nll",
+      "data.probe_size=0"], "the style probe is sampled on the probe"),
     (["exposure.policy=random", "exposure.controller.credit=alignment", "exposure.controller.alignment_probe=style",
       "data.probe_size=0"], "the style probe is sampled on the probe"),
     (["method=sft", "exposure.policy=random", "exposure.controller.credit=alignment"],
-     "alignment is measured on the distillation loss (opsd or atesd)"),
-    (["exposure.controller.progress_signal=nll"], "progress_signal"),
-    (["exposure.controller.credit=both"], "credit"),
-    (["exposure.controller.style_probe_samples=0"], "style_probe_samples"),
-    (["exposure.controller.alignment_refresh=0"], "alignment_refresh"),
+     "method 'sft' takes exposure.policy fixed, not 'random'"),
+    (["exposure.policy=random", "exposure.controller.progress_signal=nll"], "progress_signal"),
+    (["exposure.policy=random", "exposure.controller.credit=both"], "credit"),
+    (["exposure.policy=random", "exposure.controller.style_probe_samples=0"], "style_probe_samples"),
+    (["exposure.policy=random", "exposure.controller.alignment_refresh=0"], "alignment_refresh"),
 ])
 def test_inconsistent_signal_settings_are_refused(overrides, message):
     with pytest.raises(ConfigError) as excinfo:
@@ -177,14 +177,16 @@ def test_inconsistent_signal_settings_are_refused(overrides, message):
 
 
 def test_which_runs_measure_the_style_probe_and_the_alignment():
-    default = load_config(None, [])
-    assert not uses_style_probe(default.exposure) and not uses_alignment(default.exposure)
-    paper = load_config(None, ["method=atesd", "exposure.policy=controller"])  # the paper's controller: untouched
-    assert not uses_style_probe(paper.exposure) and not uses_alignment(paper.exposure)
-    style = load_config(None, ["exposure.controller.progress_signal=style_nll"])
-    assert uses_style_probe(style.exposure) and not uses_alignment(style.exposure)
+    default = load_config(None, []).exposure
+    assert not default.uses_style_probe and not default.measures_alignment
+    paper = load_config(None, ["method=atesd", "exposure.policy=controller"]).exposure  # the paper's controller
+    assert not paper.uses_style_probe and not paper.measures_alignment
+    style = load_config(None, ["method=atesd", "exposure.policy=controller",
+                               "exposure.controller.progress_signal=style_nll"]).exposure
+    assert style.uses_style_probe and not style.measures_alignment
     aligned = load_config(None, ["exposure.policy=random", "exposure.per_problem=true",
-                                 "exposure.controller.credit=alignment", "exposure.controller.alignment_probe=reference"])
-    assert uses_alignment(aligned.exposure) and not uses_style_probe(aligned.exposure)
-    fixed = load_config(None, ["exposure.controller.credit=alignment"])  # a fixed α has nothing to compare
-    assert not uses_alignment(fixed.exposure) and not uses_style_probe(fixed.exposure)
+                                 "exposure.controller.credit=alignment",
+                                 "exposure.controller.alignment_probe=reference"]).exposure
+    assert aligned.measures_alignment and not aligned.uses_style_probe
+    with pytest.raises(ConfigError, match="exposure.controller: unknown key"):  # a fixed α has nothing to compare
+        load_config(None, ["exposure.controller.credit=alignment"])

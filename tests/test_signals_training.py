@@ -12,10 +12,11 @@ import torch
 
 from atesd.cli import main
 from atesd.config import save_config
-from atesd.train.cost import StepCost
+from atesd.losses import divergence_from_hidden
+from atesd.train.forwards import AnchoredResidual, StepCost
 from atesd.train.metrics import read_metrics
+from atesd.train.recipe import Trainer
 from atesd.train.signals import unit, without_padding_rows
-from atesd.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow  # trains models end to end
 
@@ -32,13 +33,13 @@ def test_the_style_probe_holds_the_base_models_right_solutions_and_its_nll_is_lo
     config = tiny_config(tmp_path, "run.name=style", "exposure.policy=random", "train.steps=2",
                          "exposure.controller.progress_signal=style_nll", "exposure.controller.style_probe_samples=3")
     trainer = Trainer(config, grader=even_length)
-    scorer = trainer.parts.scorer
-    trainer.signals.start(trainer.parts.sampler)  # sampled and measured from the base weights
+    student = trainer.student
+    trainer.signals.start(trainer.sampler)  # sampled and measured from the base weights
     probe = trainer.signals.probe
     text = [trainer.tokenizer.decode(ids, skip_special_tokens=True) for ids in probe.completions]
     assert probe.completions and all(len(t) % 2 == 0 for t in text)  # only the 'right' ones are kept
     assert len(probe.completions) <= 3 * len(trainer.probe_problems)
-    prompts = {tuple(trainer.parts.prompts.student(p)) for p in trainer.probe_problems}
+    prompts = {tuple(trainer.prompts.student(p)) for p in trainer.probe_problems}
     assert {tuple(prompt) for prompt in probe.prompts} <= prompts
     # the mean NLL per token, by hand from the model's logits
     model = trainer.unwrapped
@@ -49,7 +50,7 @@ def test_the_style_probe_holds_the_base_models_right_solutions_and_its_nll_is_lo
             total -= float(torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(ids)[:, None]).sum())
             count += len(ids)
     assert trainer.signals.last_style_nll == pytest.approx(total / count, rel=1e-5)
-    assert scorer.sequences_nll(probe.prompts, probe.completions) == pytest.approx(total / count, rel=1e-5)
+    assert student.sequences_nll(probe.prompts, probe.completions) == pytest.approx(total / count, rel=1e-5)
     trainer.train()
     rows = read_metrics(trainer.run_dir / "metrics.jsonl")
     assert rows[0]["style_nll_before"] == pytest.approx(total / count, rel=1e-5)
@@ -64,44 +65,43 @@ def test_each_problems_alignment_credit_is_its_gradients_dot_product_with_the_un
     # in float64, so that a step of 1e-5 leaves no curvature: the untrained tiny model is far more curved along
     # the probe gradient than the embedded one, for which EPSILON is (its note); the per-token losses stay float32
     trainer.unwrapped.double()
-    trainer.teacher.copy.double()
-    parts, scorer = trainer.parts, trainer.parts.scorer
+    trainer.teacher.weights.copy.double()
+    student = trainer.student
     problems = trainer.train_problems[:4]
-    prompts = [parts.prompts.student(p) for p in problems]
-    rollouts = parts.sampler.sample(prompts, problems, torch.Generator().manual_seed(0), StepCost())
+    prompts = [trainer.prompts.student(p) for p in problems]
+    rollouts = trainer.sampler.sample(prompts, problems, torch.Generator().manual_seed(0), StepCost())
     completions = rollouts.completion_ids
     alphas = [0.1, 0.4, 0.7, 1.0]
-    teacher = scorer.teacher_targets([parts.prompts.teacher(p, a) for p, a in zip(problems, alphas)], completions,
-                                     None, StepCost())
+    teacher = trainer.teacher.targets(problems, alphas, completions, False, StepCost())
     scale = 1.0 / rollouts.num_tokens
     signals = trainer.signals
     signals.epsilon = 1e-5
-    signals.perturbed(0, trainer.divergence, trainer.divergence_spec, prompts, completions, teacher, scale, StepCost())
-    at = []  # the update's own forward, at the weights before it
-    for span in scorer.spans(len(problems)):
-        batch = scorer.packed(prompts[span], completions[span], StepCost())
-        head, bias = scorer.student_head()
-        at.append(trainer.divergence(scorer.student_hidden(batch), teacher.hidden[span.start], head, teacher.head,
-                                     batch.targets, trainer.divergence_spec, bias, teacher.bias).per_token_loss)
+    spans = student.spans(len(problems))
+
+    def step_loss(span):
+        return trainer.step_loss(prompts[span], completions[span], teacher, span.start, StepCost())
+
+    signals.perturbed(0, spans, step_loss, completions, scale, StepCost())
+    at = [step_loss(span).per_token_loss for span in spans]  # the update's own forward, at the weights before it
     credits, record = signals.credits(torch.cat(at), completions, scale, alphas)
     assert record["alignment"] == credits and record["problem_alpha"] == alphas and len(credits) == 4
 
     parameters = [p for p in trainer.unwrapped.parameters() if p.requires_grad]
-    gradient = scorer.nll_gradient([parts.prompts.student(p) for p in trainer.probe_problems],
-                                   [parts.prompts.solution(p) for p in trainer.probe_problems], parameters, StepCost())
+    gradient = student.nll_gradient([trainer.prompts.student(p) for p in trainer.probe_problems],
+                                    [trainer.prompts.solution(p) for p in trainer.probe_problems], parameters, StepCost())
     whole = unit(gradient)[1]
     direction, norm = unit(without_padding_rows(trainer.unwrapped, parameters, gradient))
     assert record["probe_grad_norm"] == pytest.approx(norm)
     assert norm < whole  # the tied head gave the pad row a gradient; its embedding row gets none
-    for span in scorer.spans(len(problems)):  # each problem alone: its loss, its exact gradient
+    for span in spans:  # each problem alone: its loss, its exact gradient
         offsets = [0]
         for ids in completions[span]:
             offsets.append(offsets[-1] + len(ids))
         for index in range(span.start, span.stop):
             local = index - span.start
-            batch = scorer.packed([prompts[index]], [completions[index]], StepCost())
-            head, bias = scorer.student_head()
-            out = trainer.divergence(scorer.student_hidden(batch),
+            batch = student.packed([prompts[index]], [completions[index]], StepCost())
+            head, bias = student.head()
+            out = trainer.divergence(student.hidden(batch),
                                      teacher.hidden[span.start][offsets[local]:offsets[local + 1]], head, teacher.head,
                                      batch.targets, trainer.divergence_spec, bias, teacher.bias)
             gradient = torch.autograd.grad(out.loss_sum * scale, parameters, allow_unused=True)
@@ -145,14 +145,32 @@ def test_diagnose_reports_the_alignment_credit_and_the_style_probes_estimators(t
 def test_the_contrast_probe_pushes_towards_the_right_solutions_and_away_from_the_wrong_ones(tiny_config, tmp_path):
     config = tiny_config(tmp_path, "run.name=contrast", *ALIGNED, "exposure.controller.alignment_probe=contrast")
     trainer = Trainer(config, grader=even_length)
-    trainer.signals.start(trainer.parts.sampler)
-    probe, scorer = trainer.signals.probe, trainer.parts.scorer
+    trainer.signals.start(trainer.sampler)
+    probe, student = trainer.signals.probe, trainer.student
     assert probe.completions and probe.wrong_completions and trainer.signals.last_style_nll is None  # not logged
     assert all(len(trainer.tokenizer.decode(ids, skip_special_tokens=True)) % 2 == 1 for ids in probe.wrong_completions)
     parameters = [p for p in trainer.unwrapped.parameters() if p.requires_grad]
-    right = scorer.nll_gradient(probe.prompts, probe.completions, parameters, StepCost())
-    wrong = scorer.nll_gradient(probe.wrong_prompts, probe.wrong_completions, parameters, StepCost())
+    right = student.nll_gradient(probe.prompts, probe.completions, parameters, StepCost())
+    wrong = student.nll_gradient(probe.wrong_prompts, probe.wrong_completions, parameters, StepCost())
     contrast = trainer.signals.probe_gradient(parameters, StepCost())
     assert all(torch.allclose(c, r - w) for c, r, w in zip(contrast, right, wrong))
     trainer.signals.load_state_dict(trainer.signals.state_dict())  # the wrong ones go into checkpoints too
     assert trainer.signals.probe == probe
+
+
+def test_the_alignment_credit_measures_the_objective_being_trained_with_ar_opds_teacher(tiny_config, tmp_path):
+    """The update and the credit's perturbed losses are the same step loss: with AR-OPD's anchored residual, both
+    see the mixed teacher (the credit's probe once dropped the mix, and measured another objective)."""
+    mixes = []
+
+    def recording(*args, teacher_mix=None, **kwargs):
+        mixes.append(teacher_mix)
+        return divergence_from_hidden(*args, teacher_mix=teacher_mix, **kwargs)
+
+    config = tiny_config(tmp_path, "run.name=ar-opd", *ALIGNED, "teacher.anchored_residual={}", "train.steps=1")
+    trainer = Trainer(config, grader=even_length, divergence=recording)
+    spans = len(trainer.student.spans(config.train.batch_size))
+    trainer.train()
+    assert len(mixes) == 2 * spans  # the perturbed losses, then the update's
+    assert all(isinstance(mix, AnchoredResidual) for mix in mixes)
+    assert read_metrics(trainer.run_dir / "metrics.jsonl")[0]["alignment_mean"] is not None

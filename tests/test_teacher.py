@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from atesd.models.teacher import Teacher
+from atesd.models.teacher import TeacherWeights
 from atesd.models.tiny import build_char_tokenizer, build_tiny_model
 
 DECAY = 0.9
@@ -31,7 +31,7 @@ def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-def train_steps(model: torch.nn.Module, ids: torch.Tensor, steps: int, teacher: Teacher | None = None,
+def train_steps(model: torch.nn.Module, ids: torch.Tensor, steps: int, teacher: TeacherWeights | None = None,
                 lr: float = 1e-2) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     for _ in range(steps):
@@ -43,7 +43,7 @@ def train_steps(model: torch.nn.Module, ids: torch.Tensor, steps: int, teacher: 
             teacher.after_optimizer_step()
 
 
-def teacher_logits(teacher: Teacher, ids: torch.Tensor) -> torch.Tensor:
+def teacher_logits(teacher: TeacherWeights, ids: torch.Tensor) -> torch.Tensor:
     with teacher.scoring() as model:
         return model(input_ids=ids).logits
 
@@ -55,7 +55,7 @@ def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> 
 def test_initial_teacher_stays_at_starting_weights(tokenizer):
     student = tiny_model(tokenizer)
     ids = inputs(tokenizer)
-    teacher = Teacher(student, "initial")
+    teacher = TeacherWeights(student, "initial")
     start_params = params(student)
     with torch.no_grad():
         student.eval()
@@ -79,7 +79,7 @@ def test_initial_teacher_stays_at_starting_weights(tokenizer):
 def test_live_teacher_is_the_current_student(tokenizer):
     student = tiny_model(tokenizer)
     ids = inputs(tokenizer)
-    teacher = Teacher(student, "live")
+    teacher = TeacherWeights(student, "live")
     assert teacher.copy is None
     before = teacher_logits(teacher, ids)
 
@@ -98,7 +98,7 @@ def test_live_teacher_is_the_current_student(tokenizer):
 def test_ema_teacher_follows_update_rule(tokenizer):
     student = tiny_model(tokenizer)
     ids = inputs(tokenizer)
-    teacher = Teacher(student, "ema", ema_decay=DECAY)
+    teacher = TeacherWeights(student, "ema", ema_decay=DECAY)
     name = "model.layers.0.mlp.up_proj.weight"
     ema0 = dict(student.named_parameters())[name].detach().clone().double()
 
@@ -132,12 +132,12 @@ def test_ema_teacher_follows_update_rule(tokenizer):
 def test_ema_state_round_trips(tokenizer):
     student = tiny_model(tokenizer)
     ids = inputs(tokenizer)
-    teacher = Teacher(student, "ema", ema_decay=DECAY)
+    teacher = TeacherWeights(student, "ema", ema_decay=DECAY)
     train_steps(student, ids, 2, teacher)
     state = teacher.state_dict()
     assert state and all(isinstance(v, torch.Tensor) for v in state.values())
 
-    fresh = Teacher(tiny_model(tokenizer), "ema", ema_decay=DECAY)
+    fresh = TeacherWeights(tiny_model(tokenizer), "ema", ema_decay=DECAY)
     fresh.load_state_dict(state)
     assert torch.equal(teacher_logits(fresh, ids), teacher_logits(teacher, ids))
 
@@ -146,7 +146,7 @@ def test_ema_state_round_trips(tokenizer):
 def test_scoring_has_no_grad_and_restores_train_mode(tokenizer, weights):
     student = tiny_model(tokenizer)
     ids = inputs(tokenizer)
-    teacher = Teacher(student, weights, ema_decay=DECAY)
+    teacher = TeacherWeights(student, weights, ema_decay=DECAY)
     assert student.training
     with teacher.scoring() as model:
         assert not model.training
@@ -161,7 +161,7 @@ def test_scoring_has_no_grad_and_restores_train_mode(tokenizer, weights):
 
 def test_live_scoring_restores_train_mode_after_an_error(tokenizer):
     student = tiny_model(tokenizer)
-    teacher = Teacher(student, "live")
+    teacher = TeacherWeights(student, "live")
     with pytest.raises(RuntimeError, match="boom"), teacher.scoring():
         assert not student.training
         raise RuntimeError("boom")
@@ -171,7 +171,7 @@ def test_live_scoring_restores_train_mode_after_an_error(tokenizer):
 def test_after_optimizer_step_is_a_no_op_for_initial_and_live(tokenizer):
     for weights in ("initial", "live"):
         student = tiny_model(tokenizer)
-        teacher = Teacher(student, weights)
+        teacher = TeacherWeights(student, weights)
         with teacher.scoring() as model:
             before = params(model)
         train_steps(student, inputs(tokenizer), 1)

@@ -16,7 +16,7 @@ from atesd.config import ConfigError, load_config
 from atesd.losses import divergence_from_hidden
 from atesd.train.checkpoint import latest_checkpoint
 from atesd.train.metrics import read_metrics
-from atesd.train.trainer import Trainer
+from atesd.train.recipe import Trainer
 from atesd.train.update import NonFiniteLossError
 
 pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)
@@ -160,7 +160,7 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path, teacher):
 
     assert same_weights(run_a.trainable_state(), run_b.trainable_state())
     if teacher == "ema":
-        assert same_weights(run_a.teacher.state_dict(), run_b.teacher.state_dict())
+        assert same_weights(run_a.teacher.weights.state_dict(), run_b.teacher.weights.state_dict())
     rows_a = read_metrics(run_a.run_dir / "metrics.jsonl")
     rows_b = read_metrics(run_b.run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b] == [1, 2, 3, 4, 5, 6]
@@ -303,8 +303,8 @@ def per_problem_runs(tiny_config, tmp_path, common: tuple[str, ...], waiting: bo
     teacher prompts used the decided α, and returns (a, b, a's metrics, a's decisions)."""
     run_a = Trainer(tiny_config(tmp_path, "run.name=a", *common))
     teacher_alphas = []
-    original = run_a.parts.prompts.teacher
-    run_a.parts.prompts.teacher = lambda problem, alpha: teacher_alphas.append(alpha) or original(problem, alpha)
+    original = run_a.prompts.teacher
+    run_a.prompts.teacher = lambda problem, alpha: teacher_alphas.append(alpha) or original(problem, alpha)
     run_a.train()
     run_b = resumed_after_a_crash_in_step_eight(tiny_config, tmp_path, common)
     assert run_b.step == 5 and bool(run_b.exposure.pending_decisions()) == waiting
@@ -421,7 +421,7 @@ def test_grpo_without_reward_differences_leaves_the_weights_alone(tiny_config, t
 
 def test_sft_trains_on_references_without_rollouts(tiny_config, tmp_path, monkeypatch):
     trainer = Trainer(tiny_config(tmp_path, "train.steps=2", *BASELINE["sft"]))
-    monkeypatch.setattr(trainer.parts.sampler.engine, "generate", lambda *args: pytest.fail("SFT must not sample"))
+    monkeypatch.setattr(trainer.sampler.engine, "generate", lambda *args: pytest.fail("SFT must not sample"))
     trainer.train()
     for row in read_metrics(trainer.run_dir / "metrics.jsonl"):
         assert row["generated_tokens"] == 0 and "rollout_accuracy" not in row

@@ -324,7 +324,7 @@ def test_the_stand_in_refuses_what_the_pinned_api_refuses(stand_in, base_dir):
 @pytest.mark.slow
 def test_trainer_syncs_and_checks_vllm_before_every_step(tiny_config, tmp_path, stand_in):
     from atesd.train.base_model import base_model_path
-    from atesd.train.trainer import Trainer
+    from atesd.train.recipe import Trainer
 
     config = tiny_config(tmp_path, "rollout.engine=vllm", "model.lora={r: 2, alpha: 8}", "train.steps=2",
                          "train.lr=5e-2", "rollout.vllm.lora=merge")

@@ -50,27 +50,24 @@ def build_embedded_model(target: Path) -> None:
 
 def one_side(model_dir: Path, out: Path, scratch: Path) -> None:
     """Loss, g_t, probe NLL and gradients at every exposure in `ALPHAS` on this process's device, to `out`."""
-    from atesd.train.cost import StepCost
-    from atesd.train.trainer import Trainer
+    from atesd.train.forwards import StepCost
+    from atesd.train.recipe import Trainer
 
     config = load_config(RECIPE, [f"model.name_or_path={model_dir}", f"run.output_dir={scratch}",
                                   "train.micro_batch_size=16", "data.probe_size=16"])
     trainer = Trainer(config)
     try:
         problems = embedded_splits(config.data.task, config.data.probe_size)["train"][:16]
-        scorer, prompts, cost = trainer.parts.scorer, trainer.parts.prompts, StepCost()
+        prompts, cost = trainer.prompts, StepCost()
         student = [prompts.student(p) for p in problems]
         completions = [prompts.solution(p) for p in problems]
         tensors = {"probe_nll": torch.tensor(trainer.probe_nll())}
         for alpha in ALPHAS:
-            teacher = scorer.teacher_targets([prompts.teacher(p, alpha) for p in problems], completions,
-                                             completions, cost)
-            batch = scorer.packed(student, completions, cost)
-            head, bias = scorer.student_head()
-            out_ = trainer.divergence(scorer.student_hidden(batch), teacher.hidden[0], head, teacher.head,
-                                      batch.targets, trainer.divergence_spec, bias, teacher.bias)
+            teacher = trainer.teacher.targets(problems, [alpha] * len(problems), completions, True, cost)
+            out_ = trainer.step_loss(student, completions, teacher, 0, cost)
+            num_tokens = sum(len(ids) for ids in completions)
             trainer.model.zero_grad(set_to_none=True)
-            loss = out_.loss_sum / batch.num_tokens
+            loss = out_.loss_sum / num_tokens
             loss.backward()
             tensors[f"{alpha}/loss"] = loss.detach().cpu()
             tensors[f"{alpha}/g_t"] = torch.tensor(teacher.reference_logp)

@@ -36,7 +36,7 @@ import torch
 from shapes import add_shape_flags, build_model_dir, device_shapes, write_problems
 
 from atesd.config import load_config
-from atesd.train.trainer import Trainer
+from atesd.train.recipe import Trainer
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "qwen3-1.7b" / "opsd.yaml"
 PARTS = ("rollout", "teacher", "update", "probe", "exposure")

@@ -47,7 +47,7 @@ def _train(args: argparse.Namespace) -> None:
     from atesd.analysis.along_training import along_training_section
     from atesd.analysis.diagnose_report import run_section
     from atesd.analysis.plots import exposure_summary, plot_run
-    from atesd.train.trainer import Trainer
+    from atesd.train.recipe import Trainer
 
     config = load_config(args.config, args.overrides)
     trainer = Trainer(config, resume=args.resume)
@@ -129,8 +129,8 @@ def _demo(args: argparse.Namespace) -> None:
     from atesd.data.sources import benchmark_key
     from atesd.eval.runner import evaluate_model
     from atesd.train.base_model import load_model
+    from atesd.train.recipe import Trainer
     from atesd.train.run_dir import run_directory
-    from atesd.train.trainer import Trainer
     from atesd.train.versions import versions_line
 
     config_path = _config_or_default(args.config, DEMO_CONFIG)

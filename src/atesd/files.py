@@ -136,7 +136,8 @@ def read_yaml(text: str, source: str) -> Any:
 
 
 def read_config_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The YAML mapping of a config file, with ``extends: other.yaml`` (relative to the file) merged under it."""
+    """The YAML mapping of a config file, with ``extends: other.yaml`` (relative to the file) merged under it
+    (`_deep_merge`)."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}" + (f" (extended by {_seen[-1]})" if _seen else ""))
     if path.resolve() in _seen:
@@ -156,8 +157,14 @@ def read_config_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` merged into `base`, section by section; a section that names another ``policy`` than the one it
+    extends replaces it (the other policy's settings would not apply)."""
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
-            merged.get(key), dict) else value
+        below = merged.get(key)
+        if isinstance(value, dict) and isinstance(below, dict) and value.get("policy", below.get("policy")) == \
+                below.get("policy"):
+            merged[key] = _deep_merge(below, value)
+        else:
+            merged[key] = value
     return merged

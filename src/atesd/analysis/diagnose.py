@@ -34,6 +34,7 @@ from atesd.analysis.diagnose_signals import (
     window_signals,
 )
 from atesd.config import Config
+from atesd.exposure.controller import ControllerConfig
 from atesd.exposure.reward import decision_reward, learning_progress
 from atesd.exposure.signals import signed_progress
 
@@ -55,9 +56,6 @@ NEEDS = {"G_lp": "ℓ at every step", "G_gt": "g (teacher_ref_logp) at every ste
          "train.teacher_ref_logp_every=1", "lp_signed": "ℓ at every step", "probe_drop": "the probe NLL",
          "accuracy": "rollout_accuracy over the L updates before and after", **EXTRA_NEEDS}
 MIN_EXTRA_POINTS = 2  # a fit needs at least this many points beyond its parameters
-# Policies with an α per problem. Only their problems' credits are fitted on each problem's own α: where a step's
-# problems share one α, they share its noise too, and the fit's standard error would count them as independent.
-PER_PROBLEM = ("per_problem", "random_per_problem")
 
 
 @dataclass(frozen=True)
@@ -65,22 +63,28 @@ class RunSettings:
     """What a run's windows need from its config."""
 
     name: str
-    policy: str  # fixed | random | schedule | controller | per_problem | random_per_problem
+    policy: str  # how the policy reads (`atesd.exposure.DecisionReading.label`)
     hold: int  # H (1 with an α per problem: every step decides)
     lookahead: int  # L
     discount: float  # γ
     grounded_weight: float  # λ_gt
     progress_signal: str  # probe_nll | distill_loss
     total_steps: int  # T
+    # Each problem has its own α. Only such runs' credits are fitted on each problem's own α: where a step's problems
+    # share one α, they share its noise too, and the fit's standard error would count them as independent.
+    per_problem: bool = False
+    credits: bool = False  # decisions.jsonl logs each credited problem's reward (exposure per problem)
+    follows_progress: bool = False  # α is a function of t/T (a schedule)
 
     @classmethod
     def from_config(cls, name: str, config: Config) -> RunSettings:
-        exposure, controller = config.exposure, config.exposure.controller
-        policy = {("controller", True): "per_problem", ("random", True): "random_per_problem"}.get(
-            (exposure.policy, exposure.per_problem), exposure.policy)
-        return cls(name, policy, 1 if exposure.per_problem else exposure.hold_steps,
-                   controller.lookahead, controller.discount, controller.teacher_grounded_weight,
-                   controller.progress_signal, config.train.steps)
+        """What the run's exposure policy says of its decisions (`ExposureSettings.reading`), with the reward windows
+        of its signal settings (the controller's defaults for a policy that has none)."""
+        reading = config.exposure.reading()
+        signals = config.exposure.signal_settings() or ControllerConfig()
+        return cls(name, reading.label, reading.hold, signals.lookahead, signals.discount,
+                   signals.teacher_grounded_weight, signals.progress_signal, config.train.steps,
+                   reading.per_problem, reading.credits, reading.follows_progress)
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,7 @@ def check_decisions(settings: RunSettings, windows: Sequence[Window], decisions:
     """How the rebuild agrees with decisions.jsonl — the decisions' steps and α, and for the controller its logged
     R, G_lp and G_gt — as a line for the report, and whether it agrees."""
     by_step = {w.step: w for w in windows}
-    if settings.policy == "per_problem":
+    if settings.per_problem:
         mismatched = [row["step"] for row in decisions if row["step"] in by_step
                       and abs(fmean(row["alpha"]) - by_step[row["step"]].alpha) > tolerance]
         if mismatched:
@@ -285,16 +289,16 @@ def diagnose(runs: Sequence[tuple[RunSettings, Sequence[Mapping[str, Any]], Sequ
     for settings, metrics, decisions in runs:
         own = run_windows(settings, metrics)
         windows += own
-        aligned += alignment_points(settings, metrics) if settings.policy in PER_PROBLEM else []
-        points = credit_points(settings, decisions) if settings.policy == "per_problem" else []
+        aligned += alignment_points(settings, metrics) if settings.per_problem else []
+        points = credit_points(settings, decisions) if settings.credits else []
         credit += points
         alphas = [w.alpha for w in own]
         line, agrees = check_decisions(settings, own, decisions) if decisions else \
             (f"no decisions.jsonl: windows at every {settings.hold} updates from step 1", True)
         checks, warnings = [line], [] if agrees else [line]
-        if settings.policy in PER_PROBLEM:
+        if settings.per_problem:
             checks.append("its windows: one per step, at the batch's mean α")
-        violations = hold_violations(settings, metrics) if settings.policy != "per_problem" else 0
+        violations = hold_violations(settings, metrics) if not settings.per_problem else 0
         if violations:
             warnings.append(f"α changed within {violations} hold windows of {settings.hold} updates")
         missing_g = sum(not math.isfinite(w.values["G_gt"]) for w in own)
@@ -319,7 +323,7 @@ def diagnose(runs: Sequence[tuple[RunSettings, Sequence[Mapping[str, Any]], Sequ
         result.credit = [fit_on_alpha(signal, credit) for signal in CREDIT_SIGNALS]
         result.credit_within_step = [fit_on_alpha(signal, credit, groups="step") for signal in CREDIT_SIGNALS]
         result.credited_per_step = len(credit) / len({(p.run, p.step) for p in credit})
-    elif any(settings.policy == "per_problem" for settings, _, _ in runs):
+    elif any(settings.credits for settings, _, _ in runs):
         result.notes.append("exposure per problem: no rewarded per-problem credit in decisions.jsonl, so only the "
                             "batch's mean α is measured")
     return result

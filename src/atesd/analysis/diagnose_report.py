@@ -73,7 +73,7 @@ def why_not(logs: RunLogs) -> str | None:
     if len(alphas) < 2:
         used = f"α = {next(iter(alphas)):g} throughout" if alphas else "no α logged (not a distillation run)"
         return f"its α never varied ({used})"
-    if settings.policy == "schedule":
+    if settings.follows_progress:
         return "its α followed a linear schedule in t/T, so α's effect cannot be told from training progress's"
     return None
 

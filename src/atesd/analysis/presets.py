@@ -1,9 +1,9 @@
-"""The defaults of `atesd sweep` and `atesd compare` and the comparison's method table, in one light module:
-the CLI's parser reads them without importing torch or matplotlib."""
+"""The defaults of `atesd sweep` and `atesd compare` and the comparison's method table (the exposure policies'
+presets come from their registry, `atesd.exposure`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from atesd.exposure import REGISTRY, Preset
 
 BASE_LABEL = "base"  # the pseudo-run that evaluates the starting model
 DEFAULT_SEEDS = 3
@@ -22,48 +22,29 @@ QUICK_STEPS = 20
 QUICK_EVAL_PROBLEMS = 100
 
 
-@dataclass(frozen=True)
-class Method:
-    recipe: str  # file name in the recipe directory
-    overrides: tuple[str, ...] = ()
-
-
 def alpha_label(alpha: float) -> str:
     """The label of the run at fixed exposure α (a sweep's, and a comparison's with ``--alphas``)."""
     return f"alpha-{alpha:g}"
 
 
-def fixed_alpha_methods(alphas: tuple[float, ...]) -> dict[str, Method]:
+def fixed_alpha_methods(alphas: tuple[float, ...]) -> dict[str, Preset]:
     """``alpha-<α>`` at each fixed α of `alphas` but 1, which is OPSD (label ``opsd``)."""
-    return {alpha_label(alpha): Method("opsd.yaml", ("exposure.policy=fixed", f"exposure.alpha={alpha:g}"))
+    return {alpha_label(alpha): Preset("opsd.yaml", (f"exposure.alpha={alpha:g}",))
             for alpha in alphas if alpha != 1}
 
 
-def methods(best_alpha: float) -> dict[str, Method]:
-    """The comparison's methods by label, with `best_alpha` the fixed exposure of ``fixed-best``."""
+def methods(best_alpha: float) -> dict[str, Preset]:
+    """The comparison's methods by label, with `best_alpha` the fixed exposure of ``fixed-best``: the starting
+    model, the baselines, OPSD and the best fixed α, every registered exposure policy's presets (in the registry's
+    order), and AR-OPD's teacher."""
     return {
-        BASE_LABEL: Method("opsd.yaml"),  # evaluated, never trained
-        "sft": Method("sft.yaml"),
-        "grpo": Method("grpo.yaml"),
-        "opsd": Method("opsd.yaml"),
-        "fixed-best": Method("opsd.yaml", ("exposure.policy=fixed", f"exposure.alpha={best_alpha:g}")),
-        "random": Method("opsd.yaml", ("exposure.policy=random",)),
-        "atesd": Method("atesd.yaml"),
-        "atesd-immediate": Method("atesd.yaml", ("exposure.controller.lookahead=1", "exposure.controller.discount=0")),
-        "atesd-lp-only": Method("atesd.yaml", ("exposure.controller.teacher_grounded_weight=0",)),
-        # the paper's plain normalisation of the advantages, without our baseline against the reward's drift
-        "atesd-no-drift-baseline": Method("atesd.yaml", ("exposure.controller.baseline=none",)),
-        # beyond the paper: each problem its own α, credited by its own reference NLL (docs/method.md#exposure-per-problem)
-        "atesd-per-problem": Method("atesd.yaml", ("exposure.per_problem=true",)),
-        # ours: exposure per problem credited by each problem's alignment with the contrast probe, the one signal
-        # with power (docs/controller.md#signals-with-power); and random exposure per problem, its control
-        "atesd-alignment": Method("atesd.yaml", ("exposure.per_problem=true", "exposure.controller.credit=alignment")),
-        "random-per-problem": Method("opsd.yaml", ("exposure.policy=random", "exposure.per_problem=true")),
-        # the peers' rules in the same loop, at their papers' settings (docs/method.md#the-peers-rules)
-        "adaback": Method("opsd.yaml", ("exposure.policy=adaback",)),
-        "seele": Method("opsd.yaml", ("exposure.policy=seele",)),
-        "paint": Method("opsd.yaml", ("exposure.policy=paint",)),
-        "ar-opd": Method("opsd.yaml", ("teacher.anchored_residual={}",)),
+        BASE_LABEL: Preset("opsd.yaml"),  # evaluated, never trained
+        "sft": Preset("sft.yaml"),
+        "grpo": Preset("grpo.yaml"),
+        "opsd": Preset("opsd.yaml"),
+        "fixed-best": Preset("opsd.yaml", (f"exposure.alpha={best_alpha:g}",)),
+        **{label: preset for settings in REGISTRY.values() for label, preset in settings.presets.items()},
+        "ar-opd": Preset("opsd.yaml", ("teacher.anchored_residual={}",)),
     }
 
 

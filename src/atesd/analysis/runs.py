@@ -35,8 +35,8 @@ from atesd.analysis.presets import BASE_LABEL
 from atesd.config import Config, ConfigError, changed_keys, load_config, save_config
 from atesd.files import atomic_write_text
 from atesd.train.checkpoint import checkpoint_step, latest_checkpoint
+from atesd.train.recipe import Trainer
 from atesd.train.run_dir import LOCK_FILE
-from atesd.train.trainer import Trainer
 
 RUNS_DIR = "runs"
 RESULT_FILE = "result.json"
@@ -303,9 +303,8 @@ def saved_runs(folder: Path, marker: str) -> list[tuple[Path, Config]]:
 
 def length_independent(config: Config) -> bool:
     """Whether a run's first updates do not depend on its ``train.steps``: a constant learning rate, and an
-    exposure that is fixed, random or one of the peers' rules (a schedule and the controller's state read t/T)."""
-    return config.train.lr_scheduler == "constant" and config.exposure.policy in (
-        "fixed", "random", "adaback", "seele", "paint")
+    exposure policy whose decisions do not read the run's length (a schedule and the controller's state read t/T)."""
+    return config.train.lr_scheduler == "constant" and not config.exposure.reads_run_length
 
 
 def check_saved_config(run: Run) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -20,16 +20,16 @@ from pydantic import (
     model_validator,
 )
 
-from atesd.config.controller import ControllerConfig
 from atesd.config.engines import DecodeLoopConfig, EvalVLLMConfig, VLLMConfig
-from atesd.config.peers import AdaBackConfig, AnchoredResidualConfig, SeeleConfig
-from atesd.config.section import Section
+from atesd.config.peers import AnchoredResidualConfig
 from atesd.data.arithmetic import EmbeddedTaskConfig
 from atesd.data.loaders import ColumnMap
 from atesd.data.sources import check_benchmarks
 from atesd.data.templates import PromptTemplates
 from atesd.errors import ConfigError
+from atesd.exposure import REGISTRY, ExposureSettings, default_policy
 from atesd.files import atomic_write_text, directory_name, read_config_tree, read_yaml
+from atesd.settings import Section
 
 
 class RunConfig(Section):
@@ -197,35 +197,12 @@ class TeacherConfig(Section):
         None, description="AR-OPD's anchored-residual teacher (docs/method.md#ar-opd); None: the plain teacher.")
 
 
-class ExposureConfig(Section):
-    policy: Literal["fixed", "random", "schedule", "controller", "adaback", "seele", "paint"] = Field(
-        "fixed", description="fixed alpha; random alpha per hold window; linear schedule; the ATESD controller; "
-        "the peers' rules per problem (docs/method.md#the-peers-rules): AdaBack's bisection, SEELE's target "
-        "accuracy, PAINT's rollout-reference overlap.")
-    alpha: float = Field(1.0, ge=0, le=1, description="Exposure of the fixed policy: share of reference segments.")
-    alpha_min: float = Field(0.05, ge=0, le=1, description="Lower clip of random, controller and rule exposures.")
-    alpha_max: float = Field(1.0, ge=0, le=1, description="Upper clip of random, controller and rule exposures.")
-    hold_steps: int = Field(2, ge=1, description="H: updates each random or controller decision is held for.")
-    schedule_start: float = Field(1.0, ge=0, le=1, description="Linear schedule: alpha at the first step (ours).")
-    schedule_end: float = Field(0.05, ge=0, le=1, description="Linear schedule: alpha at the last step (ours).")
-    per_problem: bool = Field(
-        False, description="The controller gives each problem of the batch its own alpha, from the training state "
-        "and that problem's features, rewarded by that problem's own learning progress (ours, "
-        "docs/method.md#exposure-per-problem); needs policy: controller.")
-    controller: ControllerConfig = Field(default_factory=ControllerConfig)
-    adaback: AdaBackConfig = Field(default_factory=AdaBackConfig)
-    seele: SeeleConfig = Field(default_factory=SeeleConfig)
+# ``exposure``: the registered policies' settings models, told apart by ``policy`` (atesd.exposure.base).
+ExposureConfig = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="policy")]  # noqa: UP007
 
-    @model_validator(mode="after")
-    def _clip_range_is_ordered(self) -> ExposureConfig:
-        if self.alpha_min > self.alpha_max:
-            raise ValueError(f"alpha_min ({self.alpha_min}) is above alpha_max ({self.alpha_max})")
-        if self.per_problem and self.policy not in ("controller", "random"):
-            raise ValueError(f"per_problem: the learned controller chooses each problem's alpha (or random exposure "
-                             f"draws it), policy is '{self.policy}': set exposure.policy: controller and method: atesd")
-        if self.controller.credit == "alignment" and self.policy == "controller" and not self.per_problem:
-            raise ValueError("controller.credit: alignment credits each problem's own alpha: set per_problem: true")
-        return self
+
+def default_exposure() -> ExposureSettings:
+    return REGISTRY[default_policy()]()
 
 
 class GRPOConfig(Section):
@@ -303,31 +280,33 @@ class Config(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    exposure: ExposureConfig = Field(default_factory=ExposureConfig)
+    exposure: ExposureConfig = Field(
+        default_factory=default_exposure, description="Who decides the teacher's exposure alpha: exposure.policy "
+        "names a registered policy (docs/method.md#prompts-and-exposure), the rest are that policy's settings.")
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _exposure_names_its_policy(cls, tree: Any) -> Any:
+        """A config's exposure section without ``policy`` is the default policy's."""
+        if isinstance(tree, dict) and isinstance(tree.get("exposure"), dict) and "policy" not in tree["exposure"]:
+            tree = {**tree, "exposure": {"policy": default_policy(), **tree["exposure"]}}
+        return tree
+
     @model_validator(mode="after")
     def _method_matches_exposure(self) -> Config:
-        learned = self.exposure.policy == "controller"
-        if self.method == "atesd" and not learned:
-            raise ValueError("method 'atesd' learns the exposure: set exposure.policy: controller")
-        if self.method == "opsd" and learned:
-            raise ValueError("exposure.policy 'controller' is ATESD: set method: atesd")
+        exposure = self.exposure
+        if self.method not in exposure.methods:
+            takes = [name for name, settings in REGISTRY.items() if self.method in settings.methods]
+            raise ValueError(f"method '{self.method}' takes exposure.policy {' or '.join(takes)}, not "
+                             f"'{exposure.policy}': set exposure.policy: {takes[0]}, or method: {exposure.methods[0]}")
         if self.teacher.anchored_residual is not None and self.method not in ("opsd", "atesd"):
             raise ValueError(f"teacher.anchored_residual shapes the distillation teacher; method '{self.method}' "
                              "has none: unset it or use method opsd or atesd")
-        if learned and self.exposure.controller.progress_signal == "probe_nll" and self.data.probe_size == 0:
-            raise ValueError("the controller's reward uses probe_nll, which needs a probe set: set data.probe_size "
-                             "> 0 or exposure.controller.progress_signal: distill_loss")
-        controller = self.exposure.controller  # uses_alignment and uses_style_probe (exposure/signals.py)
-        aligns = controller.credit == "alignment" and self.exposure.policy in ("controller", "random")
-        if (controller.progress_signal == "style_nll" or aligns and controller.alignment_probe != "reference") \
-                and self.data.probe_size == 0:
-            raise ValueError("the style probe is sampled on the probe problems: set data.probe_size > 0")
-        if aligns and self.method not in ("opsd", "atesd"):
-            raise ValueError("controller.credit: alignment is measured on the distillation loss (opsd or atesd)")
+        if (reason := exposure.probe_needed()) and self.data.probe_size == 0:
+            raise ValueError(f"{reason}: set data.probe_size > 0")
         gym_users = [use for use, used in (("data.train", self.data.train == "reasoning-gym"),
                                            ("eval.benchmarks", "reasoning-gym" in self.eval.benchmarks)) if used]
         if gym_users and self.data.reasoning_gym is None:
@@ -341,7 +320,8 @@ class Config(Section):
 
 
 def apply_override(tree: dict[str, Any], dotted: str) -> None:
-    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``1e-4``, ``[1, 2]``)."""
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``1e-4``, ``[1, 2]``). Naming another
+    ``exposure.policy`` drops the settings of the former policy that the new one does not take."""
     if "=" not in dotted:
         raise ConfigError(f"override '{dotted}' is not of the form key=value")
     key, raw = dotted.split("=", 1)
@@ -352,14 +332,22 @@ def apply_override(tree: dict[str, Any], dotted: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override '{dotted}': '{part}' is not a section")
         node = child
-    node[parts[-1]] = read_yaml(raw, f"override '{dotted}'")
+    value = read_yaml(raw, f"override '{dotted}'")
+    if parts == ["exposure", "policy"] and value in REGISTRY and value != node.get("policy", default_policy()):
+        # Another policy: the former one's settings that the new one does not take are dropped (they would not apply).
+        for key in [key for key in node if key not in REGISTRY[value].model_fields]:
+            del node[key]
+    node[parts[-1]] = value
 
 
 def describe_validation_error(error: ValidationError, source: str) -> str:
     """One line: the source, then ``key: problem`` for every problem, separated by ``; ``."""
     problems = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "config"
+        loc = list(item["loc"])
+        if loc[:1] == ["exposure"] and len(loc) > 1 and loc[1] in REGISTRY:
+            del loc[1]  # the policy's own model, which pydantic names by its tag
+        key = ".".join(str(part) for part in loc) or "config"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
         problems.append(f"{key}: {message}")
     return f"invalid config ({source}): " + "; ".join(problems)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from atesd.config.section import Section
+from atesd.settings import Section
 
 
 class VLLMSettings(Section):

@@ -17,18 +17,51 @@ step in which attempts completed, move as an EMA (`population_decay`) towards th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from atesd.config import ExposureConfig
-from atesd.exposure.per_problem import ProblemView
+from pydantic import Field, field_validator
+
+from atesd.exposure.base import ClippedSettings, ExposurePolicy, Preset, ProblemView, register
 from atesd.exposure.rules import Attempts, ProblemRule
+from atesd.settings import Section
+
+
+class AdaBackConfig(Section):
+    """AdaBack's bisection of each problem's share (arXiv 2506.18110; docs/method.md#adaback)."""
+
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="tau: a last attempt whose reward (the student's correctness on the problem at "
+        "its next visit) is below it reveals more next time, else less (the paper: 0.5; 0.125 in its scripts).")
+    start_bounds: tuple[float, float] = Field(
+        (0.0, 0.9), description="[lower, upper] of the population bounds before any attempt; a problem with no "
+        "attempt yet draws its share uniformly between the population bounds.")
+    population_decay: float = Field(0.8, ge=0, lt=1, description="EMA decay of the population bounds.")
+
+    @field_validator("start_bounds")
+    @classmethod
+    def _bounds_in_order(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= value[0] <= value[1] <= 1.0:
+            raise ValueError(f"needs 0 <= lower <= upper <= 1, got {list(value)}")
+        return value
+
+
+@register
+class AdaBackSettings(ClippedSettings):
+    """``exposure.policy: adaback``."""
+
+    policy: Literal["adaback"] = "adaback"
+    adaback: AdaBackConfig = Field(default_factory=AdaBackConfig)
+
+    presets: ClassVar[dict[str, Preset]] = {"adaback": Preset("opsd.yaml", ("exposure.policy=adaback",))}
+
+    def build(self, total_steps: int, seed: int) -> ExposurePolicy:
+        return AdaBackExposure(self, seed)
 
 
 class AdaBackExposure(ProblemRule):
-    name = "adaback"
     salt = 0xADAB
 
-    def __init__(self, config: ExposureConfig, seed: int) -> None:
+    def __init__(self, config: AdaBackSettings, seed: int) -> None:
         super().__init__(config, seed)
         self.settings = config.adaback
         self.population = list(self.settings.start_bounds)  # [lower, upper]

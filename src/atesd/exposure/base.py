@@ -1,55 +1,89 @@
-"""The interface between the trainer and an exposure policy, and the factory that builds one from the config.
+"""The interface between the recipe and an exposure policy, and the registry every policy joins.
 
-The trainer asks the policy for α before each step and hands it the step's statistics afterwards; the policy
-never sees the trainer. Only the main process asks for α (and broadcasts it); every process observes the same
-statistics, already averaged over processes. A policy's whole state goes into checkpoints so that a resumed run
-takes the same decisions as an uninterrupted one.
+**The protocol.** Every step the recipe asks the policy for the α of each problem of its batch (`alphas`, with
+each problem's `ProblemView`: what its rollout showed and its reference's segments); a batch-level policy
+(`BatchPolicy`) returns one α for all, and is asked on the main process only, which hands its answer to every
+process. Before the update the recipe measures what the policy asks for (`nll_wanted` → `measured`; the alignment
+credit → `aligned`), and after it hands over the step's statistics, averaged over processes (`observe`). The policy
+never sees the recipe. Its whole state goes into checkpoints, so that a resumed run takes the same decisions as an
+uninterrupted one.
 
-A policy with ``per_problem`` true (`ProblemExposurePolicy`: exposure per problem, random exposure per problem,
-the peers' rules) answers `alphas(step, views)` instead of `alpha(step)`, one α per problem from what each
-problem's rollout showed (its `ProblemView`), and is told each step's own-problem measurements (`nll_wanted`,
-`measured`, or `aligned` under the alignment credit) before `observe`. A new rule per problem subclasses
-`atesd.exposure.rules.ProblemRule` and is added to `RULES` (docs/architecture.md#adding-an-exposure-rule); the
-trainer needs no change.
+**The registry.** A policy is one module under ``exposure/``: its settings model (a subclass of
+`ExposureSettings` whose ``policy`` field is a one-value Literal, decorated with `register`) and the policy it
+builds. The settings model says what the policy is to the rest of atesd: the methods it applies to, whether its
+decisions read the run's length, its ``atesd compare`` presets, how ``atesd diagnose`` reads its decisions, the
+signals it needs measured. ``exposure`` in a config is the union of the registered settings models, told apart by
+``policy`` (`atesd.config`). Registering a policy is one import line in ``atesd/exposure/__init__.py``
+(docs/architecture.md#adding-an-exposure-rule); nothing else in atesd names it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol
 
-from atesd.config import ExposureConfig
-from atesd.exposure.adaback import AdaBackExposure
-from atesd.exposure.controller import ControllerExposure
-from atesd.exposure.paint import PaintExposure
-from atesd.exposure.per_problem import PerProblemExposure, ProblemView
-from atesd.exposure.rules import ProblemRule
-from atesd.exposure.seele import SeeleExposure
-from atesd.exposure.simple import (
-    FixedExposure,
-    LinearScheduleExposure,
-    RandomExposure,
-    RandomPerProblemExposure,
-)
+from pydantic import Field, model_validator
 
-# The rules per problem by their ``exposure.policy`` name; each is built as ``rule(config, seed)``.
-RULES: dict[str, type[ProblemRule]] = {"adaback": AdaBackExposure, "seele": SeeleExposure, "paint": PaintExposure}
+from atesd.settings import Section
+
+
+@dataclass(frozen=True)
+class ProblemView:
+    """What a policy knows of one problem of the batch when it chooses that problem's α."""
+
+    key: int  # the problem's index in the training set (stable across a resume)
+    correct: bool  # this step's rollout was graded right: the student's current success on it
+    length: float  # the rollout's tokens over rollout.max_new_tokens: long or truncated rollouts mark struggles
+    segments: int  # m, the reference's segments: how much reasoning it holds, and how fine α's grid on it is
+    bucket: str | None = None  # the data's own difficulty tag (problem.meta["bucket"]), for the log only
+    rollout: str = ""  # the rollout's text (special tokens left out): what a rule may compare with the reference
+    reference: tuple[str, ...] = ()  # the reference's segments as exposure counts them (their number: `segments`)
+
+    def raw(self) -> list[float]:
+        return [float(self.correct), self.length, math.log1p(self.segments)]
+
+
+def problem_columns(keys: Sequence[int], correct: Sequence[bool], segments: Sequence[int],
+                    buckets: Sequence[str | None]) -> dict[str, Any]:
+    """The per-problem lists every ``decisions.jsonl`` row of a per-problem policy holds, aligned with ``problem``
+    (``bucket`` only when the data has one): what `atesd train` and `atesd compare` draw α by difficulty from."""
+    columns: dict[str, Any] = {"problem": list(keys), "correct": [int(c) for c in correct], "segments": list(segments)}
+    if any(bucket is not None for bucket in buckets):
+        columns["bucket"] = list(buckets)
+    return columns
 
 
 class ExposurePolicy(Protocol):
-    uses_teacher_ref_logp: bool  # whether `observe` needs g_t (teacher_ref_logp) at every step
-    per_problem: bool  # one α per problem of the batch (`PerProblemExposure`) rather than one per step
+    uses_teacher_ref_logp: bool  # whether `observe` (or `measured`) needs g_t (g_i) at every step
+    single_process: bool  # decides from each process's own problems: runs without data parallelism
 
-    def alpha(self, step: int) -> float:
-        """The exposure to use for `step` (0-based optimizer step). Asking twice for a step gives the same α."""
+    def alphas(self, step: int, views: Sequence[ProblemView]) -> list[float]:
+        """The α of each problem of `step` (0-based optimizer step), in the order of `views`, decided after the
+        step's rollouts. Asking twice for a step gives the same α."""
+        ...
+
+    def nll_wanted(self, step: int) -> list[int]:
+        """Training-set indices of the problems whose reference NLL under the student prompt to measure before update
+        `step` (empty: nothing to measure)."""
+        ...
+
+    def measured(self, step: int, nll: Sequence[float], teacher_logps: Sequence[float]) -> None:
+        """Those NLLs, in the order of `nll_wanted(step)`, and each problem's g_i (NaN when not measured)."""
+        ...
+
+    def aligned(self, step: int, credits: Sequence[float]) -> None:
+        """Each problem's alignment credit (`atesd.train.signals`), when the run measures it, after the update."""
         ...
 
     def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]:
-        """Take the statistics measured at `step` (docs/method.md#statistics); returns extra metrics for the step's record."""
+        """Take the statistics measured at `step` (docs/method.md#statistics); returns extra metrics for the step's
+        record."""
         ...
 
     def drain_decisions(self) -> list[dict[str, Any]]:
-        """Rows for ``decisions.jsonl`` that became final since the last call (empty for per-step policies)."""
+        """Rows for ``decisions.jsonl`` that became final since the last call."""
         ...
 
     def pending_decisions(self) -> list[dict[str, Any]]:
@@ -63,52 +97,140 @@ class ExposurePolicy(Protocol):
         ...
 
 
-class ProblemExposurePolicy(Protocol):
-    uses_teacher_ref_logp: bool  # whether `measured` needs each problem's g_i
-    per_problem: bool  # always true
+class BatchPolicy:
+    """What a policy that gives the whole batch one α answers beyond `alpha(step)`: it measures nothing per problem,
+    logs nothing of its own and keeps no decision waiting, unless a subclass says otherwise."""
+
+    uses_teacher_ref_logp = False  # the recipe then measures g_t only for the log
+    single_process = False
+
+    def alpha(self, step: int) -> float:
+        raise NotImplementedError
 
     def alphas(self, step: int, views: Sequence[ProblemView]) -> list[float]:
-        """The α of each problem of `step`, in the order of `views` (decided after the step's rollouts). Asking twice
-        for a step gives the same α."""
-        ...
+        return [self.alpha(step)] * len(views)
 
     def nll_wanted(self, step: int) -> list[int]:
-        """Training-set indices of the problems whose reference NLL under the student prompt to measure before update
-        `step` (empty: nothing to measure)."""
-        ...
+        return []
 
     def measured(self, step: int, nll: Sequence[float], teacher_logps: Sequence[float]) -> None:
-        """Those NLLs, in the order of `nll_wanted(step)`, and each problem's g_i (NaN when not measured)."""
-        ...
+        pass
 
-    def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]: ...
+    def aligned(self, step: int, credits: Sequence[float]) -> None:
+        pass
 
-    def drain_decisions(self) -> list[dict[str, Any]]: ...
+    def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]:
+        return {}
 
-    def pending_decisions(self) -> list[dict[str, Any]]: ...
+    def drain_decisions(self) -> list[dict[str, Any]]:
+        return []
 
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-AnyExposurePolicy = ExposurePolicy | ProblemExposurePolicy
+    def pending_decisions(self) -> list[dict[str, Any]]:
+        return []
 
 
-def build_exposure_policy(config: ExposureConfig, total_steps: int, seed: int) -> AnyExposurePolicy:
-    """The policy named by ``config.policy``; `total_steps` sets schedules and the progress feature."""
-    if config.policy == "fixed":
-        return FixedExposure(config.alpha)
-    if config.policy == "random" and config.per_problem:
-        return RandomPerProblemExposure(config.alpha_min, config.alpha_max, seed)
-    if config.policy == "random":
-        return RandomExposure(config.alpha_min, config.alpha_max, config.hold_steps, seed)
-    if config.policy == "schedule":
-        return LinearScheduleExposure(config.schedule_start, config.schedule_end, total_steps)
-    if config.policy == "controller" and config.per_problem:
-        return PerProblemExposure(config, total_steps, seed)
-    if config.policy == "controller":
-        return ControllerExposure(config, total_steps, seed)
-    if config.policy in RULES:
-        return RULES[config.policy](config, seed)
-    raise ValueError(f"unknown exposure policy '{config.policy}'")
+@dataclass(frozen=True)
+class DecisionReading:
+    """How ``atesd diagnose`` reads a run's decisions: `label` names the kind in its tables; `hold` is the updates
+    each decision covers (1 where every step decides); `per_problem` whether each problem has its own α (its credits
+    are then fitted on that α); `credits` whether decisions.jsonl logs each credited problem's reward;
+    `follows_progress` whether α is a function of training progress t/T (its effect cannot be told apart)."""
+
+    label: str
+    hold: int
+    per_problem: bool = False
+    credits: bool = False
+    follows_progress: bool = False
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A method of ``atesd compare``: a recipe of the recipe folder and the overrides on top of it."""
+
+    recipe: str
+    overrides: tuple[str, ...] = ()
+
+
+class ExposureSettings(Section):
+    """The settings of one exposure policy; a subclass per policy, with ``policy`` a one-value Literal."""
+
+    policy: str
+
+    methods: ClassVar[tuple[str, ...]] = ("opsd",)  # the config's methods this policy applies to
+    reads_run_length: ClassVar[bool] = False  # whether its decisions depend on train.steps (t/T)
+    presets: ClassVar[dict[str, Preset]] = {}  # its methods in `atesd compare`, by label
+    is_default: ClassVar[bool] = False  # the policy of a config that names none
+
+    def build(self, total_steps: int, seed: int) -> ExposurePolicy:
+        """The policy these settings describe, for a run of `total_steps` updates seeded by `seed`."""
+        raise NotImplementedError
+
+    def reading(self) -> DecisionReading:
+        """How ``atesd diagnose`` reads this policy's decisions (`DecisionReading`)."""
+        return DecisionReading(self.policy, 1, per_problem=True)
+
+    def signal_settings(self) -> Any | None:
+        """The settings of the signals this policy has the recipe measure (`atesd.train.signals`: the style probe,
+        the alignment credit) and diagnose's reward windows are read with; None: none."""
+        return None
+
+    def warnings(self, total_steps: int) -> list[str]:
+        """One line for each way these settings make part of a run of `total_steps` learn nothing."""
+        return []
+
+    @property
+    def measures_alignment(self) -> bool:
+        """Whether the run measures each problem's alignment credit (`atesd.train.signals`)."""
+        signals = self.signal_settings()
+        return signals is not None and signals.credit == "alignment"
+
+    @property
+    def uses_style_probe(self) -> bool:
+        """Whether the run samples and measures the style probe (`atesd.train.signals`)."""
+        signals = self.signal_settings()
+        return signals is not None and (signals.progress_signal == "style_nll" or (
+            self.measures_alignment and signals.alignment_probe != "reference"))
+
+    def probe_needed(self) -> str | None:
+        """Why this policy needs a probe set (data.probe_size > 0), or None."""
+        if self.uses_style_probe:
+            return "the style probe is sampled on the probe problems"
+        return None
+
+
+class ClippedSettings(ExposureSettings):
+    """The settings of a policy whose α is clipped to [α_min, α_max] (every policy that chooses α)."""
+
+    alpha_min: float = Field(0.05, ge=0, le=1, description="Lower clip of the chosen exposures.")
+    alpha_max: float = Field(1.0, ge=0, le=1, description="Upper clip of the chosen exposures.")
+
+    @model_validator(mode="after")
+    def _clip_range_is_ordered(self) -> ClippedSettings:
+        if self.alpha_min > self.alpha_max:
+            raise ValueError(f"alpha_min ({self.alpha_min}) is above alpha_max ({self.alpha_max})")
+        return self
+
+
+REGISTRY: dict[str, type[ExposureSettings]] = {}
+
+
+def register(settings: type[ExposureSettings]) -> type[ExposureSettings]:
+    """Add a policy's settings model to the registry under the one value of its ``policy`` Literal."""
+    annotation = settings.model_fields["policy"].annotation
+    names = getattr(annotation, "__args__", ())
+    if getattr(annotation, "__origin__", None) is not Literal or len(names) != 1:
+        raise TypeError(f"{settings.__name__}.policy must be a one-value Literal, got {annotation}")
+    if names[0] in REGISTRY:
+        raise ValueError(f"exposure policy '{names[0]}' is registered twice")
+    REGISTRY[names[0]] = settings
+    return settings
+
+
+def default_policy() -> str:
+    """The ``policy`` of a config that names none."""
+    return next(name for name, settings in REGISTRY.items() if settings.is_default)
+
+
+def build_exposure_policy(settings: ExposureSettings, total_steps: int, seed: int) -> ExposurePolicy:
+    """The policy `settings` describe; `total_steps` sets schedules and the progress feature."""
+    return settings.build(total_steps, seed)

@@ -1,5 +1,6 @@
-"""The ATESD controller (docs/method.md#controller): a Beta policy over the teacher's exposure, trained by REINFORCE on the
-discounted learning progress it causes.
+"""The ATESD controller (docs/method.md#controller), ``exposure.policy: controller``: a Beta policy over the teacher's
+exposure, trained by REINFORCE on the discounted learning progress it causes. Its settings are
+``exposure.controller`` (`ControllerConfig`; every default is ours, the paper gives none).
 
 Read `ControllerExposure` top to bottom:
 
@@ -13,6 +14,27 @@ Read `ControllerExposure` top to bottom:
 
 Decisions are sampled from the controller's own numpy generator, so the trainer's randomness never changes
 them; the generator, the network, Adam, the normalisers, EMAs and waiting decisions all go into checkpoints.
+
+**Exposure per problem** (``per_problem: true``, ours, docs/method.md#exposure-per-problem): the same Beta policy
+gives each problem of the batch its own α, from the training state and what that problem's rollout showed, and
+learns from the drop of that problem's own reference NLL over the look-ahead. Read `PerProblemExposure` top to
+bottom; one student update t:
+
+- `alphas(t, views)`: after the step's rollouts (α only shapes the teacher prompts, which are built after them),
+  the six state features of the batch-level controller and three features of each problem (`ProblemView`)
+  give one Beta per problem; α_i is its sample, clipped. The first `credited_problems` of the batch are the
+  step's credited group: only their α is rewarded and learned from.
+- `nll_wanted(t)`: the problems whose reference NLL under the student prompt the trainer measures before update
+  t: this step's credited group (ℓ_i before its update) and the group of step t − L (ℓ_i after the L updates
+  that began with its own).
+- `measured(t, nll, teacher_logps)` takes those NLLs and each problem's g_i (the teacher's log-prob of its
+  reference at its α); `observe(t, stats)` moves the state and, once B groups are rewarded,
+  R_i = (ℓ_i(t0) − ℓ_i(t0+L)) + λ_gt · g_i, advantages centred within each step (`grouped_advantages`), and
+  one REINFORCE step with the entropy hinge updates φ with Adam.
+
+A problem is seen once per epoch, and the paper's budget (100 updates × 32 of 30k problems) is under one epoch:
+its own progress can only be measured on the step that trains it and L updates later, hence the two passes.
+Decisions come from the policy's own generator; everything goes into checkpoints like the batch-level controller.
 """
 
 from __future__ import annotations
@@ -20,13 +42,32 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from atesd.config import ControllerConfig, ExposureConfig
-from atesd.exposure.reward import controller_loss, decision_reward, normalized_advantages, trend_advantages
+from atesd.exposure.base import (
+    BatchPolicy,
+    ClippedSettings,
+    DecisionReading,
+    ExposurePolicy,
+    Preset,
+    ProblemView,
+    problem_columns,
+    register,
+)
+from atesd.exposure.reward import (
+    controller_loss,
+    decision_reward,
+    grouped_advantages,
+    normalized_advantages,
+    problem_progress,
+    teacher_grounding,
+    trend_advantages,
+)
+from atesd.settings import Section
 
 STATE_FEATURES = ("progress", "alpha_ema", "loss_ema", "kl_p90_ema", "probe_nll_ema", "confidence")
 # The statistic of the step record each EMA follows.
@@ -172,12 +213,11 @@ class Decision:
         }
 
 
-class ControllerExposure:
-    """The learned exposure policy of ATESD; see the module docstring for the flow."""
+class ControllerExposure(BatchPolicy):
+    """The learned exposure policy of ATESD, one α for the whole batch (the paper's design); see the module
+    docstring for the flow."""
 
-    per_problem = False  # one α for the whole batch (the paper's design)
-
-    def __init__(self, config: ExposureConfig, total_steps: int, seed: int) -> None:
+    def __init__(self, config: ControllerSettings, total_steps: int, seed: int) -> None:
         self.exposure, self.settings = config, config.controller
         self.net = BetaPolicyNet(len(STATE_FEATURES), self.settings.hidden_sizes, self.settings.initial_beta, seed)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.settings.lr)
@@ -320,6 +360,113 @@ class ControllerExposure:
         self._rows = list(state["rows"])
 
 
+class ControllerConfig(Section):
+    """The learned Beta-policy controller (docs/method.md#controller; every default is ours: the paper gives none)."""
+
+    hidden_sizes: list[PositiveInt] = Field(
+        default_factory=lambda: [64, 64], description="Policy MLP hidden layers (tanh); [] is a linear policy.")
+    initial_beta: tuple[float, float] = Field(
+        (2.0, 2.0), description="(a, b) of the starting policy, set through the output bias (ours: Beta(2, 2)).")
+    lookahead: int = Field(4, ge=1, description="L: updates over which a decision's reward is summed.")
+    discount: float = Field(0.9, ge=0, le=1, description="gamma of the discounted reward.")
+    progress_signal: Literal["probe_nll", "distill_loss", "style_nll"] = Field(
+        "probe_nll", description="The loss l whose drops make G_lp; style_nll: the style probe's (ours).")
+    teacher_grounded_weight: float = Field(0.1, ge=0, description="lambda_gt: weight of G_gt in R (0: G_lp only).")
+    decisions_per_update: int = Field(4, ge=2, description="B: rewarded decisions per REINFORCE update.")
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate of the policy.")
+    entropy_coef: float = Field(0.01, ge=0, description="c: weight of the one-sided entropy hinge.")
+    entropy_target: float = Field(-0.5, description="H_target: Beta entropy above which the hinge acts.")
+    advantage_eps: float = Field(1e-8, gt=0, description="epsilon of the advantage normalisation.")
+    baseline: Literal["progress_trend", "none"] = Field(
+        "progress_trend", description="Advantages against a least-squares trend of R on training progress over the "
+        "latest baseline_window rewarded decisions (ours: removes the drift of shrinking progress); none: the "
+        "paper's normalisation over the update's B decisions.")
+    baseline_window: int = Field(16, ge=3, description="Rewarded decisions the progress trend is fitted on.")
+    state_ema_decay: float = Field(0.9, ge=0, lt=1, description="Decay of the state's EMAs (ours).")
+    feature_clip: float = Field(5.0, gt=0, description="Normalised state features are clipped to +-this (ours).")
+    credited_problems: int = Field(
+        8, ge=1, description="Exposure per problem: problems of each step whose own reference NLL is measured "
+        "before their update and after the look-ahead, to reward their alpha (the first of the batch; each costs "
+        "two reference passes under the student prompt).")
+    credit: Literal["own_nll", "alignment"] = Field("own_nll", description="Exposure per problem's credit: own NLL "
+                                                   "drop, or alignment (ours, docs/controller.md#signals-with-power).")
+    alignment_probe: Literal["contrast", "style", "reference"] = Field(
+        "contrast", description="The probe alignment is measured on (contrast: right against wrong solutions).")
+    alignment_refresh: int = Field(10, ge=1, description="Steps between refreshes of the probe gradient (ours).")
+    style_probe_samples: int = Field(4, ge=1, description="Base-model samples per probe problem (ours).")
+
+    @field_validator("initial_beta")
+    @classmethod
+    def _initial_beta_above_one(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if min(value) <= 1.0:
+            raise ValueError(f"(a, b) = 1 + softplus(.) is always above 1; got {list(value)}")
+        return value
+
+
+@register
+class ControllerSettings(ClippedSettings):
+    """``exposure.policy: controller`` (``method: atesd``)."""
+
+    policy: Literal["controller"] = "controller"
+    hold_steps: int = Field(2, ge=1, description="H: updates each decision is held for.")
+    per_problem: bool = Field(
+        False, description="Each problem of the batch its own alpha, from the training state and that problem's "
+        "features, rewarded by that problem's own learning progress (ours, docs/method.md#exposure-per-problem).")
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+
+    methods: ClassVar[tuple[str, ...]] = ("atesd",)
+    reads_run_length: ClassVar[bool] = True  # the state's progress feature is t/T
+    presets: ClassVar[dict[str, Preset]] = {
+        "atesd": Preset("atesd.yaml"),
+        "atesd-immediate": Preset("atesd.yaml", ("exposure.controller.lookahead=1", "exposure.controller.discount=0")),
+        "atesd-lp-only": Preset("atesd.yaml", ("exposure.controller.teacher_grounded_weight=0",)),
+        # the paper's plain normalisation of the advantages, without our baseline against the reward's drift
+        "atesd-no-drift-baseline": Preset("atesd.yaml", ("exposure.controller.baseline=none",)),
+        # beyond the paper: each problem its own α, credited by its own reference NLL
+        "atesd-per-problem": Preset("atesd.yaml", ("exposure.per_problem=true",)),
+        # ours: exposure per problem credited by each problem's alignment with the contrast probe, the one signal
+        # with power (docs/controller.md#signals-with-power)
+        "atesd-alignment": Preset("atesd.yaml", ("exposure.per_problem=true", "exposure.controller.credit=alignment")),
+    }
+
+    @model_validator(mode="after")
+    def _alignment_is_per_problem(self) -> ControllerSettings:
+        if self.controller.credit == "alignment" and not self.per_problem:
+            raise ValueError("controller.credit: alignment credits each problem's own alpha: set per_problem: true")
+        return self
+
+    def build(self, total_steps: int, seed: int) -> ExposurePolicy:
+        if self.per_problem:
+            return PerProblemExposure(self, total_steps, seed)
+        return ControllerExposure(self, total_steps, seed)
+
+    def reading(self) -> DecisionReading:
+        if self.per_problem:
+            return DecisionReading("per_problem", 1, per_problem=True, credits=True)
+        return DecisionReading("controller", self.hold_steps)
+
+    def signal_settings(self) -> ControllerConfig:
+        return self.controller
+
+    def probe_needed(self) -> str | None:
+        if self.controller.progress_signal == "probe_nll":
+            return ("the controller's reward uses probe_nll, which needs a probe set (or set "
+                    "exposure.controller.progress_signal: distill_loss)")
+        return super().probe_needed()
+
+    def first_update(self) -> int:
+        """The steps after which the batch-level controller has B rewarded decisions, so can first learn: its B-th
+        decision is taken at step (B − 1)·H and rewarded L updates later."""
+        return (self.controller.decisions_per_update - 1) * self.hold_steps + self.controller.lookahead
+
+    def warnings(self, total_steps: int) -> list[str]:
+        if self.per_problem or total_steps >= self.first_update():
+            return []
+        return [(f"the exposure controller first learns after {self.first_update()} steps ((decisions_per_update - 1) "
+                 f"x hold_steps + lookahead) and train.steps is {total_steps}: it will only sample from its initial "
+                 "policy; lower exposure.hold_steps or exposure.controller.decisions_per_update, or train longer")]
+
+
 def reinforce_step(net: BetaPolicyNet, optimizer: torch.optim.Optimizer, features: torch.Tensor,
                    samples: torch.Tensor, advantages: torch.Tensor, settings: ControllerConfig) -> dict[str, float]:
     """One REINFORCE update of the policy with the entropy hinge (docs/method.md#update) on the decisions'
@@ -332,3 +479,188 @@ def reinforce_step(net: BetaPolicyNet, optimizer: torch.optim.Optimizer, feature
     loss.backward()
     optimizer.step()
     return {"controller_loss": float(loss.detach()), "controller_entropy": float(entropies.detach().mean())}
+
+
+# -------------------------------------------------------------------------------------------- exposure per problem
+
+PROBLEM_FEATURES = ("correct", "length", "log_segments")
+
+
+@dataclass
+class Group:
+    """The decisions of one step, one per problem of the batch; the first `credited` are rewarded."""
+
+    step: int
+    keys: list[int]
+    buckets: list[str | None]
+    correct: list[bool]
+    segments: list[int]
+    alphas: list[float]  # the clipped α each problem's teacher prompt used
+    samples: list[float]  # the unclipped Beta draws, whose log-probs the update uses
+    means: list[float]  # each problem's Beta mean
+    features: list[list[float]]  # normalised state + problem features, per problem
+    state: list[float]  # the normalised state features (shared by the step's problems)
+    credited: int
+    before: list[float] | None = None  # ℓ_i before the update, credited problems
+    teacher_logps: list[float] | None = None  # g_i at α_i, credited problems
+    progress: list[float] | None = None  # G_lp per credited problem
+    grounding: list[float] | None = None  # G_gt per credited problem
+    rewards: list[float] | None = None
+
+    def row(self, logged_at: int | None) -> dict[str, Any]:
+        """Its ``decisions.jsonl`` row: one per step, per-problem lists aligned with ``problem`` (R, G_lp and
+        G_gt for the first ``credited`` only); steps are counted like ``metrics.jsonl``."""
+        return {"step": self.step + 1, **problem_columns(self.keys, self.correct, self.segments, self.buckets),
+                "alpha": self.alphas, "mean": self.means, "credited": self.credited, "R": self.rewards,
+                "G_lp": self.progress, "G_gt": self.grounding, "state": dict(zip(STATE_FEATURES, self.state)),
+                "logged_at": logged_at}
+
+
+class PerProblemExposure:
+    """The learned exposure per problem; see the module docstring for the flow."""
+
+    single_process = True
+
+    def __init__(self, config: ControllerSettings, total_steps: int, seed: int) -> None:
+        self.exposure, self.settings = config, config.controller
+        self.net = BetaPolicyNet(len(STATE_FEATURES) + len(PROBLEM_FEATURES), self.settings.hidden_sizes,
+                                 self.settings.initial_beta, seed)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.settings.lr)
+        self.rng = np.random.default_rng([seed, 0xC1])
+        self.state = TrainingState(total_steps, self.settings.state_ema_decay)
+        self.problem_normalizer = RunningNormalizer(len(PROBLEM_FEATURES))
+        self.waiting: list[Group] = []  # decided, reward not complete yet
+        self.rewarded: list[Group] = []  # reward complete, not yet used by an update
+        self.alignment = self.settings.credit == "alignment"  # each problem credited the same step (ours)
+        # G_gt needs each g_i; the alignment credit has no G_gt
+        self.uses_teacher_ref_logp = self.settings.teacher_grounded_weight > 0 and not self.alignment
+        self.updates = 0
+        self._rows: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ acting
+
+    def alphas(self, step: int, views: Sequence[ProblemView]) -> list[float]:
+        """One α per problem of the step (in the order of `views`); asking twice for a step gives the same."""
+        if self.waiting and self.waiting[-1].step == step:
+            return self.waiting[-1].alphas
+        state = self.state.features(step, self.settings.feature_clip)
+        features = [state + self.problem_normalizer.normalize(view.raw(), self.settings.feature_clip)
+                    for view in views]
+        with torch.no_grad():
+            a, b = self.net(torch.tensor(features, dtype=torch.float64))
+        samples = [float(self.rng.beta(ai, bi)) for ai, bi in zip(a.tolist(), b.tolist())]
+        for view in views:  # after deciding: a problem's features are normalised by what came before it
+            self.problem_normalizer.update(view.raw())
+        group = Group(step, [v.key for v in views], [v.bucket for v in views], [v.correct for v in views],
+                      [v.segments for v in views],
+                      [min(max(x, self.exposure.alpha_min), self.exposure.alpha_max) for x in samples], samples,
+                      (a / (a + b)).tolist(), features, state,
+                      len(views) if self.alignment else min(self.settings.credited_problems, len(views)))
+        self.waiting.append(group)
+        return group.alphas
+
+    def policy_means(self, step: int, views: Sequence[ProblemView]) -> list[float]:
+        """The Beta mean the policy would sample from for each of `views` at `step` (for inspection)."""
+        state = self.state.features(step, self.settings.feature_clip)
+        features = [state + self.problem_normalizer.normalize(v.raw(), self.settings.feature_clip) for v in views]
+        with torch.no_grad():
+            a, b = self.net(torch.tensor(features, dtype=torch.float64))
+        return (a / (a + b)).tolist()
+
+    # ------------------------------------------------------------------ credit
+
+    def nll_wanted(self, step: int) -> list[int]:
+        """Keys of the problems whose reference NLL to measure before update `step`: this step's credited group
+        (ℓ before), then the credited group of step − L (ℓ after the look-ahead), when there is one."""
+        if self.alignment:
+            return []
+        current, due = self._group(step), self._group(step - self.settings.lookahead)
+        return current.keys[:current.credited] + (due.keys[:due.credited] if due is not None else [])
+
+    def measured(self, step: int, nll: Sequence[float], teacher_logps: Sequence[float]) -> None:
+        """The NLLs of `nll_wanted(step)` (in its order) and g_i of every problem of the step (NaN when not
+        measured), taken before update `step`."""
+        if self.alignment:  # credited after the update instead (`aligned`)
+            return
+        current, due = self._group(step), self._group(step - self.settings.lookahead)
+        current.before = [float(v) for v in nll[:current.credited]]
+        current.teacher_logps = [float(g) for g in teacher_logps[:current.credited]]
+        if due is None:
+            return
+        after = nll[current.credited:]
+        due.progress = [problem_progress(b, float(a)) for b, a in zip(due.before, after)]
+        due.grounding = [teacher_grounding([g], self.settings.discount) for g in due.teacher_logps]
+        due.rewards = [p + self.settings.teacher_grounded_weight * g for p, g in zip(due.progress, due.grounding)]
+        self.waiting.remove(due)
+        self.rewarded.append(due)
+        self._rows.append(due.row(logged_at=step + 1))
+
+    def aligned(self, step: int, credits: Sequence[float]) -> None:
+        """The alignment credit (`controller.credit: alignment`, ours): each problem's first-order effect on the
+        probe loss, measured before update `step` (`atesd.train.signals`), is its reward at once: R_i = c_i."""
+        group = self._group(step)
+        group.progress = group.rewards = [float(c) for c in credits]
+        self.waiting.remove(group)
+        self.rewarded.append(group)
+        self._rows.append(group.row(logged_at=step + 1))
+
+    def _group(self, step: int) -> Group | None:
+        return next((group for group in self.waiting if group.step == step), None)
+
+    # ------------------------------------------------------------------ learning
+
+    def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]:
+        self.state.observe(step, stats)
+        return self._update() if len(self.rewarded) >= self.settings.decisions_per_update else {}
+
+    def _update(self) -> dict[str, float]:
+        """One REINFORCE step on the credited decisions of the B oldest rewarded groups."""
+        size = self.settings.decisions_per_update
+        batch, self.rewarded = self.rewarded[:size], self.rewarded[size:]
+        features = torch.tensor([f for g in batch for f in g.features[:g.credited]], dtype=torch.float64)
+        samples = torch.tensor([x for g in batch for x in g.samples[:g.credited]], dtype=torch.float64)
+        rewards = [torch.tensor(g.rewards, dtype=torch.float64) for g in batch]
+        record = reinforce_step(self.net, self.optimizer, features, samples,
+                                grouped_advantages(rewards, self.settings.advantage_eps), self.settings)
+        self.updates += 1
+        return {**record, "controller_reward_mean": float(torch.cat(rewards).mean()),
+                "controller_updates": self.updates}
+
+    # ------------------------------------------------------------------ logging
+
+    def drain_decisions(self) -> list[dict[str, Any]]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    def pending_decisions(self) -> list[dict[str, Any]]:
+        return [group.row(logged_at=None) for group in self.waiting]
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "policy": "per_problem",
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "state": self.state.state_dict(),
+            "problem_normalizer": self.problem_normalizer.state_dict(),
+            "waiting": [asdict(g) for g in self.waiting],
+            "rewarded": [asdict(g) for g in self.rewarded],
+            "updates": self.updates,
+            "rows": list(self._rows),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("policy") != "per_problem":
+            raise ValueError(f"checkpoint holds a '{state.get('policy')}' exposure policy, config says "
+                             "'per_problem' (exposure.per_problem: true)")
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.state.load_state_dict(state["state"])
+        self.problem_normalizer.load_state_dict(state["problem_normalizer"])
+        self.waiting = [Group(**g) for g in state["waiting"]]
+        self.rewarded = [Group(**g) for g in state["rewarded"]]
+        self.updates = state["updates"]
+        self._rows = list(state["rows"])

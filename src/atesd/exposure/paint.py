@@ -17,10 +17,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from atesd.exposure.per_problem import ProblemView
+from atesd.exposure.base import ClippedSettings, ExposurePolicy, Preset, ProblemView, register
 from atesd.exposure.rules import ProblemRule
+
+
+@register
+class PaintSettings(ClippedSettings):
+    """``exposure.policy: paint`` (no setting of its own)."""
+
+    policy: Literal["paint"] = "paint"
+
+    presets: ClassVar[dict[str, Preset]] = {"paint": Preset("opsd.yaml", ("exposure.policy=paint",))}
+
+    def build(self, total_steps: int, seed: int) -> ExposurePolicy:
+        return PaintExposure(self, seed)
 
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 WHITESPACE = re.compile(r"\s+")
@@ -40,7 +52,6 @@ def overlap(rollout: str, segments: Sequence[str]) -> float:
 
 
 class PaintExposure(ProblemRule):
-    name = "paint"
     salt = 0x9A17  # unused: the rule draws nothing
 
     def choose(self, step: int, views: Sequence[ProblemView]) -> tuple[list[float], dict[str, list[Any]]]:

@@ -1,5 +1,5 @@
 """What the exposure rules per problem that learn no network share (the peers' rules, docs/method.md#the-peers-rules):
-the per-problem interface of `atesd.exposure.base.ProblemExposurePolicy` around one method, `choose`.
+the interface of `atesd.exposure.base.ExposurePolicy` around one method, `choose`.
 
 A rule is a module of its own under ``exposure/`` with a subclass of `ProblemRule` that says how it gives each problem
 of a step its α from what the step's rollouts showed (`choose`, with the `ProblemView` of each problem: its rollout's
@@ -8,7 +8,7 @@ grade, length and text, and its reference's segments) and what it keeps between 
 one ``decisions.jsonl`` row per step (final when it is made: nothing waits for a reward), nothing to measure before the
 update, and checkpoints that hold the rule's own generator and state, so that a resumed run takes the same decisions.
 
-`Attempts` is the bookkeeping of the rules that learn from each problem's outcomes (AdaBack, SEELE): a problem's last
+`Attempts` is the bookkeeping of the rules that learn from each problem's outcomes at its next visit: a problem's last
 exposure becomes an attempt once the problem comes back, with the correctness of its new rollout as the attempt's
 reward. α only shapes the teacher prompt, built after the rollouts, so the rollout of a visit was sampled before that
 visit's α was chosen and cannot say how well it did; the next visit's rollout, after the update at that α, can (ours).
@@ -21,21 +21,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from atesd.config import ExposureConfig
-from atesd.exposure.per_problem import ProblemView, problem_columns
+from atesd.exposure.base import ClippedSettings, ProblemView, problem_columns
 
 
 class ProblemRule:
-    """The per-problem interface for a rule that chooses α from each problem's view alone; subclasses set `name` (their
-    ``exposure.policy``) and `salt` (which seeds their generator apart from other policies') and define `choose`."""
+    """The per-problem interface for a rule that chooses α from each problem's view alone; subclasses set `salt`
+    (which seeds their generator apart from other policies') and define `choose`."""
 
-    per_problem = True
+    single_process = True
     uses_teacher_ref_logp = False  # g_t only for the log, as for the fixed policies
-    name: ClassVar[str]
     salt: ClassVar[int]
 
-    def __init__(self, config: ExposureConfig, seed: int) -> None:
-        self.alpha_min, self.alpha_max = config.alpha_min, config.alpha_max
+    def __init__(self, settings: ClippedSettings, seed: int) -> None:
+        self.name = settings.policy
+        self.alpha_min, self.alpha_max = settings.alpha_min, settings.alpha_max
         self.rng = np.random.default_rng([seed, self.salt])
         self.decided: tuple[int, list[float]] | None = None  # the latest step and its α
         self._rows: list[dict[str, Any]] = []
@@ -72,6 +71,9 @@ class ProblemRule:
         return []  # a rule's credit, if any, is in the views: nothing to measure before the update
 
     def measured(self, step: int, nll: Sequence[float], teacher_logps: Sequence[float]) -> None:
+        pass
+
+    def aligned(self, step: int, credits: Sequence[float]) -> None:
         pass
 
     def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]:

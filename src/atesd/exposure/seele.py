@@ -23,14 +23,43 @@ import math
 import warnings
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 from scipy.optimize import curve_fit
 
-from atesd.config import ExposureConfig
-from atesd.exposure.per_problem import ProblemView
+from atesd.exposure.base import ClippedSettings, ExposurePolicy, Preset, ProblemView, register
 from atesd.exposure.rules import Attempts, ProblemRule
+from atesd.settings import Section
+
+
+class SeeleConfig(Section):
+    """SEELE's target accuracy per problem (arXiv 2509.06923; docs/method.md#seele); every default but the target
+    is ours."""
+
+    target_accuracy: float = Field(0.5, gt=0, lt=1, description="a*: the accuracy the chosen alpha is predicted "
+                                   "to give (the paper: about 0.5).")
+    history: int = Field(8, ge=3, description="A problem's latest attempts its own curve is fitted on.")
+    min_points: int = Field(4, ge=3, description="Attempts a curve needs (3 parameters); a problem with fewer "
+                            "uses the population's curve, and a population with fewer draws alpha uniformly.")
+    population_window: int = Field(256, ge=3, description="Latest attempts of every problem the population's "
+                                   "curve is fitted on.")
+    explore: float = Field(0.2, ge=0, le=1, description="Share of decisions drawn uniformly in [alpha_min, "
+                           "alpha_max] instead of from a curve: spread in alpha that the fits need (ours).")
+
+
+@register
+class SeeleSettings(ClippedSettings):
+    """``exposure.policy: seele``."""
+
+    policy: Literal["seele"] = "seele"
+    seele: SeeleConfig = Field(default_factory=SeeleConfig)
+
+    presets: ClassVar[dict[str, Preset]] = {"seele": Preset("opsd.yaml", ("exposure.policy=seele",))}
+
+    def build(self, total_steps: int, seed: int) -> ExposurePolicy:
+        return SeeleExposure(self, seed)
 
 # (floor c, slope k, location m): the bounds of the fit and its starting point.
 LOWER, UPPER, START = (0.0, 1e-3, -1.0), (0.99, 100.0, 2.0), (0.05, 5.0, 0.5)
@@ -77,10 +106,9 @@ def alpha_for_accuracy(params: tuple[float, float, float], target: float) -> flo
 
 
 class SeeleExposure(ProblemRule):
-    name = "seele"
     salt = 0x5EE1
 
-    def __init__(self, config: ExposureConfig, seed: int) -> None:
+    def __init__(self, config: SeeleSettings, seed: int) -> None:
         super().__init__(config, seed)
         self.settings = config.seele
         self.attempts = Attempts()

@@ -23,21 +23,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from atesd.config import ExposureConfig
-
-
-def uses_alignment(exposure: ExposureConfig) -> bool:
-    """Whether a run measures each problem's alignment credit (`atesd.train.signals`): exposure per problem's
-    credit, or logged by random exposure for `atesd diagnose`."""
-    return exposure.controller.credit == "alignment" and exposure.policy in ("controller", "random")
-
-
-def uses_style_probe(exposure: ExposureConfig) -> bool:
-    """Whether a run samples and measures the style probe (`atesd.train.signals`)."""
-    return exposure.controller.progress_signal == "style_nll" or (
-        uses_alignment(exposure) and exposure.controller.alignment_probe != "reference")
-
-
 QUANTILES = (0.2, 0.8)  # Graves et al.'s percentiles
 MIN_HISTORY = 2  # past rewards a quantile rescaling needs
 

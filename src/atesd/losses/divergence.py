@@ -32,7 +32,7 @@ Logits must be finite (a -inf logit gives NaN terms, as in `torch.nn.functional.
 Gradients reach the student side only; the teacher side is detached.
 
 A teacher may be the combination of two teacher passes at the same positions (`TeacherMix`: AR-OPD's anchored
-residual, `atesd.train.anchored_teacher`): the second pass's hidden states are split into the same chunks, and each
+residual, `atesd.train.forwards`): the second pass's hidden states are split into the same chunks, and each
 chunk's teacher logits are combined from both passes' logits, so the combination never needs [N, V] either.
 """
 

@@ -17,13 +17,14 @@ import torch
 
 from atesd.models.export import is_peft_model
 
-TeacherWeights = Literal["initial", "live", "ema"]
+WeightsKind = Literal["initial", "live", "ema"]
 
 
-class Teacher:
-    """Gives the module to run the teacher forward with, for the configured kind of weights."""
+class TeacherWeights:
+    """Gives the module to run the teacher forward with, for the configured kind of weights (the recipe's `Teacher`
+    adds what it is shown: `atesd.train.forwards`)."""
 
-    def __init__(self, student: torch.nn.Module, weights: TeacherWeights, ema_decay: float = 0.99) -> None:
+    def __init__(self, student: torch.nn.Module, weights: WeightsKind, ema_decay: float = 0.99) -> None:
         self.student = student
         self.weights = weights
         self.ema_decay = ema_decay

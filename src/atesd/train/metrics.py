@@ -65,7 +65,7 @@ PROJECT = "atesd"
 
 def start_trackers(accelerator: Accelerator, run_dir: Path, config: dict[str, Any]) -> None:
     """Start `accelerator`'s trackers for the run in `run_dir`, with its config flattened (see the module
-    docstring); the accelerator's project directory is ``<run_dir>/trackers`` (`atesd.train.trainer`)."""
+    docstring); the accelerator's project directory is ``<run_dir>/trackers`` (`atesd.train.recipe`)."""
     name = run_dir.name
     accelerator.init_trackers(PROJECT, config=flat_config(config), init_kwargs={
         "tensorboard": {}, "wandb": {"name": name, "dir": str(run_dir / TRACKERS_DIR)}, "trackio": {"name": name}})

@@ -11,23 +11,7 @@ from __future__ import annotations
 from atesd.config import Config
 
 
-def first_controller_update(config: Config) -> int:
-    """The steps after which the per-step controller has B rewarded decisions, so can first learn: its B-th
-    decision is taken at step (B − 1)·H and rewarded L updates later."""
-    controller = config.exposure.controller
-    return (controller.decisions_per_update - 1) * config.exposure.hold_steps + controller.lookahead
-
-
 def learning_warnings(config: Config) -> list[str]:
-    """One line for each setting of `config` that makes part of the run learn nothing."""
-    warnings = []
-    exposure = config.exposure
-    if exposure.policy == "controller" and not exposure.per_problem:
-        first = first_controller_update(config)
-        if config.train.steps < first:
-            warnings.append(
-                f"the exposure controller first learns after {first} steps ((decisions_per_update - 1) x "
-                f"hold_steps + lookahead) and train.steps is {config.train.steps}: it will only sample from its "
-                "initial policy; lower exposure.hold_steps or exposure.controller.decisions_per_update, or train "
-                "longer")
-    return warnings
+    """One line for each setting of `config` that makes part of the run learn nothing (today: an exposure policy's,
+    e.g. a learned controller whose run ends before its first update)."""
+    return config.exposure.warnings(config.train.steps)

@@ -36,7 +36,7 @@ from transformers import PreTrainedTokenizerBase
 
 from atesd.config import ConfigError
 from atesd.models.export import is_peft_model, merge_lora, save_final_model
-from atesd.models.teacher import Teacher
+from atesd.models.teacher import TeacherWeights
 from atesd.rollout import Completions, HFGenerateEngine, RolloutEngine, SamplingParams
 from atesd.train.checkpoint import TrainingState
 
@@ -148,9 +148,9 @@ class Sharding:
         self.tied[id(model)] = tied
         return model
 
-    def shard_student_and_teacher(self, student: torch.nn.Module, teacher: Teacher) -> torch.nn.Module:
+    def shard_student_and_teacher(self, student: torch.nn.Module, teacher: TeacherWeights) -> torch.nn.Module:
         """The student sharded, and the teacher's frozen copy (the initial weights of a full fine-tune, or the
-        EMA), which `Teacher` makes from the whole model, sharded the same way; returns the student."""
+        EMA), which `TeacherWeights` makes from the whole model, sharded the same way; returns the student."""
         if teacher.copy is not None:
             self.shard(teacher.copy, frozen=True)
         return self.shard(student)
@@ -254,14 +254,14 @@ class Sharding:
             else:
                 target.copy_(value)
 
-    def checkpoint_tensors(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, teacher: Teacher,
+    def checkpoint_tensors(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, teacher: TeacherWeights,
                            keep: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]:
         """A checkpoint's tensors, whole, as a DDP run saves them: the trained parameters, the optimizer's state
         and the EMA teacher's weights (empty on processes that do not `keep` them)."""
         return (self.trainable_state(model, keep), self.optimizer_state(optimizer, keep),
                 self.gather(teacher.state_dict(), keep))
 
-    def load_checkpoint_tensors(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, teacher: Teacher,
+    def load_checkpoint_tensors(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, teacher: TeacherWeights,
                                 state: TrainingState) -> None:
         """The reverse of `checkpoint_tensors`, from a checkpoint of an FSDP run or of a DDP one."""
         self.load(self.trainable_parameters(model), state.weights)

@@ -16,8 +16,9 @@
   direction is kept in between). The weights are restored bit for bit. Problems of one step share their weights
   and their update, so comparing their credits on their own α removes every difference between steps.
 
-`ExposureSignals` holds both for the trainer; everything is measured on the main process (one process only
-when alignment is on).
+`ExposureSignals` holds both for the recipe, as the exposure policy's settings ask
+(`atesd.exposure.base.ExposureSettings.signal_settings`); everything is measured on the main process (one process
+only when alignment is on).
 """
 
 from __future__ import annotations
@@ -33,12 +34,10 @@ import torch
 from atesd.config import Config, ConfigError
 from atesd.data.problem import Problem
 from atesd.errors import UserError
-from atesd.exposure.signals import uses_alignment, uses_style_probe, within_step_slope
-from atesd.losses import DivergenceSpec
-from atesd.train.cost import StepCost
+from atesd.exposure.signals import within_step_slope
+from atesd.losses import DivergenceOutput
+from atesd.train.forwards import RolloutSampler, StepCost, Student
 from atesd.train.problems import step_seed
-from atesd.train.rollouts import RolloutSampler
-from atesd.train.scoring import Scorer, TeacherTargets
 
 # The forward difference's step along the unit probe gradient: on the embedded model (weights of norm 48, an
 # update of norm ~0.4) its credits correlate at 0.999 with central differences of step 1e-2.
@@ -121,17 +120,19 @@ def unit(gradient: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], float]:
 
 
 class ExposureSignals:
-    """The style probe and the alignment of a run (both off unless its config asks: `uses_style_probe`,
-    `uses_alignment`)."""
+    """The style probe and the alignment of a run (both off unless its exposure settings ask: `uses_style_probe`,
+    `measures_alignment`)."""
 
-    def __init__(self, config: Config, scorer: Scorer, probe_problems: list[Problem], processes_count: int) -> None:
-        controller = config.exposure.controller
-        self.config, self.scorer, self.probe_problems = config, scorer, probe_problems
-        self.style = uses_style_probe(config.exposure)
+    def __init__(self, config: Config, student: Student, probe_problems: list[Problem], processes_count: int) -> None:
+        exposure = config.exposure
+        self.config, self.student, self.probe_problems = config, student, probe_problems
+        self.settings = settings = exposure.signal_settings()
+        self.style = exposure.uses_style_probe
         # its NLL after every update only where it is the progress signal (alignment needs only its gradient)
-        self.logs_style = controller.progress_signal == "style_nll"
-        self.aligns = uses_alignment(config.exposure)
-        self.alignment_probe, self.refresh = controller.alignment_probe, controller.alignment_refresh
+        self.logs_style = settings is not None and settings.progress_signal == "style_nll"
+        self.aligns = exposure.measures_alignment
+        self.alignment_probe = settings.alignment_probe if settings is not None else None
+        self.refresh = settings.alignment_refresh if settings is not None else 1
         # û, refreshed every `refresh` steps and at every checkpoint's step: not checkpointed, as a resumed run
         # starts at a checkpoint's step and refreshes it there like an uninterrupted one
         self.direction: list[torch.Tensor] | None = None
@@ -152,15 +153,15 @@ class ExposureSignals:
         if not self.style:
             return
         if self.probe is None:
-            self.probe = collect_style_probe(sampler, [self.scorer.prompts.student(p) for p in self.probe_problems],
-                                             self.probe_problems, self.config.exposure.controller.style_probe_samples,
+            self.probe = collect_style_probe(sampler, [self.student.prompts.student(p) for p in self.probe_problems],
+                                             self.probe_problems, self.settings.style_probe_samples,
                                              step_seed(STYLE_SEED, self.config.data.probe_seed))
         if self.last_style_nll is None and self.logs_style:
             self.last_style_nll = self.style_nll(cost)
 
     def style_nll(self, cost: StepCost | None = None) -> float:
         assert self.probe is not None
-        return self.scorer.sequences_nll(self.probe.prompts, self.probe.completions, cost)
+        return self.student.sequences_nll(self.probe.prompts, self.probe.completions, cost)
 
     def after_update(self, measured: bool, cost: StepCost) -> dict[str, Any]:
         """``style_nll_before`` and ``style_nll`` of the step's record (measured when the probe NLL is), where the
@@ -178,39 +179,32 @@ class ExposureSignals:
     def probe_gradient(self, parameters: list[torch.Tensor], cost: StepCost) -> list[torch.Tensor]:
         """∇ ℓ_probe: of the style probe's NLL, of the probe references', or (contrast) of the style probe's NLL
         of its right solutions minus that of its wrong ones."""
-        scorer, probe = self.scorer, self.probe
+        student, probe = self.student, self.probe
         if self.alignment_probe == "reference":
             problems = self.probe_problems
-            return scorer.nll_gradient([scorer.prompts.student(p) for p in problems],
-                                       [scorer.prompts.solution(p) for p in problems], parameters, cost)
+            return student.nll_gradient([student.prompts.student(p) for p in problems],
+                                        [student.prompts.solution(p) for p in problems], parameters, cost)
         assert probe is not None
-        right = scorer.nll_gradient(probe.prompts, probe.completions, parameters, cost)
+        right = student.nll_gradient(probe.prompts, probe.completions, parameters, cost)
         if self.alignment_probe == "style" or not probe.wrong_completions:
             return right
-        wrong = scorer.nll_gradient(probe.wrong_prompts, probe.wrong_completions, parameters, cost)
+        wrong = student.nll_gradient(probe.wrong_prompts, probe.wrong_completions, parameters, cost)
         return [r - w for r, w in zip(right, wrong)]
 
-    def perturbed(self, step: int, divergence: Callable[..., Any], spec: DivergenceSpec,
-                  student_prompts: list[list[int]], completions: list[list[int]], teacher: TeacherTargets,
-                  scale: float, cost: StepCost) -> None:
+    def perturbed(self, step: int, spans: list[slice], step_loss: Callable[[slice], DivergenceOutput],
+                  completions: list[list[int]], scale: float, cost: StepCost) -> None:
         """Before update `step`: û (refreshed every `alignment_refresh` steps and at every checkpoint's step),
-        and each problem's loss at w + εû, kept for `credits`."""
-        scorer = self.scorer
-        parameters = [p for p in scorer.student.parameters() if p.requires_grad]
+        and each problem's loss at w + εû, kept for `credits`. `step_loss` is the recipe's own loss of a
+        micro-batch (`spans`), the one the update takes, so the credit measures the objective being trained."""
+        module = self.student.module
+        parameters = [p for p in module.parameters() if p.requires_grad]
         if self.direction is None or step % self.refresh == 0 or step % self.checkpoint_every == 0:
             gradient = self.probe_gradient(parameters, cost)
-            self.direction, self.norm = unit(without_padding_rows(scorer.student, parameters, gradient))
-        spans = scorer.spans(len(student_prompts))
-        batches = [scorer.packed(student_prompts[span], completions[span], cost) for span in spans]
+            self.direction, self.norm = unit(without_padding_rows(module, parameters, gradient))
 
         def losses() -> list[float]:
-            found = []
-            for span, batch in zip(spans, batches):
-                head, bias = scorer.student_head()
-                out = divergence(scorer.student_hidden(batch), teacher.hidden[span.start], head, teacher.head,
-                                 batch.targets, spec, bias, teacher.bias)
-                found += problem_losses(out.per_token_loss, completions[span], scale)
-            return found
+            return [loss for span in spans
+                    for loss in problem_losses(step_loss(span).per_token_loss, completions[span], scale)]
 
         self.plus = losses_along(parameters, self.direction, losses, self.epsilon)
 

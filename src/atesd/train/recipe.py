@@ -6,31 +6,36 @@ One distillation step, top to bottom in `distillation_step` (docs/method.md):
 
 1. the student prompt holds the question; the student samples one completion per prompt from its current
    weights; each is graded;
-2. the exposure policy gives α (decided on the main process, so every process uses the same; under exposure
-   per problem, one α per problem from what its rollout showed, `exposure_step`); the teacher prompt holds
-   the question and the first ⌊α·m⌋ reference segments;
-3. the teacher (the same model, teacher weights) reads each completion after the teacher prompt: its hidden
-   states are the targets (with AR-OPD's anchored residual, also after the anchor's prompt); it also scores the
-   reference solutions (g_t); exposure per problem measures the reference NLLs its credit needs;
-4. the loss step: the student reads each completion after the student prompt, and the divergence between the
-   two per-token distributions is the loss, normalised by the completion tokens of the whole step;
-5. one optimizer step (skipped, and counted, when the loss or gradient is not finite), then the probe NLL;
+2. the exposure policy gives each problem its α (`atesd.exposure`: a batch-level policy one α for all, decided
+   on the main process so that every process uses the same; a policy per problem one each, from what the
+   problem's rollout showed); the teacher prompt holds the question and the first ⌊α·m⌋ reference segments;
+3. the teacher (the same model, teacher weights; `atesd.train.forwards.Teacher`) reads each completion after its
+   prompt: its hidden states are the targets (with AR-OPD's anchored residual, mixed with the anchor's); it also
+   scores the reference solutions (g_t) when that is wanted;
+4. what the exposure policy measures before the update: the reference NLLs its credit needs, and the alignment
+   credit's losses at weights moved along the probe gradient (`atesd.train.signals`), both through `step_loss`;
+5. the update: `step_loss` per micro-batch, the divergence between the student's and the teacher's per-token
+   distributions (`atesd.losses.divergence`), normalised by the completion tokens of the whole step; one optimizer
+   step (skipped, and counted, when the loss or gradient is not finite), then the probe NLL;
 6. the statistics, combined over processes, are logged and told to the exposure policy, which may finish
    decisions (``decisions.jsonl``) and learn from them (the ATESD controller).
 
-GRPO and SFT (`atesd.train.baselines`) run in the same loop with the same parts. The parts themselves live in
-modules of their own: the update (`update`), the forwards (`scoring`), rollouts with grading (`rollouts`), the
-processes (`distributed`), the problem order (`problems`), the run directory and checkpoints (`run_dir`,
-`checkpoint`).
+GRPO and SFT (`grpo_step`, `sft_step`, docs/method.md#baselines) run in the same loop with the same rollouts,
+update, probe, logging and checkpoints. What the recipe leans on lives beside it: the models' forwards
+(`forwards`), the optimizer update (`update`), the processes (`distributed`), the problem order (`problems`), the
+run directory and checkpoints (`run_dir`, `checkpoint`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -40,15 +45,15 @@ from atesd.config import Config, ConfigError
 from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
 from atesd.eval.grading import grader_for
-from atesd.exposure import AnyExposurePolicy, build_exposure_policy
-from atesd.losses import DivergenceSpec, divergence_from_hidden
+from atesd.exposure import ExposurePolicy, ProblemView, build_exposure_policy
+from atesd.losses import DivergenceOutput, DivergenceSpec, divergence_from_hidden
+from atesd.losses.policy_gradient import clipped_policy_loss, group_advantages, k3_kl, sft_loss, token_weights
 from atesd.models.export import save_final_model
 from atesd.models.loading import load_training_model
-from atesd.models.teacher import Teacher
+from atesd.models.teacher import TeacherWeights
 from atesd.rollout import SamplingParams, build_rollout_engine
 from atesd.train.along_training import AlongTrainingEvaluator
 from atesd.train.base_model import base_model_path
-from atesd.train.baselines import grpo_step, sft_step
 from atesd.train.checkpoint import (
     TrainingState,
     read_training_state,
@@ -56,19 +61,22 @@ from atesd.train.checkpoint import (
     save_checkpoint,
     write_training_state,
 )
-from atesd.train.cost import StepCost
 from atesd.train.distributed import Processes, refuse_unsupported_distribution
-from atesd.train.exposure_step import alpha_record, credit_alignment, measure_credit, step_alphas
+from atesd.train.forwards import (
+    GradedRollouts,
+    Grader,
+    RolloutSampler,
+    StepCost,
+    Student,
+    Teacher,
+    TeacherTargets,
+)
 from atesd.train.metrics import TRACKERS_DIR, MetricsLogger
-from atesd.train.parts import StepParts, StepResult
 from atesd.train.preflight import learning_warnings
 from atesd.train.problems import EpochOrder, context_limit, fit_to_context, step_seed, training_problems
-from atesd.train.rollouts import Grader, RolloutSampler
 from atesd.train.run_dir import RunLock, prepare_run_dir, record_non_finite_stop, run_directory
-from atesd.train.scoring import Scorer
 from atesd.train.sharding import requested_sharding
 from atesd.train.signals import ExposureSignals
-from atesd.train.statistics import distillation_statistics, per_token_kl, per_token_loss
 from atesd.train.update import NonFiniteError, Updater, lr_factor
 from atesd.train.versions import write_versions
 
@@ -85,7 +93,7 @@ class Trainer:
     """
 
     def __init__(self, config: Config, *, resume: bool = False, accelerator: Accelerator | None = None,
-                 exposure_policy: AnyExposurePolicy | None = None, grader: Grader | None = None,
+                 exposure_policy: ExposurePolicy | None = None, grader: Grader | None = None,
                  divergence: Callable[..., Any] = divergence_from_hidden,
                  on_local_step: LocalStepHook | None = None) -> None:
         self.config = config
@@ -103,7 +111,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
 
-    def setup(self, resume: bool, accelerator: Accelerator, exposure_policy: AnyExposurePolicy | None,
+    def setup(self, resume: bool, accelerator: Accelerator, exposure_policy: ExposurePolicy | None,
               grader: Grader) -> None:
         config = self.config
         self.accelerator = accelerator
@@ -124,10 +132,10 @@ class Trainer:
         base = base_model_path(config)
         model, self.tokenizer = load_training_model(config, base)
         model.train()
-        teacher = None
+        teacher_weights = None
         if self.sharding is not None:  # the teacher's copy is made whole, then sharded like the student
-            teacher = Teacher(model, config.teacher.weights, config.teacher.ema_decay)
-            model = self.sharding.shard_student_and_teacher(model, teacher)
+            teacher_weights = TeacherWeights(model, config.teacher.weights, config.teacher.ema_decay)
+            model = self.sharding.shard_student_and_teacher(model, teacher_weights)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
         # The scheduler stays outside accelerate.prepare: our batch size is already global, and a prepared
@@ -139,10 +147,8 @@ class Trainer:
                                max_grad_norm=config.train.max_grad_norm,
                                max_consecutive_bad_steps=config.train.max_consecutive_bad_steps,
                                bf16_autocast=config.train.bf16_autocast)
-        # Made after prepare, so that a teacher copy (full fine-tuning) sits on the training device too.
-        self.teacher = teacher or Teacher(self.unwrapped, config.teacher.weights, config.teacher.ema_decay)
-        prompts = PromptBuilder(self.tokenizer, config.templates, config.model.student_chat_kwargs,
-                                config.model.teacher_chat_kwargs)
+        self.prompts = prompts = PromptBuilder(self.tokenizer, config.templates, config.model.student_chat_kwargs,
+                                               config.model.teacher_chat_kwargs)
         # Checked before any tensor is built: a 1 MB reference must not reach a forward (docs/reliability.md).
         context, data = context_limit(config, self.unwrapped), config.data
         self.train_problems, self.probe_problems = (
@@ -153,27 +159,27 @@ class Trainer:
                                       seed=step_seed(config.run.seed, processes.index))
         if self.sharding is not None:
             engine = self.sharding.rollout_engine(engine, self.unwrapped)
-        rollout = config.rollout
-        sampling = SamplingParams(rollout.temperature, rollout.top_p, rollout.top_k, rollout.max_new_tokens)
-        self.parts = StepParts(
-            prompts=prompts,
-            sampler=RolloutSampler(engine, self.tokenizer, sampling, grader),
-            scorer=Scorer(self.model, self.unwrapped, self.teacher, prompts, processes,
-                          pad_token_id=self.tokenizer.pad_token_id, micro_batch_size=config.train.micro_batch_size,
-                          chunk_size=config.loss.chunk_size, bf16_autocast=config.train.bf16_autocast,
-                          anchored_residual=config.teacher.anchored_residual),
-            processes=processes,
-        )
-        self.signals = ExposureSignals(config, self.parts.scorer, self.probe_problems, processes.count)
+        rollout, train = config.rollout, config.train
+        self.sampler = RolloutSampler(engine, self.tokenizer, SamplingParams(rollout.temperature, rollout.top_p,
+                                                                             rollout.top_k, rollout.max_new_tokens),
+                                      grader)
+        forwards = {"pad_token_id": self.tokenizer.pad_token_id, "micro_batch_size": train.micro_batch_size,
+                    "chunk_size": config.loss.chunk_size, "bf16_autocast": train.bf16_autocast}
+        self.student = Student(self.model, self.unwrapped, prompts, processes, **forwards)
+        # Made after prepare, so that a teacher copy (full fine-tuning) sits on the training device too.
+        teacher_weights = teacher_weights or TeacherWeights(self.unwrapped, config.teacher.weights,
+                                                            config.teacher.ema_decay)
+        self.teacher = Teacher(teacher_weights, prompts, processes, anchored_residual=config.teacher.anchored_residual,
+                               **forwards)
+        self.signals = ExposureSignals(config, self.student, self.probe_problems, processes.count)
         self.exposure = exposure_policy or build_exposure_policy(config.exposure, config.train.steps,
                                                                  config.run.seed)
         for warning in learning_warnings(config):
             logger.warning("%s", warning)
-        if self.exposure.per_problem and processes.count > 1:
-            raise ConfigError("an exposure policy per problem (exposure.per_problem, or exposure.policy adaback, "
-                              "seele or paint) runs on one process for now (each problem's alpha and what the policy "
-                              "learns from it stay where it is trained): run without data parallelism, or use a "
-                              "batch-level policy")
+        if self.exposure.single_process and processes.count > 1:
+            raise ConfigError(f"exposure.policy {config.exposure.policy} chooses each problem's alpha, and runs on "
+                              "one process for now (each problem's alpha and what the policy learns from it stay "
+                              "where it is trained): run without data parallelism, or use a batch-level policy")
         self.order = EpochOrder(len(self.train_problems), config.train.batch_size, config.run.seed)
         loss = config.loss
         self.divergence_spec = DivergenceSpec(kind=loss.divergence, beta=loss.beta, top_k=loss.top_k,
@@ -206,7 +212,7 @@ class Trainer:
         progress = tqdm(total=total, initial=self.step, desc=f"train {self.run_dir.name}", unit="step",
                         disable=not self.processes.is_main)
         try:
-            self.signals.start(self.parts.sampler)  # the style probe, when one is used
+            self.signals.start(self.sampler)  # the style probe, when one is used
             if self.last_probe_nll is None:
                 self.last_probe_nll = self.probe_nll()
             if self.evaluator is not None and self.step == 0 and self.evaluator.due(0):
@@ -255,17 +261,15 @@ class Trainer:
 
     def train_step(self) -> dict[str, Any]:
         """One student update of the configured method; returns the step's record."""
-        step, config, parts = self.step, self.config, self.parts
+        step, config = self.step, self.config
         cost = StepCost()
         torch.manual_seed(step_seed(config.run.seed, step, self.processes.index))
         indices = self.order.local_batch(step, self.processes.index, self.processes.count)
         problems = [self.train_problems[i] for i in indices]
         if config.method == "sft":
-            result = sft_step(problems, step, parts=parts, update_and_probe=self.update_and_probe, cost=cost)
+            result = self.sft_step(problems, step, cost)
         elif config.method == "grpo":
-            result = grpo_step(problems, step, parts=parts, settings=config.grpo,
-                               update_and_probe=self.update_and_probe, generator=self.rollout_generator(step),
-                               cost=cost)
+            result = self.grpo_step(problems, step, cost)
         else:
             result = self.distillation_step(problems, indices, step, cost)
         self.step += 1
@@ -277,45 +281,142 @@ class Trainer:
     def distillation_step(self, problems: list[Problem], keys: list[int], step: int, cost: StepCost) -> StepResult:
         """OPSD / ATESD: the teacher at α scores the student's rollouts; the student learns its distributions.
         `keys` are the problems' indices in the training set."""
-        prompts, scorer, processes = self.parts.prompts, self.parts.scorer, self.parts.processes
-        student_prompts = [prompts.student(p) for p in problems]
-        rollouts = self.parts.sampler.sample(student_prompts, problems, self.rollout_generator(step), cost)
+        processes = self.processes
+        # 1. the student's rollouts from the question alone, graded
+        student_prompts = [self.prompts.student(p) for p in problems]
+        rollouts = self.sampler.sample(student_prompts, problems, self.rollout_generator(step), cost)
+        completions = rollouts.completion_ids
+        # 2. the exposure of each problem: decided on the main process, so that every process uses the same (a
+        # policy per problem, which decides from each problem's rollout, runs on one process)
         with cost.timed("exposure"):
-            alphas = step_alphas(self.exposure, step, problems, keys, rollouts, prompts, processes,
-                                 self.config.rollout.max_new_tokens)
-        teacher_prompts = [prompts.teacher(p, alpha) for p, alpha in zip(problems, alphas)]
-        solutions = [prompts.solution(p) for p in problems] if self.measures_teacher_ref_logp(step) else None
-        anchored = self.config.teacher.anchored_residual  # AR-OPD: the anchor teacher's prompts too
-        anchors = [prompts.teacher(p, anchored.anchor_alpha) for p in problems] if anchored is not None else None
-        teacher = scorer.teacher_targets(teacher_prompts, rollouts.completion_ids, solutions, cost, anchors)
+            views = self.problem_views(problems, keys, rollouts)
+            alphas = processes.decided_by_main(lambda: self.exposure.alphas(step, views))
+        # 3. the teacher at α reads each rollout (and the references, when g_t is wanted)
+        teacher = self.teacher.targets(problems, alphas, completions, self.measures_teacher_ref_logp(step), cost)
         scale = processes.loss_scale(rollouts.num_tokens)  # sum over the step's tokens / their number
+
+        def step_loss(span: slice) -> DivergenceOutput:
+            return self.step_loss(student_prompts[span], completions[span], teacher, span.start, cost)
+
+        # 4. what the exposure policy measures before the update: the alignment credit's perturbed losses (the
+        # same step loss at weights moved along the probe gradient), and the reference NLLs a credit per problem needs
         with cost.timed("exposure"):
-            if self.signals.aligns:  # each problem's loss a small step along the probe gradient, before the update
-                self.signals.perturbed(step, self.divergence, self.divergence_spec, student_prompts,
-                                       rollouts.completion_ids, teacher, scale, cost)
-            measure_credit(self.exposure, step, self.train_problems, scorer, teacher, cost)
+            if self.signals.aligns:
+                self.signals.perturbed(step, self.student.spans(len(problems)), step_loss, completions, scale, cost)
+            wanted = self.exposure.nll_wanted(step)
+            self.exposure.measured(step, self.student.reference_nlls([self.train_problems[k] for k in wanted], cost),
+                                   teacher.reference_logps)
+        # 5. the update: the divergence of the student's distributions from the teacher's, per micro-batch
         outputs = []
 
-        def loss_step(span: slice) -> torch.Tensor:
-            batch = scorer.packed(student_prompts[span], rollouts.completion_ids[span], cost)
-            head, bias = scorer.student_head()
-            out = self.divergence(scorer.student_hidden(batch), teacher.hidden[span.start], head, teacher.head,
-                                  batch.targets, self.divergence_spec, bias, teacher.bias,
-                                  teacher_mix=teacher.mix(span.start))
-            outputs.append(out)
-            return out.loss_sum * scale
+        def scaled_loss(span: slice) -> torch.Tensor:
+            outputs.append(step_loss(span))
+            return outputs[-1].loss_sum * scale
 
-        updated = self.update_and_probe(scorer.spans(len(problems)), loss_step, step, cost)
+        updated = self.update_and_probe(self.student.spans(len(problems)), scaled_loss, step, cost)
+        # 6. the record, told to the exposure policy (which may finish and learn from decisions)
         signals = {}
         if self.signals.aligns:  # the alignment credit, against the update's own forward
-            credits, signals = self.signals.credits(per_token_loss(outputs), rollouts.completion_ids, scale, alphas)
-            credit_alignment(self.exposure, step, credits)
-        record = {"alpha": alpha_record(self.exposure, alphas), **distillation_statistics(outputs, processes),
+            credits, signals = self.signals.credits(per_token(outputs, "per_token_loss"), completions, scale, alphas)
+            self.exposure.aligned(step, credits)
+        record = {"alpha": mean_alpha(alphas), **distillation_statistics(outputs, processes),
                   "teacher_ref_logp": teacher.reference_logp, **rollouts.record(processes), **updated, **signals}
         with cost.timed("exposure"):
             record.update(self.exposure.observe(step, record))
         return StepResult(record, {"prompts": rollouts.completions.prompt_ids, "correct": rollouts.correct,
-                                   "per_token_kl": per_token_kl(outputs)})
+                                   "per_token_kl": per_token(outputs, "per_token_kl")})
+
+    def step_loss(self, prompts: list[list[int]], completions: list[list[int]], teacher: TeacherTargets,
+                  start: int, cost: StepCost) -> DivergenceOutput:
+        """The distillation loss of one micro-batch (the completions from `start` of the step's): the student
+        reads each completion after its prompt, against the teacher's targets (AR-OPD's mix included). The update
+        and every probe of it (the alignment credit) call this one function."""
+        batch = self.student.packed(prompts, completions, cost)
+        head, bias = self.student.head()
+        return self.divergence(self.student.hidden(batch), teacher.hidden[start], head, teacher.head, batch.targets,
+                               self.divergence_spec, bias, teacher.bias, teacher_mix=teacher.mix(start))
+
+    def problem_views(self, problems: list[Problem], keys: list[int], rollouts: GradedRollouts) -> list[ProblemView]:
+        """What an exposure policy may read of each problem when it chooses its α: the rollout's grade, length and
+        text, and the reference's segments (`keys`: the problems' indices in the training set)."""
+        max_new_tokens = self.config.rollout.max_new_tokens
+        return [ProblemView(key, correct, len(ids) / max_new_tokens, self.prompts.segments(problem),
+                            None if problem.meta.get("bucket") is None else str(problem.meta["bucket"]), text,
+                            self.prompts.segment_texts(problem))
+                for key, problem, correct, ids, text in zip(keys, problems, rollouts.correct, rollouts.completion_ids,
+                                                            rollouts.texts)]
+
+    def grpo_step(self, problems: list[Problem], step: int, cost: StepCost) -> StepResult:
+        """GRPO (docs/method.md#grpo): G graded rollouts per prompt, group-normalised advantages, the ratio-clipped
+        policy gradient (`atesd.losses.policy_gradient`), optionally a k3 KL to the teacher weights; no teacher
+        prompt, no exposure. A process samples whole groups for its own prompts, so group normalisation never needs
+        another process."""
+        settings, processes, student = self.config.grpo, self.processes, self.student
+        group = settings.group_size
+        group_problems = [p for p in problems for _ in range(group)]
+        prompts = [self.prompts.student(p) for p in group_problems]
+        rollouts = self.sampler.sample(prompts, group_problems, self.rollout_generator(step), cost)
+        rewards = torch.tensor(rollouts.correct, dtype=torch.float32)
+        advantages = group_advantages(rewards, group, settings.scale_rewards, settings.advantage_eps)
+        lengths = [len(ids) for ids in rollouts.completion_ids]
+        token_advantages = advantages.repeat_interleave(torch.tensor(lengths)).to(processes.device)
+        weights = token_weights(lengths, settings.loss_normalization, processes.device)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+        units = sum(lengths) if settings.loss_normalization == "token" else len(lengths)
+        scale = processes.loss_scale(units)
+        totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0}
+
+        def loss_of(span: slice) -> torch.Tensor:
+            batch = student.packed(prompts[span], rollouts.completion_ids[span], cost)
+            tokens = slice(offsets[span.start], offsets[min(span.stop, len(lengths))])
+            logprobs = student.token_logprobs(batch)
+            per_token_loss, clipped = clipped_policy_loss(logprobs, logprobs.detach(), token_advantages[tokens],
+                                                          settings.clip_epsilon)
+            if settings.kl_coef > 0:
+                kl = k3_kl(logprobs, self.teacher.token_logprobs(batch, cost))
+                per_token_loss = per_token_loss + settings.kl_coef * kl
+                totals["kl"] += float(kl.detach().sum())
+            loss = (per_token_loss * weights[tokens]).sum()
+            totals["loss"] += float(loss.detach())
+            totals["clipped"] += float(clipped.sum())
+            return loss * scale
+
+        updated = self.update_and_probe(student.spans(len(prompts)), loss_of, step, cost)
+        groups = rewards.view(-1, group)
+        sums = processes.sums({
+            "loss": totals["loss"], "units": float(units), "clipped": totals["clipped"], "kl": totals["kl"],
+            "tokens": float(sum(lengths)), "group_std": float(groups.std(dim=1).sum()),
+            "groups": float(groups.shape[0]), "flat_groups": float((groups.std(dim=1) == 0).sum())})
+        tokens = max(sums["tokens"], 1.0)
+        record = {"loss": sums["loss"] / max(sums["units"], 1.0), "reward_std": sums["group_std"] / sums["groups"],
+                  "groups_without_signal": sums["flat_groups"] / sums["groups"],
+                  "clip_fraction": sums["clipped"] / tokens}
+        if settings.kl_coef > 0:
+            record["kl_ref"] = sums["kl"] / tokens
+        record.update(rollouts.record(processes))
+        return StepResult({**record, **updated}, {"prompts": rollouts.completions.prompt_ids,
+                                                   "correct": rollouts.correct})
+
+    def sft_step(self, problems: list[Problem], step: int, cost: StepCost) -> StepResult:
+        """SFT (docs/method.md#baselines): the NLL of the reference solutions after the student prompt, without
+        rollouts."""
+        processes, student = self.processes, self.student
+        prompts = [self.prompts.student(p) for p in problems]
+        solutions = [self.prompts.solution(p) for p in problems]
+        num_tokens = sum(len(ids) for ids in solutions)
+        scale = processes.loss_scale(num_tokens)
+        totals = {"loss": 0.0}
+
+        def loss_of(span: slice) -> torch.Tensor:
+            loss = sft_loss(student.token_logprobs(student.packed(prompts[span], solutions[span], cost))).sum()
+            totals["loss"] += float(loss.detach())
+            return loss * scale
+
+        updated = self.update_and_probe(student.spans(len(prompts)), loss_of, step, cost)
+        sums = processes.sums({"loss": totals["loss"], "tokens": float(num_tokens)})
+        record = {"loss": sums["loss"] / max(sums["tokens"], 1.0), "reference_tokens": int(sums["tokens"]),
+                  "generated_tokens": 0}
+        return StepResult({**record, **updated}, {"prompts": prompts})
 
     # ------------------------------------------------------------------ what every method's step shares
 
@@ -325,7 +426,7 @@ class Trainer:
         after the update (every `train.probe_every` steps; the last value in between)."""
         update = self.updater.step(spans, loss_of, step)
         if update.applied:
-            self.teacher.after_optimizer_step()
+            self.teacher.weights.after_optimizer_step()
         probe_before = self.last_probe_nll
         measured = (step + 1) % self.config.train.probe_every == 0
         if measured:
@@ -341,7 +442,7 @@ class Trainer:
 
     def probe_nll(self, cost: StepCost | None = None) -> float:
         """The student's mean per-token NLL of the probe set's reference solutions (docs/method.md#statistics)."""
-        return self.parts.scorer.probe_nll(self.probe_problems, cost)
+        return self.student.probe_nll(self.probe_problems, cost)
 
     def rollout_generator(self, step: int) -> torch.Generator:
         return torch.Generator().manual_seed(step_seed(self.config.run.seed, step, self.processes.index, 1))
@@ -358,12 +459,12 @@ class Trainer:
     def save_checkpoint(self) -> None:
         self.processes.wait_for_everyone()
         is_main = self.processes.is_main
-        tensors = self.sharding.checkpoint_tensors(self.unwrapped, self.optimizer, self.teacher, is_main) \
+        tensors = self.sharding.checkpoint_tensors(self.unwrapped, self.optimizer, self.teacher.weights, is_main) \
             if self.sharding is not None else None  # sharded, every process joins the gathers
         if not is_main:
             return
         weights, optimizer, teacher = tensors or (self.trainable_state(), self.optimizer.state_dict(),
-                                                  self.teacher.state_dict())
+                                                  self.teacher.weights.state_dict())
         state = TrainingState(
             weights=weights, optimizer=optimizer, exposure=self.exposure.state_dict(), teacher=teacher,
             trainer={"step": self.step, "data_position": self.step * self.config.train.batch_size,
@@ -376,11 +477,11 @@ class Trainer:
         expected = {name: p.shape for name, p in self.unwrapped.named_parameters() if p.requires_grad}
         state = read_training_state(directory, expected)
         if self.sharding is not None:
-            self.sharding.load_checkpoint_tensors(self.unwrapped, self.optimizer, self.teacher, state)
+            self.sharding.load_checkpoint_tensors(self.unwrapped, self.optimizer, self.teacher.weights, state)
         else:
             self.unwrapped.load_state_dict(state.weights, strict=False)
             self.optimizer.load_state_dict(state.optimizer)
-            self.teacher.load_state_dict(state.teacher)
+            self.teacher.weights.load_state_dict(state.teacher)
         self.exposure.load_state_dict(state.exposure)
         self.updater.load_state_dict(state.trainer)
         self.step = state.trainer["step"]
@@ -397,3 +498,52 @@ class Trainer:
                                            self.processes.is_main)
         elif self.processes.is_main:
             save_final_model(self.unwrapped, self.tokenizer, self.run_dir, save_merged=save_merged)
+
+
+# ---------------------------------------------------------------------------------------------- a step's record
+
+
+@dataclass
+class StepResult:
+    """A step's record (over all processes, what ``metrics.jsonl`` gets) and what this process alone measured
+    before it was combined (for `Trainer`'s ``on_local_step`` hook: prompts, grades, per-token KL)."""
+
+    record: dict[str, Any]
+    local: dict[str, Any] = field(default_factory=dict)
+
+
+def mean_alpha(alphas: Sequence[float]) -> float:
+    """The step's ``alpha`` column: the batch's α, or under a policy per problem the mean of the problems' α (each
+    problem's α is in decisions.jsonl)."""
+    return alphas[0] if all(alpha == alphas[0] for alpha in alphas) else fmean(alphas)
+
+
+def per_token(outputs: Sequence[DivergenceOutput], name: str) -> torch.Tensor:
+    """One per-token column of the step's micro-batch `outputs` (``per_token_kl``, ``per_token_loss``), joined."""
+    return torch.cat([getattr(o, name) for o in outputs])
+
+
+def quantile(values: torch.Tensor, q: float) -> float:
+    return float(torch.quantile(values.float(), q)) if values.numel() else float("nan")
+
+
+def distillation_statistics(outputs: Sequence[DivergenceOutput], processes: Processes) -> dict[str, float]:
+    """The mismatch statistics of a distillation step over all processes (docs/method.md#statistics): loss,
+    kl_mean, top1_disagree and confidence are sums over every completion token of the step divided by their number;
+    the tail quantiles kl_p90 and kl_p99 are over every token of every process together (each process's per-token
+    KL is gathered)."""
+    kl = per_token(outputs, "per_token_kl")
+    sums = processes.sums({
+        "kl": float(kl.sum()), "disagree": float(torch.cat([o.top1_disagree for o in outputs]).float().sum()),
+        "confidence": float(torch.cat([o.student_token_prob for o in outputs]).sum()), "tokens": float(kl.numel()),
+        "loss": sum(float(o.loss_sum.detach()) for o in outputs)})
+    tokens = max(sums["tokens"], 1.0)
+    every_kl = processes.gathered(kl)
+    return {
+        "loss": sums["loss"] / tokens,
+        "kl_mean": sums["kl"] / tokens,
+        "kl_p90": quantile(every_kl, 0.9),
+        "kl_p99": quantile(every_kl, 0.99),
+        "top1_disagree": sums["disagree"] / tokens,
+        "confidence": sums["confidence"] / tokens,
+    }

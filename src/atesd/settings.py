@@ -1,4 +1,5 @@
-"""The base of every config section: strict keys, values checked on assignment too, finite numbers only."""
+"""The base of every settings model (the config's sections, and each exposure policy's settings): strict keys, values
+checked on assignment too, finite numbers only."""
 
 from __future__ import annotations
 
