@@ -22,10 +22,12 @@ from atesd.train.recipe import Trainer
 
 pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)
 
-# Tiny runs: 2 updates of 4 prompts, 6 eval problems x 2 samples. hold_steps=1 makes random and controller
-# exposures change at every step.
+# Tiny runs: 2 updates of 4 prompts, 6 eval problems x 2 samples. EVERY_STEP makes random and controller
+# exposures change at every step: the recipes' atesd.yaml has it, and a comparison passes it on to its random runs
+# (the comparison's exposure settings go to the methods whose policy takes them).
 TINY_RECIPE = ("train.steps=2", "train.checkpoint_every=1", "eval.num_samples=2", "eval.max_problems=6",
-               "eval.max_new_tokens=8", "eval.teacher_alpha=null", "exposure.hold_steps=1")
+               "eval.max_new_tokens=8", "eval.teacher_alpha=null")
+EVERY_STEP = "exposure.hold_steps=1"
 
 
 def _results(pattern: dict[str, list[int]]) -> list[ProblemResult]:
@@ -86,7 +88,7 @@ def recipes(tiny_config, tmp_path_factory) -> Path:
     save_config(tiny_config(folder, *TINY_RECIPE, "method=sft"), folder / "sft.yaml")
     save_config(tiny_config(folder, *TINY_RECIPE, "method=grpo", "grpo.group_size=2", "train.batch_size=2"),
                 folder / "grpo.yaml")
-    save_config(tiny_config(folder, *TINY_RECIPE, "method=atesd", "exposure.policy=controller",
+    save_config(tiny_config(folder, *TINY_RECIPE, "method=atesd", "exposure.policy=controller", EVERY_STEP,
                             "exposure.controller.lookahead=1", "exposure.controller.decisions_per_update=2"),
                 folder / "atesd.yaml")
     return folder
@@ -151,7 +153,7 @@ def test_compare_killed_midway_continues_without_redoing_runs(recipes, sweep_dir
     out = tmp_path / "compare"
     methods = ["opsd", "fixed-best", "random", "atesd", "sft", "grpo"]
     args = ["compare", "--recipes", str(recipes), "--methods", "base", *methods, "--seeds", "2", "--out", str(out),
-            "--sweep", str(sweep_dir)]
+            "--sweep", str(sweep_dir), EVERY_STEP]
     started: list[tuple[str, bool]] = []
     steps: list[str] = []
     interrupt = [True]

@@ -166,10 +166,9 @@ def test_compare_over_base_models_with_fixed_alphas_in_two_jobs(tiny_config, tmp
     recipes.mkdir()
     # a cache of its own: the second base model is a second warm start, which the session's cache keeps out
     tiny = ("train.steps=2", "train.checkpoint_every=1", "eval.num_samples=2", "eval.max_problems=6",
-            "eval.max_new_tokens=8", "eval.teacher_alpha=null", "exposure.hold_steps=1",
-            f"model.embedded.cache_dir={tmp_path / 'cache'}")
+            "eval.max_new_tokens=8", "eval.teacher_alpha=null", f"model.embedded.cache_dir={tmp_path / 'cache'}")
     save_config(tiny_config(recipes, *tiny), recipes / "opsd.yaml")
-    save_config(tiny_config(recipes, *tiny, "method=atesd", "exposure.policy=controller",
+    save_config(tiny_config(recipes, *tiny, "method=atesd", "exposure.policy=controller", "exposure.hold_steps=1",
                             "exposure.controller.lookahead=1", "exposure.controller.decisions_per_update=2"),
                 recipes / "atesd.yaml")
     out = tmp_path / "compare"
@@ -234,9 +233,9 @@ def test_a_longer_budget_continues_the_shorter_runs_it_can_and_equals_them_run_f
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     tiny = ("train.checkpoint_every=1", "eval.num_samples=2", "eval.max_problems=4", "eval.max_new_tokens=8",
-            "eval.teacher_alpha=null", "exposure.hold_steps=1")
+            "eval.teacher_alpha=null")
     save_config(tiny_config(recipes, *tiny), recipes / "opsd.yaml")
-    save_config(tiny_config(recipes, *tiny, "method=atesd", "exposure.policy=controller",
+    save_config(tiny_config(recipes, *tiny, "method=atesd", "exposure.policy=controller", "exposure.hold_steps=1",
                             "exposure.controller.lookahead=2", "exposure.controller.decisions_per_update=2"),
                 recipes / "atesd.yaml")
 

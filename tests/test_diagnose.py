@@ -177,7 +177,7 @@ def _per_problem_decisions(rng: np.random.Generator, steps: int, slope: float) -
 
 def test_exposure_per_problem_regresses_each_problems_credit_on_its_own_alpha():
     rng = np.random.default_rng(0)
-    settings = RunSettings("pp", "per_problem", 1, 4, 0.9, 0.0, "probe_nll", 100)
+    settings = RunSettings("pp", "per_problem", 1, 4, 0.9, 0.0, "probe_nll", 100, per_problem=True, credits=True)
     decisions = _per_problem_decisions(rng, 100, slope=0.2)
     metrics = [{"step": row["step"], "alpha": float(np.mean(row["alpha"])), "probe_nll_before": 1.0,
                 "probe_nll": 1.0, "rollout_accuracy": 0.5} for row in decisions]

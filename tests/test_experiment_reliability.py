@@ -325,3 +325,25 @@ def test_an_adapter_on_another_base_is_warned_about(tmp_path, caplog):
         warn_if_other_base(tmp_path, "/models/b")
         warn_if_other_base(tmp_path, "/models/a")
     assert [record.getMessage().count("/models/b") for record in caplog.records] == [1]
+
+
+# ---------------------------------------------------------------------------------------- one merge rule
+
+
+def test_a_comparisons_exposure_settings_go_to_the_methods_whose_policy_takes_them():
+    from atesd.analysis.compare import compare_specs
+    from atesd.analysis.sweep import sweep_specs
+
+    recipes = Path(__file__).resolve().parents[1] / "configs" / "embedded"
+    specs = {spec.label: spec for spec in compare_specs(recipes, ["base", "opsd", "random", "atesd", "adaback"],
+                                                         ["exposure.hold_steps=1", "train.steps=3"], 1, 0.5)}
+    assert specs["opsd"].overrides == ("train.steps=3",) and specs["base"].overrides == ("train.steps=3",)
+    assert specs["random"].overrides == ("exposure.hold_steps=1", "train.steps=3", "exposure.policy=random")
+    assert specs["atesd"].overrides == ("exposure.hold_steps=1", "train.steps=3")
+    assert specs["adaback"].overrides == ("train.steps=3", "exposure.policy=adaback")
+    for spec in specs.values():  # every method's config loads with what it was given
+        spec.config(Path("out"))
+    with pytest.raises(ConfigError, match="exposure.adaback.threshold=0.3: no run of this experiment"):
+        compare_specs(recipes, ["base", "opsd", "atesd"], ["exposure.adaback.threshold=0.3"], 1, 0.5)
+    with pytest.raises(ConfigError, match="exposure.hold_steps=1: no run of this experiment"):
+        sweep_specs(recipes / "opsd.yaml", ["exposure.hold_steps=1"], [0.5, 1.0], 1)  # a sweep's runs are fixed α

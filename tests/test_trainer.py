@@ -342,8 +342,8 @@ def test_per_problem_exposure_resumed_after_a_crash_matches_an_uninterrupted_run
 @pytest.mark.parametrize("rule", ["adaback", "seele", "paint"])
 def test_a_peer_rule_resumed_after_a_crash_matches_an_uninterrupted_run(tiny_config, tmp_path, rule):
     # 20 steps of 4 problems go round the 64 tiny problems once and a quarter: the last steps revisit problems
-    common = (f"exposure.policy={rule}", "exposure.seele.min_points=3", "train.steps=20", "train.checkpoint_every=5",
-              "train.lr=3e-3")
+    common = (f"exposure.policy={rule}", *(["exposure.seele.min_points=3"] if rule == "seele" else []),
+              "train.steps=20", "train.checkpoint_every=5", "train.lr=3e-3")
     _, _, _, decisions = per_problem_runs(tiny_config, tmp_path, common, waiting=False)
     assert [row["step"] for row in decisions] == list(range(1, 21))
     if rule == "paint":
@@ -354,7 +354,7 @@ def test_a_peer_rule_resumed_after_a_crash_matches_an_uninterrupted_run(tiny_con
 
 
 def test_per_problem_exposure_refuses_a_policy_that_does_not_learn(tiny_config, tmp_path):
-    with pytest.raises(ConfigError, match="set exposure.policy: controller"):
+    with pytest.raises(ConfigError, match="exposure.per_problem: unknown key"):  # fixed exposure has one α
         tiny_config(tmp_path, "exposure.per_problem=true")
 
 

@@ -62,6 +62,7 @@ from atesd.analysis.runs import (
     Run,
     RunSpec,
     continue_shorter,
+    overrides_for_methods,
     parallel_map,
     plan,
     run_all,
@@ -92,11 +93,12 @@ def compare_specs(recipes: Path, chosen: Sequence[str], overrides: Sequence[str]
         raise ConfigError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(table)}")
     with_alphas = [*chosen, *fixed, *(["opsd"] if 1 in alphas else [])]
     trained = [name for name in dict.fromkeys(with_alphas) if name != BASE_LABEL]
+    taken = overrides_for_methods({name: (recipes / table[name].recipe, table[name].overrides)
+                                   for name in [BASE_LABEL, *trained]}, overrides)
 
     def spec(name: str, base_seed: int | None, seed: int) -> RunSpec:
-        method = table[name]
-        return RunSpec(name, recipes / method.recipe, (*overrides, *method.overrides), seed,
-                       trains=name != BASE_LABEL, base_seed=base_seed)
+        return RunSpec(name, recipes / table[name].recipe, taken[name], seed, trains=name != BASE_LABEL,
+                       base_seed=base_seed)
 
     return ([spec(BASE_LABEL, base, seed) for base in base_seeds for seed in range(seeds)]
             + [spec(name, base, seed) for seed in range(seeds) for base in base_seeds for name in trained])

@@ -81,6 +81,34 @@ class RunSpec:
                                               f"run.name={self.name}", f"run.seed={self.seed}"])
 
 
+def overrides_for_methods(methods: dict[str, tuple[Path, tuple[str, ...]]],
+                          overrides: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Each method's overrides (`methods`: label -> (recipe, the method's own overrides)): the command's overrides
+    for all, then the method's own, except the command's exposure settings that the method's exposure policy does
+    not take (``exposure.controller.lookahead=2`` is for the methods with a controller). An exposure setting that no
+    method takes would do nothing: it is refused."""
+    def key(override: str) -> list[str]:
+        return override.split("=", 1)[0].strip().split(".")
+
+    names_policy = any(key(o)[:2] == ["exposure", "policy"] for o in overrides)  # then its settings are for all
+    policy_settings = [] if names_policy else [o for o in overrides if key(o)[0] == "exposure" and len(key(o)) > 1]
+    taken: dict[str, tuple[str, ...]] = {}
+    used: set[str] = set()
+    for label, (recipe, own) in methods.items():
+        try:
+            fields = set(type(load_config(recipe, own).exposure).model_fields)
+        except ConfigError:  # the method's own config is broken: its run will say so with every override
+            fields = {key(o)[1] for o in policy_settings}
+        kept = [o for o in overrides if o not in policy_settings or key(o)[1] in fields]
+        used.update(o for o in kept if o in policy_settings)
+        taken[label] = (*kept, *own)
+    unused = [o for o in policy_settings if o not in used]
+    if unused:
+        raise ConfigError(f"{', '.join(unused)}: no run of this experiment has an exposure policy that takes it, so it "
+                          "would do nothing; leave it out")
+    return taken
+
+
 @dataclass(frozen=True)
 class Run:
     """A spec resolved to its config and the directory it runs in (another experiment's, when reused)."""

@@ -23,7 +23,7 @@ from atesd.analysis.experiment_plots import (
 from atesd.analysis.guards import check_counts, distinct, guard_settings
 from atesd.analysis.mismatch import STATISTICS, mismatch_by_alpha
 from atesd.analysis.presets import BASE_LABEL, alpha_label
-from atesd.analysis.runs import RunSpec, plan, run_all
+from atesd.analysis.runs import RunSpec, overrides_for_methods, plan, run_all
 from atesd.analysis.tables import (
     aggregate,
     markdown,
@@ -44,10 +44,12 @@ PLOTS = ("accuracy_vs_alpha.png", "mismatch_vs_alpha.png", "bucket_accuracy_vs_a
 
 def sweep_specs(config_path: Path, overrides: Sequence[str], alphas: Sequence[float], seeds: int) -> list[RunSpec]:
     """Base evaluations first (cheap, and they make the buckets), then each seed's α runs."""
-    base = [RunSpec(BASE_LABEL, config_path, tuple(overrides), seed, trains=False) for seed in range(seeds)]
     # The sweep's own overrides come last, so that an extra override cannot undo the α being swept.
-    trained = [RunSpec(alpha_label(alpha), config_path,
-                       (*overrides, "exposure.policy=fixed", f"exposure.alpha={alpha:g}"), seed)
+    taken = overrides_for_methods({BASE_LABEL: (config_path, ()), **{
+        alpha_label(alpha): (config_path, ("exposure.policy=fixed", f"exposure.alpha={alpha:g}")) for alpha in alphas}},
+        overrides)
+    base = [RunSpec(BASE_LABEL, config_path, taken[BASE_LABEL], seed, trains=False) for seed in range(seeds)]
+    trained = [RunSpec(alpha_label(alpha), config_path, taken[alpha_label(alpha)], seed)
                for seed in range(seeds) for alpha in alphas]
     return base + trained
 
