@@ -147,6 +147,9 @@ class Trainer:
                                max_grad_norm=config.train.max_grad_norm,
                                max_consecutive_bad_steps=config.train.max_consecutive_bad_steps,
                                bf16_autocast=config.train.bf16_autocast)
+        # Made after prepare, so that a teacher copy (full fine-tuning) sits on the training device too.
+        teacher_weights = teacher_weights or TeacherWeights(self.unwrapped, config.teacher.weights,
+                                                            config.teacher.ema_decay)
         self.prompts = prompts = PromptBuilder(self.tokenizer, config.templates, config.model.student_chat_kwargs,
                                                config.model.teacher_chat_kwargs)
         # Checked before any tensor is built: a 1 MB reference must not reach a forward (docs/reliability.md).
@@ -166,9 +169,6 @@ class Trainer:
         forwards = {"pad_token_id": self.tokenizer.pad_token_id, "micro_batch_size": train.micro_batch_size,
                     "chunk_size": config.loss.chunk_size, "bf16_autocast": train.bf16_autocast}
         self.student = Student(self.model, self.unwrapped, prompts, processes, **forwards)
-        # Made after prepare, so that a teacher copy (full fine-tuning) sits on the training device too.
-        teacher_weights = teacher_weights or TeacherWeights(self.unwrapped, config.teacher.weights,
-                                                            config.teacher.ema_decay)
         self.teacher = Teacher(teacher_weights, prompts, processes, anchored_residual=config.teacher.anchored_residual,
                                **forwards)
         self.signals = ExposureSignals(config, self.student, self.probe_problems, processes.count)
