@@ -1,5 +1,6 @@
-"""The package's layers import one way (docs/architecture.md), with no circle between modules, and no module in
-src/ is longer than 400 lines. Imports inside functions count as much as those at the top of a module."""
+"""The package's layers import one way (docs/architecture.md), with no circle between modules. Imports inside
+functions count as much as those at the top of a module. A module is as long as what belongs together in it
+(issue 33: files are cut by meaning, not by length)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "atesd"
 # Lowest first: a module may import its own layer's modules and those of any lower layer.
-LAYERS = {"errors": 0, "files": 0, "data": 1, "config": 2, "losses": 3, "models": 3, "exposure": 3, "rollout": 4,
+LAYERS = {"errors": 0, "files": 0, "packaged": 0, "data": 1, "config": 2, "losses": 3, "models": 3, "exposure": 3, "rollout": 4,
           "eval": 5, "train": 6, "analysis": 7, "cli": 8}
-MAX_LINES = 400
 
 
 def module_name(path: Path) -> str:
@@ -69,7 +69,3 @@ def test_no_module_imports_itself_through_a_circle():
 def test_every_layer_is_known():
     assert {layer(m) for m in MODULES} - {None} <= set(LAYERS)
 
-
-def test_no_module_is_over_400_lines():
-    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
-    assert not long, long
