@@ -174,3 +174,21 @@ def test_the_wheel_carries_every_packaged_config():
     files = [path for path in PACKAGED.rglob("*") if path.is_file()]
     assert files and all(path.suffix == ".yaml" for path in files), files
     assert (PACKAGED.parents[2] / "configs").resolve() == PACKAGED  # the checkout's configs/ is a link to it
+
+
+@pytest.mark.parametrize("parent", ["qwen3-1.7b/adaptive", "configs/qwen3-1.7b/adaptive.yaml"])
+def test_a_users_config_extends_a_packaged_one_by_name_from_any_folder(elsewhere, parent):
+    (elsewhere / "my-run.yaml").write_text(f"extends: {parent}\ntrain:\n  steps: 7\n")
+    config = load_config(resolve_config("my-run.yaml"))
+    recipe = load_config(resolve_config("qwen3-1.7b/adaptive"))
+    assert config.train.steps == 7 and config.teacher == recipe.teacher and config.model == recipe.model
+
+
+def test_a_file_beside_the_config_comes_before_a_packaged_name(elsewhere):
+    (elsewhere / "embedded").mkdir()
+    (elsewhere / "embedded" / "opsd.yaml").write_text("method: sft\n")
+    (elsewhere / "mine.yaml").write_text("extends: embedded/opsd.yaml\n")
+    assert load_config(resolve_config("mine.yaml")).method == "sft"
+    (elsewhere / "other.yaml").write_text("extends: embedded/nope.yaml\n")
+    with pytest.raises(UserError, match=r"config file not found: embedded/nope.yaml \(extended by .*other.yaml\)"):
+        load_config(resolve_config("other.yaml"))

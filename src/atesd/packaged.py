@@ -4,7 +4,9 @@ A config argument (CONFIG, ``--recipes``) is a path first: an existing file (a f
 as it is. Otherwise it names a packaged config by its path inside the package's configs folder, with or without
 ``.yaml`` (``embedded/opsd``, ``embedded/opsd.yaml``, ``qwen3-8b/atesd``), or a packaged folder of recipes
 (``embedded``, ``embedded/strong-teacher``). A leading ``configs/`` is dropped, so that the repository paths the
-docs show (``configs/embedded/opsd.yaml``) work from any folder, and where atesd was installed from a wheel.
+docs show (``configs/embedded/opsd.yaml``) work from any folder, and where atesd was installed from a wheel. A
+config's ``extends:`` finds a packaged config the same way when no file of that name lies beside it
+(`atesd.files.read_config_tree`), so a user's own config can build on a recipe from anywhere.
 
 The packaged configs are plain files on disk (the package is never imported from a zip: it ships its configs as
 package data), so their ``extends:`` paths, relative to the file (`atesd.files.read_config_tree`), resolve there.
@@ -46,17 +48,24 @@ def resolve_config(given: str | Path, *, folder: bool = False, argument: str = "
     path = Path(given)
     if path.is_dir() if folder else path.is_file():
         return path
-    name = str(given).replace("\\", "/").removeprefix("./").removeprefix("configs/").rstrip("/")
-    known = packaged_folders() if folder else packaged_configs()
-    if not folder:
-        name = name.removesuffix(SUFFIX)
-    if name in known:
-        return PACKAGED / (name if folder else name + SUFFIX)
+    found = packaged(str(given), folder=folder)
+    if found is not None:
+        return found
     kind = "folder" if folder else "file"
     problem = f"not a {kind}" if path.exists() else f"no such {kind}"
     what = "folder of configs" if folder else "config"
+    known = packaged_folders() if folder else packaged_configs()
     raise ConfigError(f"{argument} {str(given)!r}: {problem}, and no packaged {what} of that name "
                       f"(packaged: {listing(known)})")
+
+
+def packaged(name: str, folder: bool = False) -> Path | None:
+    """The packaged config (with `folder`, folder of configs) that `name` names, or None."""
+    name = name.replace("\\", "/").removeprefix("./").removeprefix("configs/").rstrip("/")
+    if folder:
+        return PACKAGED / name if name in packaged_folders() else None
+    name = name.removesuffix(SUFFIX)
+    return PACKAGED / (name + SUFFIX) if name in packaged_configs() else None
 
 
 def listing(names: list[str]) -> str:
