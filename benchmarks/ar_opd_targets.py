@@ -48,7 +48,8 @@ def main() -> None:
     parser.add_argument("--config", default="configs/embedded/adaptive.yaml",
                         help="a config with teacher.anchored_residual set (its weight, clip and anchor are used)")
     parser.add_argument("--problems", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the choice of problems and their rollouts (not "
+                        "the base model: that is model.embedded.seed)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)

@@ -57,7 +57,8 @@ def main() -> None:
     parser.add_argument("--config", default="configs/embedded/opsd.yaml")
     parser.add_argument("--alpha", type=float, default=1.0, help="the teacher's exposure (default 1: OPSD)")
     parser.add_argument("--problems", type=int, default=150)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the choice of problems and their rollouts (not "
+                        "the base model: that is model.embedded.seed)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)

@@ -11,6 +11,7 @@ import torch
 
 from atesd.cli import DEMO_CONFIG, main
 from atesd.config import changed_keys, load_config, save_config
+from atesd.packaged import resolve_config
 
 pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)
 
@@ -23,7 +24,7 @@ def _write(config, path: Path) -> Path:
 
 
 def test_the_demo_trains_atesd_by_default():
-    assert load_config(REPO_ROOT / DEMO_CONFIG).method == "atesd"
+    assert load_config(resolve_config(DEMO_CONFIG)).method == "atesd"
 
 
 def test_demo_writes_table_plots_and_run_directory(tiny_config, tmp_path, capsys):
@@ -85,7 +86,7 @@ def test_errors_exit_2_with_a_message(tiny_config, tmp_path, capsys):
     assert main(["train", str(path), "exposure.alpha=2"]) == 2
     assert "exposure.alpha" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
-    assert "config file not found" in capsys.readouterr().err
+    assert "missing.yaml': no such file, and no packaged config" in capsys.readouterr().err
     assert main(["train", str(path), "model.name_or_path=/nonexistent/model"]) == 2
     assert "/nonexistent/model" in capsys.readouterr().err
 

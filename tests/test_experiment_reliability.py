@@ -61,9 +61,9 @@ def compare(recipes: Path, out: Path, *extra: str) -> list[str]:
 def test_testbed_refuses_a_folder_measured_with_other_settings(recipes, tmp_path, capsys):
     config = str(recipes / "opsd.yaml")
     out = str(tmp_path / "testbed")
-    assert main(["testbed", config, "--seeds", "1", "--out", out]) == 0
+    assert main(["testbed", config, "--base-models", "1", "--out", out]) == 0
     capsys.readouterr()
-    assert main(["testbed", config, "eval.num_samples=3", "--seeds", "1", "--out", out]) == 2
+    assert main(["testbed", config, "eval.num_samples=3", "--base-models", "1", "--out", out]) == 2
     error = one_line_error(capsys)
     assert "other settings" in error and "resolved.eval.num_samples: 2 there, 3 now" in error
 
@@ -206,10 +206,10 @@ def test_model_paths_that_are_not_models_are_named(recipes, tmp_path, capsys):
         assert said in one_line_error(capsys), said
 
 
-def test_testbed_seeds_and_task_settings_are_checked_first(recipes, tmp_path, capsys):
+def test_testbed_base_models_and_task_settings_are_checked_first(recipes, tmp_path, capsys):
     capsys.readouterr()
-    assert main(["testbed", str(recipes / "opsd.yaml"), "--seeds", "0", "--out", str(tmp_path / "t")]) == 2
-    assert "--seeds must be at least 1" in one_line_error(capsys)
+    assert main(["testbed", str(recipes / "opsd.yaml"), "--base-models", "0", "--out", str(tmp_path / "t")]) == 2
+    assert "--base-models must be at least 1" in one_line_error(capsys)
     with pytest.raises(ConfigError, match="min_ops .* is above max_ops"):
         load_config(EMBEDDED, ["data.task.min_ops=5", "data.task.max_ops=3"])
 

@@ -62,7 +62,7 @@ def test_the_cli_refuses_an_out_of_band_model_in_one_line(tmp_path, capsys):
 def test_testbed_reports_every_warm_start_seed_with_its_verdict_and_resumes(tmp_path, capsys):
     out = tmp_path / "testbed"
     args = ["testbed", str(EMBEDDED_CONFIG), f"model.embedded.cache_dir={tmp_path / 'cache'}", *UNDER_TRAINED,
-            "eval.num_samples=2", "--seeds", "2", "--out", str(out)]
+            "eval.num_samples=2", "--base-models", "2", "--out", str(out)]
     assert main(args) == 0
     table = (out / "testbed.md").read_text()
     assert "Command: `atesd testbed" in table and "0/2 seeds in band" in table

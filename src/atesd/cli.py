@@ -1,4 +1,4 @@
-"""The command line: ``atesd train | eval | demo | sweep | compare | testbed | diagnose``.
+"""The command line: ``atesd train | eval | demo | sweep | compare | testbed | diagnose | config``.
 
     atesd train CONFIG [key=value ...] [--resume]
     atesd eval CONFIG [key=value ...] [--model DIR] [--teacher-alpha A] [--out DIR]
@@ -8,14 +8,20 @@
     atesd compare [key=value ...] [--recipes DIR] [--seeds N] [--base-models N] [--alphas A ...] [--jobs N]
                   [--reuse DIR] [--continue-from DIR] [--out DIR] [--quick] [--methods M ...]
                   [--best-alpha A | --sweep SWEEP_DIR]
-    atesd testbed [CONFIG] [key=value ...] [--seeds N] [--jobs J] [--out DIR]
+    atesd testbed [CONFIG] [key=value ...] [--base-models N] [--jobs N] [--out DIR]
     atesd diagnose RUN [RUN ...] [--out DIR] [--steps N]
+    atesd config show CONFIG [key=value ...]
+    atesd config list
+    atesd --version
 
-Overrides are dotted config keys (``train.steps=50``), before or after the options (``atesd train CONFIG
---resume train.steps=50``), except after an option that takes several values (--alphas, --methods); every
-run writes its resolved config. A sweep or comparison killed midway continues where it stopped when started
-again with the same arguments. A user error (a setting, a data row, a file, a busy run directory) prints one
-line, ``atesd: error: ...``, and exits with status 2.
+CONFIG is a config file, or the name of a config that ships with atesd (``embedded/opsd``; ``atesd config
+list``), and so is compare's --recipes folder (``embedded``): see `atesd.packaged`. Overrides are dotted config
+keys (``train.steps=50``), before or after the options (``atesd train CONFIG --resume train.steps=50``), except
+after an option that takes several values (--alphas, --methods); every run writes its resolved config. --seeds
+is always training seeds (run.seed 0..N-1), --base-models always the embedded base models of warm-start seeds
+0..N-1. A sweep or comparison killed midway continues where it stopped when started again with the same
+arguments. A user error (a setting, a data row, a file, a busy run directory) prints one line, ``atesd: error:
+...``, and exits with status 2.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
+from atesd import __version__
 from atesd.analysis.presets import (
     DEFAULT_ALPHAS,
     DEFAULT_MISMATCH_PROBLEMS,
@@ -37,10 +46,19 @@ from atesd.analysis.presets import (
 from atesd.config import Config, ConfigError, load_config, save_config
 from atesd.errors import UserError
 from atesd.files import atomic_write_text
+from atesd.packaged import (
+    PACKAGED,
+    launch_configs,
+    listing,
+    packaged_configs,
+    packaged_folders,
+    resolve_config,
+)
 
-DEMO_CONFIG = Path("configs/embedded/atesd.yaml")
-SWEEP_CONFIG = Path("configs/embedded/opsd.yaml")
-RECIPES = Path("configs/embedded")
+# Packaged names (atesd.packaged), found from any folder; a path given instead is used as it is.
+DEMO_CONFIG = "embedded/atesd"
+SWEEP_CONFIG = "embedded/opsd"
+RECIPES = "embedded"
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -49,7 +67,7 @@ def _train(args: argparse.Namespace) -> None:
     from atesd.analysis.plots import exposure_summary, plot_run
     from atesd.train.recipe import Trainer
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(resolve_config(args.config), args.overrides)
     trainer = Trainer(config, resume=args.resume)
     run_dir = trainer.train()
     if trainer.accelerator.is_main_process:
@@ -81,7 +99,7 @@ def _eval(args: argparse.Namespace) -> None:
         raise ConfigError("atesd eval needs CONFIG (or --checkpoints RUN to evaluate a run's checkpoints)")
     if args.teacher_alpha is not None and not 0.0 <= args.teacher_alpha <= 1.0:  # NaN fails this too
         raise ConfigError(f"--teacher-alpha must be an exposure in [0, 1], got {args.teacher_alpha}")
-    config = load_config(args.config, args.overrides)
+    config = load_config(resolve_config(args.config), args.overrides)
     run_dir = run_directory(config)
     if args.model:
         model_path = resolve_model_path(args.model, setting="--model")
@@ -133,8 +151,8 @@ def _demo(args: argparse.Namespace) -> None:
     from atesd.train.run_dir import run_directory
     from atesd.train.versions import versions_line
 
-    config_path = _config_or_default(args.config, DEMO_CONFIG)
-    config = load_config(config_path, args.overrides)
+    config_name = args.config or DEMO_CONFIG
+    config = load_config(resolve_config(config_name), args.overrides)
     started = time.perf_counter()
     run_dir = run_directory(config)
     out_dir = run_dir / "eval"
@@ -163,7 +181,7 @@ def _demo(args: argparse.Namespace) -> None:
     rows[f"{method} (student)"] = evaluate_model(config, trained_model, tokenizer, out_dir, "trained")
 
     plots = plot_run(run_dir, f"{method} on embedded")
-    report = [f"# {method} on the embedded task\n", f"Command: `atesd demo {config_path}"
+    report = [f"# {method} on the embedded task\n", f"Command: `atesd demo {config_name}"
               + "".join(f" {o}" for o in args.overrides) + "`\n"]
     exposure = exposure_summary(run_dir)
     if exposure:
@@ -191,7 +209,7 @@ def _sweep(args: argparse.Namespace) -> None:
     from atesd.analysis.guards import experiment_lock, writable_folder
     from atesd.analysis.sweep import run_sweep
 
-    config_path = _config_or_default(args.config, SWEEP_CONFIG)
+    config_path = resolve_config(args.config or SWEEP_CONFIG)
     out = writable_folder(Path(args.out), "--out")
     with experiment_lock(out, "atesd sweep"):
         written = run_sweep(config_path, args.overrides, args.alphas, args.seeds, out, args.mismatch_problems,
@@ -204,9 +222,10 @@ def _compare(args: argparse.Namespace) -> None:
     from atesd.analysis.guards import experiment_lock, writable_folder
 
     seeds = (QUICK_SEEDS if args.quick else DEFAULT_SEEDS) if args.seeds is None else args.seeds
+    recipes = resolve_config(args.recipes, folder=True, argument="--recipes")
     out = writable_folder(Path(args.out), "--out")
     with experiment_lock(out, "atesd compare"):
-        written = run_compare(Path(args.recipes), args.methods, args.overrides, seeds, out, quick=args.quick,
+        written = run_compare(recipes, args.methods, args.overrides, seeds, out, quick=args.quick,
                               best=args.best_alpha, sweep_dir=Path(args.sweep) if args.sweep else None,
                               command=args.command_line, base_models=args.base_models, alphas=args.alphas or (),
                               jobs=args.jobs, mismatch_problems=args.mismatch_problems,
@@ -219,10 +238,10 @@ def _testbed(args: argparse.Namespace) -> None:
     from atesd.analysis.guards import experiment_lock, writable_folder
     from atesd.analysis.testbed import run_testbed
 
-    config_path = _config_or_default(args.config, SWEEP_CONFIG)
+    config_path = resolve_config(args.config or SWEEP_CONFIG)
     out = writable_folder(Path(args.out), "--out")
     with experiment_lock(out, "atesd testbed"):
-        written = run_testbed(config_path, args.overrides, args.seeds, out, args.jobs, args.command_line)
+        written = run_testbed(config_path, args.overrides, args.base_models, out, args.jobs, args.command_line)
     print(f"testbed done: {', '.join(str(p) for p in written)}")
 
 
@@ -239,12 +258,18 @@ def _diagnose(args: argparse.Namespace) -> None:
     print(f"written: {', '.join(str(p) for p in written)}")
 
 
-def _config_or_default(given: str | None, default: Path) -> Path:
-    """The config a command was given, or its default: a repository path, so say so when it is missing."""
-    path = Path(given) if given else default
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (run from the repository root or pass a config)")
-    return path
+def _config_show(args: argparse.Namespace) -> None:
+    """The config as a run of it writes its config.yaml: every default filled in, the overrides applied."""
+    config = load_config(resolve_config(args.config), args.overrides)
+    # save_config's YAML: what a run of it writes as config.yaml (tests/test_cli_config.py holds them equal)
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+
+
+def _config_list(args: argparse.Namespace) -> None:
+    print("\n".join(packaged_configs()))
+    print(f"\nrecipe folders (atesd compare --recipes): {', '.join(packaged_folders())}")
+    print(f"accelerate launch configs (--config_file): {listing([f'accelerate/{p.name}' for p in launch_configs()])}")
+    print(f"all in {PACKAGED}")
 
 
 def _method_label(config: Config) -> str:
@@ -258,22 +283,29 @@ def _clock(started: float) -> str:
     return f"{seconds // 60:02d}:{seconds % 60:02d}"
 
 
+def _config_arguments(parser: argparse.ArgumentParser, default: str | None = None, optional: bool = True) -> None:
+    """CONFIG and the key=value overrides, as every command that reads a config takes them."""
+    parser.add_argument("config", nargs="?" if optional else None, metavar="CONFIG",
+                        help="a config file, or a packaged config by name (`atesd config list`), e.g. embedded/opsd"
+                        + (f" (default {default})" if default else ""))
+    parser.add_argument("overrides", nargs="*", default=(), metavar="key=value",
+                        help="dotted overrides of the config (train.steps=50), before or after the options")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atesd", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"atesd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train with a config")
-    train.add_argument("config", metavar="CONFIG")
-    train.add_argument("overrides", nargs="*", default=(), metavar="key=value",
-                       help="dotted overrides, before or after --resume")
+    _config_arguments(train, optional=False)
     train.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint; it may "
                        "change only eval.*, train.steps (upward), train.checkpoint_every, train.keep_checkpoints, "
                        "its location, and train.lr after non-finite steps stopped it")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a model on the config's benchmarks")
-    evaluate.add_argument("config", nargs="?", metavar="CONFIG")
-    evaluate.add_argument("overrides", nargs="*", default=(), metavar="key=value")
+    _config_arguments(evaluate)
     evaluate.add_argument("--model", help="model directory (default: the run's final_model, else the base model)")
     evaluate.add_argument("--teacher-alpha", type=float, help="evaluate the teacher prompt at this exposure")
     evaluate.add_argument("--out", help="folder for the per-problem JSON (default: <run>/eval, with --checkpoints "
@@ -283,19 +315,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_eval)
 
     demo = commands.add_parser("demo", help="the embedded default end to end: base vs trained, with a table")
-    demo.add_argument("config", nargs="?", metavar="CONFIG", help=f"default: {DEMO_CONFIG}")
-    demo.add_argument("overrides", nargs="*", default=(), metavar="key=value")
-    demo.add_argument("--resume", action="store_true")
+    _config_arguments(demo, DEMO_CONFIG)
+    demo.add_argument("--resume", action="store_true", help="continue the demo's training run from its latest "
+                      "checkpoint (the base model is evaluated again)")
     demo.set_defaults(handler=_demo)
 
     sweep = commands.add_parser("sweep", help="train at each fixed exposure α over several seeds; accuracy and "
                                 "mismatch per α (CSV, table, plots)")
-    sweep.add_argument("config", nargs="?", metavar="CONFIG", help=f"default: {SWEEP_CONFIG}")
-    sweep.add_argument("overrides", nargs="*", default=(), metavar="key=value")
-    sweep.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_ALPHAS))
-    sweep.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="seeds 0..N-1 (default %(default)s)")
+    _config_arguments(sweep, SWEEP_CONFIG)
+    sweep.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_ALPHAS), metavar="ALPHA",
+                       help="the fixed exposures to train at (default %(default)s); put key=value overrides before "
+                       "this option, which takes every number after it")
+    sweep.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, metavar="N",
+                       help="training seeds 0..N-1 (run.seed) of each α (default %(default)s)")
     sweep.add_argument("--out", default="runs/sweep", help="output folder (default %(default)s)")
-    sweep.add_argument("--mismatch-problems", type=int, default=DEFAULT_MISMATCH_PROBLEMS,
+    sweep.add_argument("--mismatch-problems", type=int, default=DEFAULT_MISMATCH_PROBLEMS, metavar="P",
                        help="training problems whose rollouts measure the mismatch (default %(default)s)")
     sweep.set_defaults(handler=_sweep)
 
@@ -303,8 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "ablations over several seeds (CSV, report.md, plots)")
     compare.add_argument("overrides", nargs="*", default=(), metavar="key=value",
                          help="dotted overrides for every method")
-    compare.add_argument("--recipes", default=str(RECIPES), help="folder of method configs (default %(default)s)")
-    compare.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 3; 2 with --quick)")
+    compare.add_argument("--recipes", default=RECIPES, metavar="DIR", help="folder of method configs, or a "
+                         "packaged one by name (`atesd config list`; default %(default)s)")
+    compare.add_argument("--seeds", type=int, metavar="N",
+                         help="training seeds 0..N-1 (run.seed) of each method (default 3; 2 with --quick)")
     compare.add_argument("--out", default="runs/compare", help="output folder (default %(default)s)")
     compare.add_argument("--quick", action="store_true", help="fewer seeds, steps and eval problems")
     compare.add_argument("--base-models", type=int, metavar="N",
@@ -316,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--mismatch-problems", type=int, default=DEFAULT_MISMATCH_PROBLEMS,
                          help="with --alphas: training problems whose rollouts measure the mismatch (default "
                          "%(default)s)")
-    compare.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each (default %(default)s)")
+    compare.add_argument("--jobs", type=int, default=1, metavar="N", help="runs at once, one thread each (default %(default)s)")
     compare.add_argument("--reuse", action="append", metavar="DIR",
                          help="another comparison's or a sweep's out folder whose finished runs that are runs of "
                          "this one are taken instead of run again (repeatable)")
@@ -335,13 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(handler=_compare)
 
     testbed = commands.add_parser("testbed", help="the embedded base model over warm-start seeds: student and "
-                                  "teacher accuracy per seed and bucket, with the health verdict")
-    testbed.add_argument("config", nargs="?", metavar="CONFIG", help=f"default: {SWEEP_CONFIG}")
-    testbed.add_argument("overrides", nargs="*", default=(), metavar="key=value")
-    testbed.add_argument("--seeds", type=int, default=10, help="warm-start seeds 0..N-1 (default %(default)s)")
-    testbed.add_argument("--jobs", type=int, default=1, help="seeds measured in parallel (default %(default)s)")
+                                  "teacher accuracy per base model and bucket, with the health verdict")
+    _config_arguments(testbed, SWEEP_CONFIG)
+    testbed.add_argument("--base-models", type=int, default=10, metavar="N", help="the embedded base models of "
+                         "warm-start seeds 0..N-1 (model.embedded.seed), as compare's --base-models (default "
+                         "%(default)s)")
+    testbed.add_argument("--jobs", type=int, default=1, metavar="N",
+                         help="base models measured in parallel (default %(default)s)")
     testbed.add_argument("--out", default="runs/testbed", help="output folder (default %(default)s)")
     testbed.set_defaults(handler=_testbed)
+
     diagnose = commands.add_parser("diagnose", help="what each reward term says about α in runs where α varied: its "
                                    "slope on α, t, and the decisions it needs for t = 2 (table, CSV, JSON)")
     diagnose.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or compare / sweep out folders "
@@ -351,17 +390,34 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--steps", type=int, metavar="N", help="only each run's first N updates: what a run "
                           "that stopped there would have said (e.g. 100 of a 300-update run)")
     diagnose.set_defaults(handler=_diagnose)
+
+    config = commands.add_parser("config", help="the packaged configs, and a config as a run resolves it")
+    actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser("show", help="print the config as a run writes its config.yaml: every default "
+                              "filled in, the overrides applied")
+    _config_arguments(show, optional=False)
+    show.set_defaults(handler=_config_show)
+    actions.add_parser("list", help="list the packaged configs, by the names every command takes") \
+        .set_defaults(handler=_config_list)
     parser.commands = commands.choices  # for parse_args
+    config.commands = actions.choices
     return parser
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The arguments of a command line. A command's own parser reads them intermixed, so that overrides may
-    follow its options (argparse cannot intermix at the level of the subcommands)."""
+    follow its options (argparse cannot intermix at the level of the subcommands); ``atesd config show`` is a
+    command of two words."""
     parser = build_parser()
-    if argv and argv[0] in parser.commands:
-        args = parser.commands[argv[0]].parse_intermixed_args(argv[1:])
-        args.command = argv[0]
+    target, words = parser, []
+    for word in argv:
+        if word not in getattr(target, "commands", {}):
+            break
+        target = target.commands[word]
+        words.append(word)
+    if words and not hasattr(target, "commands"):
+        args = target.parse_intermixed_args(argv[len(words):])
+        args.command = " ".join(words)
         return args
     return parser.parse_args(argv)  # no command, or -h: argparse says what is missing
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from atesd.errors import ConfigError
+from atesd.packaged import packaged
 
 
 def temporary_path(target: Path, kind: str = "tmp") -> Path:
@@ -136,8 +137,8 @@ def read_yaml(text: str, source: str) -> Any:
 
 
 def read_config_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The YAML mapping of a config file, with ``extends: other.yaml`` (relative to the file) merged under it
-    (`_deep_merge`)."""
+    """The YAML mapping of a config file, with ``extends: other.yaml`` (relative to the file, else a packaged
+    config's name: ``extends: qwen3-1.7b/adaptive``) merged under it (`_deep_merge`)."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}" + (f" (extended by {_seen[-1]})" if _seen else ""))
     if path.resolve() in _seen:
@@ -152,8 +153,11 @@ def read_config_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]
     if parent is None:
         return tree
     if not isinstance(parent, str):
-        raise ConfigError(f"{path}: 'extends' must be the path of another config file")
-    return _deep_merge(read_config_tree(path.parent / parent, (*_seen, path.resolve())), tree)
+        raise ConfigError(f"{path}: 'extends' must be the path of another config file, or a packaged config's name")
+    base = path.parent / parent
+    if not base.is_file():  # a packaged config by name (`atesd config list`), as on the command line
+        base = packaged(parent) or base
+    return _deep_merge(read_config_tree(base, (*_seen, path.resolve())), tree)
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

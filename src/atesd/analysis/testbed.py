@@ -1,6 +1,7 @@
 """`atesd testbed`: the spread of the embedded base model over warm-start seeds.
 
-For each warm-start seed (``model.embedded.seed`` = 0 … N−1) the base model is built (or taken from the cache),
+For each of ``--base-models`` N warm-start seeds (``model.embedded.seed`` = 0 … N−1, the base models of
+``atesd compare --base-models N``) the base model is built (or taken from the cache),
 its health check is run, and the student and the teacher at α = 1 are evaluated on the held-out test problems
 (``eval.*``: Average@k per difficulty bucket). Outputs in the out folder: ``testbed.csv`` (one row per seed),
 ``testbed.md`` (the table and the command) and ``seeds/seed<N>.json``; a seed whose JSON exists is not redone,
@@ -21,17 +22,20 @@ from atesd.config import load_config
 from atesd.files import atomic_write_text
 
 
-def run_testbed(config_path: Path, overrides: list[str], seeds: int, out: Path, jobs: int, command: str) -> list[Path]:
-    check_counts(seeds=seeds, jobs=jobs)
+def run_testbed(config_path: Path, overrides: list[str], base_models: int, out: Path, jobs: int,
+                command: str) -> list[Path]:
+    """Measure the embedded base models of warm-start seeds 0 … `base_models`−1 (those not measured yet) and
+    write the tables; returns the files."""
+    check_counts(base_models=base_models, jobs=jobs)
     config = load_config(config_path, overrides)  # a bad override fails before any warm start
     # What a seed's measurement depends on: a folder measured with other settings is refused, not reused.
     guard_settings(out / SETTINGS_FILE, {"config": str(config_path.resolve()), "overrides": list(overrides),
                                          "resolved": config.model_dump(mode="json", exclude={"run"})})
     (out / "seeds").mkdir(parents=True, exist_ok=True)
-    todo = [seed for seed in range(seeds) if not seed_file(out, seed).is_file()]
+    todo = [seed for seed in range(base_models) if not seed_file(out, seed).is_file()]
     for seed in parallel_map(measure_seed, [(config_path, overrides, seed, out) for seed in todo], jobs):
         print(f"warm-start seed {seed} done", flush=True)
-    rows = [read_json(seed_file(out, seed)) for seed in range(seeds)]
+    rows = [read_json(seed_file(out, seed)) for seed in range(base_models)]
     return write_tables(rows, out, command)
 
 
