@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import atesd.experiments  # noqa: F401  (registers the embedded testbed's model)
 from atesd.config import load_config
 from atesd.exposure import REGISTRY, ProblemView, build_exposure_policy
 from atesd.exposure.rules import ProblemRule

@@ -48,8 +48,8 @@ from atesd.config import load_config
 from atesd.data.arithmetic import embedded_splits
 from atesd.data.templates import chat_prompt, student_message, teacher_message
 from atesd.eval.grading import grade
+from atesd.experiments.warm_start import embedded_base_model
 from atesd.train.recipe import Trainer
-from atesd.train.warm_start import embedded_base_model
 
 GRADING_SECONDS: list[float] = []  # appended to by the grader the trainer is given: each rollout's grading time
 

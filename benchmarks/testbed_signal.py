@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+import atesd.experiments  # noqa: F401  (registers the embedded testbed's model)
 from atesd.config import load_config
 from atesd.data.arithmetic import embedded_splits
 from atesd.data.prompts import PromptBuilder

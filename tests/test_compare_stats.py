@@ -10,9 +10,11 @@ import statistics
 
 import pytest
 
-from atesd.analysis.claims import best_fixed, bucket_claim, method_claims, mismatch_claim
-from atesd.analysis.compare_report import claims_section
-from atesd.analysis.paired import (
+from atesd.cli import main
+from atesd.config import load_config, save_config
+from atesd.experiments.claims import best_fixed, bucket_claim, method_claims, mismatch_claim
+from atesd.experiments.compare_report import claims_section
+from atesd.experiments.paired import (
     HELD,
     INCONCLUSIVE,
     NOT_HELD,
@@ -24,9 +26,7 @@ from atesd.analysis.paired import (
     over_base_models,
     paired_difference,
 )
-from atesd.analysis.tables import read_csv
-from atesd.cli import main
-from atesd.config import load_config, save_config
+from atesd.experiments.tables import read_csv
 
 # Two-sided 95 % t quantiles (any statistics table): 4, 2 and 1 degrees of freedom.
 T95_4, T95_2, T95_1 = 2.7764451, 4.3026527, 12.7062047
@@ -269,7 +269,7 @@ def test_a_longer_budget_continues_the_shorter_runs_it_can_and_equals_them_run_f
 
 
 def test_difficulty_section_averages_each_runs_last_quarter_by_difficulty():
-    from atesd.analysis.compare_report import difficulty_section
+    from atesd.experiments.compare_report import difficulty_section
 
     def rows(easy: float, hard: float) -> list[dict]:
         # steps 1-8: the first six at α 0.5 (outside the last quarter), the last two at the run's own α

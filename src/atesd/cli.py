@@ -27,15 +27,15 @@ import sys
 import time
 from pathlib import Path
 
-from atesd.analysis.presets import (
+from atesd.config import Config, ConfigError, load_config, save_config
+from atesd.errors import UserError
+from atesd.experiments.presets import (
     DEFAULT_ALPHAS,
     DEFAULT_MISMATCH_PROBLEMS,
     DEFAULT_SEEDS,
     METHOD_NAMES,
     QUICK_SEEDS,
 )
-from atesd.config import Config, ConfigError, load_config, save_config
-from atesd.errors import UserError
 from atesd.files import atomic_write_text
 
 DEMO_CONFIG = Path("configs/embedded/atesd.yaml")
@@ -44,9 +44,9 @@ RECIPES = Path("configs/embedded")
 
 
 def _train(args: argparse.Namespace) -> None:
-    from atesd.analysis.along_training import along_training_section
-    from atesd.analysis.diagnose_report import run_section
-    from atesd.analysis.plots import exposure_summary, plot_run
+    from atesd.experiments.along_training import along_training_section
+    from atesd.experiments.diagnose_report import run_section
+    from atesd.experiments.plots import exposure_summary, plot_run
     from atesd.train.recipe import Trainer
 
     config = load_config(args.config, args.overrides)
@@ -68,9 +68,9 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from atesd.analysis.guards import writable_folder
-    from atesd.analysis.tables import evaluation_table
     from atesd.eval.runner import evaluate_model
+    from atesd.experiments.guards import writable_folder
+    from atesd.experiments.tables import evaluation_table
     from atesd.models.loading import resolve_model_path
     from atesd.train.base_model import evaluation_engine
     from atesd.train.run_dir import run_directory
@@ -104,7 +104,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _eval_checkpoints(args: argparse.Namespace) -> None:
     """The base model and every checkpoint of a run, with the run's own config (and eval.* overrides)."""
-    from atesd.analysis.along_training import evaluate_checkpoints, write_along_training_report
+    from atesd.experiments.along_training import evaluate_checkpoints, write_along_training_report
 
     run_dir = Path(args.checkpoints)
     if args.config or args.model or args.teacher_alpha is not None:
@@ -123,11 +123,11 @@ def _eval_checkpoints(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     """Base model vs the trained model (ATESD by default) on the embedded task, with the base teacher at α = 1
     for reference."""
-    from atesd.analysis.diagnose_report import run_section
-    from atesd.analysis.plots import exposure_summary, plot_bucket_accuracy, plot_run
-    from atesd.analysis.tables import evaluation_table
     from atesd.data.sources import benchmark_key
     from atesd.eval.runner import evaluate_model
+    from atesd.experiments.diagnose_report import run_section
+    from atesd.experiments.plots import exposure_summary, plot_bucket_accuracy, plot_run
+    from atesd.experiments.tables import evaluation_table
     from atesd.train.base_model import load_model
     from atesd.train.recipe import Trainer
     from atesd.train.run_dir import run_directory
@@ -188,8 +188,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from atesd.analysis.guards import experiment_lock, writable_folder
-    from atesd.analysis.sweep import run_sweep
+    from atesd.experiments.guards import experiment_lock, writable_folder
+    from atesd.experiments.sweep import run_sweep
 
     config_path = _config_or_default(args.config, SWEEP_CONFIG)
     out = writable_folder(Path(args.out), "--out")
@@ -200,8 +200,8 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from atesd.analysis.compare import run_compare
-    from atesd.analysis.guards import experiment_lock, writable_folder
+    from atesd.experiments.compare import run_compare
+    from atesd.experiments.guards import experiment_lock, writable_folder
 
     seeds = (QUICK_SEEDS if args.quick else DEFAULT_SEEDS) if args.seeds is None else args.seeds
     out = writable_folder(Path(args.out), "--out")
@@ -216,8 +216,8 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _testbed(args: argparse.Namespace) -> None:
-    from atesd.analysis.guards import experiment_lock, writable_folder
-    from atesd.analysis.testbed import run_testbed
+    from atesd.experiments.guards import experiment_lock, writable_folder
+    from atesd.experiments.testbed import run_testbed
 
     config_path = _config_or_default(args.config, SWEEP_CONFIG)
     out = writable_folder(Path(args.out), "--out")
@@ -227,7 +227,7 @@ def _testbed(args: argparse.Namespace) -> None:
 
 
 def _diagnose(args: argparse.Namespace) -> None:
-    from atesd.analysis.diagnose_report import diagnose_paths, diagnosis_markdown, write_diagnosis
+    from atesd.experiments.diagnose_report import diagnose_paths, diagnosis_markdown, write_diagnosis
 
     paths = [Path(path) for path in args.runs]
     if args.steps is not None and args.steps < 1:

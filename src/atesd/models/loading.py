@@ -1,8 +1,9 @@
 """Loading a causal LM and its tokenizer: the embedded model, a local directory, a GGUF file (also one an installed
 package ships, ``<distribution>:<file name>``), or a hub id.
 
-- The embedded default is built and warm-started locally by the training recipe (`atesd.train.warm_start`)
-  and then loaded from its cache directory through exactly the same `from_pretrained` path as any other model.
+- The embedded default is built and warm-started locally by the lab (`atesd.experiments.warm_start`, a built
+  model of `atesd.train.base_model`) and then loaded from its cache directory through exactly the same
+  `from_pretrained` path as any other model.
 - A ``.gguf`` file is converted once into a `from_pretrained` directory (dequantised to float32
   safetensors, tokenizer and chat template included) under the cache, because reading a GGUF file is slow
   (half a minute for a 135M model) and `transformers` cannot save a model loaded from one.

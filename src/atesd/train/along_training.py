@@ -2,7 +2,7 @@
 every ``eval.every`` steps and after the last, with the evaluation settings (``eval.*``, several seeds too).
 
 Each evaluation writes its per-problem results under ``<run>/eval/step-NNNNNNN/`` and one row per benchmark to
-``<run>/eval_along_training.jsonl`` (`eval.runner.summary_rows`); `atesd.analysis.along_training` reads them
+``<run>/eval_along_training.jsonl`` (`eval.runner.summary_rows`); `atesd.experiments.along_training` reads them
 into the report of the last and the best checkpoint. With ``eval.engine: hf`` it samples from the training model
 through HF generate (in eval mode, restoring the RNG it draws from); with ``eval.engine: vllm`` it samples from the
 run's colocated vLLM engine (``rollout.engine: vllm``), given the current weights first. Either way it runs on the

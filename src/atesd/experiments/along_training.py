@@ -20,11 +20,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from atesd.analysis.tables import markdown, seeds_cell
 from atesd.config import Config
 from atesd.errors import UserError
 from atesd.eval.engines import reloadable_eval_engine
 from atesd.eval.runner import evaluate_model, summary_rows
+from atesd.experiments.tables import markdown, seeds_cell
 from atesd.files import atomic_write_text
 from atesd.models.loading import load_training_model
 from atesd.train.along_training import EVAL_LOG

@@ -1,7 +1,7 @@
 """The paper's claims (docs/method.md#paper-recipes), each read from paired intervals of a comparison.
 
 Every claim is a set of comparisons "A beats B", each the paired difference A − B over base models × seeds
-with its 95 % t-interval (`atesd.analysis.paired`); a claim is held when each of its comparisons held, did not
+with its 95 % t-interval (`atesd.experiments.paired`); a claim is held when each of its comparisons held, did not
 hold when one of them did not, and is inconclusive otherwise. Every claim is read twice: over the pairs (these
 base models, new training seeds) and over the base models' means (a new draw of base models, as a re-trial on
 another machine makes). A claim whose methods the comparison did not run is left out. The fixed exposures are
@@ -14,8 +14,8 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from atesd.analysis.buckets import BUCKETS
-from atesd.analysis.paired import (
+from atesd.experiments.buckets import BUCKETS
+from atesd.experiments.paired import (
     HELD,
     Interval,
     PairedComparison,

@@ -20,7 +20,7 @@ Two phases, each applied with the recipe's `Updater`:
    so that the teacher follows the chain it scores instead of overwriting it from the reference.
 
 Trained briefly, it leaves the gap self-distillation needs: the student partly competent, the teacher clearly
-better. Every build is followed by the health check (`atesd.train.health`); the model is cached under a key of
+better. Every build is followed by the health check (`atesd.experiments.health`); the model is cached under a key of
 everything that shapes it, with its verdict, and reused by later runs.
 """
 
@@ -42,11 +42,17 @@ from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
 from atesd.data.segments import shown_segments
 from atesd.data.templates import chat_prompt
+from atesd.experiments.health import (
+    check_health,
+    heldout_accuracy,
+    load_health,
+    refuse_unhealthy,
+    save_health,
+)
 from atesd.models.cache import cache_root, save_pretrained_atomically
 from atesd.models.sequences import completion_token_logprobs, pack_sequences
 from atesd.models.tiny import build_char_tokenizer, build_tiny_model
 from atesd.train.distributed import Processes
-from atesd.train.health import check_health, heldout_accuracy, load_health, refuse_unhealthy, save_health
 from atesd.train.update import Updater
 
 WARM_START_VERSION = 5  # bump when the warm-start recipe or the tokenizer changes, to invalidate caches

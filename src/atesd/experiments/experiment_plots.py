@@ -14,8 +14,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-from atesd.analysis.buckets import BUCKETS
-from atesd.analysis.mismatch import STATISTICS
+from atesd.experiments.buckets import BUCKETS
+from atesd.experiments.mismatch import STATISTICS
 
 MISMATCH_LABELS = {
     "kl_mean": "mean per-token KL(p_T ‖ p_S)",

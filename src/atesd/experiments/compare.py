@@ -7,7 +7,7 @@ method's own, so that no extra override can turn one method into another. Every 
 with the same ``train.steps`` (equal student updates), which is checked before anything runs. The base model
 is always evaluated: its per-problem accuracy makes the difficulty buckets. With ``--base-models N`` all of it
 runs on each of N embedded base models (warm-start seeds), and methods are compared pair by pair — same base
-model, same training seed — with t-intervals over the pairs (`atesd.analysis.paired`).
+model, same training seed — with t-intervals over the pairs (`atesd.experiments.paired`).
 
 Outputs in the out folder: ``results.csv`` (one row per method × base model × seed × benchmark),
 ``summary.csv``, ``paired.csv`` (each method against OPSD and the best fixed α), ``report.md`` (means with
@@ -23,9 +23,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from atesd.analysis.buckets import BUCKETS
-from atesd.analysis.claims import best_fixed, bucket_claim, method_claims, mismatch_claim
-from atesd.analysis.compare_report import (
+from atesd.config import ConfigError, changed_keys
+from atesd.experiments.buckets import BUCKETS
+from atesd.experiments.claims import best_fixed, bucket_claim, method_claims, mismatch_claim
+from atesd.experiments.compare_report import (
     claims_section,
     diagnosis_section,
     difficulty_section,
@@ -36,16 +37,16 @@ from atesd.analysis.compare_report import (
     paired_section,
     preamble,
 )
-from atesd.analysis.diagnose_report import method_diagnoses
-from atesd.analysis.experiment_plots import (
+from atesd.experiments.diagnose_report import method_diagnoses
+from atesd.experiments.experiment_plots import (
     plot_alpha_trajectories,
     plot_learning_curves,
     plot_method_accuracy,
     plot_paired_differences,
 )
-from atesd.analysis.guards import check_counts, distinct, existing_folder, guard_settings, read_json
-from atesd.analysis.plots import per_problem_rows, plot_alpha_by_difficulty
-from atesd.analysis.presets import (
+from atesd.experiments.guards import check_counts, distinct, existing_folder, guard_settings, read_json
+from atesd.experiments.plots import per_problem_rows, plot_alpha_by_difficulty
+from atesd.experiments.presets import (
     BASE_LABEL,
     DEFAULT_MISMATCH_PROBLEMS,
     PAPER_BEST_ALPHA,
@@ -55,7 +56,7 @@ from atesd.analysis.presets import (
     fixed_alpha_methods,
     methods,
 )
-from atesd.analysis.runs import (
+from atesd.experiments.runs import (
     LOCATION_KEYS,
     RESULT_FILE,
     FinishedRun,
@@ -67,9 +68,8 @@ from atesd.analysis.runs import (
     run_all,
     saved_runs,
 )
-from atesd.analysis.sweep import best_alpha, seed_mismatch
-from atesd.analysis.tables import COMPUTE_COLUMNS, aggregate, metric_columns, run_rows, write_csv
-from atesd.config import ConfigError, changed_keys
+from atesd.experiments.sweep import best_alpha, seed_mismatch
+from atesd.experiments.tables import COMPUTE_COLUMNS, aggregate, metric_columns, run_rows, write_csv
 from atesd.files import atomic_write_text
 from atesd.train.metrics import read_metrics
 

@@ -9,21 +9,29 @@ import statistics
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from atesd.analysis.buckets import BUCKETS, EASY_FROM, HARD_BELOW
-from atesd.analysis.claims import Claim
-from atesd.analysis.diagnose import CREDIT_SIGNALS, SIGNALS, Diagnosis
-from atesd.analysis.diagnose_report import MECHANICAL, READING, fits_table
-from atesd.analysis.diagnose_signals import ALIGNMENT_SIGNALS, EXTRA_SIGNALS
-from atesd.analysis.mismatch import STATISTICS
-from atesd.analysis.paired import (
+from atesd.experiments.buckets import BUCKETS, EASY_FROM, HARD_BELOW
+from atesd.experiments.claims import Claim
+from atesd.experiments.diagnose import CREDIT_SIGNALS, SIGNALS, Diagnosis
+from atesd.experiments.diagnose_report import MECHANICAL, READING, fits_table
+from atesd.experiments.diagnose_signals import ALIGNMENT_SIGNALS, EXTRA_SIGNALS
+from atesd.experiments.mismatch import STATISTICS
+from atesd.experiments.paired import (
     CONFIDENCE,
     Interval,
     agreement_note,
     mean_interval,
     paired_comparison,
 )
-from atesd.analysis.plots import difficulty_groups
-from atesd.analysis.tables import count, markdown, mean_std, mean_std_cell, metric_columns, percent, seconds
+from atesd.experiments.plots import difficulty_groups
+from atesd.experiments.tables import (
+    count,
+    markdown,
+    mean_std,
+    mean_std_cell,
+    metric_columns,
+    percent,
+    seconds,
+)
 
 Scores = Mapping[str, Mapping[Hashable, float]]  # {method: {(base model, seed): value}}
 

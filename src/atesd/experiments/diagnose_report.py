@@ -1,5 +1,5 @@
 """`atesd diagnose`: finds the runs of the folders it is given, checks that their α varied, and writes what each
-reward term says about α (`atesd.analysis.diagnose`) as diagnose.md, diagnose.csv and diagnose.json; the same
+reward term says about α (`atesd.experiments.diagnose`) as diagnose.md, diagnose.csv and diagnose.json; the same
 tables go into a training run's summary and `atesd compare`'s report (docs/controller.md#what-the-reward-says-about-α).
 """
 
@@ -13,12 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from atesd.analysis.diagnose import CREDIT_SIGNALS, SIGNALS, Diagnosis, Fit, RunSettings, diagnose
-from atesd.analysis.diagnose_signals import ALIGNMENT_SIGNALS, EXTRA_SIGNALS
-from atesd.analysis.runs import RUNS_DIR
-from atesd.analysis.tables import markdown
 from atesd.config import load_config
 from atesd.errors import UserError
+from atesd.experiments.diagnose import CREDIT_SIGNALS, SIGNALS, Diagnosis, Fit, RunSettings, diagnose
+from atesd.experiments.diagnose_signals import ALIGNMENT_SIGNALS, EXTRA_SIGNALS
+from atesd.experiments.runs import RUNS_DIR
+from atesd.experiments.tables import markdown
 from atesd.files import atomic_write_text
 from atesd.train.metrics import read_metrics
 
