@@ -128,7 +128,8 @@ def main() -> None:
     for row in results:
         row["speedup_vs_serial"] = row["answers_per_s"] / serial[row["batch"]] if row["batch"] in serial else None
     print(markdown_table(["batch", "answers", "workers", "pool", "answers/s", "× serial"],
-                         [[r["batch"], r["answers"], r["workers"], r["mode"], r["answers_per_s"], r["speedup_vs_serial"]]
+                         [[r["batch"], r["answers"], r["workers"], r["mode"], r["answers_per_s"],
+                           r["speedup_vs_serial"]]
                           for r in results]))
     write_results(args.out, "grading", args, results)
 

@@ -53,7 +53,8 @@ def test_paired_difference_uses_only_the_shared_pairs_and_reads_a_verdict():
     assert difference.mean == pytest.approx((0.10 + 0.11 + 0.11) / 3)
     half = T95_2 * statistics.stdev([0.10, 0.11, 0.11]) / math.sqrt(3)
     assert difference.low == pytest.approx(difference.mean - half) and difference.verdict == HELD
-    assert difference.cell() == f"+{100 * difference.mean:.1f} [+{100 * difference.low:.1f}, +{100 * difference.high:.1f}]"
+    assert difference.cell() == (f"+{100 * difference.mean:.1f} "
+                                 f"[+{100 * difference.low:.1f}, +{100 * difference.high:.1f}]")
     assert paired_difference(reference, method).verdict == NOT_HELD
     assert paired_difference({(0, 0): 0.5, (0, 1): 0.4}, {(0, 0): 0.4, (0, 1): 0.5}).verdict == INCONCLUSIVE
     assert paired_difference({(5, 5): 1.0}, reference) is None
@@ -230,7 +231,8 @@ def test_compare_over_base_models_with_fixed_alphas_in_two_jobs(tiny_config, tmp
 
 
 @pytest.mark.slow
-def test_a_longer_budget_continues_the_shorter_runs_it_can_and_equals_them_run_from_scratch(tiny_config, tmp_path, capfd):
+def test_a_longer_budget_continues_the_shorter_runs_it_can_and_equals_them_run_from_scratch(tiny_config, tmp_path,
+                                                                                             capfd):
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     tiny = ("train.checkpoint_every=1", "eval.num_samples=2", "eval.max_problems=4", "eval.max_new_tokens=8",

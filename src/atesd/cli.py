@@ -323,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--continue-from", metavar="DIR",
                          help="a comparison of the same runs with fewer updates (train.steps): each run here starts "
                          "from its run there and trains only the extra updates, where its first updates do not "
-                         "depend on train.steps (constant lr, fixed or random exposure or a peer's rule); the others run "
-                         "from scratch")
+                         "depend on train.steps (constant lr, fixed or random exposure or a peer's rule); the others "
+                         "run from scratch")
     compare.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES, metavar="METHOD",
                          help=f"methods to run (default all: {' '.join(METHOD_NAMES)}); put key=value overrides "
                          "before this option, which takes every word after it")
@@ -369,7 +369,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     args.command_line = shlex.join(["atesd", *(sys.argv[1:] if argv is None else argv)])  # for the reports
-    if args.command in ("demo", "sweep", "testbed", "eval") and args.config and "=" in args.config:  # overrides, no config
+    # overrides, no config
+    if args.command in ("demo", "sweep", "testbed", "eval") and args.config and "=" in args.config:
         args.overrides = [args.config, *args.overrides]
         args.config = None
     try:

@@ -9,8 +9,8 @@ made: steps 25, 50 and 75 for Qwen3-4B (OPSD issue #11). docs/reproducing.md say
 
 With ``eval.engine: vllm`` one vLLM engine serves them all: it starts on the base model and takes each checkpoint's
 weights (LoRA merged) in turn. The base model is evaluated as step 0 (LoRA adapters fresh, so disabled in effect;
-full fine-tuning: the starting weights). Checkpoints hold only the trained parameters (`train.checkpoint`); each is loaded onto the
-same base model in turn. Only the checkpoints a run kept are there (``train.keep_checkpoints``, with
+full fine-tuning: the starting weights). Checkpoints hold only the trained parameters (`train.checkpoint`); each is
+loaded onto the same base model in turn. Only the checkpoints a run kept are there (``train.keep_checkpoints``, with
 ``train.checkpoint_every``): keep more of them to evaluate along a run afterwards.
 """
 
@@ -73,7 +73,8 @@ def along_training_report(rows: list[dict[str, Any]], title: str) -> str:
              f"## Last checkpoint (step {last})\n",
              "What the run produced: the figure to report.\n",
              markdown(["benchmark", *(f"{metric}@{k}" for metric in ("Average", "Pass", "Maj"))],
-                      [[name, *(seeds_cell(by_key.get((last, name)), f"{metric}@{k}") for metric in ("average", "pass", "maj"))]
+                      [[name, *(seeds_cell(by_key.get((last, name)), f"{metric}@{k}")
+                                for metric in ("average", "pass", "maj"))]
                        for name in benchmarks]),
              "\n## Best checkpoint per benchmark (selected on the benchmark itself)\n",
              ("Each benchmark's best step, chosen on that benchmark's own problems: an optimistic figure, not a "

@@ -124,17 +124,12 @@ def reuse_finished(runs: Sequence[Run], folders: Sequence[Path]) -> list[Run]:
     return reused
 
 
-def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], seeds: int, out: Path, *,
-                quick: bool, best: float | None, sweep_dir: Path | None, command: str, base_models: int | None = None,
-                alphas: Sequence[float] = (), jobs: int = 1, mismatch_problems: int = DEFAULT_MISMATCH_PROBLEMS,
-                reuse: Sequence[Path] = (), continue_from: Path | None = None) -> list[Path]:
-    """Run (or continue) the comparison in `out` and write its tables, CSVs and plots; returns the files.
-
-    `base_models` N runs everything on the embedded base models of warm-start seeds 0 … N−1; `jobs` runs that
-    many runs at once, in processes of one thread each; the finished runs of the `reuse` folders (and of
-    `sweep_dir`) that are runs of this comparison are taken from there; a run that `continue_from` holds with
-    fewer updates starts from it (`runs.continue_shorter`).
-    """
+def check_compare_arguments(recipes: Path, *, seeds: int, base_models: int | None, jobs: int, mismatch_problems: int,
+                            alphas: Sequence[float], best: float | None, sweep_dir: Path | None,
+                            continue_from: Path | None, reuse: Sequence[Path]) -> None:
+    """Refuse the arguments of `run_compare` that are invalid, before anything is planned: the recipe directory,
+    the counts, the fixed exposures, the best fixed α, and each folder given (`sweep_dir`, `continue_from`,
+    `reuse`) that is not an existing folder."""
     if not recipes.is_dir():
         raise ConfigError(f"--recipes: {recipes} is not a directory of method configs")
     check_counts(seeds=seeds, base_models=base_models, jobs=jobs, mismatch_problems=mismatch_problems)
@@ -146,6 +141,36 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
     for folder, flag in ((sweep_dir, "--sweep"), (continue_from, "--continue-from"), *((f, "--reuse") for f in reuse)):
         if folder is not None:
             existing_folder(folder, flag)
+
+
+def take_earlier_runs(runs: list[Run], sources: Sequence[Path], continue_from: Path | None, out: Path) -> list[Run]:
+    """`runs` with those that a folder of `sources` has finished taken from there (`reuse_finished`), and those
+    that `continue_from` holds with fewer updates set to start from there (`runs.continue_shorter`); each printed."""
+    if sources:
+        runs = reuse_finished(runs, sources)
+        taken = [f"{run.spec.name} ← {run.directory}" for run in runs if not run.directory.is_relative_to(out)]
+        if taken:
+            print("reused: " + "; ".join(taken), flush=True)
+    if continue_from is not None:
+        for run in continue_shorter(runs, continue_from):
+            print(f"continued: {run.spec.name} from {continue_from}'s run of fewer updates", flush=True)
+    return runs
+
+
+def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], seeds: int, out: Path, *,
+                quick: bool, best: float | None, sweep_dir: Path | None, command: str, base_models: int | None = None,
+                alphas: Sequence[float] = (), jobs: int = 1, mismatch_problems: int = DEFAULT_MISMATCH_PROBLEMS,
+                reuse: Sequence[Path] = (), continue_from: Path | None = None) -> list[Path]:
+    """Run (or continue) the comparison in `out` and write its tables, CSVs and plots; returns the files.
+
+    `base_models` N runs everything on the embedded base models of warm-start seeds 0 … N−1; `jobs` runs that
+    many runs at once, in processes of one thread each; the finished runs of the `reuse` folders (and of
+    `sweep_dir`) that are runs of this comparison are taken from there; a run that `continue_from` holds with
+    fewer updates starts from it (`runs.continue_shorter`).
+    """
+    check_compare_arguments(recipes, seeds=seeds, base_models=base_models, jobs=jobs,
+                            mismatch_problems=mismatch_problems, alphas=alphas, best=best, sweep_dir=sweep_dir,
+                            continue_from=continue_from, reuse=reuse)
     if best is None:
         best = best_alpha(sweep_dir) if sweep_dir is not None else PAPER_BEST_ALPHA
     all_overrides = [*(quick_overrides() if quick else []), *overrides]
@@ -161,15 +186,7 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
         "quick": quick, "best_alpha": best, "sweep": str(sweep_dir.resolve()) if sweep_dir else None,
         "base_models": base_models, "alphas": list(alphas) or None, "mismatch_problems": mismatch_problems},
         introduced={"mismatch_problems": DEFAULT_MISMATCH_PROBLEMS})
-    sources = [*([sweep_dir] if sweep_dir is not None else []), *reuse]
-    if sources:
-        runs = reuse_finished(runs, sources)
-        taken = [f"{run.spec.name} ← {run.directory}" for run in runs if not run.directory.is_relative_to(out)]
-        if taken:
-            print("reused: " + "; ".join(taken), flush=True)
-    if continue_from is not None:
-        for run in continue_shorter(runs, continue_from):
-            print(f"continued: {run.spec.name} from {continue_from}'s run of fewer updates", flush=True)
+    runs = take_earlier_runs(runs, [*([sweep_dir] if sweep_dir is not None else []), *reuse], continue_from, out)
     finished = run_all(runs, jobs)
     mismatch = base_mismatch([run for run in runs if not run.spec.trains], alphas, mismatch_problems, out, jobs)
 

@@ -143,7 +143,8 @@ def exposure_section(curves: Mapping[str, Mapping[int, list[dict[str, Any]]]]) -
     if not body:
         return ""
     return ("## Exposure used\n\nThe batch's α at each step (for exposure per problem, the mean over the batch's "
-            f"problems), mean ± std over runs.\n\n{markdown(['method', 'runs', 'mean α', 'mean α, last quarter'], body)}\n")
+            "problems), mean ± std over runs.\n\n"
+            f"{markdown(['method', 'runs', 'mean α', 'mean α, last quarter'], body)}\n")
 
 
 def difficulty_section(per_problem: Mapping[str, Mapping[str, Sequence[dict[str, Any]]]]) -> str:
@@ -198,7 +199,8 @@ def diagnosis_section(diagnoses: Mapping[str, Diagnosis]) -> str:
     aligned = {method: d.alignment_within_step for method, d in diagnoses.items() if d.alignment_within_step}
     if aligned:
         parts += [("Each problem's alignment credit on its own α (docs/controller.md#signals-with-power), one "
-                   "intercept per step (n counts problems):\n"), fits_table(aligned, ALIGNMENT_SIGNALS, "problems") + "\n"]
+                   "intercept per step (n counts problems):\n"),
+                  fits_table(aligned, ALIGNMENT_SIGNALS, "problems") + "\n"]
     runs = [run for d in diagnoses.values() for run in d.runs]
     warnings = [f"{run['run']}: {'; '.join(run['warnings'])}" for run in runs if run["warnings"]]
     notes = [note for d in diagnoses.values() for note in d.notes]

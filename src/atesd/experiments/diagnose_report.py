@@ -180,11 +180,11 @@ def diagnosis_markdown(diagnosis: Diagnosis, level: int = 2) -> str:
 
 
 READING = (
-    "Terms: G_lp, G_gt and R as the controller computes them (docs/method.md#reward); G_lp without max(0, ·), the discounted "
-    "signed drops of ℓ; the probe NLL drop, before the window minus after its L updates; the rollout accuracy "
-    "change, the mean over the L updates after the decision minus the L before. Each is fitted by least squares on "
-    "α and t/T with one intercept per run; t = slope / SE; the last column, n · (2 / t)², is how many windows "
-    "(decisions) the same slope and noise need for t = 2: compare it with a run's decisions, T / H "
+    "Terms: G_lp, G_gt and R as the controller computes them (docs/method.md#reward); G_lp without max(0, ·), the "
+    "discounted signed drops of ℓ; the probe NLL drop, before the window minus after its L updates; the rollout "
+    "accuracy change, the mean over the L updates after the decision minus the L before. Each is fitted by least "
+    "squares on α and t/T with one intercept per run; t = slope / SE; the last column, n · (2 / t)², is how many "
+    "windows (decisions) the same slope and noise need for t = 2: compare it with a run's decisions, T / H "
     "(docs/controller.md#what-the-reward-says-about-α).\n")
 
 

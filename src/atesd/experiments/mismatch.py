@@ -1,4 +1,5 @@
-"""Teacher–student mismatch of the starting model as a function of the exposure α (docs/method.md#statistics, for `atesd sweep`).
+"""Teacher–student mismatch of the starting model as a function of the exposure α (docs/method.md#statistics, for
+`atesd sweep`).
 
 One fixed set of student rollouts is sampled (seeded) from the starting model on training problems; each
 completion is then scored by the starting model twice, after the student prompt and after the teacher prompt

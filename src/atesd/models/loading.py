@@ -98,7 +98,8 @@ def check_model_dir(path: Path, setting: str) -> None:
 
     if has("trainer_state.json") and has("optimizer.json"):
         raise ModelLoadError(f"{setting}: '{path}' is a training checkpoint, which holds only the trained parameters: "
-                             "evaluate the run's checkpoints with atesd eval --checkpoints RUN, or give its final_model")
+                             "evaluate the run's checkpoints with atesd eval --checkpoints RUN, or give its "
+                             "final_model")
     if has(ADAPTER_CONFIG):
         if not has("adapter_model.safetensors"):
             raise ModelLoadError(f"{setting}: '{path}' holds a LoRA adapter config but no adapter_model.safetensors "

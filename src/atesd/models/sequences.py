@@ -185,8 +185,9 @@ def token_logprobs_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, bias:
 
     Positions are taken `chunk_size` at a time and, when gradients are needed, each chunk runs under a
     non-reentrant checkpoint, so that neither the forward nor the backward ever holds more than one chunk's
-    ``[chunk, V]`` float32 logits (float64 inputs stay float64; SFT and GRPO train through this at Qwen3's V = 151,936). Chunks come from
-    `split`, whose backward is one concatenation, never a zero-filled ``[N, D]`` per slice.
+    ``[chunk, V]`` float32 logits (float64 inputs stay float64; SFT and GRPO train through this at Qwen3's
+    V = 151,936). Chunks come from `split`, whose backward is one concatenation, never a zero-filled ``[N, D]`` per
+    slice.
     """
     if hidden.shape[0] == 0:
         # still connected to the hidden states, so a backward through an empty batch works

@@ -30,4 +30,5 @@ def build_rollout_engine(config: Config, model: torch.nn.Module, tokenizer: PreT
                             decode_options=DecodeOptions(loop.cache, loop.drop_finished, loop.compile))
 
 
-__all__ = ["Completions", "DecodeOptions", "HFGenerateEngine", "RolloutEngine", "SamplingParams", "build_rollout_engine"]
+__all__ = ["Completions", "DecodeOptions", "HFGenerateEngine", "RolloutEngine", "SamplingParams",
+           "build_rollout_engine"]

@@ -7,8 +7,9 @@ into the report of the last and the best checkpoint. With ``eval.engine: hf`` it
 through HF generate (in eval mode, restoring the RNG it draws from); with ``eval.engine: vllm`` it samples from the
 run's colocated vLLM engine (``rollout.engine: vllm``), given the current weights first. Either way it runs on the
 main process while the others wait, so a run with ``eval.every`` trains exactly as one without. A resumed run
-keeps the rows up to its checkpoint and redoes the later ones. Under FSDP2 the parameters are sharded and generate would need them gathered on every process:
-there, evaluate the checkpoints afterwards (``atesd eval --checkpoints RUN``).
+keeps the rows up to its checkpoint and redoes the later ones. Under FSDP2 the parameters are sharded and generate
+would need them gathered on every process: there, evaluate the checkpoints afterwards
+(``atesd eval --checkpoints RUN``).
 """
 
 from __future__ import annotations

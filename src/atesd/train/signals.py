@@ -101,8 +101,8 @@ def problem_losses(per_token_loss: torch.Tensor, completions: Sequence[Sequence[
 
 def without_padding_rows(model: torch.nn.Module, parameters: Sequence[torch.Tensor],
                          gradient: list[torch.Tensor]) -> list[torch.Tensor]:
-    """`gradient` with the padding row of every embedding (``padding_idx``) set to 0, in place. Autograd gives that row no
-    gradient through the embedding, whose output still depends on it wherever the token occurs (an EOS-like pad
+    """`gradient` with the padding row of every embedding (``padding_idx``) set to 0, in place. Autograd gives that
+    row no gradient through the embedding, whose output still depends on it wherever the token occurs (an EOS-like pad
     token inside a rollout), so a step along it would change the losses in a way no update ever does."""
     index = {id(p): i for i, p in enumerate(parameters)}
     for module in model.modules():
