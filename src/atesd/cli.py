@@ -25,6 +25,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from atesd.config import Config, ConfigError, load_config, save_config
@@ -83,6 +84,7 @@ def _eval(args: argparse.Namespace) -> None:
         raise ConfigError(f"--teacher-alpha must be an exposure in [0, 1], got {args.teacher_alpha}")
     config = load_config(args.config, args.overrides)
     run_dir = run_directory(config)
+    model_path: str | None
     if args.model:
         model_path = resolve_model_path(args.model, setting="--model")
     else:
@@ -258,8 +260,14 @@ def _clock(started: float) -> str:
     return f"{seconds // 60:02d}:{seconds % 60:02d}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atesd", description=__doc__.split("\n")[0])
+class CommandParser(argparse.ArgumentParser):
+    """atesd's parser, holding each command's own parser (`parse_args` reads a command line with it)."""
+
+    commands: Mapping[str, argparse.ArgumentParser]
+
+
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog="atesd", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train with a config")

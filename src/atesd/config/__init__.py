@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -198,12 +198,16 @@ class TeacherConfig(Section):
         None, description="AR-OPD's anchored-residual teacher (docs/method.md#ar-opd); None: the plain teacher.")
 
 
-# ``exposure``: the registered policies' settings models, told apart by ``policy`` (atesd.exposure.base).
-ExposureConfig = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="policy")]  # noqa: UP007
+# ``exposure``: the registered policies' settings models, told apart by ``policy`` (atesd.exposure.base). The
+# union is built from the registry at import time; to a type checker it is what every member is, ExposureSettings.
+if TYPE_CHECKING:
+    ExposureConfig = ExposureSettings
+else:
+    ExposureConfig = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="policy")]  # noqa: UP007
 
 
 def default_exposure() -> ExposureSettings:
-    return REGISTRY[default_policy()]()
+    return REGISTRY[default_policy()].model_validate({})
 
 
 class GRPOConfig(Section):

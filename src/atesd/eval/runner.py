@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -33,6 +34,7 @@ def benchmark_problems(config: Config, name: str) -> list[Problem]:
         problems = embedded_splits(config.data.task, config.data.probe_size)["test"]
     elif name == "reasoning-gym":
         gym = config.data.reasoning_gym  # the config requires it with this benchmark
+        assert gym is not None
         problems = reasoning_gym.benchmark_problems(gym.task, gym.settings, gym.train_size, gym.test_size, gym.seed)
     else:
         problems = load_benchmark(name, check_answer=check_answer_parses)
@@ -57,7 +59,9 @@ def evaluation_parts(config: Config, model: PreTrainedModel | None, tokenizer: P
     (``eval.*``) every evaluation uses."""
     prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
                             config.model.teacher_chat_kwargs)
-    engine = engine or hf_sample_engine(model, tokenizer, config.eval.batch_size)
+    if not engine:  # HF generate on `model`, which a call without an engine gives
+        assert model is not None
+        engine = hf_sample_engine(model, tokenizer, config.eval.batch_size)
     sampling = SamplingParams(config.eval.temperature, config.eval.top_p, config.eval.top_k,
                               config.eval.max_new_tokens)
     return prompts, engine, sampling
@@ -93,7 +97,9 @@ def evaluate_model(config: Config, model: PreTrainedModel | None, tokenizer: Pre
                                 prompt_ids, engine.context_length, config, name)
         per_seed = []
         for seed in seeds:
-            results = evaluate(chosen, prompt_ids, engine, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            # decode gives one sequence's text (transformers annotates it str | list[str], for batches too)
+            results = evaluate(chosen, prompt_ids, engine,
+                               lambda ids: cast(str, tokenizer.decode(ids, skip_special_tokens=True)),
                                sampling, k, seed=seed, batch_size=config.eval.batch_size,
                                grader=grader_for(config.data.answer),
                                description=f"eval {label} on {name}" + (f" (seed {seed})" if len(seeds) > 1 else ""))

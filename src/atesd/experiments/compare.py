@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from atesd.config import ConfigError, changed_keys
 from atesd.experiments.buckets import BUCKETS
@@ -45,6 +46,7 @@ from atesd.experiments.experiment_plots import (
     plot_paired_differences,
 )
 from atesd.experiments.guards import check_counts, distinct, existing_folder, guard_settings, read_json
+from atesd.experiments.paired import Pair
 from atesd.experiments.plots import per_problem_rows, plot_alpha_by_difficulty
 from atesd.experiments.presets import (
     BASE_LABEL,
@@ -243,9 +245,9 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
     return written
 
 
-def pair_scores(rows: Sequence[dict], metric: str) -> dict[str, dict[str, dict[tuple, float]]]:
+def pair_scores(rows: Sequence[dict], metric: str) -> dict[str, dict[str, dict[Pair, float]]]:
     """``{benchmark: {method: {(base model, seed): metric}}}`` of the result rows."""
-    scores: dict[str, dict[str, dict[tuple, float]]] = {}
+    scores: dict[str, dict[str, dict[Pair, float]]] = {}
     for row in rows:
         if row.get(metric) is not None:
             scores.setdefault(row["benchmark"], {}).setdefault(row["method"], {})[
@@ -253,7 +255,7 @@ def pair_scores(rows: Sequence[dict], metric: str) -> dict[str, dict[str, dict[t
     return scores
 
 
-def pair_scores_by_bucket(rows: Sequence[dict], k: int) -> dict[str, dict[str, dict[tuple, float]]]:
+def pair_scores_by_bucket(rows: Sequence[dict], k: int) -> dict[str, dict[str, dict[Pair, float]]]:
     """``{bucket: {method: {pair: Average@k in the bucket}}}`` on the first benchmark."""
     benchmark = rows[0]["benchmark"]
     chosen = [row for row in rows if row["benchmark"] == benchmark]
@@ -261,7 +263,7 @@ def pair_scores_by_bucket(rows: Sequence[dict], k: int) -> dict[str, dict[str, d
 
 
 def base_mismatch(base_runs: Sequence[Run], alphas: Sequence[float], problems: int, out: Path,
-                  jobs: int) -> dict[tuple, dict[str, dict[str, float]]]:
+                  jobs: int) -> dict[Pair, dict[str, dict[str, float]]]:
     """With `alphas`, the mismatch statistics of each base run's model at every α, each measured once
     (``<out>/mismatch/<run name>.json``): ``{(base model, seed): {str(α): statistics}}``."""
     if len(alphas) < 2:
@@ -272,10 +274,10 @@ def base_mismatch(base_runs: Sequence[Run], alphas: Sequence[float], problems: i
     return {run.spec.pair: stats for run, stats in zip(base_runs, results)}
 
 
-def training_curves(finished: Sequence[FinishedRun]) -> dict[str, dict[str, list[dict]]]:
+def training_curves(finished: Sequence[FinishedRun]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """``{method: {run: metrics rows}}`` of the runs that trained; a run is named by its seed, and by its base
     model too when there are several (``w1 seed 2``)."""
-    curves: dict[str, dict[str, list[dict]]] = {}
+    curves: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for run in finished:
         spec = run.run.spec
         if spec.trains:
@@ -284,9 +286,9 @@ def training_curves(finished: Sequence[FinishedRun]) -> dict[str, dict[str, list
     return curves
 
 
-def per_problem_decisions(finished: Sequence[FinishedRun]) -> dict[str, dict[str, list[dict]]]:
+def per_problem_decisions(finished: Sequence[FinishedRun]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """``{method: {run name: per-problem decision rows}}`` of the methods with exposure per problem."""
-    decisions: dict[str, dict[str, list[dict]]] = {}
+    decisions: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for run in finished:
         rows = per_problem_rows(read_metrics(run.run.directory / "decisions.jsonl")) if run.run.spec.trains else []
         if rows:

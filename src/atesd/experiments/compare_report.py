@@ -6,7 +6,7 @@ each reward term says about α where it varied, and the paper's claims with thei
 from __future__ import annotations
 
 import statistics
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from atesd.experiments.buckets import BUCKETS, EASY_FROM, HARD_BELOW
@@ -18,6 +18,7 @@ from atesd.experiments.mismatch import STATISTICS
 from atesd.experiments.paired import (
     CONFIDENCE,
     Interval,
+    Pair,
     agreement_note,
     mean_interval,
     paired_comparison,
@@ -33,7 +34,7 @@ from atesd.experiments.tables import (
     seconds,
 )
 
-Scores = Mapping[str, Mapping[Hashable, float]]  # {method: {(base model, seed): value}}
+Scores = Mapping[str, Mapping[Pair, float]]  # {method: {(base model, seed): value}}
 
 
 def means_section(summary: Sequence[dict[str, Any]], scores: Mapping[str, Scores], k: int) -> str:
@@ -110,7 +111,7 @@ def paired_section(rows: Sequence[dict[str, Any]], references: Mapping[str, str]
     return "## Paired differences\n\n" + "\n".join(lines)
 
 
-def mismatch_section(mismatch: Mapping[Hashable, Mapping[str, Mapping[str, float]]], problems: int) -> str:
+def mismatch_section(mismatch: Mapping[Pair, Mapping[str, Mapping[str, float]]], problems: int) -> str:
     """Mean ± std over the pairs of each mismatch statistic per α (the base model as teacher at α)."""
     if not mismatch:
         return ""
@@ -127,7 +128,7 @@ def mismatch_section(mismatch: Mapping[Hashable, Mapping[str, Mapping[str, float
             f"disagreement), mean ± std over those.\n\n{markdown(['α', 'pairs', *STATISTICS], body)}\n")
 
 
-def exposure_section(curves: Mapping[str, Mapping[int, list[dict[str, Any]]]]) -> str:
+def exposure_section(curves: Mapping[str, Mapping[str, list[dict[str, Any]]]]) -> str:
     """The α each method of `curves` (those whose α varied) used: mean over all steps and over the last
     quarter, mean ± std over its runs."""
     body = []
@@ -153,7 +154,8 @@ def difficulty_section(per_problem: Mapping[str, Mapping[str, Sequence[dict[str,
     difficulty's α minus the easiest's with its t-interval over runs (difficulties in `plots.difficulty_groups`'
     order, the easiest — fewest operations or segments — first; below 0: harder problems see less of the
     reference)."""
-    body, order = [], []
+    body: list[list[str]] = []
+    order: list[str] = []
     for method, runs in per_problem.items():
         pooled = [(name, row) for name, rows in runs.items() for row in rows]
         groups, method_order = difficulty_groups([row for _, row in pooled])

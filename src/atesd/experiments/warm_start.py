@@ -34,7 +34,13 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from atesd.config import Config
 from atesd.data.arithmetic import embedded_splits, parse_expression, solve_steps
@@ -102,14 +108,15 @@ def embedded_base_model(config: Config) -> Path:
     """The directory of the warm-started base model (model + tokenizer), trained now if not cached; with
     `model.embedded.health_check`, refused (`UnhealthyBaseModelError`) when outside the band."""
     target = embedded_cache_root(config) / f"embedded-{warm_start_key(config)}"
-    model = tokenizer = None
+    model: PreTrainedModel | None = None
+    tokenizer: PreTrainedTokenizerBase | None = None
     if not (target / "config.json").is_file():
         model, tokenizer = warm_start(config)
         save_pretrained_atomically(model, tokenizer, target)
     if config.model.embedded.health_check:
         report = load_health(target)
         if report is None or not report.matches(config):
-            if model is None:
+            if model is None or tokenizer is None:  # both None, or both made by warm_start
                 model = AutoModelForCausalLM.from_pretrained(target)
                 tokenizer = AutoTokenizer.from_pretrained(target)
             report = check_health(config, model, tokenizer)
