@@ -193,6 +193,7 @@ def _chunk_from_hidden(student_hidden: torch.Tensor, teacher_hidden: torch.Tenso
     with torch.no_grad():
         teacher_logits = F.linear(teacher_hidden, teacher_head, teacher_head_bias)
         if combine is not None:
+            assert mixed_hidden is not None  # AR-OPD's mix comes with its hidden states
             teacher_logits = combine(teacher_logits, F.linear(mixed_hidden, teacher_head, teacher_head_bias))
     return _chunk_from_logits(student_logits, teacher_logits, targets, spec)
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -88,7 +88,8 @@ class StepCost:
 
 
 class Graded(Protocol):
-    correct: bool
+    @property
+    def correct(self) -> bool: ...
 
 
 Grader = Callable[[str, str], Graded]  # (completion text, gold answer) -> a result with .correct
@@ -136,7 +137,9 @@ class RolloutSampler:
         with cost.timed("rollout"):
             self.engine.update_weights()  # a separate engine (vLLM) samples with the weights of the last update
             completions = self.engine.generate(prompts, self.sampling, generator)
-            texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in completions.completion_ids]
+            # decode gives one sequence's text (transformers annotates it str | list[str], for batches too)
+            texts = [cast(str, self.tokenizer.decode(ids, skip_special_tokens=True))
+                     for ids in completions.completion_ids]
             correct = [self.grader(text, p.answer).correct for text, p in zip(texts, problems)]
         return GradedRollouts(completions, correct, texts)
 
@@ -300,7 +303,7 @@ class Student:
                 count += batch.num_tokens
         return total / max(count, 1)
 
-    def nll_gradient(self, prompts: list[list[int]], completions: list[list[int]], parameters: list[torch.Tensor],
+    def nll_gradient(self, prompts: list[list[int]], completions: list[list[int]], parameters: Sequence[torch.Tensor],
                      cost: StepCost) -> list[torch.Tensor]:
         """The gradient, with respect to `parameters`, of the student's mean per-token NLL of `completions` after
         `prompts`, at the current weights (the `.grad` of the parameters is left alone)."""

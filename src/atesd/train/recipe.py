@@ -142,6 +142,8 @@ class Trainer:
         # scheduler would step once per process.
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config.train))
         # A sharded model is not wrapped by accelerate (train.sharding says why).
+        self.model: torch.nn.Module
+        self.optimizer: torch.optim.Optimizer
         self.model, self.optimizer = (model, optimizer) if self.sharding else accelerator.prepare(model, optimizer)
         self.updater = Updater(self.model, self.optimizer, scheduler, processes,
                                max_grad_norm=config.train.max_grad_norm,
@@ -315,7 +317,7 @@ class Trainer:
 
         updated = self.update_and_probe(self.student.spans(len(problems)), scaled_loss, step, cost)
         # 6. the record, told to the exposure policy (which may finish and learn from decisions)
-        signals = {}
+        signals: dict[str, Any] = {}
         if self.signals.aligns:  # the alignment credit, against the update's own forward
             credits, signals = self.signals.credits(per_token(outputs, "per_token_loss"), completions, scale, alphas)
             self.exposure.aligned(step, credits)
