@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from atesd.config import Config
 from atesd.errors import UserError
+from atesd.models.causal_lm import CausalLM
 from atesd.models.export import merged_state_dict
 from atesd.models.loading import ADAPTER_CONFIG, context_length, is_adapter_dir, load_model_and_tokenizer
 from atesd.rollout import HFGenerateEngine, SamplingParams
@@ -77,7 +78,7 @@ class HFSampleEngine:
         return [completions[index * n : (index + 1) * n] for index in range(len(prompt_ids))]
 
 
-def hf_sample_engine(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int) -> HFSampleEngine:
+def hf_sample_engine(model: CausalLM, tokenizer: PreTrainedTokenizerBase, batch_size: int) -> HFSampleEngine:
     """HF generate on `model`. A model still on the CPU is moved to the GPU when there is one (`atesd eval` loads
     it on the CPU); a model already on a device (a training process's) stays there."""
     if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from atesd.config import Config
 from atesd.data import reasoning_gym
@@ -22,6 +22,7 @@ from atesd.eval.evaluate import evaluate, write_results
 from atesd.eval.grading import check_answer_parses, grader_for
 from atesd.eval.metrics import combine_seeds
 from atesd.files import atomic_write_text
+from atesd.models.causal_lm import CausalLM
 from atesd.rollout import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def evaluation_seeds(config: Config) -> list[int]:
     return [config.run.seed + index for index in range(config.eval.seeds)]
 
 
-def evaluation_parts(config: Config, model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase,
+def evaluation_parts(config: Config, model: CausalLM | None, tokenizer: PreTrainedTokenizerBase,
                      engine: SampleEngine | None = None) -> tuple[PromptBuilder, SampleEngine, SamplingParams]:
     """The prompt builder, sampling engine (`engine`, else HF generate on `model`) and sampling settings
     (``eval.*``) every evaluation uses."""
@@ -67,7 +68,7 @@ def evaluation_parts(config: Config, model: PreTrainedModel | None, tokenizer: P
     return prompts, engine, sampling
 
 
-def evaluate_model(config: Config, model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+def evaluate_model(config: Config, model: CausalLM | None, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
                    label: str, teacher_alpha: float | None = None, engine: SampleEngine | None = None,
                    problems: dict[str, list[Problem]] | None = None, model_name: str | None = None) -> dict[str, dict]:
     """Evaluate on every configured benchmark (`problems` when given, else loaded); returns

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from transformers import PreTrainedModel
 
 from atesd.config import Config
 from atesd.data.problem import Problem
@@ -29,7 +30,7 @@ STATISTICS = ("kl_mean", "kl_p90", "kl_p99", "top1_disagree")
 
 
 class BaseRollouts(NamedTuple):
-    model: torch.nn.Module
+    model: PreTrainedModel
     tokenizer: Any
     prompts: PromptBuilder
     problems: list[Problem]

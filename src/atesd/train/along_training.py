@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
 
 from atesd.config import Config, ConfigError
 from atesd.eval.engines import VLLMSampleEngine
 from atesd.eval.runner import benchmark_problems, evaluate_model, summary_rows
+from atesd.models.causal_lm import CausalLM
 from atesd.rollout import RolloutEngine
 from atesd.rollout.vllm import VLLMEngine
 from atesd.train.distributed import Processes
@@ -35,7 +35,7 @@ EVAL_LOG = "eval_along_training.jsonl"
 class AlongTrainingEvaluator:
     """Evaluates `model` (the training model, unwrapped) when `due`; rows go to the run's `EVAL_LOG`."""
 
-    def __init__(self, config: Config, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path,
+    def __init__(self, config: Config, model: CausalLM, tokenizer: PreTrainedTokenizerBase, run_dir: Path,
                  processes: Processes, accelerator: Accelerator, *, resumed_at: int | None, sharded: bool,
                  rollouts: RolloutEngine) -> None:
         if sharded:

@@ -37,6 +37,7 @@ from transformers import PreTrainedTokenizerBase
 from atesd.config import AnchoredResidualConfig
 from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
+from atesd.models.causal_lm import CausalLM
 from atesd.models.sequences import (
     PackedSequences,
     completion_hidden_states,
@@ -255,7 +256,7 @@ class Teacher:
 class Student:
     """Runs the student (`model`, as prepared for training; `unwrapped`, the module itself) over packed sequences."""
 
-    def __init__(self, model: torch.nn.Module, unwrapped: torch.nn.Module, prompts: PromptBuilder,
+    def __init__(self, model: torch.nn.Module, unwrapped: CausalLM, prompts: PromptBuilder,
                  processes: Processes, *, pad_token_id: int, micro_batch_size: int, chunk_size: int,
                  bf16_autocast: bool) -> None:
         self.model, self.module, self.prompts, self.processes = model, unwrapped, prompts, processes
