@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atesd.analysis.mismatch import sample_base_rollouts
 from atesd.config import load_config
+from atesd.experiments.mismatch import sample_base_rollouts
 from atesd.models.sequences import completion_hidden_states, output_head, pack_sequences
 from atesd.train.forwards import anchored_residual
 

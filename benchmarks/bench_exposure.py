@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import atesd.experiments  # noqa: F401  (registers the embedded testbed's model)
 from atesd.config import load_config
 from atesd.exposure import REGISTRY, ProblemView, build_exposure_policy
 from atesd.exposure.rules import ProblemRule
@@ -72,7 +73,8 @@ VARIANTS = {
     "atesd-alignment": ["exposure.per_problem=true", "exposure.controller.credit=alignment",
                         "exposure.controller.alignment_probe=contrast"],
     "atesd-alignment-every-step": ["exposure.per_problem=true", "exposure.controller.credit=alignment",
-                                   "exposure.controller.alignment_probe=contrast", "exposure.controller.alignment_refresh=1"],
+                                   "exposure.controller.alignment_probe=contrast",
+                                   "exposure.controller.alignment_refresh=1"],
 }
 # The rules per problem among the registered exposure policies.
 RULES = [name for name, settings in REGISTRY.items() if isinstance(settings().build(1, 0), ProblemRule)]
@@ -109,7 +111,8 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, outpu
         "steps_timed": len(step_times),
         "step_s_mean": statistics.mean(step_times),
         "step_s_std": statistics.stdev(step_times) if len(step_times) > 1 else 0.0,
-        **{f"{key}_s_mean": statistics.mean(values) for key, values in per_step.items() if key != "teacher_prompt_tokens"},
+        **{f"{key}_s_mean": statistics.mean(values) for key, values in per_step.items()
+           if key != "teacher_prompt_tokens"},
         "teacher_prompt_tokens_mean": statistics.mean(per_step["teacher_prompt_tokens"]),
     }
 

@@ -2,7 +2,9 @@
 the same grading spread over W worker processes (the fast path that was tried and dropped, see
 docs/performance.md; kept here so that it can be re-measured on a bigger machine).
 
-The answers are made from the gold answers of ``../shared/data/benchmarks/*.jsonl`` (AIME 24/25, HMMT 25):
+The answers are made from the gold answers of AIME 24, AIME 25 and HMMT 25, read as ``atesd eval`` reads them
+(``atesd.data.sources.load_benchmark``: ``$ATESD_BENCHMARK_DIR/<name>.jsonl`` where it exists, else the hub
+dataset), or from every ``*.jsonl`` (``id, problem, answer``) of a folder given with ``--data``:
 per gold, ``\\boxed{gold}`` (a literal match, no math-verify), equivalent forms that need math-verify
 (``gold.0``, ``\\frac{2·gold}{2}``) and wrong answers (gold + i, ``\\frac{gold}{i+2}``) — distinct pairs, so
 that the per-pair cache never answers for math-verify. Each timed round starts with a cleared cache. Worker
@@ -29,15 +31,25 @@ from harness import add_common_flags, apply_threads, markdown_table, summary, wr
 
 from atesd.eval import grading
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/benchmarks"
+BENCHMARKS = ("aime24", "aime25", "hmmt25")
 
 
-def answer_set(data_dir: Path, wrong_per_gold: int) -> tuple[list[str], list[str]]:
-    """(completions, golds) from every gold answer in `data_dir`/*.jsonl."""
+def gold_answers(data_dir: Path | None) -> list[str]:
+    """Every gold answer in `data_dir`/*.jsonl, or, without a folder, of the three named benchmarks."""
+    if data_dir is None:
+        from atesd.data.sources import load_benchmark
+
+        return [problem.answer for name in BENCHMARKS for problem in load_benchmark(name)]
     golds = [json.loads(line)["answer"] for path in sorted(data_dir.glob("*.jsonl"))
              for line in path.read_text().splitlines() if line.strip()]
     if not golds:
-        raise SystemExit(f"no benchmark answers found in {data_dir}/*.jsonl (pass --data)")
+        raise SystemExit(f"no benchmark answers found in {data_dir}/*.jsonl")
+    return golds
+
+
+def answer_set(data_dir: Path | None, wrong_per_gold: int) -> tuple[list[str], list[str]]:
+    """(completions, golds) from every gold answer (`gold_answers`)."""
+    golds = gold_answers(data_dir)
     completions, paired = [], []
     for gold in golds:
         forms = [gold, rf"\frac{{2 \cdot ({gold})}}{{2}}"]
@@ -93,7 +105,9 @@ def time_grading(completions: list[str], golds: list[str], workers: int, repeats
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_flags(parser, repeats=3)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of benchmark *.jsonl files")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="folder of benchmark *.jsonl files (default: aime24, aime25 and hmmt25 as "
+                             "atesd eval loads them: $ATESD_BENCHMARK_DIR, else the hub)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4],
                         help="worker processes to compare (1: the calling process)")
     args = parser.parse_args()
@@ -114,7 +128,8 @@ def main() -> None:
     for row in results:
         row["speedup_vs_serial"] = row["answers_per_s"] / serial[row["batch"]] if row["batch"] in serial else None
     print(markdown_table(["batch", "answers", "workers", "pool", "answers/s", "× serial"],
-                         [[r["batch"], r["answers"], r["workers"], r["mode"], r["answers_per_s"], r["speedup_vs_serial"]]
+                         [[r["batch"], r["answers"], r["workers"], r["mode"], r["answers_per_s"],
+                           r["speedup_vs_serial"]]
                           for r in results]))
     write_results(args.out, "grading", args, results)
 

@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 from atesd.config import load_config
 from atesd.data.arithmetic import embedded_splits
 from atesd.data.prompts import PromptBuilder
-from atesd.train.warm_start import embedded_base_model
+from atesd.experiments.warm_start import embedded_base_model
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "atesd.yaml"
 

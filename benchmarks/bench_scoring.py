@@ -25,9 +25,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from atesd.config import load_config
 from atesd.data.arithmetic import embedded_splits
 from atesd.data.prompts import PromptBuilder
+from atesd.experiments.warm_start import embedded_base_model
 from atesd.models.sequences import completion_hidden_states, pack_sequences, shared_prompt_hidden_states
 from atesd.rollout import HFGenerateEngine, SamplingParams
-from atesd.train.warm_start import embedded_base_model
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "opsd.yaml"
 

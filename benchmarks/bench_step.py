@@ -133,8 +133,9 @@ def main() -> None:
     header = ["variant", "step ms", "CPU ms", "× opsd", "rollout share", "teacher share", "update share", "probe share",
               "rollout tok/s", "teacher tok/s", "update tok/s", "forward tok/s"]
     print(markdown_table(header, [
-        [r["variant"], r["step_s"] * 1000, r["cpu_step_s"] * 1000, r["vs_opsd"], r["rollout_share"], r["teacher_share"], r["update_share"],
-         r["probe_share"], r["rollout_tok_s"], r["teacher_tok_s"], r["update_tok_s"], r["forward_tok_s"]]
+        [r["variant"], r["step_s"] * 1000, r["cpu_step_s"] * 1000, r["vs_opsd"], r["rollout_share"], r["teacher_share"],
+         r["update_share"], r["probe_share"], r["rollout_tok_s"], r["teacher_tok_s"], r["update_tok_s"],
+         r["forward_tok_s"]]
         for r in ok.values()]))
     write_results(args.out, "step", args, results)
 

@@ -11,14 +11,14 @@ Both get atesd's chat-formatted student prompt text, and the privileged context 
 α = 1 without the question (reference, answer, transition, instruction), so the teacher prompts hold the same
 information at nearly the same length; the table reports both lengths in tokens.
 
-What atesd does that SDFT does not: g_t (the teacher's log-prob of the reference solutions, a docs/method.md#statistics statistic)
-and grading the rollouts. Grading is timed inside atesd's step and the ``same work`` column leaves it out; g_t
-is scored as a second continuation of the teacher prompts the rollouts are scored after (the prompts run once),
-so it cannot be timed apart and stays in: ``same work`` is an upper bound of atesd's time for SDFT's work. The
-probe NLL is switched off (``train.probe_every`` past the run) for this comparison. TRL's configs turn gradient
-(activation) checkpointing on by default, which recomputes the forward in backward; atesd's embedded recipe does
-not, so the same-work comparison runs SDFT without it, and the full run (not ``--quick``) also times SDFT as
-configured by default.
+What atesd does that SDFT does not: g_t (the teacher's log-prob of the reference solutions, a
+docs/method.md#statistics statistic) and grading the rollouts. Grading is timed inside atesd's step and the
+``same work`` column leaves it out; g_t is scored as a second continuation of the teacher prompts the rollouts are
+scored after (the prompts run once), so it cannot be timed apart and stays in: ``same work`` is an upper bound of
+atesd's time for SDFT's work. The probe NLL is switched off (``train.probe_every`` past the run) for this
+comparison. TRL's configs turn gradient (activation) checkpointing on by default, which recomputes the forward in
+backward; atesd's embedded recipe does not, so the same-work comparison runs SDFT without it, and the full run
+(not ``--quick``) also times SDFT as configured by default.
 
 Both learn at a negligible rate (``--lr``, 1e-10 by default, the least `train.lr` accepts): the two losses
 normalise differently (atesd by the step's tokens, SDFT per sequence), so at a real rate the two policies drift
@@ -48,8 +48,8 @@ from atesd.config import load_config
 from atesd.data.arithmetic import embedded_splits
 from atesd.data.templates import chat_prompt, student_message, teacher_message
 from atesd.eval.grading import grade
+from atesd.experiments.warm_start import embedded_base_model
 from atesd.train.recipe import Trainer
-from atesd.train.warm_start import embedded_base_model
 
 GRADING_SECONDS: list[float] = []  # appended to by the grader the trainer is given: each rollout's grading time
 
@@ -92,8 +92,8 @@ def trl_steps(config, model_dir: Path, problems, steps: int, output_dir: str,
         top_k=rollout.top_k, distillation_mode="full_logits", distillation_alpha=0.0, distillation_is_clip=None,
         teacher_model_kind="base", learning_rate=train.lr, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=train.weight_decay, max_grad_norm=train.max_grad_norm, seed=config.run.seed, use_cpu=True,
-        bf16=False, gradient_checkpointing=checkpointing, report_to="none", save_strategy="no", logging_steps=steps + 1, disable_tqdm=True,
-        dataloader_num_workers=0)
+        bf16=False, gradient_checkpointing=checkpointing, report_to="none", save_strategy="no", logging_steps=steps + 1,
+        disable_tqdm=True, dataloader_num_workers=0)
     trainer = SDFTTrainer(model=str(model_dir), args=args, train_dataset=Dataset.from_dict(rows),
                           processing_class=tokenizer)
 
@@ -205,7 +205,8 @@ def main() -> None:
           result["trl_default_checkpointing_step_s"], figures["ratio_step"], figures["ratio_same_work"],
           figures["ratio_same_work_per_token"],
           f"{figures['atesd_generated_tokens']:.0f} / {result['trl_generated_tokens']:.0f}",
-          f"{atesd_teacher:.0f} / {result['trl_teacher_prompt_tokens_mean']:.0f}"] for name, figures in samplers.items()]))
+          f"{atesd_teacher:.0f} / {result['trl_teacher_prompt_tokens_mean']:.0f}"]
+         for name, figures in samplers.items()]))
     write_results(args.out, "trl", args, result)
 
 

@@ -5,8 +5,9 @@ Engines: ``vllm`` (`atesd.rollout.vllm.VLLMEngine`, colocated, its start-up unti
 loop) and ``hf-generate`` (transformers' generate), all sampling with the config's rollout settings from seeded
 generators. With ``model.lora`` the model is the training model with its adapter (B drawn small, as after some
 training), and vLLM runs twice: ``vllm-request`` (the adapter as a LoRA request) and ``vllm-merge`` (merged); each
-vLLM call includes its sync and sync guard, as in training. Every timed round runs each engine once, in turn, so a machine that gets busier or quieter weighs on all
-of them. Runs in the real-vLLM environment (``make test-vllm`` builds it)::
+vLLM call includes its sync and sync guard, as in training. Every timed round runs each engine once, in turn, so a
+machine that gets busier or quieter weighs on all of them. Runs in the real-vLLM environment (``make test-vllm``
+builds it)::
 
     .venv-vllm/bin/python benchmarks/bench_vllm_rollout.py configs/embedded/opsd.yaml rollout.max_new_tokens=64 \\
         --out runs/bench/vllm-rollout-embedded.json
@@ -82,7 +83,8 @@ def main() -> None:
             timings[name].append((time.perf_counter() - begin, out.num_tokens))
     results = {name: {"seconds_median": statistics.median(s for s, _ in rounds),
                       "tokens": [n for _, n in rounds],
-                      "tokens_per_second": statistics.median(n / s for s, n in rounds)} for name, rounds in timings.items()}
+                      "tokens_per_second": statistics.median(n / s for s, n in rounds)}
+               for name, rounds in timings.items()}
     base = results["hf-loop"]["tokens_per_second"]  # a vLLM round includes its sync and sync guard
     print(markdown_table(["engine", "tokens/s (median)", "× hf-loop", "tokens per round"],
                          [[name, f"{r['tokens_per_second']:.0f}", f"{r['tokens_per_second'] / base:.2f}",

@@ -6,12 +6,14 @@ update, before the next sync, the guard's gap is measured on a fixed student pro
 vLLM then still holds the weights of the update before, which is exactly what a skipped sync would leave (``skipped``).
 The next step syncs and its guard logs the gap after a correct sync (``synced``, metrics.jsonl's ``sync_gap``).
 With ``rollout.vllm.lora=request`` the gap of vLLM's base weights without the request is measured too (``dropped``:
-an adapter that never arrived). ``rollout.vllm.sync_check_tolerance`` is set from these (docs/scaling.md#the-sync-guard).
+an adapter that never arrived). ``rollout.vllm.sync_check_tolerance`` is set from these
+(docs/scaling.md#the-sync-guard).
 
 Runs in the real-vLLM environment (``make test-vllm`` builds it)::
 
     .venv-vllm/bin/python benchmarks/bench_vllm_sync.py configs/embedded/opsd.yaml --out runs/bench/sync-embedded.json
-    .venv-vllm/bin/python benchmarks/bench_vllm_sync.py configs/smollm2-135m/opsd.yaml --out runs/bench/sync-smollm2.json
+    .venv-vllm/bin/python benchmarks/bench_vllm_sync.py configs/smollm2-135m/opsd.yaml \\
+        --out runs/bench/sync-smollm2.json
 """
 
 from __future__ import annotations

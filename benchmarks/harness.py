@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from atesd.analysis.tables import markdown
+from atesd.experiments.tables import markdown
 
 
 def add_common_flags(parser: argparse.ArgumentParser, repeats: int) -> None:

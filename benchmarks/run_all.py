@@ -47,39 +47,70 @@ PARTS: dict[str, list[str]] = {
 }
 
 
+def _divergence_rows(part: str, document: dict[str, Any]) -> list[list[Any]]:
+    """The summary rows of a divergence part: each variant's peak extra memory and time, the memory verdicts and
+    the float32 agreement."""
+    rows: list[list[Any]] = []
+    for r in document.get("results"):
+        if "error" in r:
+            rows.append([part, f"{r['variant']} N={r['N']}", r["error"][:60], ""])
+        else:
+            rows.append([part, f"{r['variant']} N={r['N']} peak extra / fwd+bwd",
+                         f"{r['peak_extra_mib']:.0f} MiB / {r['time_s_median']:.2f} s", ""])
+    for key, memory in document.get("verdict", {}).items():
+        if key.startswith("memory"):
+            rows.append([part, f"chunked / direct peak extra at N={memory['N']}", memory["ratio"],
+                         "≤ 0.25 met" if memory["ok"] else "≤ 0.25 NOT met"])
+    agree = document.get("agreement", {})
+    if "loss_rel_diff" in agree:
+        rows.append([part, f"float32 agreement N={agree['N']}: loss rel / grad max abs",
+                     f"{agree['loss_rel_diff']:.1e} / {agree['grad_max_abs_diff']:.1e}", "target 1e-5"])
+    return rows
+
+
+def _step_rows(part: str, results: Any) -> list[list[Any]]:
+    """The summary rows of the step part: per variant its step time, time shares, throughputs and (bf16) its step-0
+    loss against float32."""
+    rows: list[list[Any]] = []
+    for r in results:
+        if "error" in r:
+            rows.append([part, r["variant"], r["error"], ""])
+            continue
+        shares = "/".join("–" if r[k] is None else f"{r[k]:.2f}"
+                          for k in ("rollout_share", "teacher_share", "update_share", "probe_share"))
+        rows.append([part, f"{r['variant']} step (× opsd)", f"{r['step_s'] * 1000:.0f} ms ({r['vs_opsd']:.2f}×)",
+                     "ms"])
+        rows.append([part, f"{r['variant']} shares rollout/teacher/update/probe", shares, ""])
+        rows.append([part, f"{r['variant']} rollout / update tokens/s",
+                     f"{r['rollout_tok_s'] or 0:.0f} / {r['update_tok_s'] or 0:.0f}", "tokens/s"])
+        if "first_loss_rel_diff" in r:
+            rows.append([part, f"{r['variant']} step-0 loss rel diff vs float32", r["first_loss_rel_diff"], ""])
+    return rows
+
+
+def _trl_rows(part: str, results: Any) -> list[list[Any]]:
+    """The summary rows of the trl part: atesd's step against TRL's SDFT step, and SDFT with TRL's default
+    gradient checkpointing where it was timed."""
+    rows: list[list[Any]] = []
+    rows.append([part, f"atesd OPSD step / same work / TRL {results['trl_version']} SDFT step",
+                 (f"{results['atesd_step_s']:.2f} / {results['atesd_same_work_s']:.2f} / "
+                 f"{results['trl_step_s']:.2f}"), "s"])
+    rows.append([part, "atesd / TRL (same work)", f"{results['ratio_step']:.2f} ({results['ratio_same_work']:.2f})",
+                 "<1: atesd faster"])
+    if results.get("trl_default_checkpointing_step_s"):
+        rows.append([part, "TRL SDFT with its default gradient checkpointing",
+                     results["trl_default_checkpointing_step_s"], "s"])
+    return rows
+
+
 def headline(part: str, document: dict[str, Any]) -> list[list[Any]]:
     """The rows of the summary table for one part: (part, what, value, unit)."""
     results = document.get("results")
     rows: list[list[Any]] = []
     if part.startswith("divergence"):
-        for r in results:
-            if "error" in r:
-                rows.append([part, f"{r['variant']} N={r['N']}", r["error"][:60], ""])
-            else:
-                rows.append([part, f"{r['variant']} N={r['N']} peak extra / fwd+bwd",
-                             f"{r['peak_extra_mib']:.0f} MiB / {r['time_s_median']:.2f} s", ""])
-        for key, memory in document.get("verdict", {}).items():
-            if key.startswith("memory"):
-                rows.append([part, f"chunked / direct peak extra at N={memory['N']}", memory["ratio"],
-                             "≤ 0.25 met" if memory["ok"] else "≤ 0.25 NOT met"])
-        agree = document.get("agreement", {})
-        if "loss_rel_diff" in agree:
-            rows.append([part, f"float32 agreement N={agree['N']}: loss rel / grad max abs",
-                         f"{agree['loss_rel_diff']:.1e} / {agree['grad_max_abs_diff']:.1e}", "target 1e-5"])
+        rows += _divergence_rows(part, document)
     elif part == "step":
-        for r in results:
-            if "error" in r:
-                rows.append([part, r["variant"], r["error"], ""])
-                continue
-            shares = "/".join("–" if r[k] is None else f"{r[k]:.2f}"
-                              for k in ("rollout_share", "teacher_share", "update_share", "probe_share"))
-            rows.append([part, f"{r['variant']} step (× opsd)", f"{r['step_s'] * 1000:.0f} ms ({r['vs_opsd']:.2f}×)",
-                         "ms"])
-            rows.append([part, f"{r['variant']} shares rollout/teacher/update/probe", shares, ""])
-            rows.append([part, f"{r['variant']} rollout / update tokens/s",
-                         f"{r['rollout_tok_s'] or 0:.0f} / {r['update_tok_s'] or 0:.0f}", "tokens/s"])
-            if "first_loss_rel_diff" in r:
-                rows.append([part, f"{r['variant']} step-0 loss rel diff vs float32", r["first_loss_rel_diff"], ""])
+        rows += _step_rows(part, results)
     elif part == "rollout":
         rows += [[part, f"batch {r['batch_size']}, {r['variant']}", (f"{r['tokens_per_s']:.0f} "
                   f"({r['x_forward_cpu']:.2f}× forward)"), "tokens/s"] for r in results]
@@ -93,14 +124,7 @@ def headline(part: str, document: dict[str, Any]) -> list[list[Any]]:
         rows += [[part, f"teacher scoring, {r['mode']}", r["median_s"] * 1000, "ms"] for r in results["modes"]]
         rows.append([part, "teacher prompt tokens / all teacher tokens", results["teacher_prompt_token_share"], ""])
     elif part == "trl":
-        rows.append([part, f"atesd OPSD step / same work / TRL {results['trl_version']} SDFT step",
-                     (f"{results['atesd_step_s']:.2f} / {results['atesd_same_work_s']:.2f} / "
-                     f"{results['trl_step_s']:.2f}"), "s"])
-        rows.append([part, "atesd / TRL (same work)", f"{results['ratio_step']:.2f} ({results['ratio_same_work']:.2f})",
-                     "<1: atesd faster"])
-        if results.get("trl_default_checkpointing_step_s"):
-            rows.append([part, "TRL SDFT with its default gradient checkpointing",
-                         results["trl_default_checkpointing_step_s"], "s"])
+        rows += _trl_rows(part, results)
     return rows
 
 

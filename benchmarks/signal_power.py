@@ -1,4 +1,4 @@
-"""The power table of docs/controller.md#signals-with-power, from the diagnoses in docs/results-signals/.
+"""The power table of docs/controller.md#signals-with-power, from the diagnoses in results/signals/.
 
 Window signals: ``win-<base>-s0-steps100`` and ``-steps300`` (t at 50 and 150 decisions); each problem's
 alignment credit: ``pp-*`` (style probe), ``ppref-*`` (reference probe), ``ppcon-*`` (contrast probe), 100
@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1] / "docs" / "results-signals"
+ROOT = Path(__file__).resolve().parents[1] / "results" / "signals"
 WINDOW_SIGNALS = ("G_lp", "G_gt", "R", "lp_signed", "probe_drop", "accuracy", "style_drop", "probe_tscl", "probe_alp",
                   "probe_quantile", "style_tscl", "style_alp", "style_quantile")
 PROBES = {"pp": "style", "ppref": "reference", "ppcon": "contrast"}

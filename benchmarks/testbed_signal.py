@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+import atesd.experiments  # noqa: F401  (registers the embedded testbed's model)
 from atesd.config import load_config
 from atesd.data.arithmetic import embedded_splits
 from atesd.data.prompts import PromptBuilder
@@ -94,7 +95,8 @@ def main() -> None:
                     teacher_right[kind] += tokenizer.decode([int(teacher[position].argmax())]) == true_next
                     student_right[kind] += tokenizer.decode([int(student[position].argmax())]) == true_next
     total = sum(kl_sum.values())
-    rows = {kind: {"tokens": int(tokens[kind]), "kl_share": kl_sum[kind] / total, "mean_kl": kl_sum[kind] / tokens[kind],
+    rows = {kind: {"tokens": int(tokens[kind]), "kl_share": kl_sum[kind] / total,
+                   "mean_kl": kl_sum[kind] / tokens[kind],
                    **({"teacher_top1_true": teacher_right[kind] / tokens[kind],
                        "student_top1_true": student_right[kind] / tokens[kind]} if kind == "on-value" else {})}
             for kind in sorted(tokens)}

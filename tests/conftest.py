@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import atesd.experiments  # noqa: F401  (registers the embedded testbed's model, which most tests train)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_CONFIG = REPO_ROOT / "configs" / "embedded" / "opsd.yaml"
 
@@ -66,7 +68,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def embedded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The cache directory holding the session's warm-started tiny embedded base model (built here, once)."""
     from atesd.config import load_config
-    from atesd.train.warm_start import embedded_base_model
+    from atesd.experiments.warm_start import embedded_base_model
 
     cache = tmp_path_factory.mktemp("embedded-cache")
     config = load_config(EMBEDDED_CONFIG, [f"model.embedded.cache_dir={cache}", *TINY_MODEL_OVERRIDES,

@@ -19,6 +19,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
+import atesd.experiments  # noqa: F401  (registers the embedded testbed's model)
 from atesd.config import load_config
 from atesd.exposure import build_exposure_policy
 from atesd.train.recipe import Trainer

@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
+import atesd.experiments  # noqa: F401  (registers the embedded testbed's model)
 from atesd.config import load_config, save_config
 from atesd.train.checkpoint import LATEST, checkpoints
 from atesd.train.recipe import Trainer

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from atesd.analysis.along_training import along_training_report
 from atesd.cli import main
 from atesd.config import ConfigError, save_config
 from atesd.eval.metrics import combine_seeds
+from atesd.experiments.along_training import along_training_report
 from atesd.train.along_training import EVAL_LOG, AlongTrainingEvaluator
 from atesd.train.metrics import read_metrics
 from atesd.train.recipe import Trainer

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from atesd.analysis.compare import per_problem_decisions
-from atesd.analysis.plots import difficulty_groups, exposure_summary, per_problem_rows, plot_run
-from atesd.analysis.runs import FinishedRun, Run, RunSpec
 from atesd.config import load_config
+from atesd.experiments.compare import per_problem_decisions
+from atesd.experiments.plots import difficulty_groups, exposure_summary, per_problem_rows, plot_run
+from atesd.experiments.runs import FinishedRun, Run, RunSpec
 
 
 def decision_row(step: int, alphas: list[float], segments: list[int], buckets: list[str] | None) -> dict:

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-import atesd.analysis.runs as runs_module
-from atesd.analysis.buckets import bucket_of, difficulty_buckets, rebucketed_summary
-from atesd.analysis.guards import guard_settings
-from atesd.analysis.sweep import best_alpha
-from atesd.analysis.tables import mean_std, read_csv
+import atesd.experiments.runs as runs_module
 from atesd.cli import main
 from atesd.config import ConfigError, save_config
 from atesd.eval.grading import GradeResult
 from atesd.eval.metrics import ProblemResult
+from atesd.experiments.buckets import bucket_of, difficulty_buckets, rebucketed_summary
+from atesd.experiments.guards import guard_settings
+from atesd.experiments.sweep import best_alpha
+from atesd.experiments.tables import mean_std, read_csv
 from atesd.train.recipe import Trainer
 
 pytestmark = pytest.mark.slow  # trains models end to end (`pytest -m "not slow"` skips it)

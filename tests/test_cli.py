@@ -97,7 +97,8 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def test_training_from_a_jsonl_file(tiny_config, tmp_path):
-    rows = [{"id": f"q{i}", "problem": f"Compute {i}+{i + 1}.", "solution": f"{i}+{i + 1}={2 * i + 1}\n\\boxed{{{2 * i + 1}}}",
+    rows = [{"id": f"q{i}", "problem": f"Compute {i}+{i + 1}.",
+             "solution": f"{i}+{i + 1}={2 * i + 1}\n\\boxed{{{2 * i + 1}}}",
              "answer": str(2 * i + 1)} for i in range(1, 13)]
     data = _jsonl(tmp_path / "train.jsonl", rows)
     config = tiny_config(tmp_path, f"data.train={data}", "data.probe_size=4", "train.steps=2")

@@ -100,9 +100,9 @@ def test_config_list_names_every_packaged_config(elsewhere, capsys):
 
 def test_demo_sweep_testbed_and_quick_compare_find_their_configs_from_another_folder(elsewhere, monkeypatch,
                                                                                       capsys):
-    import atesd.analysis.compare as compare_module
-    import atesd.analysis.sweep as sweep_module
-    import atesd.analysis.testbed as testbed_module
+    import atesd.experiments.compare as compare_module
+    import atesd.experiments.sweep as sweep_module
+    import atesd.experiments.testbed as testbed_module
     from atesd import cli
 
     taken = {}

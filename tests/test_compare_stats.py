@@ -10,9 +10,11 @@ import statistics
 
 import pytest
 
-from atesd.analysis.claims import best_fixed, bucket_claim, method_claims, mismatch_claim
-from atesd.analysis.compare_report import claims_section
-from atesd.analysis.paired import (
+from atesd.cli import main
+from atesd.config import load_config, save_config
+from atesd.experiments.claims import best_fixed, bucket_claim, method_claims, mismatch_claim
+from atesd.experiments.compare_report import claims_section
+from atesd.experiments.paired import (
     HELD,
     INCONCLUSIVE,
     NOT_HELD,
@@ -24,9 +26,7 @@ from atesd.analysis.paired import (
     over_base_models,
     paired_difference,
 )
-from atesd.analysis.tables import read_csv
-from atesd.cli import main
-from atesd.config import load_config, save_config
+from atesd.experiments.tables import read_csv
 
 # Two-sided 95 % t quantiles (any statistics table): 4, 2 and 1 degrees of freedom.
 T95_4, T95_2, T95_1 = 2.7764451, 4.3026527, 12.7062047
@@ -53,7 +53,8 @@ def test_paired_difference_uses_only_the_shared_pairs_and_reads_a_verdict():
     assert difference.mean == pytest.approx((0.10 + 0.11 + 0.11) / 3)
     half = T95_2 * statistics.stdev([0.10, 0.11, 0.11]) / math.sqrt(3)
     assert difference.low == pytest.approx(difference.mean - half) and difference.verdict == HELD
-    assert difference.cell() == f"+{100 * difference.mean:.1f} [+{100 * difference.low:.1f}, +{100 * difference.high:.1f}]"
+    assert difference.cell() == (f"+{100 * difference.mean:.1f} "
+                                 f"[+{100 * difference.low:.1f}, +{100 * difference.high:.1f}]")
     assert paired_difference(reference, method).verdict == NOT_HELD
     assert paired_difference({(0, 0): 0.5, (0, 1): 0.4}, {(0, 0): 0.4, (0, 1): 0.5}).verdict == INCONCLUSIVE
     assert paired_difference({(5, 5): 1.0}, reference) is None
@@ -229,7 +230,8 @@ def test_compare_over_base_models_with_fixed_alphas_in_two_jobs(tiny_config, tmp
 
 
 @pytest.mark.slow
-def test_a_longer_budget_continues_the_shorter_runs_it_can_and_equals_them_run_from_scratch(tiny_config, tmp_path, capfd):
+def test_a_longer_budget_continues_the_shorter_runs_it_can_and_equals_them_run_from_scratch(tiny_config, tmp_path,
+                                                                                             capfd):
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     tiny = ("train.checkpoint_every=1", "eval.num_samples=2", "eval.max_problems=4", "eval.max_new_tokens=8",
@@ -268,7 +270,7 @@ def test_a_longer_budget_continues_the_shorter_runs_it_can_and_equals_them_run_f
 
 
 def test_difficulty_section_averages_each_runs_last_quarter_by_difficulty():
-    from atesd.analysis.compare_report import difficulty_section
+    from atesd.experiments.compare_report import difficulty_section
 
     def rows(easy: float, hard: float) -> list[dict]:
         # steps 1-8: the first six at α 0.5 (outside the last quarter), the last two at the run's own α

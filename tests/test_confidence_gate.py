@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from atesd.analysis.presets import METHOD_NAMES, methods
 from atesd.config import ConfigError, load_config
+from atesd.experiments.presets import METHOD_NAMES, methods
 from atesd.exposure import REGISTRY, ProblemView, build_exposure_policy
 from atesd.exposure.confidence_gate import ConfidenceGateExposure
 from atesd.train.metrics import read_metrics

@@ -36,7 +36,7 @@ def embedded(tiny_config, tmp_path_factory):
 
     from atesd.data.arithmetic import embedded_splits
     from atesd.data.prompts import PromptBuilder
-    from atesd.train.warm_start import embedded_base_model
+    from atesd.experiments.warm_start import embedded_base_model
 
     config = tiny_config(tmp_path_factory.mktemp("decode"))
     model_dir = embedded_base_model(config)

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atesd.analysis.compare_report import diagnosis_section
-from atesd.analysis.diagnose import RunSettings, diagnose
 from atesd.cli import main
 from atesd.config import load_config, save_config
+from atesd.experiments.compare_report import diagnosis_section
+from atesd.experiments.diagnose import RunSettings, diagnose
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_CONFIG = REPO_ROOT / "configs" / "embedded" / "opsd.yaml"
@@ -199,7 +199,7 @@ def test_exposure_per_problem_regresses_each_problems_credit_on_its_own_alpha():
 
 def test_the_comparison_section_pools_each_methods_runs(tmp_path):
     runs = [_synthetic_run(tmp_path / f"run{seed}", seed, steps=100) for seed in range(2)]
-    from atesd.analysis.diagnose_report import method_diagnoses
+    from atesd.experiments.diagnose_report import method_diagnoses
 
     diagnoses = method_diagnoses({"random": runs})
     section = diagnosis_section(diagnoses)
@@ -221,7 +221,7 @@ def test_logs_that_disagree_with_the_rebuild_or_lack_g_are_said_in_the_report(tm
     (run / "decisions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in decisions))
     (run / "metrics.jsonl").write_text("".join(json.dumps({**row, "teacher_ref_logp": None if row["step"] == 7
                                                            else row["teacher_ref_logp"]}) + "\n" for row in rows))
-    from atesd.analysis.diagnose_report import method_diagnoses
+    from atesd.experiments.diagnose_report import method_diagnoses
 
     diagnosis = method_diagnoses({"random": [run]})["random"]
     warnings = diagnosis.runs[0]["warnings"]

@@ -57,8 +57,8 @@ def test_values_style_shows_each_step_value_without_its_operation():
 
 
 def test_slipped_completion_hides_the_slip_from_the_loss():
+    from atesd.experiments.warm_start import slipped_completion
     from atesd.models.tiny import build_char_tokenizer
-    from atesd.train.warm_start import slipped_completion
     tokenizer = build_char_tokenizer()
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
     ids, weights = slipped_completion("7+2=9\n9+4=13\n\\boxed{13}", random.Random(0), encode, tokenizer.eos_token_id)
@@ -70,7 +70,7 @@ def test_slipped_completion_hides_the_slip_from_the_loss():
 
 
 def test_the_strong_teachers_answer_examples_need_more_than_half_of_the_reference():
-    from atesd.train.warm_start import answers_at
+    from atesd.experiments.warm_start import answers_at
 
     assert all(answers_at(None, alpha, m) for alpha in (0.0, 0.5, 1.0) for m in range(2, 7))
     assert not any(answers_at(0.5, alpha, m) for alpha in (0.0, 0.25, 0.5) for m in range(2, 7))
@@ -81,7 +81,7 @@ def test_the_strong_teachers_answer_examples_need_more_than_half_of_the_referenc
 
 def test_a_new_warm_start_setting_left_unset_keeps_the_cached_models_keys():
     from atesd.config import load_config
-    from atesd.train.warm_start import warm_start_key
+    from atesd.experiments.warm_start import warm_start_key
 
     default = load_config(EMBEDDED_CONFIG, [])
     assert warm_start_key(default) == warm_start_key(load_config(EMBEDDED_CONFIG,
@@ -93,7 +93,7 @@ def test_a_new_warm_start_setting_left_unset_keeps_the_cached_models_keys():
 
 def test_a_carried_slip_computes_on_from_the_slipped_value_and_hides_only_the_slip():
     from atesd.data.arithmetic import parse_expression
-    from atesd.train.warm_start import carried_slip_completion
+    from atesd.experiments.warm_start import carried_slip_completion
     tokenizer = build_char_tokenizer()
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
     question = "Compute 17+25*3-8."

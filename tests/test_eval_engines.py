@@ -1,8 +1,8 @@
-"""Evaluation's engines (`atesd.eval.engines`): HF generate, as before to the token, and vLLM (``eval.engine:
-vllm``) driven through the stand-in of the vLLM API (tests/vllm_stand_in.py; vLLM itself: tests/test_vllm_real.py): one request of n samples
-per problem, seeded per problem and so independent of batching, the configured LLM settings, a LoRA adapter
-merged (the run's final_model_merged, or merged now) or served as a LoRA request, and ``atesd eval`` loading no
-transformers model with vLLM."""
+"""Evaluation's engines (`atesd.eval.engines`): HF generate, as before to the token, and vLLM
+(``eval.engine: vllm``) driven through the stand-in of the vLLM API (tests/vllm_stand_in.py; vLLM itself:
+tests/test_vllm_real.py): one request of n samples per problem, seeded per problem and so independent of batching,
+the configured LLM settings, a LoRA adapter merged (the run's final_model_merged, or merged now) or served as a LoRA
+request, and ``atesd eval`` loading no transformers model with vLLM."""
 
 from __future__ import annotations
 

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from atesd.analysis.guards import EXPERIMENT_LOCK, read_json
-from atesd.analysis.runs import log_reaches_checkpoint
-from atesd.analysis.tables import write_csv
 from atesd.cli import main
 from atesd.config import ConfigError, load_config, save_config
 from atesd.data.arithmetic import embedded_splits
 from atesd.errors import UserError
 from atesd.eval.evaluate import write_results
 from atesd.eval.metrics import ProblemResult
+from atesd.experiments.guards import EXPERIMENT_LOCK, read_json
+from atesd.experiments.runs import log_reaches_checkpoint
+from atesd.experiments.tables import write_csv
 from atesd.train.base_model import base_model_path
 from atesd.train.preflight import learning_warnings
 from atesd.train.run_dir import RunLock
@@ -225,7 +225,7 @@ def test_a_torn_result_file_is_named(tmp_path):
 
 WORKER_SCRIPT = """
 import os, sys, time
-from atesd.analysis.runs import worker_pool
+from atesd.experiments.runs import worker_pool
 
 def pid_then_sleep(_):
     return os.getpid()
@@ -331,8 +331,8 @@ def test_an_adapter_on_another_base_is_warned_about(tmp_path, caplog):
 
 
 def test_a_comparisons_exposure_settings_go_to_the_methods_whose_policy_takes_them():
-    from atesd.analysis.compare import compare_specs
-    from atesd.analysis.sweep import sweep_specs
+    from atesd.experiments.compare import compare_specs
+    from atesd.experiments.sweep import sweep_specs
 
     recipes = Path(__file__).resolve().parents[1] / "configs" / "embedded"
     specs = {spec.label: spec for spec in compare_specs(recipes, ["base", "opsd", "random", "atesd", "adaback"],

@@ -139,8 +139,10 @@ def test_trend_advantages_by_hand():
     advantages = trend_advantages(rewards[2:], progress[2:], rewards, progress, eps=0.0)
     assert advantages.tolist() == pytest.approx([-1.0, 1.0])
     # too few decisions for a trend: the window's mean is the baseline
-    short = trend_advantages(torch.tensor([1.0, 3.0], dtype=torch.float64), torch.tensor([0.0, 0.5], dtype=torch.float64),
-                             torch.tensor([1.0, 3.0], dtype=torch.float64), torch.tensor([0.0, 0.5], dtype=torch.float64), 0.0)
+    short = trend_advantages(torch.tensor([1.0, 3.0], dtype=torch.float64),
+                             torch.tensor([0.0, 0.5], dtype=torch.float64),
+                             torch.tensor([1.0, 3.0], dtype=torch.float64),
+                             torch.tensor([0.0, 0.5], dtype=torch.float64), 0.0)
     assert short.tolist() == pytest.approx([-1.0, 1.0])
 
 
@@ -274,8 +276,8 @@ def run_policy(policy, steps: range, losses: list[float]) -> list[float]:
 
 
 def test_controller_state_round_trips_through_a_checkpoint(tmp_path):
-    settings = ("exposure.hold_steps=2", "exposure.controller.lookahead=3", "exposure.controller.decisions_per_update=2",
-                "exposure.controller.lr=0.05")
+    settings = ("exposure.hold_steps=2", "exposure.controller.lookahead=3",
+                "exposure.controller.decisions_per_update=2", "exposure.controller.lr=0.05")
     losses = [10.0 - 0.3 * i + 0.1 * math.sin(i) for i in range(41)]
     straight = ControllerExposure(exposure_config(*settings), 40, seed=3)
     expected = run_policy(straight, range(40), losses)
@@ -428,7 +430,8 @@ class DriftingLearner(DelayedEffectLearner):
 
 
 def train_against_drift(baseline: str, drift: float, seed: int, steps: int = 1000) -> float:
-    config = exposure_config("exposure.controller.teacher_grounded_weight=0", f"exposure.controller.baseline={baseline}")
+    config = exposure_config("exposure.controller.teacher_grounded_weight=0",
+                             f"exposure.controller.baseline={baseline}")
     learner = DriftingLearner(seed, drift, steps)
     policy = ControllerExposure(config, steps, seed=seed)
     for step in range(steps):
@@ -518,7 +521,8 @@ def train_per_problem(seed: int, steps: int = 300) -> tuple[list[float], dict[st
                               "probe_nll": 5.0 - learner.common, "probe_nll_before": 5.0 - learner.common})
     probes = learner.batch_views()
     means = policy.policy_means(steps, probes)
-    by_kind = {kind: float(np.mean([m for m, v in zip(means, probes) if v.bucket == kind])) for kind in ("easy", "hard")}
+    by_kind = {kind: float(np.mean([m for m, v in zip(means, probes) if v.bucket == kind]))
+               for kind in ("easy", "hard")}
     return gains, by_kind
 
 

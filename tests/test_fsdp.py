@@ -69,8 +69,9 @@ def runs(tiny_config, tmp_path_factory):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return {entry["name"]: (root / "runs" / entry["name"], [load_file(str(root / f"{entry['name']}.rank{r}.safetensors"))
-                                                           for r in range(2)]) for entry in jobs}
+    return {entry["name"]: (root / "runs" / entry["name"],
+                            [load_file(str(root / f"{entry['name']}.rank{r}.safetensors")) for r in range(2)])
+            for entry in jobs}
 
 
 def logged(run_dir: Path) -> list[dict]:

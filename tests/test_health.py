@@ -8,8 +8,8 @@ from conftest import EMBEDDED_CONFIG, TINY_MODEL_OVERRIDES
 
 from atesd.cli import main
 from atesd.config import load_config
-from atesd.train.health import HEALTH_FILE, HealthReport, UnhealthyBaseModelError, load_health
-from atesd.train.warm_start import embedded_base_model
+from atesd.experiments.health import HEALTH_FILE, HealthReport, UnhealthyBaseModelError, load_health
+from atesd.experiments.warm_start import embedded_base_model
 
 # The tiny test model (5 warm-start steps) is far outside the band: it solves nothing.
 UNDER_TRAINED = (*TINY_MODEL_OVERRIDES, "model.embedded.health_check=true", "model.embedded.health_problems=8",
@@ -77,7 +77,7 @@ def test_testbed_reports_every_warm_start_seed_with_its_verdict_and_resumes(tmp_
 
 @pytest.mark.parametrize(("accuracy", "checks"), [(1.0, 1), (0.0, 3)])
 def test_the_warm_start_stops_once_the_student_reaches_its_target(tmp_path, monkeypatch, accuracy, checks):
-    import atesd.train.warm_start as warm_start_module
+    import atesd.experiments.warm_start as warm_start_module
 
     calls = []
 

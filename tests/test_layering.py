@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "atesd"
 # Lowest first: a module may import its own layer's modules and those of any lower layer.
 LAYERS = {"errors": 0, "files": 0, "settings": 0, "packaged": 0, "data": 1, "exposure": 2, "config": 3, "losses": 4,
-          "models": 4, "rollout": 5, "eval": 6, "train": 7, "analysis": 8, "cli": 9}
+          "models": 4, "rollout": 5, "eval": 6, "train": 7, "experiments": 8, "cli": 9}
 
 
 def module_name(path: Path) -> str:

@@ -92,7 +92,8 @@ def test_a_question_too_long_for_the_context_cannot_be_cut(short_builder):
 def test_characters_the_tokenizer_cannot_encode_are_named(short_builder, tokenizer):
     with pytest.raises(DataError, match="cannot encode the characters '中文'"):
         short_builder.encode("Compute 中+文.")
-    with pytest.raises(DataError, match="field 'templates.transition': the tokenizer cannot encode the characters '中'"):
+    with pytest.raises(DataError,
+                       match="field 'templates.transition': the tokenizer cannot encode the characters '中'"):
         PromptBuilder(tokenizer, SHORT.model_copy(update={"transition": "中"}), STUDENT_KWARGS, TEACHER_KWARGS)
 
 

@@ -1,6 +1,7 @@
-"""The Qwen3 OPSD recipes carry docs/method.md#paper-recipes's hyperparameters; the ATESD recipes are those plus the controller at
-docs/method.md#controller's defaults, the GRPO and SFT recipes those plus their method (docs/method.md#baselines, docs/method.md#paper-recipes); the evaluation configs follow
-docs/method.md#evaluation's protocol; the accelerate configs are ones `accelerate` reads. (Every atesd config loading: tests/test_config.py.)"""
+"""The Qwen3 OPSD recipes carry docs/method.md#paper-recipes's hyperparameters; the ATESD recipes are those plus the
+controller at docs/method.md#controller's defaults, the GRPO and SFT recipes those plus their method
+(docs/method.md#baselines, docs/method.md#paper-recipes); the evaluation configs follow docs/method.md#evaluation's
+protocol; the accelerate configs are ones `accelerate` reads. (Every atesd config loading: tests/test_config.py.)"""
 
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def test_baseline_recipes_share_the_opsd_recipe(size):
     grpo = load_config(CONFIGS / size / "grpo.yaml")
     sft = load_config(CONFIGS / size / "sft.yaml")
     assert sft.method == "sft" and sft.model_dump(exclude={"method"}) == opsd.model_dump(exclude={"method"})
-    # docs/method.md#paper-recipes: 8 rollouts of up to 16k tokens at temperature 1.2, 500 steps; docs/method.md#baselines: clip 0.2, no KL
+    # docs/method.md#paper-recipes: 8 rollouts of up to 16k tokens at temperature 1.2, 500 steps;
+    # docs/method.md#baselines: clip 0.2, no KL
     assert grpo.method == "grpo"
     assert (grpo.grpo.group_size, grpo.rollout.max_new_tokens, grpo.rollout.temperature) == (8, 16384, 1.2)
     assert (grpo.train.steps, grpo.grpo.clip_epsilon, grpo.grpo.kl_coef) == (500, 0.2, 0.0)

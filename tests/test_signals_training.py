@@ -88,7 +88,8 @@ def test_each_problems_alignment_credit_is_its_gradients_dot_product_with_the_un
 
     parameters = [p for p in trainer.unwrapped.parameters() if p.requires_grad]
     gradient = student.nll_gradient([trainer.prompts.student(p) for p in trainer.probe_problems],
-                                    [trainer.prompts.solution(p) for p in trainer.probe_problems], parameters, StepCost())
+                                    [trainer.prompts.solution(p) for p in trainer.probe_problems], parameters,
+                                    StepCost())
     whole = unit(gradient)[1]
     direction, norm = unit(without_padding_rows(trainer.unwrapped, parameters, gradient))
     assert record["probe_grad_norm"] == pytest.approx(norm)

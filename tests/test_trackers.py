@@ -84,7 +84,8 @@ def test_trackio_gets_the_metrics_and_the_config(tiny_config, tmp_path, monkeypa
     train(tiny_config, tmp_path, "trackio")
     (database,) = (tmp_path / "trackio").glob("*.db")
     with sqlite3.connect(database) as connection:
-        rows = connection.execute("SELECT step, metrics FROM metrics WHERE run_name = 'tracked' ORDER BY step").fetchall()
+        rows = connection.execute("SELECT step, metrics FROM metrics WHERE run_name = 'tracked' "
+                                  "ORDER BY step").fetchall()
         configs = connection.execute("SELECT config FROM configs WHERE run_name = 'tracked'").fetchall()
     assert [step for step, _ in rows] == [1, 2] and all("loss" in json.loads(metrics) for _, metrics in rows)
     assert json.loads(configs[0][0])["train.steps"] == 2

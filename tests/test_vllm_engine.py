@@ -106,7 +106,8 @@ def test_vllm_engine_is_built_colocated_with_the_configured_settings(stand_in, b
         "enforce_eager": True, "enable_prefix_caching": True}
     on_gpu = VLLMEngine(tiny_model(), str(base_dir), VLLMConfig(), eos_token_id=EOS, dtype="bfloat16",
                         seed=step_seed(3, 0))  # a 63-bit seed, folded into the 32 bits vLLM takes
-    assert on_gpu.llm.init_kwargs["seed"] == step_seed(3, 0) % 2**32 and on_gpu.llm.init_kwargs["enforce_eager"] is False
+    assert on_gpu.llm.init_kwargs["seed"] == step_seed(3, 0) % 2**32
+    assert on_gpu.llm.init_kwargs["enforce_eager"] is False
     # The CPU build: no chunked prefill (a seeded request prefilled in chunks crashes it), a whole prompt per step,
     # a KV cache of 1 GiB unless kv_cache_gib says otherwise, eager, and only the head sizes it serves.
     stand_in.Platform.cpu = True
@@ -124,7 +125,8 @@ def test_vllm_engine_is_built_colocated_with_the_configured_settings(stand_in, b
     # The sync guard's tolerance follows the weights' dtype unless it is set (measured gaps: docs/scaling.md).
     tolerances = [VLLMEngine(tiny_model(), str(wide), VLLMConfig(**settings), eos_token_id=EOS, dtype=dtype,
                              seed=0).sync_check.tolerance
-                  for dtype, settings in [("float32", {}), ("bfloat16", {}), ("float32", {"sync_check_tolerance": 0.5})]]
+                  for dtype, settings in [("float32", {}), ("bfloat16", {}),
+                                          ("float32", {"sync_check_tolerance": 0.5})]]
     assert tolerances == [1e-3, 0.1, 0.5]
 
 
@@ -185,7 +187,8 @@ def test_full_weights_go_through_vllms_reload_path(stand_in, base_dir):
         model.model.layers[0].self_attn.q_proj.weight.add_(1.0)
     engine.update_weights()
     (loaded,) = engine.llm.worker.loads
-    assert set(loaded) == set(model.state_dict()) and all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    assert set(loaded) == set(model.state_dict())
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
     assert engine.lora_request is None and engine.llm.prefix_cache_resets == 1  # nothing cached is reused
     with pytest.raises(AttributeError, match="weight_loader"):  # why: the model's own loader fails after loading
         engine.llm.apply_model(lambda vllm_model: vllm_model.load_weights(model.state_dict().items()))

@@ -31,20 +31,21 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
 from atesd import __version__
-from atesd.analysis.presets import (
+from atesd.config import Config, ConfigError, load_config, save_config
+from atesd.errors import UserError
+from atesd.experiments.presets import (
     DEFAULT_ALPHAS,
     DEFAULT_MISMATCH_PROBLEMS,
     DEFAULT_SEEDS,
     METHOD_NAMES,
     QUICK_SEEDS,
 )
-from atesd.config import Config, ConfigError, load_config, save_config
-from atesd.errors import UserError
 from atesd.files import atomic_write_text
 from atesd.packaged import (
     PACKAGED,
@@ -62,9 +63,9 @@ RECIPES = "embedded"
 
 
 def _train(args: argparse.Namespace) -> None:
-    from atesd.analysis.along_training import along_training_section
-    from atesd.analysis.diagnose_report import run_section
-    from atesd.analysis.plots import exposure_summary, plot_run
+    from atesd.experiments.along_training import along_training_section
+    from atesd.experiments.diagnose_report import run_section
+    from atesd.experiments.plots import exposure_summary, plot_run
     from atesd.train.recipe import Trainer
 
     config = load_config(resolve_config(args.config), args.overrides)
@@ -86,9 +87,9 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from atesd.analysis.guards import writable_folder
-    from atesd.analysis.tables import evaluation_table
     from atesd.eval.runner import evaluate_model
+    from atesd.experiments.guards import writable_folder
+    from atesd.experiments.tables import evaluation_table
     from atesd.models.loading import resolve_model_path
     from atesd.train.base_model import evaluation_engine
     from atesd.train.run_dir import run_directory
@@ -101,6 +102,7 @@ def _eval(args: argparse.Namespace) -> None:
         raise ConfigError(f"--teacher-alpha must be an exposure in [0, 1], got {args.teacher_alpha}")
     config = load_config(resolve_config(args.config), args.overrides)
     run_dir = run_directory(config)
+    model_path: str | None
     if args.model:
         model_path = resolve_model_path(args.model, setting="--model")
     else:
@@ -122,7 +124,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _eval_checkpoints(args: argparse.Namespace) -> None:
     """The base model and every checkpoint of a run, with the run's own config (and eval.* overrides)."""
-    from atesd.analysis.along_training import evaluate_checkpoints, write_along_training_report
+    from atesd.experiments.along_training import evaluate_checkpoints, write_along_training_report
 
     run_dir = Path(args.checkpoints)
     if args.config or args.model or args.teacher_alpha is not None:
@@ -141,11 +143,11 @@ def _eval_checkpoints(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     """Base model vs the trained model (ATESD by default) on the embedded task, with the base teacher at α = 1
     for reference."""
-    from atesd.analysis.diagnose_report import run_section
-    from atesd.analysis.plots import exposure_summary, plot_bucket_accuracy, plot_run
-    from atesd.analysis.tables import evaluation_table
     from atesd.data.sources import benchmark_key
     from atesd.eval.runner import evaluate_model
+    from atesd.experiments.diagnose_report import run_section
+    from atesd.experiments.plots import exposure_summary, plot_bucket_accuracy, plot_run
+    from atesd.experiments.tables import evaluation_table
     from atesd.train.base_model import load_model
     from atesd.train.recipe import Trainer
     from atesd.train.run_dir import run_directory
@@ -206,8 +208,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from atesd.analysis.guards import experiment_lock, writable_folder
-    from atesd.analysis.sweep import run_sweep
+    from atesd.experiments.guards import experiment_lock, writable_folder
+    from atesd.experiments.sweep import run_sweep
 
     config_path = resolve_config(args.config or SWEEP_CONFIG)
     out = writable_folder(Path(args.out), "--out")
@@ -218,8 +220,8 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from atesd.analysis.compare import run_compare
-    from atesd.analysis.guards import experiment_lock, writable_folder
+    from atesd.experiments.compare import run_compare
+    from atesd.experiments.guards import experiment_lock, writable_folder
 
     seeds = (QUICK_SEEDS if args.quick else DEFAULT_SEEDS) if args.seeds is None else args.seeds
     recipes = resolve_config(args.recipes, folder=True, argument="--recipes")
@@ -235,8 +237,8 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _testbed(args: argparse.Namespace) -> None:
-    from atesd.analysis.guards import experiment_lock, writable_folder
-    from atesd.analysis.testbed import run_testbed
+    from atesd.experiments.guards import experiment_lock, writable_folder
+    from atesd.experiments.testbed import run_testbed
 
     config_path = resolve_config(args.config or SWEEP_CONFIG)
     out = writable_folder(Path(args.out), "--out")
@@ -246,7 +248,7 @@ def _testbed(args: argparse.Namespace) -> None:
 
 
 def _diagnose(args: argparse.Namespace) -> None:
-    from atesd.analysis.diagnose_report import diagnose_paths, diagnosis_markdown, write_diagnosis
+    from atesd.experiments.diagnose_report import diagnose_paths, diagnosis_markdown, write_diagnosis
 
     paths = [Path(path) for path in args.runs]
     if args.steps is not None and args.steps < 1:
@@ -283,6 +285,12 @@ def _clock(started: float) -> str:
     return f"{seconds // 60:02d}:{seconds % 60:02d}"
 
 
+class CommandParser(argparse.ArgumentParser):
+    """atesd's parser, holding each command's own parser (`parse_args` reads a command line with it)."""
+
+    commands: Mapping[str, argparse.ArgumentParser]
+
+
 def _config_arguments(parser: argparse.ArgumentParser, default: str | None = None, optional: bool = True) -> None:
     """CONFIG and the key=value overrides, as every command that reads a config takes them."""
     parser.add_argument("config", nargs="?" if optional else None, metavar="CONFIG",
@@ -292,8 +300,8 @@ def _config_arguments(parser: argparse.ArgumentParser, default: str | None = Non
                         help="dotted overrides of the config (train.steps=50), before or after the options")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atesd", description=__doc__.split("\n")[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog="atesd", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"atesd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -352,15 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--mismatch-problems", type=int, default=DEFAULT_MISMATCH_PROBLEMS,
                          help="with --alphas: training problems whose rollouts measure the mismatch (default "
                          "%(default)s)")
-    compare.add_argument("--jobs", type=int, default=1, metavar="N", help="runs at once, one thread each (default %(default)s)")
+    compare.add_argument("--jobs", type=int, default=1, metavar="N",
+                         help="runs at once, one thread each (default %(default)s)")
     compare.add_argument("--reuse", action="append", metavar="DIR",
                          help="another comparison's or a sweep's out folder whose finished runs that are runs of "
                          "this one are taken instead of run again (repeatable)")
     compare.add_argument("--continue-from", metavar="DIR",
                          help="a comparison of the same runs with fewer updates (train.steps): each run here starts "
                          "from its run there and trains only the extra updates, where its first updates do not "
-                         "depend on train.steps (constant lr, fixed or random exposure or a peer's rule); the others run "
-                         "from scratch")
+                         "depend on train.steps (constant lr, fixed or random exposure or a peer's rule); the others "
+                         "run from scratch")
     compare.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES, metavar="METHOD",
                          help=f"methods to run (default all: {' '.join(METHOD_NAMES)}); put key=value overrides "
                          "before this option, which takes every word after it")
@@ -409,11 +418,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     follow its options (argparse cannot intermix at the level of the subcommands); ``atesd config show`` is a
     command of two words."""
     parser = build_parser()
-    target, words = parser, []
+    target: argparse.ArgumentParser = parser
+    words: list[str] = []
     for word in argv:
-        if word not in getattr(target, "commands", {}):
+        choices: Mapping[str, argparse.ArgumentParser] = getattr(target, "commands", {})
+        if word not in choices:
             break
-        target = target.commands[word]
+        target = choices[word]
         words.append(word)
     if words and not hasattr(target, "commands"):
         args = target.parse_intermixed_args(argv[len(words):])
@@ -425,7 +436,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     args.command_line = shlex.join(["atesd", *(sys.argv[1:] if argv is None else argv)])  # for the reports
-    if args.command in ("demo", "sweep", "testbed", "eval") and args.config and "=" in args.config:  # overrides, no config
+    # overrides, no config
+    if args.command in ("demo", "sweep", "testbed", "eval") and args.config and "=" in args.config:
         args.overrides = [args.config, *args.overrides]
         args.config = None
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -102,7 +102,8 @@ class LoraConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Names of the linear layers that get adapters (docs/method.md#paper-recipes: all attention and MLP projections).")
+        description="Names of the linear layers that get adapters (docs/method.md#paper-recipes: all attention and MLP "
+                    "projections).")
     save_merged: bool = Field(
         False, description="Also write <run>/final_model_merged: base weights with the adapter merged in.")
 
@@ -197,16 +198,21 @@ class TeacherConfig(Section):
         None, description="AR-OPD's anchored-residual teacher (docs/method.md#ar-opd); None: the plain teacher.")
 
 
-# ``exposure``: the registered policies' settings models, told apart by ``policy`` (atesd.exposure.base).
-ExposureConfig = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="policy")]  # noqa: UP007
+# ``exposure``: the registered policies' settings models, told apart by ``policy`` (atesd.exposure.base). The
+# union is built from the registry at import time; to a type checker it is what every member is, ExposureSettings.
+if TYPE_CHECKING:
+    ExposureConfig = ExposureSettings
+else:
+    ExposureConfig = Annotated[Union[tuple(REGISTRY.values())], Field(discriminator="policy")]  # noqa: UP007
 
 
 def default_exposure() -> ExposureSettings:
-    return REGISTRY[default_policy()]()
+    return REGISTRY[default_policy()].model_validate({})
 
 
 class GRPOConfig(Section):
-    """GRPO (docs/method.md#grpo): G rollouts per prompt, graded 1/0, group-normalised advantages, PPO-style ratio clip."""
+    """GRPO (docs/method.md#grpo): G rollouts per prompt, graded 1/0, group-normalised advantages, PPO-style ratio
+    clip."""
 
     group_size: int = Field(8, ge=2, description="G: rollouts per prompt (train.batch_size counts prompts).")
     clip_epsilon: float = Field(0.2, gt=0, description="epsilon of the ratio clip [1 - eps, 1 + eps].")
@@ -225,8 +231,8 @@ class GRPOConfig(Section):
 class TrainConfig(Section):
     steps: int = Field(100, ge=1, description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="Prompts per step, over all processes.")
-    micro_batch_size: int = Field(32, ge=1, description="Sequences per forward/backward (gradient accumulation): prompts, or completions for GRPO "
-        "(prompts x group_size).")
+    micro_batch_size: int = Field(32, ge=1, description="Sequences per forward/backward (gradient accumulation): "
+                                  "prompts, or completions for GRPO (prompts x group_size).")
     lr: float = Field(1e-4, ge=1e-10, description="Peak learning rate. Below 1e-10 an update changes no float32 "
                       "weight (docs/reliability.md#settings-that-cannot-learn).")
     weight_decay: float = Field(0.0, ge=0)
@@ -271,8 +277,8 @@ class EvalConfig(Section):
 class Config(Section):
     method: Literal["opsd", "atesd", "grpo", "sft"] = Field(
         "opsd", description="opsd: distillation at a non-learned exposure (fixed, random, schedule, the peers' "
-                            "rules); atesd: distillation with the learned exposure controller; grpo: policy gradient on "
-                            "graded rollouts (no teacher); sft: NLL of the reference solutions (no rollouts).")
+                            "rules); atesd: distillation with the learned exposure controller; grpo: policy gradient "
+                            "on graded rollouts (no teacher); sft: NLL of the reference solutions (no rollouts).")
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)

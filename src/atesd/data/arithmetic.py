@@ -109,7 +109,8 @@ def solve_steps(operands: list[int], ops: list[str], slip: tuple[int, int] | Non
     """The solution lines of an expression, multiplications first, then left to right. With ``slip=(k, d)`` line
     k's value is off by d and every later line computes on from the slipped value, as a chain that made one
     mistake and carried it on would."""
-    values, pending, lines = list(operands), list(ops), []
+    values, pending = list(operands), list(ops)
+    lines: list[str] = []
     for precedence in ("*", "+-"):
         i = 0
         while i < len(pending):

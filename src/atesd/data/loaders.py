@@ -127,11 +127,10 @@ def _problem(
         raise error(f"expected an object with named columns, got {type(row).__name__}", None)
 
     question = text(columns.question)
-    has_solution = columns.solution is not None and columns.solution in row
-    has_answer = columns.answer is not None and columns.answer in row
-    solution = text(columns.solution) if has_solution else None
+    solution = text(columns.solution) if columns.solution is not None and columns.solution in row else None
 
-    if has_answer:
+    answer_column: str | None
+    if columns.answer is not None and columns.answer in row:
         answer_column = columns.answer
         answer = text(columns.answer, accept_int=True).strip()
     elif solution is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from transformers import PreTrainedTokenizerBase
 
@@ -121,8 +121,9 @@ class PromptBuilder:
         def prefix(kept: int) -> Problem | None:
             if kept == 0:
                 return None
+            # decode gives one sequence's text (transformers annotates it str | list[str], for batches too)
             text = solution[: encoding["offset_mapping"][kept - 1][1]] if self.tokenizer.is_fast \
-                else self.tokenizer.decode(ids[:kept])
+                else cast(str, self.tokenizer.decode(ids[:kept]))
             return replace(problem, solution=text) if text.strip() else None
 
         # The longest kept prefix whose sequences fit, by bisection (no prefix longer than the context can).

@@ -24,13 +24,14 @@ import json
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from atesd.config import Config
 from atesd.errors import UserError
+from atesd.models.causal_lm import CausalLM
 from atesd.models.export import merged_state_dict
 from atesd.models.loading import ADAPTER_CONFIG, context_length, is_adapter_dir, load_model_and_tokenizer
 from atesd.rollout import HFGenerateEngine, SamplingParams
@@ -77,11 +78,12 @@ class HFSampleEngine:
         return [completions[index * n : (index + 1) * n] for index in range(len(prompt_ids))]
 
 
-def hf_sample_engine(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int) -> HFSampleEngine:
+def hf_sample_engine(model: CausalLM, tokenizer: PreTrainedTokenizerBase, batch_size: int) -> HFSampleEngine:
     """HF generate on `model`. A model still on the CPU is moved to the GPU when there is one (`atesd eval` loads
     it on the CPU); a model already on a device (a training process's) stays there."""
     if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
-        model.to("cuda")
+        # transformers wraps `to` with functools.wraps, whose stub expects nn.Module.to's unbound arguments
+        model.to("cuda")  # type: ignore[arg-type]
     return HFSampleEngine(HFGenerateEngine(model, pad_token_id=tokenizer.pad_token_id,
                                            eos_token_id=tokenizer.eos_token_id, batch_size=batch_size))
 
@@ -125,6 +127,15 @@ class VLLMSampleEngine:
                  for sample in sorted(output.outputs, key=lambda sample: sample.index)] for output in outputs]
 
 
+class LLMArgs(TypedDict):
+    """The `build_llm` arguments every evaluation engine of a config shares."""
+
+    dtype: str
+    seed: int
+    trust_remote_code: bool
+    tensor_parallel_size: int
+
+
 def build_eval_engine(config: Config, model_path: str, base_path: str,
                       tokenizer: PreTrainedTokenizerBase) -> SampleEngine:
     """The ``eval.engine`` for the model at `model_path` (a LoRA adapter applies to the base model at
@@ -135,8 +146,9 @@ def build_eval_engine(config: Config, model_path: str, base_path: str,
     run_in_process("eval.engine=vllm")  # a run of `atesd compare --jobs N` is a pool worker, which starts no process
     vllm = import_vllm()
     settings = config.eval.vllm
-    common = {"dtype": config.model.dtype, "seed": config.run.seed, "trust_remote_code": config.model.trust_remote_code,
-              "tensor_parallel_size": settings.tensor_parallel_size}
+    common: LLMArgs = {"dtype": config.model.dtype, "seed": config.run.seed,
+                       "trust_remote_code": config.model.trust_remote_code,
+                       "tensor_parallel_size": settings.tensor_parallel_size}
     eos = tokenizer.eos_token_id
     context = served_context(config, base_path if is_adapter_dir(model_path) else model_path)
     if not is_adapter_dir(model_path):

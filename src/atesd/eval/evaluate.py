@@ -29,8 +29,8 @@ def evaluate(problems: Sequence[Problem], prompt_ids: Callable[[Problem], list[i
              decode: Callable[[list[int]], str], sampling: SamplingParams, num_samples: int, seed: int,
              batch_size: int = 64, description: str = "eval",
              grader: Callable[[str, str], GradeResult] = grade) -> list[ProblemResult]:
-    """k samples per problem from `prompt_ids(problem)`, graded against each problem's answer by `grader`. An engine that
-    schedules itself (vLLM) gets every problem at once, each with its own seed (`problem_seeds`); another (HF
+    """k samples per problem from `prompt_ids(problem)`, graded against each problem's answer by `grader`. An engine
+    that schedules itself (vLLM) gets every problem at once, each with its own seed (`problem_seeds`); another (HF
     generate) gets `batch_size` prompts x samples per call, its RNG drawn from one seeded with `seed`."""
     generator = torch.Generator().manual_seed(seed)
     seeds = problem_seeds(seed, len(problems))

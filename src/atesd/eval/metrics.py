@@ -69,16 +69,18 @@ def majority_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int
     if k < 1 or k > len(answers):
         raise ValueError(f"majority_at_k needs 1 <= k <= {len(answers)} samples, got k={k}")
     groups: list[list[int]] = []  # sample indices of each distinct answer, in order of first appearance
+    firsts: list[str] = []  # each group's first answer
     group_of: dict[str, int] = {}  # normalised spelling -> its group: a spelling seen before needs no math-verify
     for index, answer in enumerate(answers[:k]):
         if answer is None or not answer.strip():
             continue
         key = normalize_answer(answer)
         if key not in group_of:
-            group_of[key] = next((number for number, members in enumerate(groups)
-                                  if equivalent(answers[members[0]], answer)), len(groups))
+            group_of[key] = next((number for number, first in enumerate(firsts) if equivalent(first, answer)),
+                                 len(groups))
             if group_of[key] == len(groups):
                 groups.append([])
+                firsts.append(answer)
         groups[group_of[key]].append(index)
     if not groups:
         return 0.0

@@ -6,8 +6,9 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from atesd.config import Config
 from atesd.data import reasoning_gym
@@ -21,6 +22,7 @@ from atesd.eval.evaluate import evaluate, write_results
 from atesd.eval.grading import check_answer_parses, grader_for
 from atesd.eval.metrics import combine_seeds
 from atesd.files import atomic_write_text
+from atesd.models.causal_lm import CausalLM
 from atesd.rollout import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ def benchmark_problems(config: Config, name: str) -> list[Problem]:
         problems = embedded_splits(config.data.task, config.data.probe_size)["test"]
     elif name == "reasoning-gym":
         gym = config.data.reasoning_gym  # the config requires it with this benchmark
+        assert gym is not None
         problems = reasoning_gym.benchmark_problems(gym.task, gym.settings, gym.train_size, gym.test_size, gym.seed)
     else:
         problems = load_benchmark(name, check_answer=check_answer_parses)
@@ -51,19 +54,21 @@ def evaluation_seeds(config: Config) -> list[int]:
     return [config.run.seed + index for index in range(config.eval.seeds)]
 
 
-def evaluation_parts(config: Config, model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase,
+def evaluation_parts(config: Config, model: CausalLM | None, tokenizer: PreTrainedTokenizerBase,
                      engine: SampleEngine | None = None) -> tuple[PromptBuilder, SampleEngine, SamplingParams]:
     """The prompt builder, sampling engine (`engine`, else HF generate on `model`) and sampling settings
     (``eval.*``) every evaluation uses."""
     prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,
                             config.model.teacher_chat_kwargs)
-    engine = engine or hf_sample_engine(model, tokenizer, config.eval.batch_size)
+    if not engine:  # HF generate on `model`, which a call without an engine gives
+        assert model is not None
+        engine = hf_sample_engine(model, tokenizer, config.eval.batch_size)
     sampling = SamplingParams(config.eval.temperature, config.eval.top_p, config.eval.top_k,
                               config.eval.max_new_tokens)
     return prompts, engine, sampling
 
 
-def evaluate_model(config: Config, model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+def evaluate_model(config: Config, model: CausalLM | None, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
                    label: str, teacher_alpha: float | None = None, engine: SampleEngine | None = None,
                    problems: dict[str, list[Problem]] | None = None, model_name: str | None = None) -> dict[str, dict]:
     """Evaluate on every configured benchmark (`problems` when given, else loaded); returns
@@ -93,7 +98,9 @@ def evaluate_model(config: Config, model: PreTrainedModel | None, tokenizer: Pre
                                 prompt_ids, engine.context_length, config, name)
         per_seed = []
         for seed in seeds:
-            results = evaluate(chosen, prompt_ids, engine, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            # decode gives one sequence's text (transformers annotates it str | list[str], for batches too)
+            results = evaluate(chosen, prompt_ids, engine,
+                               lambda ids: cast(str, tokenizer.decode(ids, skip_special_tokens=True)),
                                sampling, k, seed=seed, batch_size=config.eval.batch_size,
                                grader=grader_for(config.data.answer),
                                description=f"eval {label} on {name}" + (f" (seed {seed})" if len(seeds) > 1 else ""))

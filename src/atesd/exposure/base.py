@@ -217,7 +217,7 @@ REGISTRY: dict[str, type[ExposureSettings]] = {}
 def register(settings: type[ExposureSettings]) -> type[ExposureSettings]:
     """Add a policy's settings model to the registry under the one value of its ``policy`` Literal."""
     annotation = settings.model_fields["policy"].annotation
-    names = getattr(annotation, "__args__", ())
+    names: tuple[Any, ...] = getattr(annotation, "__args__", ())
     if getattr(annotation, "__origin__", None) is not Literal or len(names) != 1:
         raise TypeError(f"{settings.__name__}.policy must be a one-value Literal, got {annotation}")
     if names[0] in REGISTRY:

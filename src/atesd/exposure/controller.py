@@ -153,7 +153,7 @@ class TrainingState:
     def raw(self, step: int) -> list[float]:
         """The unnormalised state before `step` (a feature never measured yet is 0)."""
         values = {"progress": step / max(self.total_steps, 1), "confidence": self.confidence, **self.emas}
-        return [float(values[name]) if values[name] is not None else 0.0 for name in STATE_FEATURES]
+        return [0.0 if (value := values[name]) is None else float(value) for name in STATE_FEATURES]
 
     def features(self, step: int, clip: float) -> list[float]:
         return self.normalizer.normalize(self.raw(step), clip)
@@ -575,6 +575,7 @@ class PerProblemExposure:
         if self.alignment:
             return []
         current, due = self._group(step), self._group(step - self.settings.lookahead)
+        assert current is not None  # `alphas(step)` made it
         return current.keys[:current.credited] + (due.keys[:due.credited] if due is not None else [])
 
     def measured(self, step: int, nll: Sequence[float], teacher_logps: Sequence[float]) -> None:
@@ -583,11 +584,13 @@ class PerProblemExposure:
         if self.alignment:  # credited after the update instead (`aligned`)
             return
         current, due = self._group(step), self._group(step - self.settings.lookahead)
+        assert current is not None  # `alphas(step)` made it
         current.before = [float(v) for v in nll[:current.credited]]
         current.teacher_logps = [float(g) for g in teacher_logps[:current.credited]]
         if due is None:
             return
         after = nll[current.credited:]
+        assert due.before is not None and due.teacher_logps is not None  # measured at its own step
         due.progress = [problem_progress(b, float(a)) for b, a in zip(due.before, after)]
         due.grounding = [teacher_grounding([g], self.settings.discount) for g in due.teacher_logps]
         due.rewards = [p + self.settings.teacher_grounded_weight * g for p, g in zip(due.progress, due.grounding)]
@@ -599,6 +602,7 @@ class PerProblemExposure:
         """The alignment credit (`controller.credit: alignment`, ours): each problem's first-order effect on the
         probe loss, measured before update `step` (`atesd.train.signals`), is its reward at once: R_i = c_i."""
         group = self._group(step)
+        assert group is not None  # `alphas(step)` made it
         group.progress = group.rewards = [float(c) for c in credits]
         self.waiting.remove(group)
         self.rewarded.append(group)

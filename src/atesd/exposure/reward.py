@@ -1,4 +1,5 @@
-"""The controller's reward and its REINFORCE objective (docs/method.md#reward, docs/method.md#update), as plain functions of numbers.
+"""The controller's reward and its REINFORCE objective (docs/method.md#reward, docs/method.md#update), as plain
+functions of numbers.
 
 Indexing, with t0 the first update governed by a decision (0-based optimizer steps) and L the look-ahead:
 

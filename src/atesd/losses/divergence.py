@@ -1,10 +1,10 @@
 """Distillation divergences between the student's and the teacher's next-token distributions, in chunks.
 
 Every completion token n has a student distribution p_S and a teacher distribution p_T over the whole
-vocabulary. This file computes the per-token distillation loss (forward KL, reverse KL, generalized JSD or
-the sampled-token policy gradient, with the optional top-k, pointwise clip and temperature of docs/method.md#distillation-loss)
-and the per-token mismatch statistics of docs/method.md#statistics (forward KL, top-1 disagreement, student probability of the
-sampled token).
+vocabulary. This file computes the per-token distillation loss (forward KL, reverse KL, generalized JSD or the
+sampled-token policy gradient, with the optional top-k, pointwise clip and temperature of
+docs/method.md#distillation-loss) and the per-token mismatch statistics of docs/method.md#statistics (forward
+KL, top-1 disagreement, student probability of the sampled token).
 
 Why chunks. Done in one piece, the loss over N positions makes several float32 [N, V] tensors per side
 (upcast logits, log-softmaxes, probabilities, the per-entry terms) and autograd keeps most of them for the
@@ -187,11 +187,13 @@ def divergence_from_hidden(student_hidden: torch.Tensor, teacher_hidden: torch.T
 def _chunk_from_hidden(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mixed_hidden: torch.Tensor | None,
                        student_head: torch.Tensor, teacher_head: torch.Tensor, student_head_bias: torch.Tensor | None,
                        teacher_head_bias: torch.Tensor | None, targets: torch.Tensor, spec: DivergenceSpec,
-                       combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
+                       combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+                       ) -> tuple[torch.Tensor, ...]:
     student_logits = F.linear(student_hidden, student_head, student_head_bias)
     with torch.no_grad():
         teacher_logits = F.linear(teacher_hidden, teacher_head, teacher_head_bias)
         if combine is not None:
+            assert mixed_hidden is not None  # AR-OPD's mix comes with its hidden states
             teacher_logits = combine(teacher_logits, F.linear(mixed_hidden, teacher_head, teacher_head_bias))
     return _chunk_from_logits(student_logits, teacher_logits, targets, spec)
 

@@ -1,4 +1,5 @@
-"""The baselines' objectives (docs/method.md#baselines): GRPO's group-normalised, ratio-clipped policy gradient and SFT's NLL.
+"""The baselines' objectives (docs/method.md#baselines): GRPO's group-normalised, ratio-clipped policy gradient and
+SFT's NLL.
 
 Both work on the per-token log-probabilities of the student (`models.sequences.token_logprobs_from_hidden`)
 and return per-token losses; the trainer weights and sums them (see `token_weights`) exactly as it reduces the

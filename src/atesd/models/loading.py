@@ -1,8 +1,9 @@
 """Loading a causal LM and its tokenizer: the embedded model, a local directory, a GGUF file (also one an installed
 package ships, ``<distribution>:<file name>``), or a hub id.
 
-- The embedded default is built and warm-started locally by the training recipe (`atesd.train.warm_start`)
-  and then loaded from its cache directory through exactly the same `from_pretrained` path as any other model.
+- The embedded default is built and warm-started locally by the lab (`atesd.experiments.warm_start`, a built
+  model of `atesd.train.base_model`) and then loaded from its cache directory through exactly the same
+  `from_pretrained` path as any other model.
 - A ``.gguf`` file is converted once into a `from_pretrained` directory (dequantised to float32
   safetensors, tokenizer and chat template included) under the cache, because reading a GGUF file is slow
   (half a minute for a 135M model) and `transformers` cannot save a model loaded from one.
@@ -21,6 +22,7 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from huggingface_hub.errors import HFValidationError
@@ -30,6 +32,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from atesd.config import Config, ConfigError
 from atesd.errors import UserError
 from atesd.models.cache import cache_root, save_pretrained_atomically
+from atesd.models.causal_lm import CausalLM
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +89,7 @@ def packaged_file(name: str, setting: str) -> Path:
     except importlib.metadata.PackageNotFoundError:
         raise ModelLoadError(f"{setting}: '{name}' names a file of the package {distribution_name}, which is not "
                              f"installed: pip install {distribution_name}") from None
-    found = [Path(distribution.locate_file(f)) for f in distribution.files or [] if Path(str(f)).name == file_name]
+    found = [Path(str(distribution.locate_file(f))) for f in distribution.files or [] if Path(str(f)).name == file_name]
     if not found:
         raise ModelLoadError(f"{setting}: the package {distribution_name} ships no file named {file_name}")
     return found[0]
@@ -97,7 +103,8 @@ def check_model_dir(path: Path, setting: str) -> None:
 
     if has("trainer_state.json") and has("optimizer.json"):
         raise ModelLoadError(f"{setting}: '{path}' is a training checkpoint, which holds only the trained parameters: "
-                             "evaluate the run's checkpoints with atesd eval --checkpoints RUN, or give its final_model")
+                             "evaluate the run's checkpoints with atesd eval --checkpoints RUN, or give its "
+                             "final_model")
     if has(ADAPTER_CONFIG):
         if not has("adapter_model.safetensors"):
             raise ModelLoadError(f"{setting}: '{path}' holds a LoRA adapter config but no adapter_model.safetensors "
@@ -130,7 +137,8 @@ def gguf_to_pretrained(gguf_path: Path, target: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # The weights are dequantised already; what is left of the GGUF quantizer only blocks save_pretrained.
-    model.hf_quantizer = None
+    # (transformers sets hf_quantizer on a model it loads quantised; PreTrainedModel does not declare it)
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     return save_pretrained_atomically(model, tokenizer, target)
@@ -206,7 +214,7 @@ def _chat_template_text(value: str) -> str:
     return value
 
 
-def context_length(model: torch.nn.Module) -> int | None:
+def context_length(model: object) -> int | None:
     """How many positions the model was made for (its config's ``max_position_embeddings`` or the older
     names of it), or None when its config does not say."""
     model_config = getattr(model, "config", None)
@@ -217,7 +225,7 @@ def context_length(model: torch.nn.Module) -> int | None:
     return None
 
 
-def load_training_model(config: Config, path: str) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+def load_training_model(config: Config, path: str) -> tuple[CausalLM, PreTrainedTokenizerBase]:
     """The model at `path`, to train: with LoRA adapters when `model.lora` is set, gradient checkpointing when
     asked."""
     model, tokenizer = load_model_and_tokenizer(config, path)
@@ -226,15 +234,16 @@ def load_training_model(config: Config, path: str) -> tuple[torch.nn.Module, Pre
         # the case with LoRA (the embeddings are frozen).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.model.lora is not None:
-        model = add_lora(model, config)
+        return add_lora(model, config), tokenizer
     return model, tokenizer
 
 
-def add_lora(model: PreTrainedModel, config: Config) -> torch.nn.Module:
+def add_lora(model: PreTrainedModel, config: Config) -> PeftModel:
     """`model` wrapped in a peft model with fresh LoRA adapters; only the adapters are trainable."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
 
     lora = config.model.lora
+    assert lora is not None  # called for a config with model.lora
     present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                if isinstance(module, torch.nn.Linear)}
     missing = [name for name in lora.target_modules if name not in present]
@@ -243,4 +252,6 @@ def add_lora(model: PreTrainedModel, config: Config) -> torch.nn.Module:
                          f"{sorted(present)}")
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_config)
+    wrapped = get_peft_model(model, peft_config)
+    assert isinstance(wrapped, PeftModel)  # not a PeftMixedModel: mixed adapters are not asked for
+    return wrapped

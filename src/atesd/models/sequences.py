@@ -14,10 +14,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 from torch.distributed.tensor import DTensor, Partial
 from torch.utils.checkpoint import checkpoint
+
+from atesd.models.causal_lm import CausalLM
 
 
 @dataclass
@@ -57,7 +60,9 @@ def pack_sequences(prompts: Sequence[Sequence[int]], completions: Sequence[Seque
     width = max(lengths)
     input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    batch_index, position_index, targets = [], [], []
+    batch_index: list[int] = []
+    position_index: list[int] = []
+    targets: list[int] = []
     for row, (prompt, completion) in enumerate(zip(prompts, completions)):
         sequence = list(prompt) + list(completion)
         input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
@@ -107,7 +112,7 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[to
     return input_ids, attention_mask
 
 
-def shared_prompt_hidden_states(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+def shared_prompt_hidden_states(model: CausalLM, prompts: Sequence[Sequence[int]],
                                 continuations: Sequence[Sequence[Sequence[int]]],
                                 pad_token_id: int) -> list[torch.Tensor]:
     """For each set of continuations of the same prompts, the final hidden states at its completion-predicting
@@ -160,10 +165,18 @@ def shared_prompt_hidden_states(model: torch.nn.Module, prompts: Sequence[Sequen
     return results
 
 
-def output_head(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+def output_head(model: CausalLM) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The output projection's weight ``[V, D]`` and bias of a causal LM, whole even when FSDP2 shards them."""
     head = model.get_output_embeddings()
     return _whole(head.weight), _whole(getattr(head, "bias", None))
+
+
+@overload
+def _whole(tensor: torch.Tensor) -> torch.Tensor: ...
+
+
+@overload
+def _whole(tensor: None) -> None: ...
 
 
 def _whole(tensor: torch.Tensor | None) -> torch.Tensor | None:
@@ -185,8 +198,9 @@ def token_logprobs_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, bias:
 
     Positions are taken `chunk_size` at a time and, when gradients are needed, each chunk runs under a
     non-reentrant checkpoint, so that neither the forward nor the backward ever holds more than one chunk's
-    ``[chunk, V]`` float32 logits (float64 inputs stay float64; SFT and GRPO train through this at Qwen3's V = 151,936). Chunks come from
-    `split`, whose backward is one concatenation, never a zero-filled ``[N, D]`` per slice.
+    ``[chunk, V]`` float32 logits (float64 inputs stay float64; SFT and GRPO train through this at Qwen3's
+    V = 151,936). Chunks come from `split`, whose backward is one concatenation, never a zero-filled ``[N, D]`` per
+    slice.
     """
     if hidden.shape[0] == 0:
         # still connected to the hidden states, so a backward through an empty batch works
@@ -209,7 +223,7 @@ def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return -torch.nn.functional.cross_entropy(logits, targets, reduction="none")
 
 
-def completion_token_logprobs(model: torch.nn.Module, batch: PackedSequences,
+def completion_token_logprobs(model: CausalLM, batch: PackedSequences,
                               chunk_size: int = 1024) -> torch.Tensor:
     """log p(completion token | context) for each of the N completion tokens, computed in chunks."""
     weight, bias = output_head(model)

@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from atesd.models.causal_lm import CausalLM
 from atesd.models.export import is_peft_model
 
 WeightsKind = Literal["initial", "live", "ema"]
@@ -24,17 +25,17 @@ class TeacherWeights:
     """Gives the module to run the teacher forward with, for the configured kind of weights (the recipe's `Teacher`
     adds what it is shown: `atesd.train.forwards`)."""
 
-    def __init__(self, student: torch.nn.Module, weights: WeightsKind, ema_decay: float = 0.99) -> None:
+    def __init__(self, student: CausalLM, weights: WeightsKind, ema_decay: float = 0.99) -> None:
         self.student = student
         self.weights = weights
         self.ema_decay = ema_decay
-        self.copy: torch.nn.Module | None = None
+        self.copy: CausalLM | None = None
         if weights == "ema" or (weights == "initial" and not is_peft_model(student)):
             self.copy = copy.deepcopy(student).eval()
             self.copy.requires_grad_(False)
 
     @contextlib.contextmanager
-    def scoring(self) -> Iterator[torch.nn.Module]:
+    def scoring(self) -> Iterator[CausalLM]:
         """A context in which the yielded module computes teacher outputs (no gradients, eval mode)."""
         if self.copy is not None:
             with torch.no_grad():
@@ -45,6 +46,7 @@ class TeacherWeights:
         try:
             with torch.no_grad():
                 if self.weights == "initial":  # LoRA: the base weights are the initial ones
+                    assert is_peft_model(self.student)  # else the initial weights are a copy
                     with self.student.disable_adapter():
                         yield self.student
                 else:

@@ -1,4 +1,5 @@
-"""The embedded model: a small Qwen3-architecture causal LM with a character-level tokenizer (docs/method.md#embedded-testbed).
+"""The embedded model: a small Qwen3-architecture causal LM with a character-level tokenizer
+(docs/method.md#embedded-testbed).
 
 Everything is built locally, so the embedded default runs with no downloads: the tokenizer is a
 `tokenizers` word-level model over single characters wrapped in `PreTrainedTokenizerFast`, with a

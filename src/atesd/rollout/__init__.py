@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
+from atesd.models.causal_lm import CausalLM
 from atesd.rollout.base import Completions, RolloutEngine, SamplingParams
 from atesd.rollout.decode import DecodeOptions
 from atesd.rollout.hf import HFGenerateEngine
@@ -16,7 +15,7 @@ if TYPE_CHECKING:
     from atesd.config import Config
 
 
-def build_rollout_engine(config: Config, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+def build_rollout_engine(config: Config, model: CausalLM, tokenizer: PreTrainedTokenizerBase,
                          model_path: str, *, batch_size: int, seed: int) -> RolloutEngine:
     """The engine `rollout.engine` names, sampling from `model` (the training model, unwrapped)."""
     if config.rollout.engine == "vllm":
@@ -30,4 +29,5 @@ def build_rollout_engine(config: Config, model: torch.nn.Module, tokenizer: PreT
                             decode_options=DecodeOptions(loop.cache, loop.drop_finished, loop.compile))
 
 
-__all__ = ["Completions", "DecodeOptions", "HFGenerateEngine", "RolloutEngine", "SamplingParams", "build_rollout_engine"]
+__all__ = ["Completions", "DecodeOptions", "HFGenerateEngine", "RolloutEngine", "SamplingParams",
+           "build_rollout_engine"]

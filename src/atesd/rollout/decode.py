@@ -27,12 +27,28 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, cast
 
 import torch
-from transformers import DynamicCache, LogitsProcessorList, StaticCache
+from transformers import Cache, DynamicCache, LogitsProcessorList, StaticCache
 
+from atesd.models.causal_lm import CausalLM
+from atesd.models.export import base_model, is_peft_model
 from atesd.rollout.base import SamplingParams
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin, PreTrainedModel
+
+    class GeneratingLM(PreTrainedModel, GenerationMixin):
+        """A `transformers` causal LM with ``generate``'s machinery, for the type checker only: typed as
+        GenerationMixin's methods type their host model (transformers' GenerativePreTrainedModel protocol, which
+        wants ``device`` and ``dtype`` settable, where PreTrainedModel has them as properties, and every other
+        attribute dynamic)."""
+
+        device: torch.device
+        dtype: torch.dtype
+
+        def __getattr__(self, name: str) -> Any: ...
 
 
 class Unsupported(Exception):
@@ -59,23 +75,32 @@ COMPACT_SHARE = 0.25
 COMPILED_CACHE_MULTIPLE = 64
 
 
-def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+# What the loop calls of ``generate``'s own code (`sampling_processors`).
+GENERATION_METHODS = ("_prepare_generation_config", "_prepare_special_tokens", "_get_logits_processor")
+
+
+def generates(model: torch.nn.Module) -> TypeGuard[GeneratingLM]:
+    """Whether `model` has the `transformers` generation machinery the loop uses (`GENERATION_METHODS`)."""
+    return all(hasattr(model, method) for method in GENERATION_METHODS)
+
+
+def causal_lm(model: CausalLM) -> GeneratingLM:
     """The `transformers` model whose forward the loop calls: `model` itself, or under a peft LoRA wrapper the
     base model (the adapters sit inside its layers, so its forward is the adapted model's)."""
-    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+    if is_peft_model(model):
         config = model.peft_config[model.active_adapter]
         if getattr(config, "is_prompt_learning", False) or getattr(config, "alora_invocation_tokens", None):
             raise Unsupported(f"peft {config.peft_type} changes the inputs, not only the layers")
-        model = model.get_base_model()
+        model = base_model(model)
     if getattr(model.config, "is_encoder_decoder", False):
         raise Unsupported("an encoder-decoder model")
-    for method in ("_prepare_generation_config", "_prepare_special_tokens", "_get_logits_processor"):
-        if not hasattr(model, method):
-            raise Unsupported(f"{type(model).__name__} has no `transformers` generation machinery ({method})")
+    if not generates(model):
+        method = next(method for method in GENERATION_METHODS if not hasattr(model, method))
+        raise Unsupported(f"{type(model).__name__} has no `transformers` generation machinery ({method})")
     return model
 
 
-def sampling_processors(model: torch.nn.Module, sampling: SamplingParams, *, pad_token_id: int, eos_token_id: int,
+def sampling_processors(model: GeneratingLM, sampling: SamplingParams, *, pad_token_id: int, eos_token_id: int,
                         input_ids: torch.Tensor) -> LogitsProcessorList:
     """The logits processors ``generate`` would apply for `sampling` with this model's generation config, built
     by ``generate``'s own code (empty for plain sampling at temperature 1, which is the common case)."""
@@ -89,10 +114,12 @@ def sampling_processors(model: torch.nn.Module, sampling: SamplingParams, *, pad
     if any(unsupported.values()):
         raise Unsupported("the model's generation config sets " + ", ".join(k for k, v in unsupported.items() if v))
     model._prepare_special_tokens(config, True, device=input_ids.device)
+    # (transformers annotates token ids as torch.LongTensor, which an int64 Tensor is not to a type checker, and
+    # this device as a str, where it takes a torch.device as well)
     return model._get_logits_processor(generation_config=config, input_ids_seq_length=input_ids.shape[1],
-                                       encoder_input_ids=input_ids, prefix_allowed_tokens_fn=None,
-                                       logits_processor=LogitsProcessorList(), device=input_ids.device,
-                                       model_kwargs={})
+                                       encoder_input_ids=cast(torch.LongTensor, input_ids),
+                                       prefix_allowed_tokens_fn=None, logits_processor=LogitsProcessorList(),
+                                       device=cast(str, input_ids.device), model_kwargs={})
 
 
 def same_stream_sample(probs: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
@@ -141,7 +168,7 @@ class _Inputs:
 
 
 @torch.no_grad()
-def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, sampling: SamplingParams,
+def decode(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor, sampling: SamplingParams,
            *, pad_token_id: int, eos_token_id: int, options: DecodeOptions = DecodeOptions()) -> torch.Tensor:
     """Sample up to ``sampling.max_new_tokens`` tokens after left-padded prompts ``[B, W]`` (on the model's
     device) with the global RNG: the new tokens ``[B, steps]``, the pad token after each row's EOS.
@@ -162,6 +189,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     # As generate: positions count from each prompt's first real token; no mask at all when nothing is padded.
     positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
     padded = not bool(attention_mask.all())
+    cache: Cache
     if options.cache == "static":
         length = width + steps
         if options.compile:
@@ -188,7 +216,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     for step in range(steps):
         logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
         if len(processors):
-            logits = processors(sequences[rows, : width + step], logits)
+            logits = processors(cast(torch.LongTensor, sequences[rows, : width + step]), logits)  # (int64 ids)
         probs = torch.softmax(logits, dim=-1)
         if len(rows) == batch:
             tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
@@ -202,7 +230,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
             break
         if drop_finished and (~unfinished).sum() >= COMPACT_SHARE * len(rows):
             keep = unfinished.nonzero().squeeze(1)
-            cache.reorder_cache(keep)
+            cache.reorder_cache(cast(torch.LongTensor, keep))  # (int64 indices)
             rows, unfinished, tokens, position = rows[keep], unfinished[keep], tokens[keep], position[keep]
             if mask is not None:
                 mask = mask[keep]

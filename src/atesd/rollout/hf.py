@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from atesd.models.causal_lm import CausalLM
 from atesd.models.sequences import left_padded
 from atesd.rollout.base import Completions, SamplingParams
 from atesd.rollout.decode import DecodeOptions, Unsupported, decode
@@ -28,7 +29,7 @@ class HFGenerateEngine:
     encoder-decoder, a prompt-learning peft wrapper, a generation config with beams) is sampled with
     ``generate`` instead, said once in the log. ``sampler="generate"`` always uses ``model.generate``."""
 
-    def __init__(self, model: torch.nn.Module, *, pad_token_id: int, eos_token_id: int,
+    def __init__(self, model: CausalLM, *, pad_token_id: int, eos_token_id: int,
                  batch_size: int = 64, sampler: Literal["loop", "generate"] = "loop",
                  decode_options: DecodeOptions | None = None) -> None:
         self.model = model
@@ -92,7 +93,8 @@ class HFGenerateEngine:
                 logger.warning("rollout.sampler loop cannot sample from this model (%s): sampling with "
                                "transformers' generate instead", reason)
                 self.sampler = "generate"
-        output = self.model.generate(
+        # GenerationMixin's generate, which every causal LM has and PreTrainedModel does not declare
+        output = self.model.generate(  # type: ignore[operator]
             input_ids=input_ids,
             attention_mask=attention_mask,
             do_sample=True,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from atesd.errors import UserError
+from atesd.models.causal_lm import CausalLM
 from atesd.models.sequences import completion_token_logprobs, pack_sequences
 
 
@@ -30,7 +31,7 @@ class SyncCheck:
     tokens: int  # the prompt tokens scored (the first scores none: it has no context)
     tolerance: float  # the largest mean absolute log-prob difference per token, in nats
 
-    def gap(self, served_logprobs: Callable[[list[int]], list[float]], model: torch.nn.Module,
+    def gap(self, served_logprobs: Callable[[list[int]], list[float]], model: CausalLM,
             prompt: Sequence[int]) -> float:
         """The mean absolute difference between the engine's log-probs of the prompt's first tokens and `model`'s."""
         ids = list(prompt[: self.tokens])
@@ -40,7 +41,7 @@ class SyncCheck:
         trained = training_logprobs(model, ids).to(torch.float64)
         return float((served - trained).abs().mean())
 
-    def verify(self, served_logprobs: Callable[[list[int]], list[float]], model: torch.nn.Module,
+    def verify(self, served_logprobs: Callable[[list[int]], list[float]], model: CausalLM,
                prompt: Sequence[int], sync: int) -> float:
         """The `gap`; a `WeightSyncError` when it is above the tolerance. `sync` counts the syncs, for the
         message."""
@@ -58,7 +59,7 @@ class SyncCheck:
 
 
 @torch.no_grad()
-def training_logprobs(model: torch.nn.Module, ids: Sequence[int]) -> torch.Tensor:
+def training_logprobs(model: CausalLM, ids: Sequence[int]) -> torch.Tensor:
     """`model`'s log-probs of ``ids[1:]``, each given the tokens before it, in eval mode (no dropout), float32."""
     device = next(model.parameters()).device
     batch = pack_sequences([ids[:1]], [ids[1:]], pad_token_id=0).to(device)

@@ -47,6 +47,7 @@ import torch
 
 from atesd.config.engines import VLLMConfig, VLLMSettings
 from atesd.errors import UserError
+from atesd.models.causal_lm import CausalLM
 from atesd.models.export import is_peft_model, merged_state_dict
 from atesd.rollout.base import Completions, SamplingParams
 from atesd.rollout.sync_check import SyncCheck
@@ -215,7 +216,7 @@ class VLLMEngine:
     """Samples with a colocated `vllm.LLM`; `update_weights` hands it the training model's weights (or adapter), and
     the first `generate` after a sync checks that they arrived (`SyncCheck`, ``rollout.vllm.sync_check``)."""
 
-    def __init__(self, model: torch.nn.Module, model_path: str, settings: VLLMConfig, *, eos_token_id: int,
+    def __init__(self, model: CausalLM, model_path: str, settings: VLLMConfig, *, eos_token_id: int,
                  dtype: str, seed: int, trust_remote_code: bool = False) -> None:
         run_in_process("the colocated vLLM engine")
         self.vllm = import_vllm()
@@ -229,7 +230,8 @@ class VLLMEngine:
         self.adapters: tempfile.TemporaryDirectory | None = None
         engine_args: dict[str, Any] = {}
         if is_peft_model(model) and settings.lora == "request":
-            rank = max(int(config.r) for config in model.peft_config.values())
+            # a LoRA adapter's config is a LoraConfig; peft types peft_config with their base class, PeftConfig
+            rank = max(int(config.r) for config in model.peft_config.values())  # type: ignore[attr-defined]
             engine_args = {"enable_lora": True, "max_lora_rank": served_lora_rank(rank), "max_loras": 1}
             self.adapters = tempfile.TemporaryDirectory(prefix="atesd-adapters-")
         self.llm = build_llm(self.vllm, model_path, settings, dtype=dtype, seed=seed,
@@ -245,7 +247,7 @@ class VLLMEngine:
 
         self.syncs += 1
         directory = Path(self.adapters.name) / f"sync-{self.syncs}"
-        self.model.save_pretrained(directory)
+        self.model.save_pretrained(str(directory))  # a str: peft annotates save_pretrained's directory as one
         previous, self.lora_request = self.lora_request, LoRARequest(
             lora_name=f"atesd-sync-{self.syncs}", lora_int_id=self.syncs, lora_path=str(directory))
         if previous is not None:  # no later request names it: vLLM reads an adapter's files once, when first used
@@ -267,6 +269,7 @@ class VLLMEngine:
         ``sync_gap``."""
         gap = None
         if self.unchecked and prompt_ids:
+            assert self.sync_check is not None  # `unchecked` only with a sync check
             gap = self.sync_check.verify(lambda ids: served_logprobs(self.vllm, self.llm, ids, self.lora_request),
                                          self.model, prompt_ids[0], sync=self.syncs)
             self.unchecked = False

@@ -2,26 +2,27 @@
 every ``eval.every`` steps and after the last, with the evaluation settings (``eval.*``, several seeds too).
 
 Each evaluation writes its per-problem results under ``<run>/eval/step-NNNNNNN/`` and one row per benchmark to
-``<run>/eval_along_training.jsonl`` (`eval.runner.summary_rows`); `atesd.analysis.along_training` reads them
+``<run>/eval_along_training.jsonl`` (`eval.runner.summary_rows`); `atesd.experiments.along_training` reads them
 into the report of the last and the best checkpoint. With ``eval.engine: hf`` it samples from the training model
 through HF generate (in eval mode, restoring the RNG it draws from); with ``eval.engine: vllm`` it samples from the
 run's colocated vLLM engine (``rollout.engine: vllm``), given the current weights first. Either way it runs on the
 main process while the others wait, so a run with ``eval.every`` trains exactly as one without. A resumed run
-keeps the rows up to its checkpoint and redoes the later ones. Under FSDP2 the parameters are sharded and generate would need them gathered on every process:
-there, evaluate the checkpoints afterwards (``atesd eval --checkpoints RUN``).
+keeps the rows up to its checkpoint and redoes the later ones. Under FSDP2 the parameters are sharded and generate
+would need them gathered on every process: there, evaluate the checkpoints afterwards
+(``atesd eval --checkpoints RUN``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
 
 from atesd.config import Config, ConfigError
 from atesd.eval.engines import VLLMSampleEngine
 from atesd.eval.runner import benchmark_problems, evaluate_model, summary_rows
+from atesd.models.causal_lm import CausalLM
 from atesd.rollout import RolloutEngine
 from atesd.rollout.vllm import VLLMEngine
 from atesd.train.distributed import Processes
@@ -34,7 +35,7 @@ EVAL_LOG = "eval_along_training.jsonl"
 class AlongTrainingEvaluator:
     """Evaluates `model` (the training model, unwrapped) when `due`; rows go to the run's `EVAL_LOG`."""
 
-    def __init__(self, config: Config, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path,
+    def __init__(self, config: Config, model: CausalLM, tokenizer: PreTrainedTokenizerBase, run_dir: Path,
                  processes: Processes, accelerator: Accelerator, *, resumed_at: int | None, sharded: bool,
                  rollouts: RolloutEngine) -> None:
         if sharded:

@@ -1,22 +1,38 @@
-"""The model a run starts from: the embedded default's warm-started model (made on first use, then cached), or
-the configured directory, GGUF file or hub id; and loading it, or a run's trained model, for evaluation (as a model,
-or behind the configured evaluation engine)."""
+"""The model a run starts from: a model atesd builds itself (the embedded testbed's, made on first use by the lab,
+`atesd.experiments`, which registers its builder here), or the configured directory, GGUF file or hub id; and
+loading it, or a run's trained model, for evaluation (as a model, or behind the configured evaluation engine)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from atesd.config import Config
+from atesd.errors import ConfigError
 from atesd.eval.engines import SampleEngine, build_eval_engine
 from atesd.models.loading import EMBEDDED, load_model_and_tokenizer, load_tokenizer, resolve_model_path
-from atesd.train.warm_start import embedded_base_model
+
+# The models atesd builds itself, by ``model.name_or_path``: each builder returns the built model's directory (and
+# caches it). The library knows none; `atesd.experiments` registers the embedded testbed's when it is imported.
+BUILT_MODELS: dict[str, Callable[[Config], Path]] = {}
+
+
+def register_built_model(name: str, build: Callable[[Config], Path]) -> None:
+    """Make ``model.name_or_path: <name>`` start from the model `build(config)` makes."""
+    BUILT_MODELS[name] = build
 
 
 def base_model_path(config: Config) -> str:
-    """The directory (or hub id) of the configured starting model; warm-starts the embedded one if needed."""
-    if config.model.name_or_path == EMBEDDED:
-        return str(embedded_base_model(config))
-    return resolve_model_path(config.model.name_or_path)
+    """The directory (or hub id) of the configured starting model; builds a built-in one if needed."""
+    name = config.model.name_or_path
+    if name in BUILT_MODELS:
+        return str(BUILT_MODELS[name](config))
+    if name == EMBEDDED:
+        raise ConfigError("model.name_or_path 'embedded' is the testbed's model, which atesd's lab builds: import "
+                          "atesd.experiments before training or evaluating it (the atesd command does)")
+    return resolve_model_path(name)
 
 
 def load_model(config: Config, path: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

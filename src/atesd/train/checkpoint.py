@@ -16,6 +16,7 @@ the last probe NLL): everything a resumed run needs to continue exactly as an un
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -84,7 +85,9 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 def checkpoint_step(directory: Path) -> int:
     """The optimizer step a published checkpoint directory (``step-NNNNNNN``) was saved at."""
-    return int(STEP_NAME.fullmatch(directory.name).group(1))
+    match = STEP_NAME.fullmatch(directory.name)
+    assert match is not None, f"{directory} is not a published checkpoint"
+    return int(match.group(1))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -174,10 +177,15 @@ def read_training_state(directory: Path, expected_weights: dict[str, torch.Size]
     missing = [key for key in TRAINER_STATE_KEYS if not isinstance(trainer, dict) or key not in trainer]
     if missing:
         raise CheckpointError(f"{directory}/trainer_state.json lacks {', '.join(missing)}")
-    parts = {name: read(f"{name}.json", lambda name=name: load_state(directory, name))
+    parts = {name: read(f"{name}.json", functools.partial(load_state, directory, name))
              for name in ("optimizer", "exposure", "teacher", "rng")}
     rng = parts["rng"]
-    read("rng.json", lambda: (random.setstate(rng["python"]), np.random.set_state(rng["numpy"]),
-                              torch.random.set_rng_state(rng["torch"])))
+
+    def restore_rng() -> None:
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.random.set_rng_state(rng["torch"])
+
+    read("rng.json", restore_rng)
     return TrainingState(weights=weights, optimizer=parts["optimizer"], exposure=parts["exposure"],
                          teacher=parts["teacher"], trainer=trainer)

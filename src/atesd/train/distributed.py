@@ -37,6 +37,7 @@ class Processes:
         """Each value summed over processes (one reduce for all of them)."""
         if self.count == 1:
             return values
+        assert self.accelerator is not None  # several processes: accelerate runs them
         summed = self.accelerator.reduce(torch.tensor(list(values.values()), dtype=torch.float64,
                                                       device=self.device), "sum")
         return dict(zip(values, summed.tolist()))
@@ -45,6 +46,7 @@ class Processes:
         """True when `flag` is true on every process."""
         if self.count == 1:
             return flag
+        assert self.accelerator is not None  # several processes: accelerate runs them
         value = torch.tensor(1.0 if flag else 0.0, device=self.device)
         return bool(self.accelerator.reduce(value, "min").item() > 0.5)
 
@@ -60,6 +62,7 @@ class Processes:
         with NaN to the longest for the gather, and NaNs are dropped after it."""
         everything = values.float().to(self.device)
         if self.count > 1:
+            assert self.accelerator is not None  # several processes: accelerate runs them
             everything = self.accelerator.gather(self.accelerator.pad_across_processes(everything,
                                                                                        pad_index=float("nan")))
         return everything[~torch.isnan(everything)]

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -37,6 +37,7 @@ from transformers import PreTrainedTokenizerBase
 from atesd.config import AnchoredResidualConfig
 from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
+from atesd.models.causal_lm import CausalLM
 from atesd.models.sequences import (
     PackedSequences,
     completion_hidden_states,
@@ -88,7 +89,8 @@ class StepCost:
 
 
 class Graded(Protocol):
-    correct: bool
+    @property
+    def correct(self) -> bool: ...
 
 
 Grader = Callable[[str, str], Graded]  # (completion text, gold answer) -> a result with .correct
@@ -136,7 +138,9 @@ class RolloutSampler:
         with cost.timed("rollout"):
             self.engine.update_weights()  # a separate engine (vLLM) samples with the weights of the last update
             completions = self.engine.generate(prompts, self.sampling, generator)
-            texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in completions.completion_ids]
+            # decode gives one sequence's text (transformers annotates it str | list[str], for batches too)
+            texts = [cast(str, self.tokenizer.decode(ids, skip_special_tokens=True))
+                     for ids in completions.completion_ids]
             correct = [self.grader(text, p.answer).correct for text, p in zip(texts, problems)]
         return GradedRollouts(completions, correct, texts)
 
@@ -252,7 +256,7 @@ class Teacher:
 class Student:
     """Runs the student (`model`, as prepared for training; `unwrapped`, the module itself) over packed sequences."""
 
-    def __init__(self, model: torch.nn.Module, unwrapped: torch.nn.Module, prompts: PromptBuilder,
+    def __init__(self, model: torch.nn.Module, unwrapped: CausalLM, prompts: PromptBuilder,
                  processes: Processes, *, pad_token_id: int, micro_batch_size: int, chunk_size: int,
                  bf16_autocast: bool) -> None:
         self.model, self.module, self.prompts, self.processes = model, unwrapped, prompts, processes
@@ -300,7 +304,7 @@ class Student:
                 count += batch.num_tokens
         return total / max(count, 1)
 
-    def nll_gradient(self, prompts: list[list[int]], completions: list[list[int]], parameters: list[torch.Tensor],
+    def nll_gradient(self, prompts: list[list[int]], completions: list[list[int]], parameters: Sequence[torch.Tensor],
                      cost: StepCost) -> list[torch.Tensor]:
         """The gradient, with respect to `parameters`, of the student's mean per-token NLL of `completions` after
         `prompts`, at the current weights (the `.grad` of the parameters is left alone)."""

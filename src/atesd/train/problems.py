@@ -37,6 +37,7 @@ def training_problems(config: Config) -> tuple[list[Problem], list[Problem]]:
         return splits["train"], splits["probe"]
     if config.data.train == "reasoning-gym":
         gym = config.data.reasoning_gym  # the config requires it with this source
+        assert gym is not None
         problems = reasoning_gym.training_problems(gym.task, gym.settings, gym.train_size, gym.seed)
         return hold_out_probe(problems, config.data.probe_size, seed=config.data.probe_seed, source="reasoning-gym")
     # Every answer must parse: one the grader could never match would make a problem that no rollout can solve.

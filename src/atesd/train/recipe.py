@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ from atesd.eval.grading import grader_for
 from atesd.exposure import ExposurePolicy, ProblemView, build_exposure_policy
 from atesd.losses import DivergenceOutput, DivergenceSpec, divergence_from_hidden
 from atesd.losses.policy_gradient import clipped_policy_loss, group_advantages, k3_kl, sft_loss, token_weights
+from atesd.models.causal_lm import CausalLM
 from atesd.models.export import save_final_model
 from atesd.models.loading import load_training_model
 from atesd.models.teacher import TeacherWeights
@@ -142,6 +143,8 @@ class Trainer:
         # scheduler would step once per process.
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config.train))
         # A sharded model is not wrapped by accelerate (train.sharding says why).
+        self.model: torch.nn.Module
+        self.optimizer: torch.optim.Optimizer
         self.model, self.optimizer = (model, optimizer) if self.sharding else accelerator.prepare(model, optimizer)
         self.updater = Updater(self.model, self.optimizer, scheduler, processes,
                                max_grad_norm=config.train.max_grad_norm,
@@ -201,8 +204,9 @@ class Trainer:
             rollouts=engine) if config.eval.every else None
 
     @property
-    def unwrapped(self) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(self.model)
+    def unwrapped(self) -> CausalLM:
+        # accelerate types unwrap_model as giving any module; it gives the one prepared, load_training_model's
+        return cast(CausalLM, self.accelerator.unwrap_model(self.model))
 
     # ------------------------------------------------------------------ train
 
@@ -315,7 +319,7 @@ class Trainer:
 
         updated = self.update_and_probe(self.student.spans(len(problems)), scaled_loss, step, cost)
         # 6. the record, told to the exposure policy (which may finish and learn from decisions)
-        signals = {}
+        signals: dict[str, Any] = {}
         if self.signals.aligns:  # the alignment credit, against the update's own forward
             credits, signals = self.signals.credits(per_token(outputs, "per_token_loss"), completions, scale, alphas)
             self.exposure.aligned(step, credits)

@@ -18,12 +18,14 @@ import os
 import socket
 import time
 from pathlib import Path
+from types import ModuleType
 
 from atesd.config import Config, ConfigError, changed_keys, load_config, save_config
 from atesd.errors import UserError
 from atesd.files import atomic_write_text, remove_strays
 from atesd.train.checkpoint import latest_checkpoint
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # Windows: no flock
@@ -154,7 +156,7 @@ def check_resume(saved: Config, config: Config, source: Path, non_finite_stop: b
     return changed_keys(saved, config)
 
 
-def _at(tree: dict, dotted: str) -> object:
+def _at(tree: object, dotted: str) -> object:
     for part in dotted.split("."):
         tree = tree.get(part) if isinstance(tree, dict) else None
     return tree

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from accelerate import Accelerator
@@ -35,7 +35,8 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import PreTrainedTokenizerBase
 
 from atesd.config import ConfigError
-from atesd.models.export import is_peft_model, merge_lora, save_final_model
+from atesd.models.causal_lm import CausalLM
+from atesd.models.export import base_model, is_peft_model, merge_lora, save_final_model
 from atesd.models.teacher import TeacherWeights
 from atesd.rollout import Completions, HFGenerateEngine, RolloutEngine, SamplingParams
 from atesd.train.checkpoint import TrainingState
@@ -99,19 +100,19 @@ def settings_from_plugin(plugin: Any, mixed_precision: str) -> ShardingSettings:
                             layer_classes=tuple(plugin.transformer_cls_names_to_wrap or ()))
 
 
-def decoder_layer_classes(model: torch.nn.Module) -> tuple[str, ...]:
+def decoder_layer_classes(model: CausalLM) -> tuple[str, ...]:
     """The class names of a transformers model's decoder layers (its ``_no_split_modules``)."""
     base = model.get_base_model() if is_peft_model(model) else model
     return tuple(getattr(base, "_no_split_modules", None) or ())
 
 
-def units(model: torch.nn.Module) -> list[FSDPModule]:
+def units(model: CausalLM) -> list[FSDPModule]:
     """The FSDP units of a sharded model, in module order (the layers come before the decoder that holds them)."""
-    found = [module for module in model.modules() if isinstance(module, FSDPModule)]
+    found: list[FSDPModule] = [module for module in model.modules() if isinstance(module, FSDPModule)]
     return [unit for unit in found if unit is not model.get_decoder()] + [model.get_decoder()]
 
 
-def _tie_head(model: torch.nn.Module) -> None:
+def _tie_head(model: CausalLM) -> None:
     # The head is not part of the decoder unit, so FSDP swaps the embedding's parameter (sharded <-> gathered)
     # under the decoder only; pointing the head at whichever is current keeps the two one tensor.
     model.get_output_embeddings().weight = model.get_decoder().get_input_embeddings().weight
@@ -126,7 +127,7 @@ class Sharding:
         self.settings = settings
         self.tied: dict[int, bool] = {}  # id(model) -> whether its output head is its input embedding
 
-    def shard(self, model: torch.nn.Module, frozen: bool = False) -> torch.nn.Module:
+    def shard(self, model: CausalLM, frozen: bool = False) -> CausalLM:
         """`model` sharded in place (and returned): its decoder layers, then its decoder, then an untied head.
         A `frozen` model (a teacher copy) frees even its root's gathered parameters after each forward."""
         decoder, head = model.get_decoder(), model.get_output_embeddings()
@@ -148,7 +149,7 @@ class Sharding:
         self.tied[id(model)] = tied
         return model
 
-    def shard_student_and_teacher(self, student: torch.nn.Module, teacher: TeacherWeights) -> torch.nn.Module:
+    def shard_student_and_teacher(self, student: CausalLM, teacher: TeacherWeights) -> CausalLM:
         """The student sharded, and the teacher's frozen copy (the initial weights of a full fine-tune, or the
         EMA), which `TeacherWeights` makes from the whole model, sharded the same way; returns the student."""
         if teacher.copy is not None:
@@ -158,7 +159,7 @@ class Sharding:
     # ------------------------------------------------------------------ whole parameters for rollouts
 
     @contextlib.contextmanager
-    def gathered(self, model: torch.nn.Module) -> Iterator[None]:
+    def gathered(self, model: CausalLM) -> Iterator[None]:
         """Inside, every parameter of `model` is whole on every process and no forward gathers or frees any:
         what HF generate needs (memory: one whole model, docs/scaling.md#fsdp2-sharded-training)."""
         model_units = units(model)
@@ -179,7 +180,7 @@ class Sharding:
             if self.tied[id(model)]:
                 _tie_head(model)
 
-    def whole_weights(self, model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    def whole_weights(self, model: CausalLM) -> Iterator[tuple[str, torch.Tensor]]:
         """`model`'s parameters as whole tensors named as in its ``state_dict`` (a tied head under both names),
         then its buffers, gathered one FSDP unit at a time, so that at most one unit is whole beyond the shards.
         Each tensor is a copy. Every process must consume the whole iterator (each unit is a collective)."""
@@ -200,12 +201,12 @@ class Sharding:
         yield from ((name, buffer.detach().clone()) for name, buffer in model.named_buffers()
                     if name in state_names and name not in parameters)
 
-    def merged_weights(self, model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    def merged_weights(self, model: CausalLM) -> Iterator[tuple[str, torch.Tensor]]:
         """What `atesd.models.export.merged_state_dict` gives for an unsharded model, one unit at a time: the
         base model's weights with any LoRA update added in (for a vLLM weight sync, ``final_model_merged``)."""
         if not is_peft_model(model):
             return self.whole_weights(model)
-        return merge_lora(model, self.whole_weights(model.get_base_model()))
+        return merge_lora(model, self.whole_weights(base_model(model)))
 
     @staticmethod
     def _owner(model: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -220,14 +221,14 @@ class Sharding:
     # ------------------------------------------------------------------ whole tensors for checkpoints
 
     @staticmethod
-    def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    def trainable_parameters(model: CausalLM) -> dict[str, torch.Tensor]:
         """`model`'s trainable parameters, sharded. Every unit is resharded first: after a forward without a
         backward, the root's gathered parameters are registered instead (and a tied head would be listed twice)."""
         for unit in units(model):
             unit.reshard()
         return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
-    def trainable_state(self, model: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
+    def trainable_state(self, model: CausalLM, keep: bool = True) -> dict[str, torch.Tensor]:
         """Whole copies of `model`'s trainable parameters (see `gather`)."""
         return self.gather(self.trainable_parameters(model), keep)
 
@@ -236,7 +237,8 @@ class Sharding:
         processes join each gather; only the ones that keep the result hold it)."""
         gathered: dict[str, torch.Tensor] = {}
         for name, tensor in tensors.items():
-            whole = tensor.detach().full_tensor() if isinstance(tensor, DTensor) else tensor.detach()
+            detached = tensor.detach()
+            whole = detached.full_tensor() if isinstance(detached, DTensor) else detached
             if keep:
                 gathered[name] = whole.cpu().clone()
         return gathered
@@ -254,19 +256,20 @@ class Sharding:
             else:
                 target.copy_(value)
 
-    def checkpoint_tensors(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, teacher: TeacherWeights,
+    def checkpoint_tensors(self, model: CausalLM, optimizer: torch.optim.Optimizer, teacher: TeacherWeights,
                            keep: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]:
         """A checkpoint's tensors, whole, as a DDP run saves them: the trained parameters, the optimizer's state
         and the EMA teacher's weights (empty on processes that do not `keep` them)."""
         return (self.trainable_state(model, keep), self.optimizer_state(optimizer, keep),
                 self.gather(teacher.state_dict(), keep))
 
-    def load_checkpoint_tensors(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, teacher: TeacherWeights,
+    def load_checkpoint_tensors(self, model: CausalLM, optimizer: torch.optim.Optimizer, teacher: TeacherWeights,
                                 state: TrainingState) -> None:
         """The reverse of `checkpoint_tensors`, from a checkpoint of an FSDP run or of a DDP one."""
         self.load(self.trainable_parameters(model), state.weights)
         self.load_optimizer_state(optimizer, state.optimizer)
         if state.teacher:  # the EMA teacher's weights
+            assert teacher.copy is not None  # only an EMA teacher (a copy) saves its weights
             self.load(teacher.copy.state_dict(), state.teacher)
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer, keep: bool) -> dict[str, Any]:
@@ -293,7 +296,7 @@ class Sharding:
                                      parameter.placements, src_data_rank=None)
         return value
 
-    def save_final_model(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path,
+    def save_final_model(self, model: CausalLM, tokenizer: PreTrainedTokenizerBase, run_dir: Path,
                          save_merged: bool, is_main: bool) -> None:
         """``final_model`` (and ``final_model_merged``) as a DDP run writes them, from whole tensors gathered on
         the main process (which alone writes). The adapter of a LoRA run is its trainable parameters."""
@@ -304,8 +307,15 @@ class Sharding:
         if is_main:
             save_final_model(model, tokenizer, run_dir, save_merged, state_dict=state, merged=merged)
 
-    def rollout_engine(self, engine: RolloutEngine, model: torch.nn.Module) -> ShardedRollouts:
+    def rollout_engine(self, engine: RolloutEngine, model: CausalLM) -> ShardedRollouts:
         return ShardedRollouts(engine, self, model)
+
+
+@runtime_checkable
+class HoldsWeights(Protocol):
+    """A rollout engine holding its own whole copy of the weights (vLLM), which each sync fills with whole tensors."""
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None: ...
 
 
 class ShardedRollouts:
@@ -313,12 +323,13 @@ class ShardedRollouts:
     parameter gathered for the call (each process stops when its own completions end, so no collective can run
     inside it); a vLLM engine holds its own whole copy, which each sync fills one FSDP unit at a time."""
 
-    def __init__(self, engine: RolloutEngine, sharding: Sharding, model: torch.nn.Module) -> None:
+    def __init__(self, engine: RolloutEngine, sharding: Sharding, model: CausalLM) -> None:
         self.engine, self.sharding, self.model = engine, sharding, model
         self.samples_from_model = isinstance(engine, HFGenerateEngine)
 
     def update_weights(self) -> None:
         if not self.samples_from_model:
+            assert isinstance(self.engine, HoldsWeights)  # an engine of its own weights (vLLM)
             self.engine.load_weights(self.sharding.merged_weights(self.model))
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingParams,

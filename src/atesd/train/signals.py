@@ -101,8 +101,8 @@ def problem_losses(per_token_loss: torch.Tensor, completions: Sequence[Sequence[
 
 def without_padding_rows(model: torch.nn.Module, parameters: Sequence[torch.Tensor],
                          gradient: list[torch.Tensor]) -> list[torch.Tensor]:
-    """`gradient` with the padding row of every embedding (``padding_idx``) set to 0, in place. Autograd gives that row no
-    gradient through the embedding, whose output still depends on it wherever the token occurs (an EOS-like pad
+    """`gradient` with the padding row of every embedding (``padding_idx``) set to 0, in place. Autograd gives that
+    row no gradient through the embedding, whose output still depends on it wherever the token occurs (an EOS-like pad
     token inside a rollout), so a step along it would change the losses in a way no update ever does."""
     index = {id(p): i for i, p in enumerate(parameters)}
     for module in model.modules():
@@ -153,6 +153,7 @@ class ExposureSignals:
         if not self.style:
             return
         if self.probe is None:
+            assert self.settings is not None  # the style probe is one of these signal settings
             self.probe = collect_style_probe(sampler, [self.student.prompts.student(p) for p in self.probe_problems],
                                              self.probe_problems, self.settings.style_probe_samples,
                                              step_seed(STYLE_SEED, self.config.data.probe_seed))
@@ -176,7 +177,7 @@ class ExposureSignals:
 
     # ------------------------------------------------------------------ alignment
 
-    def probe_gradient(self, parameters: list[torch.Tensor], cost: StepCost) -> list[torch.Tensor]:
+    def probe_gradient(self, parameters: Sequence[torch.Tensor], cost: StepCost) -> list[torch.Tensor]:
         """∇ ℓ_probe: of the style probe's NLL, of the probe references', or (contrast) of the style probe's NLL
         of its right solutions minus that of its wrong ones."""
         student, probe = self.student, self.probe

@@ -78,7 +78,7 @@ class Updater:
     """Applies updates to `model` with `optimizer` and `scheduler` (stepped once per update, skipped or not)."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, processes: Processes, *, max_grad_norm: float,
+                 scheduler: torch.optim.lr_scheduler.LambdaLR, processes: Processes, *, max_grad_norm: float,
                  max_consecutive_bad_steps: int, bf16_autocast: bool = False) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.processes = processes
@@ -121,7 +121,7 @@ class Updater:
             self.last_bad_step = step + 1
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return UpdateResult(applied=finite, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0])
+        return UpdateResult(applied=finite, grad_norm=grad_norm, lr=float(self.scheduler.get_last_lr()[0]))
 
     def weights_are_finite(self) -> bool:
         # A sum is non-finite when any of its terms is, and needs no copy of the weights; only sums over 3e38

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -74,7 +75,7 @@ def check_health(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTo
     student = heldout_accuracy(config, model, tokenizer, settings.health_samples)
     teacher = heldout_accuracy(config, model, tokenizer, settings.health_samples, teacher_alpha=1.0)
     return HealthReport(student, teacher, settings.health_problems, settings.health_samples,
-                        tuple(settings.health_student_range), settings.health_min_gap)
+                        settings.health_student_range, settings.health_min_gap)
 
 
 def heldout_accuracy(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, samples: int,
@@ -86,7 +87,9 @@ def heldout_accuracy(config: Config, model: PreTrainedModel, tokenizer: PreTrain
     prompt_ids = prompts.student if teacher_alpha is None else (lambda p: prompts.teacher(p, teacher_alpha))
     was_training = model.training
     model.eval()
-    results = evaluate(problems, prompt_ids, engine, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+    # decode gives one sequence's text (transformers annotates it str | list[str], for batches too)
+    results = evaluate(problems, prompt_ids, engine,
+                       lambda ids: cast(str, tokenizer.decode(ids, skip_special_tokens=True)),
                        sampling, samples, seed=settings.seed, batch_size=config.eval.batch_size,
                        description="held-out accuracy")
     model.train(was_training)

@@ -30,9 +30,9 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, TypeVar
 
-from atesd.analysis.guards import read_json
-from atesd.analysis.presets import BASE_LABEL
 from atesd.config import Config, ConfigError, changed_keys, load_config, save_config
+from atesd.experiments.guards import read_json
+from atesd.experiments.presets import BASE_LABEL
 from atesd.files import atomic_write_text
 from atesd.train.checkpoint import checkpoint_step, latest_checkpoint
 from atesd.train.recipe import Trainer

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from scipy import stats
 
+Pair = tuple[int | None, int]  # (base model, training seed): `runs.RunSpec.pair`
 CONFIDENCE = 0.95
 HELD, NOT_HELD, INCONCLUSIVE = "held", "did not hold", "inconclusive"
 
@@ -70,7 +71,7 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> In
     return Interval(mean, mean - half, mean + half, len(values), wins)
 
 
-def paired_difference(values: Mapping[Hashable, float], reference: Mapping[Hashable, float],
+def paired_difference(values: Mapping[Pair, float], reference: Mapping[Pair, float],
                       confidence: float = CONFIDENCE) -> Interval | None:
     """`values` − `reference` on the pairs both have, as a t-interval over those pairs; None when none is shared."""
     shared = [pair for pair in values if pair in reference]
@@ -86,28 +87,28 @@ def combined_verdict(verdicts: Sequence[str]) -> str:
     return NOT_HELD if NOT_HELD in verdicts else INCONCLUSIVE
 
 
-def base_model_means(values: Mapping[Hashable, float]) -> dict[Hashable, float]:
+def base_model_means(values: Mapping[Pair, float]) -> dict[int | None, float]:
     """`values` (``{(base model, seed): value}``) averaged within each base model, in the order the base models
     first appear."""
-    grouped: dict[Hashable, list[float]] = {}
+    grouped: dict[int | None, list[float]] = {}
     for pair, value in values.items():
         grouped.setdefault(pair[0], []).append(value)
     return {base: statistics.fmean(group) for base, group in grouped.items()}
 
 
-def base_model_differences(values: Mapping[Hashable, float],
-                           reference: Mapping[Hashable, float]) -> dict[Hashable, float]:
+def base_model_differences(values: Mapping[Pair, float],
+                           reference: Mapping[Pair, float]) -> dict[int | None, float]:
     """`values` − `reference` averaged within each base model over the pairs both have."""
     return base_model_means({pair: values[pair] - reference[pair] for pair in values if pair in reference})
 
 
-def over_base_models(by_base_model: Mapping[Hashable, float], confidence: float = CONFIDENCE) -> Interval:
+def over_base_models(by_base_model: Mapping[int | None, float], confidence: float = CONFIDENCE) -> Interval:
     """The t-interval over the base models' means (`base_model_means`, `base_model_differences`): what another
     draw of base models would see; with a single base model there is none (n = 1, inconclusive)."""
     return mean_interval(list(by_base_model.values()), confidence)
 
 
-def agreeing(by_base_model: Mapping[Hashable, float], mean: float) -> int:
+def agreeing(by_base_model: Mapping[int | None, float], mean: float) -> int:
     """How many base models' mean differences have the sign of the overall `mean`."""
     return sum((difference > 0) == (mean > 0) and difference != 0 for difference in by_base_model.values())
 
@@ -117,7 +118,7 @@ class PairedComparison:
     """A method against a reference, read both ways: over the pairs and over the base models' means."""
 
     pairs: Interval
-    by_base_model: dict[Hashable, float]
+    by_base_model: dict[int | None, float]
     base_models: Interval
 
     @property
@@ -130,7 +131,7 @@ class PairedComparison:
         return f"({self.pairs.wins}/{self.pairs.n}{agreement_note(self.agreeing, len(self.by_base_model))})"
 
 
-def paired_comparison(values: Mapping[Hashable, float], reference: Mapping[Hashable, float],
+def paired_comparison(values: Mapping[Pair, float], reference: Mapping[Pair, float],
                       confidence: float = CONFIDENCE) -> PairedComparison | None:
     """`values` − `reference` over the pairs both have and over their base models; None when none is shared."""
     difference = paired_difference(values, reference, confidence)

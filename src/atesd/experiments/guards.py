@@ -1,5 +1,5 @@
 """What the experiment commands (`atesd sweep`, `compare`, `testbed`) check before they start work, and hold
-while they work (docs/reliability.md#experiments):
+while they work (docs/reliability.md#experiments-and-evaluation):
 
 - `guard_settings`: an out folder records the settings that made it, written only once every setting has been
   validated, and refuses other settings with one line saying what differs;

@@ -14,17 +14,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from atesd.analysis.buckets import BUCKETS, EASY_FROM, HARD_BELOW
-from atesd.analysis.experiment_plots import (
+from atesd.config import Config, ConfigError
+from atesd.experiments.buckets import BUCKETS, EASY_FROM, HARD_BELOW
+from atesd.experiments.experiment_plots import (
     plot_accuracy_vs_alpha,
     plot_bucket_accuracy_vs_alpha,
     plot_mismatch_vs_alpha,
 )
-from atesd.analysis.guards import check_counts, distinct, guard_settings
-from atesd.analysis.mismatch import STATISTICS, mismatch_by_alpha
-from atesd.analysis.presets import BASE_LABEL, alpha_label
-from atesd.analysis.runs import RunSpec, overrides_for_methods, plan, run_all
-from atesd.analysis.tables import (
+from atesd.experiments.guards import check_counts, distinct, guard_settings
+from atesd.experiments.mismatch import STATISTICS, mismatch_by_alpha
+from atesd.experiments.presets import BASE_LABEL, alpha_label
+from atesd.experiments.runs import RunSpec, overrides_for_methods, plan, run_all
+from atesd.experiments.tables import (
     aggregate,
     markdown,
     mean_std_cell,
@@ -34,7 +35,6 @@ from atesd.analysis.tables import (
     run_rows,
     write_csv,
 )
-from atesd.config import Config, ConfigError
 from atesd.files import atomic_write_text
 
 SETTINGS_FILE = "sweep.json"

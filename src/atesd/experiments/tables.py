@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from atesd.analysis.buckets import BUCKETS, difficulty_buckets, read_problem_results, rebucketed_summary
-from atesd.analysis.runs import FinishedRun
+from atesd.experiments.buckets import BUCKETS, difficulty_buckets, read_problem_results, rebucketed_summary
+from atesd.experiments.runs import FinishedRun
 from atesd.files import atomic_write_text
 
 COMPUTE_COLUMNS = ("generated_tokens", "forward_tokens", "train_seconds", "eval_seconds", "updates")

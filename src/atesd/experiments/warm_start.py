@@ -20,7 +20,7 @@ Two phases, each applied with the recipe's `Updater`:
    so that the teacher follows the chain it scores instead of overwriting it from the reference.
 
 Trained briefly, it leaves the gap self-distillation needs: the student partly competent, the teacher clearly
-better. Every build is followed by the health check (`atesd.train.health`); the model is cached under a key of
+better. Every build is followed by the health check (`atesd.experiments.health`); the model is cached under a key of
 everything that shapes it, with its verdict, and reused by later runs.
 """
 
@@ -34,7 +34,13 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from atesd.config import Config
 from atesd.data.arithmetic import embedded_splits, parse_expression, solve_steps
@@ -42,11 +48,17 @@ from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
 from atesd.data.segments import shown_segments
 from atesd.data.templates import chat_prompt
+from atesd.experiments.health import (
+    check_health,
+    heldout_accuracy,
+    load_health,
+    refuse_unhealthy,
+    save_health,
+)
 from atesd.models.cache import cache_root, save_pretrained_atomically
 from atesd.models.sequences import completion_token_logprobs, pack_sequences
 from atesd.models.tiny import build_char_tokenizer, build_tiny_model
 from atesd.train.distributed import Processes
-from atesd.train.health import check_health, heldout_accuracy, load_health, refuse_unhealthy, save_health
 from atesd.train.update import Updater
 
 WARM_START_VERSION = 5  # bump when the warm-start recipe or the tokenizer changes, to invalidate caches
@@ -96,14 +108,15 @@ def embedded_base_model(config: Config) -> Path:
     """The directory of the warm-started base model (model + tokenizer), trained now if not cached; with
     `model.embedded.health_check`, refused (`UnhealthyBaseModelError`) when outside the band."""
     target = embedded_cache_root(config) / f"embedded-{warm_start_key(config)}"
-    model = tokenizer = None
+    model: PreTrainedModel | None = None
+    tokenizer: PreTrainedTokenizerBase | None = None
     if not (target / "config.json").is_file():
         model, tokenizer = warm_start(config)
         save_pretrained_atomically(model, tokenizer, target)
     if config.model.embedded.health_check:
         report = load_health(target)
         if report is None or not report.matches(config):
-            if model is None:
+            if model is None or tokenizer is None:  # both None, or both made by warm_start
                 model = AutoModelForCausalLM.from_pretrained(target)
                 tokenizer = AutoTokenizer.from_pretrained(target)
             report = check_health(config, model, tokenizer)

@@ -1,7 +1,7 @@
 """The paper's claims (docs/method.md#paper-recipes), each read from paired intervals of a comparison.
 
 Every claim is a set of comparisons "A beats B", each the paired difference A − B over base models × seeds
-with its 95 % t-interval (`atesd.analysis.paired`); a claim is held when each of its comparisons held, did not
+with its 95 % t-interval (`atesd.experiments.paired`); a claim is held when each of its comparisons held, did not
 hold when one of them did not, and is inconclusive otherwise. Every claim is read twice: over the pairs (these
 base models, new training seeds) and over the base models' means (a new draw of base models, as a re-trial on
 another machine makes). A claim whose methods the comparison did not run is left out. The fixed exposures are
@@ -10,14 +10,15 @@ the comparison's ``--alphas`` runs with OPSD as α = 1.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from atesd.analysis.buckets import BUCKETS
-from atesd.analysis.paired import (
+from atesd.experiments.buckets import BUCKETS
+from atesd.experiments.paired import (
     HELD,
     Interval,
+    Pair,
     PairedComparison,
     base_model_means,
     combined_verdict,
@@ -26,7 +27,7 @@ from atesd.analysis.paired import (
     paired_comparison,
 )
 
-Pairs = Mapping[Hashable, float]  # {(base model, seed): value}
+Pairs = Mapping[Pair, float]  # {(base model, seed): value}
 MISMATCH_CLAIMED = ("kl_p90", "kl_p99", "top1_disagree")  # the paper's: the KL tail and top-1 disagreement
 PREFERRED_ALPHA = {"easy": 1.0, "medium": 0.5}  # and hard: the lowest α
 
@@ -54,10 +55,11 @@ def _versus(a: str, b: str, scores: Mapping[str, Pairs]) -> Comparison | None:
 
 
 def _claim(statement: str, comparisons: Sequence[Comparison | None]) -> Claim | None:
-    if not comparisons or any(c is None for c in comparisons):
+    made = [c for c in comparisons if c is not None]
+    if not made or len(made) < len(comparisons):
         return None
-    differences = [c.difference for c in comparisons]
-    return _read_both_ways(statement, [c.text for c in comparisons], [d.pairs.verdict for d in differences],
+    differences = [c.difference for c in made]
+    return _read_both_ways(statement, [c.text for c in made], [d.pairs.verdict for d in differences],
                            [d.base_models.cell() for d in differences], [d.base_models.verdict for d in differences],
                            several=all(d.base_models.n > 1 for d in differences))
 
@@ -114,8 +116,10 @@ def bucket_claim(bucket_scores: Mapping[str, Mapping[str, Pairs]], fixed: Mappin
         if preferred is None:
             return None
         best = best_fixed(scores, present)
-        differences = [paired_comparison(scores[preferred], scores[other]) for other in present if other != preferred]
-        if any(d is None for d in differences):
+        assert best is not None  # every label of `present` has scores in every bucket
+        compared = [paired_comparison(scores[preferred], scores[other]) for other in present if other != preferred]
+        differences = [d for d in compared if d is not None]
+        if len(differences) < len(compared):
             return None
         pairs, bases = [d.pairs for d in differences], [d.base_models for d in differences]
         verdicts.append(combined_verdict([d.verdict for d in pairs]))
@@ -127,7 +131,7 @@ def bucket_claim(bucket_scores: Mapping[str, Mapping[str, Pairs]], fixed: Mappin
                            base_texts, base_verdicts, several=bases[0].n > 1)
 
 
-def mismatch_claim(mismatch: Mapping[Hashable, Mapping[str, Mapping[str, float]]]) -> Claim | None:
+def mismatch_claim(mismatch: Mapping[Pair, Mapping[str, Mapping[str, float]]]) -> Claim | None:
     """The mismatch rises with α: for the KL tail and top-1 disagreement, every step up in α raises it.
     `mismatch` is ``{pair: {str(α): {statistic: value}}}``, measured on the base model of each pair."""
     if not mismatch:

@@ -14,8 +14,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-from atesd.analysis.buckets import BUCKETS
-from atesd.analysis.mismatch import STATISTICS
+from atesd.experiments.buckets import BUCKETS
+from atesd.experiments.mismatch import STATISTICS
 
 MISMATCH_LABELS = {
     "kl_mean": "mean per-token KL(p_T ‖ p_S)",
@@ -41,8 +41,8 @@ def _series_vs_alpha(axis: Axes, rows: Sequence[dict[str, Any]], column: str, la
     alphas = sorted(by_alpha)
     means, stds = zip(*(_spread(by_alpha[a]) for a in alphas))
     axis.errorbar(alphas, means, yerr=stds, color=color, marker="o", capsize=4, label=f"{label} (mean ± std)")
-    points = [(a, v) for a in alphas for v in by_alpha[a]]
-    axis.scatter(*zip(*points), color=color, alpha=0.35, s=14, label=f"{label} (each seed)")
+    xs, ys = zip(*((a, v) for a in alphas for v in by_alpha[a]))
+    axis.scatter(xs, ys, color=color, alpha=0.35, s=14, label=f"{label} (each seed)")
 
 
 def _accuracy_limits(axis: Axes, min_span: float = 0.1) -> None:
@@ -139,8 +139,8 @@ def plot_method_accuracy(rows: Sequence[dict[str, Any]], metric: str, path: Path
     _save(figure, path, title)
 
 
-def plot_learning_curves(curves: dict[str, dict[int, list[dict[str, Any]]]], path: Path, title: str) -> None:
-    """probe_nll and rollout_accuracy against the step: per method (``{method: {seed: metrics rows}}``)
+def plot_learning_curves(curves: dict[str, dict[str, list[dict[str, Any]]]], path: Path, title: str) -> None:
+    """probe_nll and rollout_accuracy against the step: per method (``{method: {run name: metrics rows}}``)
     the mean over seeds with a ±1 std band. A method whose rows lack a key has no line in that panel."""
     figure, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(6.5 * len(CURVE_PANELS), 4.2),
                                 constrained_layout=True)
@@ -167,7 +167,7 @@ def plot_learning_curves(curves: dict[str, dict[int, list[dict[str, Any]]]], pat
     _save(figure, path, title)
 
 
-def plot_alpha_trajectories(curves: dict[str, dict[int, list[dict[str, Any]]]], path: Path, title: str) -> None:
+def plot_alpha_trajectories(curves: dict[str, dict[str, list[dict[str, Any]]]], path: Path, title: str) -> None:
     """α against the step for each method in `curves` (one panel each), one thin line per seed."""
     figure, axes = plt.subplots(len(curves), 1, figsize=(9, 2.6 * len(curves)), squeeze=False, sharex=True,
                                 constrained_layout=True)

@@ -7,7 +7,7 @@ method's own, so that no extra override can turn one method into another. Every 
 with the same ``train.steps`` (equal student updates), which is checked before anything runs. The base model
 is always evaluated: its per-problem accuracy makes the difficulty buckets. With ``--base-models N`` all of it
 runs on each of N embedded base models (warm-start seeds), and methods are compared pair by pair — same base
-model, same training seed — with t-intervals over the pairs (`atesd.analysis.paired`).
+model, same training seed — with t-intervals over the pairs (`atesd.experiments.paired`).
 
 Outputs in the out folder: ``results.csv`` (one row per method × base model × seed × benchmark),
 ``summary.csv``, ``paired.csv`` (each method against OPSD and the best fixed α), ``report.md`` (means with
@@ -22,10 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from atesd.analysis.buckets import BUCKETS
-from atesd.analysis.claims import best_fixed, bucket_claim, method_claims, mismatch_claim
-from atesd.analysis.compare_report import (
+from atesd.config import ConfigError, changed_keys
+from atesd.experiments.buckets import BUCKETS
+from atesd.experiments.claims import best_fixed, bucket_claim, method_claims, mismatch_claim
+from atesd.experiments.compare_report import (
     claims_section,
     diagnosis_section,
     difficulty_section,
@@ -36,16 +38,17 @@ from atesd.analysis.compare_report import (
     paired_section,
     preamble,
 )
-from atesd.analysis.diagnose_report import method_diagnoses
-from atesd.analysis.experiment_plots import (
+from atesd.experiments.diagnose_report import method_diagnoses
+from atesd.experiments.experiment_plots import (
     plot_alpha_trajectories,
     plot_learning_curves,
     plot_method_accuracy,
     plot_paired_differences,
 )
-from atesd.analysis.guards import check_counts, distinct, existing_folder, guard_settings, read_json
-from atesd.analysis.plots import per_problem_rows, plot_alpha_by_difficulty
-from atesd.analysis.presets import (
+from atesd.experiments.guards import check_counts, distinct, existing_folder, guard_settings, read_json
+from atesd.experiments.paired import Pair
+from atesd.experiments.plots import per_problem_rows, plot_alpha_by_difficulty
+from atesd.experiments.presets import (
     BASE_LABEL,
     DEFAULT_MISMATCH_PROBLEMS,
     PAPER_BEST_ALPHA,
@@ -55,7 +58,7 @@ from atesd.analysis.presets import (
     fixed_alpha_methods,
     methods,
 )
-from atesd.analysis.runs import (
+from atesd.experiments.runs import (
     LOCATION_KEYS,
     RESULT_FILE,
     FinishedRun,
@@ -68,9 +71,8 @@ from atesd.analysis.runs import (
     run_all,
     saved_runs,
 )
-from atesd.analysis.sweep import best_alpha, seed_mismatch
-from atesd.analysis.tables import COMPUTE_COLUMNS, aggregate, metric_columns, run_rows, write_csv
-from atesd.config import ConfigError, changed_keys
+from atesd.experiments.sweep import best_alpha, seed_mismatch
+from atesd.experiments.tables import COMPUTE_COLUMNS, aggregate, metric_columns, run_rows, write_csv
 from atesd.files import atomic_write_text
 from atesd.train.metrics import read_metrics
 
@@ -126,17 +128,12 @@ def reuse_finished(runs: Sequence[Run], folders: Sequence[Path]) -> list[Run]:
     return reused
 
 
-def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], seeds: int, out: Path, *,
-                quick: bool, best: float | None, sweep_dir: Path | None, command: str, base_models: int | None = None,
-                alphas: Sequence[float] = (), jobs: int = 1, mismatch_problems: int = DEFAULT_MISMATCH_PROBLEMS,
-                reuse: Sequence[Path] = (), continue_from: Path | None = None) -> list[Path]:
-    """Run (or continue) the comparison in `out` and write its tables, CSVs and plots; returns the files.
-
-    `base_models` N runs everything on the embedded base models of warm-start seeds 0 … N−1; `jobs` runs that
-    many runs at once, in processes of one thread each; the finished runs of the `reuse` folders (and of
-    `sweep_dir`) that are runs of this comparison are taken from there; a run that `continue_from` holds with
-    fewer updates starts from it (`runs.continue_shorter`).
-    """
+def check_compare_arguments(recipes: Path, *, seeds: int, base_models: int | None, jobs: int, mismatch_problems: int,
+                            alphas: Sequence[float], best: float | None, sweep_dir: Path | None,
+                            continue_from: Path | None, reuse: Sequence[Path]) -> None:
+    """Refuse the arguments of `run_compare` that are invalid, before anything is planned: the recipe directory,
+    the counts, the fixed exposures, the best fixed α, and each folder given (`sweep_dir`, `continue_from`,
+    `reuse`) that is not an existing folder."""
     if not recipes.is_dir():
         raise ConfigError(f"--recipes: {recipes} is not a directory of method configs")
     check_counts(seeds=seeds, base_models=base_models, jobs=jobs, mismatch_problems=mismatch_problems)
@@ -148,6 +145,36 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
     for folder, flag in ((sweep_dir, "--sweep"), (continue_from, "--continue-from"), *((f, "--reuse") for f in reuse)):
         if folder is not None:
             existing_folder(folder, flag)
+
+
+def take_earlier_runs(runs: list[Run], sources: Sequence[Path], continue_from: Path | None, out: Path) -> list[Run]:
+    """`runs` with those that a folder of `sources` has finished taken from there (`reuse_finished`), and those
+    that `continue_from` holds with fewer updates set to start from there (`runs.continue_shorter`); each printed."""
+    if sources:
+        runs = reuse_finished(runs, sources)
+        taken = [f"{run.spec.name} ← {run.directory}" for run in runs if not run.directory.is_relative_to(out)]
+        if taken:
+            print("reused: " + "; ".join(taken), flush=True)
+    if continue_from is not None:
+        for run in continue_shorter(runs, continue_from):
+            print(f"continued: {run.spec.name} from {continue_from}'s run of fewer updates", flush=True)
+    return runs
+
+
+def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], seeds: int, out: Path, *,
+                quick: bool, best: float | None, sweep_dir: Path | None, command: str, base_models: int | None = None,
+                alphas: Sequence[float] = (), jobs: int = 1, mismatch_problems: int = DEFAULT_MISMATCH_PROBLEMS,
+                reuse: Sequence[Path] = (), continue_from: Path | None = None) -> list[Path]:
+    """Run (or continue) the comparison in `out` and write its tables, CSVs and plots; returns the files.
+
+    `base_models` N runs everything on the embedded base models of warm-start seeds 0 … N−1; `jobs` runs that
+    many runs at once, in processes of one thread each; the finished runs of the `reuse` folders (and of
+    `sweep_dir`) that are runs of this comparison are taken from there; a run that `continue_from` holds with
+    fewer updates starts from it (`runs.continue_shorter`).
+    """
+    check_compare_arguments(recipes, seeds=seeds, base_models=base_models, jobs=jobs,
+                            mismatch_problems=mismatch_problems, alphas=alphas, best=best, sweep_dir=sweep_dir,
+                            continue_from=continue_from, reuse=reuse)
     if best is None:
         best = best_alpha(sweep_dir) if sweep_dir is not None else PAPER_BEST_ALPHA
     all_overrides = [*(quick_overrides() if quick else []), *overrides]
@@ -163,15 +190,7 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
         "quick": quick, "best_alpha": best, "sweep": str(sweep_dir.resolve()) if sweep_dir else None,
         "base_models": base_models, "alphas": list(alphas) or None, "mismatch_problems": mismatch_problems},
         introduced={"mismatch_problems": DEFAULT_MISMATCH_PROBLEMS})
-    sources = [*([sweep_dir] if sweep_dir is not None else []), *reuse]
-    if sources:
-        runs = reuse_finished(runs, sources)
-        taken = [f"{run.spec.name} ← {run.directory}" for run in runs if not run.directory.is_relative_to(out)]
-        if taken:
-            print("reused: " + "; ".join(taken), flush=True)
-    if continue_from is not None:
-        for run in continue_shorter(runs, continue_from):
-            print(f"continued: {run.spec.name} from {continue_from}'s run of fewer updates", flush=True)
+    runs = take_earlier_runs(runs, [*([sweep_dir] if sweep_dir is not None else []), *reuse], continue_from, out)
     finished = run_all(runs, jobs)
     mismatch = base_mismatch([run for run in runs if not run.spec.trains], alphas, mismatch_problems, out, jobs)
 
@@ -228,9 +247,9 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
     return written
 
 
-def pair_scores(rows: Sequence[dict], metric: str) -> dict[str, dict[str, dict[tuple, float]]]:
+def pair_scores(rows: Sequence[dict], metric: str) -> dict[str, dict[str, dict[Pair, float]]]:
     """``{benchmark: {method: {(base model, seed): metric}}}`` of the result rows."""
-    scores: dict[str, dict[str, dict[tuple, float]]] = {}
+    scores: dict[str, dict[str, dict[Pair, float]]] = {}
     for row in rows:
         if row.get(metric) is not None:
             scores.setdefault(row["benchmark"], {}).setdefault(row["method"], {})[
@@ -238,7 +257,7 @@ def pair_scores(rows: Sequence[dict], metric: str) -> dict[str, dict[str, dict[t
     return scores
 
 
-def pair_scores_by_bucket(rows: Sequence[dict], k: int) -> dict[str, dict[str, dict[tuple, float]]]:
+def pair_scores_by_bucket(rows: Sequence[dict], k: int) -> dict[str, dict[str, dict[Pair, float]]]:
     """``{bucket: {method: {pair: Average@k in the bucket}}}`` on the first benchmark."""
     benchmark = rows[0]["benchmark"]
     chosen = [row for row in rows if row["benchmark"] == benchmark]
@@ -246,7 +265,7 @@ def pair_scores_by_bucket(rows: Sequence[dict], k: int) -> dict[str, dict[str, d
 
 
 def base_mismatch(base_runs: Sequence[Run], alphas: Sequence[float], problems: int, out: Path,
-                  jobs: int) -> dict[tuple, dict[str, dict[str, float]]]:
+                  jobs: int) -> dict[Pair, dict[str, dict[str, float]]]:
     """With `alphas`, the mismatch statistics of each base run's model at every α, each measured once
     (``<out>/mismatch/<run name>.json``): ``{(base model, seed): {str(α): statistics}}``."""
     if len(alphas) < 2:
@@ -257,10 +276,10 @@ def base_mismatch(base_runs: Sequence[Run], alphas: Sequence[float], problems: i
     return {run.spec.pair: stats for run, stats in zip(base_runs, results)}
 
 
-def training_curves(finished: Sequence[FinishedRun]) -> dict[str, dict[str, list[dict]]]:
+def training_curves(finished: Sequence[FinishedRun]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """``{method: {run: metrics rows}}`` of the runs that trained; a run is named by its seed, and by its base
     model too when there are several (``w1 seed 2``)."""
-    curves: dict[str, dict[str, list[dict]]] = {}
+    curves: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for run in finished:
         spec = run.run.spec
         if spec.trains:
@@ -269,9 +288,9 @@ def training_curves(finished: Sequence[FinishedRun]) -> dict[str, dict[str, list
     return curves
 
 
-def per_problem_decisions(finished: Sequence[FinishedRun]) -> dict[str, dict[str, list[dict]]]:
+def per_problem_decisions(finished: Sequence[FinishedRun]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """``{method: {run name: per-problem decision rows}}`` of the methods with exposure per problem."""
-    decisions: dict[str, dict[str, list[dict]]] = {}
+    decisions: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for run in finished:
         rows = per_problem_rows(read_metrics(run.run.directory / "decisions.jsonl")) if run.run.spec.trains else []
         if rows:

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from atesd.analysis.diagnose_signals import (
+from atesd.config import Config
+from atesd.experiments.diagnose_signals import (
     ALIGNMENT_SIGNALS,
     EXTRA_NEEDS,
     EXTRA_SIGNALS,
@@ -33,7 +34,6 @@ from atesd.analysis.diagnose_signals import (
     series,
     window_signals,
 )
-from atesd.config import Config
 from atesd.exposure.controller import ControllerConfig
 from atesd.exposure.reward import decision_reward, learning_progress
 from atesd.exposure.signals import signed_progress

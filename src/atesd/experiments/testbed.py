@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from atesd.analysis.guards import check_counts, guard_settings, read_json
-from atesd.analysis.runs import parallel_map
-from atesd.analysis.tables import markdown, percent, write_csv
 from atesd.config import load_config
+from atesd.experiments.guards import check_counts, guard_settings, read_json
+from atesd.experiments.runs import parallel_map
+from atesd.experiments.tables import markdown, percent, write_csv
 from atesd.files import atomic_write_text
 
 
@@ -49,9 +49,9 @@ def seed_file(out: Path, seed: int) -> Path:
 def measure_seed(task: tuple[Path, list[str], int, Path]) -> int:
     """Warm-start seed `seed` (unless cached), its health verdict, and its full evaluation; writes its JSON."""
     from atesd.eval.runner import evaluate_model
+    from atesd.experiments.health import check_health, load_health, save_health
+    from atesd.experiments.warm_start import embedded_base_model
     from atesd.models.loading import load_model_and_tokenizer
-    from atesd.train.health import check_health, load_health, save_health
-    from atesd.train.warm_start import embedded_base_model
 
     config_path, overrides, seed, out = task
     config = load_config(config_path, [*overrides, f"model.embedded.seed={seed}"])

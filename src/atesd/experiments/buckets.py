@@ -1,4 +1,5 @@
-"""Difficulty buckets from the base model's per-problem accuracy (docs/method.md#evaluation), and run results re-summarised by them.
+"""Difficulty buckets from the base model's per-problem accuracy (docs/method.md#evaluation), and run results
+re-summarised by them.
 
 A problem's difficulty is the base model's Average on it, pooled over every base seed (all samples of all
 seeds together): below 1/3 it is ``hard``, from 2/3 on ``easy``, in between ``medium``. These buckets replace

@@ -6,26 +6,35 @@ each reward term says about α where it varied, and the paper's claims with thei
 from __future__ import annotations
 
 import statistics
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from atesd.analysis.buckets import BUCKETS, EASY_FROM, HARD_BELOW
-from atesd.analysis.claims import Claim
-from atesd.analysis.diagnose import CREDIT_SIGNALS, SIGNALS, Diagnosis
-from atesd.analysis.diagnose_report import MECHANICAL, READING, fits_table
-from atesd.analysis.diagnose_signals import ALIGNMENT_SIGNALS, EXTRA_SIGNALS
-from atesd.analysis.mismatch import STATISTICS
-from atesd.analysis.paired import (
+from atesd.experiments.buckets import BUCKETS, EASY_FROM, HARD_BELOW
+from atesd.experiments.claims import Claim
+from atesd.experiments.diagnose import CREDIT_SIGNALS, SIGNALS, Diagnosis
+from atesd.experiments.diagnose_report import MECHANICAL, READING, fits_table
+from atesd.experiments.diagnose_signals import ALIGNMENT_SIGNALS, EXTRA_SIGNALS
+from atesd.experiments.mismatch import STATISTICS
+from atesd.experiments.paired import (
     CONFIDENCE,
     Interval,
+    Pair,
     agreement_note,
     mean_interval,
     paired_comparison,
 )
-from atesd.analysis.plots import difficulty_groups
-from atesd.analysis.tables import count, markdown, mean_std, mean_std_cell, metric_columns, percent, seconds
+from atesd.experiments.plots import difficulty_groups
+from atesd.experiments.tables import (
+    count,
+    markdown,
+    mean_std,
+    mean_std_cell,
+    metric_columns,
+    percent,
+    seconds,
+)
 
-Scores = Mapping[str, Mapping[Hashable, float]]  # {method: {(base model, seed): value}}
+Scores = Mapping[str, Mapping[Pair, float]]  # {method: {(base model, seed): value}}
 
 
 def means_section(summary: Sequence[dict[str, Any]], scores: Mapping[str, Scores], k: int) -> str:
@@ -102,7 +111,7 @@ def paired_section(rows: Sequence[dict[str, Any]], references: Mapping[str, str]
     return "## Paired differences\n\n" + "\n".join(lines)
 
 
-def mismatch_section(mismatch: Mapping[Hashable, Mapping[str, Mapping[str, float]]], problems: int) -> str:
+def mismatch_section(mismatch: Mapping[Pair, Mapping[str, Mapping[str, float]]], problems: int) -> str:
     """Mean ± std over the pairs of each mismatch statistic per α (the base model as teacher at α)."""
     if not mismatch:
         return ""
@@ -119,7 +128,7 @@ def mismatch_section(mismatch: Mapping[Hashable, Mapping[str, Mapping[str, float
             f"disagreement), mean ± std over those.\n\n{markdown(['α', 'pairs', *STATISTICS], body)}\n")
 
 
-def exposure_section(curves: Mapping[str, Mapping[int, list[dict[str, Any]]]]) -> str:
+def exposure_section(curves: Mapping[str, Mapping[str, list[dict[str, Any]]]]) -> str:
     """The α each method of `curves` (those whose α varied) used: mean over all steps and over the last
     quarter, mean ± std over its runs."""
     body = []
@@ -135,7 +144,8 @@ def exposure_section(curves: Mapping[str, Mapping[int, list[dict[str, Any]]]]) -
     if not body:
         return ""
     return ("## Exposure used\n\nThe batch's α at each step (for exposure per problem, the mean over the batch's "
-            f"problems), mean ± std over runs.\n\n{markdown(['method', 'runs', 'mean α', 'mean α, last quarter'], body)}\n")
+            "problems), mean ± std over runs.\n\n"
+            f"{markdown(['method', 'runs', 'mean α', 'mean α, last quarter'], body)}\n")
 
 
 def difficulty_section(per_problem: Mapping[str, Mapping[str, Sequence[dict[str, Any]]]]) -> str:
@@ -144,7 +154,8 @@ def difficulty_section(per_problem: Mapping[str, Mapping[str, Sequence[dict[str,
     difficulty's α minus the easiest's with its t-interval over runs (difficulties in `plots.difficulty_groups`'
     order, the easiest — fewest operations or segments — first; below 0: harder problems see less of the
     reference)."""
-    body, order = [], []
+    body: list[list[str]] = []
+    order: list[str] = []
     for method, runs in per_problem.items():
         pooled = [(name, row) for name, rows in runs.items() for row in rows]
         groups, method_order = difficulty_groups([row for _, row in pooled])
@@ -190,7 +201,8 @@ def diagnosis_section(diagnoses: Mapping[str, Diagnosis]) -> str:
     aligned = {method: d.alignment_within_step for method, d in diagnoses.items() if d.alignment_within_step}
     if aligned:
         parts += [("Each problem's alignment credit on its own α (docs/controller.md#signals-with-power), one "
-                   "intercept per step (n counts problems):\n"), fits_table(aligned, ALIGNMENT_SIGNALS, "problems") + "\n"]
+                   "intercept per step (n counts problems):\n"),
+                  fits_table(aligned, ALIGNMENT_SIGNALS, "problems") + "\n"]
     runs = [run for d in diagnoses.values() for run in d.runs]
     warnings = [f"{run['run']}: {'; '.join(run['warnings'])}" for run in runs if run["warnings"]]
     notes = [note for d in diagnoses.values() for note in d.notes]

@@ -1,5 +1,5 @@
 """`atesd diagnose`: finds the runs of the folders it is given, checks that their α varied, and writes what each
-reward term says about α (`atesd.analysis.diagnose`) as diagnose.md, diagnose.csv and diagnose.json; the same
+reward term says about α (`atesd.experiments.diagnose`) as diagnose.md, diagnose.csv and diagnose.json; the same
 tables go into a training run's summary and `atesd compare`'s report (docs/controller.md#what-the-reward-says-about-α).
 """
 
@@ -13,12 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from atesd.analysis.diagnose import CREDIT_SIGNALS, SIGNALS, Diagnosis, Fit, RunSettings, diagnose
-from atesd.analysis.diagnose_signals import ALIGNMENT_SIGNALS, EXTRA_SIGNALS
-from atesd.analysis.runs import RUNS_DIR
-from atesd.analysis.tables import markdown
 from atesd.config import load_config
 from atesd.errors import UserError
+from atesd.experiments.diagnose import CREDIT_SIGNALS, SIGNALS, Diagnosis, Fit, RunSettings, diagnose
+from atesd.experiments.diagnose_signals import ALIGNMENT_SIGNALS, EXTRA_SIGNALS
+from atesd.experiments.runs import RUNS_DIR
+from atesd.experiments.tables import markdown
 from atesd.files import atomic_write_text
 from atesd.train.metrics import read_metrics
 
@@ -180,11 +180,11 @@ def diagnosis_markdown(diagnosis: Diagnosis, level: int = 2) -> str:
 
 
 READING = (
-    "Terms: G_lp, G_gt and R as the controller computes them (docs/method.md#reward); G_lp without max(0, ·), the discounted "
-    "signed drops of ℓ; the probe NLL drop, before the window minus after its L updates; the rollout accuracy "
-    "change, the mean over the L updates after the decision minus the L before. Each is fitted by least squares on "
-    "α and t/T with one intercept per run; t = slope / SE; the last column, n · (2 / t)², is how many windows "
-    "(decisions) the same slope and noise need for t = 2: compare it with a run's decisions, T / H "
+    "Terms: G_lp, G_gt and R as the controller computes them (docs/method.md#reward); G_lp without max(0, ·), the "
+    "discounted signed drops of ℓ; the probe NLL drop, before the window minus after its L updates; the rollout "
+    "accuracy change, the mean over the L updates after the decision minus the L before. Each is fitted by least "
+    "squares on α and t/T with one intercept per run; t = slope / SE; the last column, n · (2 / t)², is how many "
+    "windows (decisions) the same slope and noise need for t = 2: compare it with a run's decisions, T / H "
     "(docs/controller.md#what-the-reward-says-about-α).\n")
 
 

@@ -23,7 +23,8 @@ EXTRA_SIGNALS = {
     "style_drop": "style NLL drop",
     "style_lp_signed": "style NLL signed drops (discounted)",
     **{f"{series}_{kind}": f"{label} {what}" for series, (_, label) in SERIES.items()
-       for kind, what in (("tscl", "TSCL slope"), ("alp", "ALP |drop|"), ("quantile", "signed drops, quantile-rescaled"))},
+       for kind, what in (("tscl", "TSCL slope"), ("alp", "ALP |drop|"),
+                          ("quantile", "signed drops, quantile-rescaled"))},
     "alignment_window": "alignment (mean over the hold)",
 }
 EXTRA_NEEDS = {name: ("style_nll at every step (exposure.controller.progress_signal=style_nll)"

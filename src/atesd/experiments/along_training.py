@@ -9,8 +9,8 @@ made: steps 25, 50 and 75 for Qwen3-4B (OPSD issue #11). docs/reproducing.md say
 
 With ``eval.engine: vllm`` one vLLM engine serves them all: it starts on the base model and takes each checkpoint's
 weights (LoRA merged) in turn. The base model is evaluated as step 0 (LoRA adapters fresh, so disabled in effect;
-full fine-tuning: the starting weights). Checkpoints hold only the trained parameters (`train.checkpoint`); each is loaded onto the
-same base model in turn. Only the checkpoints a run kept are there (``train.keep_checkpoints``, with
+full fine-tuning: the starting weights). Checkpoints hold only the trained parameters (`train.checkpoint`); each is
+loaded onto the same base model in turn. Only the checkpoints a run kept are there (``train.keep_checkpoints``, with
 ``train.checkpoint_every``): keep more of them to evaluate along a run afterwards.
 """
 
@@ -20,11 +20,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from atesd.analysis.tables import markdown, seeds_cell
 from atesd.config import Config
 from atesd.errors import UserError
 from atesd.eval.engines import reloadable_eval_engine
 from atesd.eval.runner import evaluate_model, summary_rows
+from atesd.experiments.tables import markdown, seeds_cell
 from atesd.files import atomic_write_text
 from atesd.models.loading import load_training_model
 from atesd.train.along_training import EVAL_LOG
@@ -73,7 +73,8 @@ def along_training_report(rows: list[dict[str, Any]], title: str) -> str:
              f"## Last checkpoint (step {last})\n",
              "What the run produced: the figure to report.\n",
              markdown(["benchmark", *(f"{metric}@{k}" for metric in ("Average", "Pass", "Maj"))],
-                      [[name, *(seeds_cell(by_key.get((last, name)), f"{metric}@{k}") for metric in ("average", "pass", "maj"))]
+                      [[name, *(seeds_cell(by_key.get((last, name)), f"{metric}@{k}")
+                                for metric in ("average", "pass", "maj"))]
                        for name in benchmarks]),
              "\n## Best checkpoint per benchmark (selected on the benchmark itself)\n",
              ("Each benchmark's best step, chosen on that benchmark's own problems: an optimistic figure, not a "

@@ -1,4 +1,5 @@
-"""Teacher–student mismatch of the starting model as a function of the exposure α (docs/method.md#statistics, for `atesd sweep`).
+"""Teacher–student mismatch of the starting model as a function of the exposure α (docs/method.md#statistics, for
+`atesd sweep`).
 
 One fixed set of student rollouts is sampled (seeded) from the starting model on training problems; each
 completion is then scored by the starting model twice, after the student prompt and after the teacher prompt
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from transformers import PreTrainedModel
 
 from atesd.config import Config
 from atesd.data.problem import Problem
@@ -28,7 +30,7 @@ STATISTICS = ("kl_mean", "kl_p90", "kl_p99", "top1_disagree")
 
 
 class BaseRollouts(NamedTuple):
-    model: torch.nn.Module
+    model: PreTrainedModel
     tokenizer: Any
     prompts: PromptBuilder
     problems: list[Problem]

@@ -1,1 +1,0 @@
-"""Reports and plots built from run outputs."""
