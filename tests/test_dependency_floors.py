@@ -37,7 +37,8 @@ NEEDS = [
                       "generate (tests/test_decode.py: 5.3.0 fails, 5.4.0 passes)"), "5.4"),
     ("transformers", ("a GGUF file's tokenizer keeps its end and padding tokens (models/loading.py, "
                       "model.name_or_path: x.gguf): up to 5.17.0 SmolLM2's GGUF converts with eos <|im_start|> and "
-                      "no pad token, from 5.18.0 with <|im_end|> for both (tests/test_decode.py, the SmolLM2 test)"), "5.18"),
+                      "no pad token, from 5.18.0 with <|im_end|> for both (tests/test_decode.py, the SmolLM2 "
+                      "test)"), "5.18"),
     ("accelerate", ("FullyShardedDataParallelPlugin.fsdp_version and .reshard_after_forward, FSDP2 "
                    "(train/sharding.py)"), "1.6"),
     ("accelerate", "the trackio tracker, run.report_to: trackio (train/metrics.py)", "1.9"),
