@@ -97,18 +97,12 @@ class ExposurePolicy(Protocol):
         ...
 
 
-class BatchPolicy:
-    """What a policy that gives the whole batch one α answers beyond `alpha(step)`: it measures nothing per problem,
-    logs nothing of its own and keeps no decision waiting, unless a subclass says otherwise."""
+class PolicyBase:
+    """The answers of a policy that measures nothing before the update, learns from no statistic and keeps no decision
+    waiting; a policy overrides what it does otherwise."""
 
     uses_teacher_ref_logp = False  # the recipe then measures g_t only for the log
     single_process = False
-
-    def alpha(self, step: int) -> float:
-        raise NotImplementedError
-
-    def alphas(self, step: int, views: Sequence[ProblemView]) -> list[float]:
-        return [self.alpha(step)] * len(views)
 
     def nll_wanted(self, step: int) -> list[int]:
         return []
@@ -127,6 +121,16 @@ class BatchPolicy:
 
     def pending_decisions(self) -> list[dict[str, Any]]:
         return []
+
+
+class BatchPolicy(PolicyBase):
+    """A policy that gives the whole batch one α: it defines `alpha(step)`."""
+
+    def alpha(self, step: int) -> float:
+        raise NotImplementedError
+
+    def alphas(self, step: int, views: Sequence[ProblemView]) -> list[float]:
+        return [self.alpha(step)] * len(views)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from atesd.exposure.base import (
     ClippedSettings,
     DecisionReading,
     ExposurePolicy,
+    PolicyBase,
     Preset,
     ProblemView,
     register,
@@ -86,7 +87,7 @@ class RandomExposure(BatchPolicy):
         self.window_start, self.current_alpha = state["window_start"], state["current_alpha"]
 
 
-class RandomPerProblemExposure(BatchPolicy):
+class RandomPerProblemExposure(PolicyBase):
     """One draw per problem of each step. It measures no credit itself (the recipe logs the alignment credit)."""
 
     single_process = True

@@ -21,15 +21,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from atesd.exposure.base import ClippedSettings, ProblemView, problem_columns
+from atesd.exposure.base import ClippedSettings, PolicyBase, ProblemView, problem_columns
 
 
-class ProblemRule:
+class ProblemRule(PolicyBase):
     """The per-problem interface for a rule that chooses α from each problem's view alone; subclasses set `salt`
     (which seeds their generator apart from other policies') and define `choose`."""
 
-    single_process = True
-    uses_teacher_ref_logp = False  # g_t only for the log, as for the fixed policies
+    single_process = True  # a rule's credit, if any, is in the views: nothing to measure before the update
     salt: ClassVar[int]
 
     def __init__(self, settings: ClippedSettings, seed: int) -> None:
@@ -67,24 +66,9 @@ class ProblemRule:
                            "alpha": alphas, **columns, "logged_at": step + 1})
         return alphas
 
-    def nll_wanted(self, step: int) -> list[int]:
-        return []  # a rule's credit, if any, is in the views: nothing to measure before the update
-
-    def measured(self, step: int, nll: Sequence[float], teacher_logps: Sequence[float]) -> None:
-        pass
-
-    def aligned(self, step: int, credits: Sequence[float]) -> None:
-        pass
-
-    def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]:
-        return {}
-
     def drain_decisions(self) -> list[dict[str, Any]]:
         rows, self._rows = self._rows, []
         return rows
-
-    def pending_decisions(self) -> list[dict[str, Any]]:
-        return []
 
     def state_dict(self) -> dict[str, Any]:
         return {"policy": self.name, "rng": self.rng.bit_generator.state,
