@@ -116,7 +116,7 @@ class SeeleExposure(ProblemRule):
         self.population: deque[tuple[float, float]] = deque(maxlen=self.settings.population_window)
 
     def choose(self, step: int, views: Sequence[ProblemView]) -> tuple[list[float], dict[str, list[Any]]]:
-        completed = [self.attempts.complete(view) for view in views]  # from the state before the step (AdaBack's)
+        completed = [self.attempts.complete(view) for view in views]  # from the state before the step
         for view, attempt in zip(views, completed):
             if attempt is not None:
                 self.own.setdefault(view.key, deque(maxlen=self.settings.history)).append(attempt)
