@@ -1,5 +1,5 @@
-"""The package's layers import one way (docs/architecture.md), with no circle between modules. Imports inside
-functions count as much as those at the top of a module."""
+"""The package's layers import one way (docs/architecture.md), with no circle between modules, and an exposure rule
+lives in its own module. Imports inside functions count as much as those at the top of a module."""
 
 from __future__ import annotations
 
@@ -67,3 +67,16 @@ def test_no_module_imports_itself_through_a_circle():
 
 def test_every_layer_is_known():
     assert {layer(m) for m in MODULES} - {None} <= set(LAYERS)
+
+
+def test_each_exposure_rules_name_is_in_its_own_module_and_one_registry_line():
+    """docs/architecture.md#adding-an-exposure-rule: a rule per problem is one module and one import line."""
+    from atesd.exposure import REGISTRY
+    from atesd.exposure.rules import ProblemRule
+
+    rules = [name for name, settings in REGISTRY.items() if isinstance(settings().build(1, 0), ProblemRule)]
+    assert {"adaback", "seele", "paint", "confidence_gate"} <= set(rules)
+    for name in rules:
+        found = {module: sum(name in line.lower() for line in path.read_text().splitlines())
+                 for module, path in MODULES.items() if name in path.read_text().lower()}
+        assert set(found) == {f"atesd.exposure.{name}", "atesd.exposure"} and found["atesd.exposure"] == 1, found
