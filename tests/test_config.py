@@ -251,3 +251,10 @@ def test_embedded_atesd_recipe_has_the_documented_defaults():
     # everything but the exposure is OPSD's recipe
     assert config.model_dump(exclude={"method", "exposure"}) == opsd.model_dump(exclude={"method", "exposure"})
     assert controller == type(controller)()  # the file spells out the defaults of config.py
+
+
+def test_a_mapping_override_merges_into_its_section():
+    config = load_config(None, ["teacher.anchored_residual.anchor_alpha=0.3", "teacher.anchored_residual={}"])
+    assert config.teacher.anchored_residual is not None and config.teacher.anchored_residual.anchor_alpha == 0.3
+    assert load_config(None, ["teacher.anchored_residual.anchor_alpha=0.3",
+                              "teacher.anchored_residual=null"]).teacher.anchored_residual is None

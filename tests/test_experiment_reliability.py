@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -330,12 +331,14 @@ def test_an_adapter_on_another_base_is_warned_about(tmp_path, caplog):
 # ---------------------------------------------------------------------------------------- one merge rule
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "embedded"
+
+
 def test_a_comparisons_exposure_settings_go_to_the_methods_whose_policy_takes_them():
     from atesd.experiments.compare import compare_specs
     from atesd.experiments.sweep import sweep_specs
 
-    recipes = Path(__file__).resolve().parents[1] / "configs" / "embedded"
-    specs = {spec.label: spec for spec in compare_specs(recipes, ["base", "opsd", "random", "atesd", "adaback"],
+    specs = {spec.label: spec for spec in compare_specs(RECIPES, ["base", "opsd", "random", "atesd", "adaback"],
                                                          ["exposure.hold_steps=1", "train.steps=3"], 1, 0.5)}
     assert specs["opsd"].overrides == ("train.steps=3",) and specs["base"].overrides == ("train.steps=3",)
     assert specs["random"].overrides == ("exposure.hold_steps=1", "train.steps=3", "exposure.policy=random")
@@ -343,7 +346,58 @@ def test_a_comparisons_exposure_settings_go_to_the_methods_whose_policy_takes_th
     assert specs["adaback"].overrides == ("train.steps=3", "exposure.policy=adaback")
     for spec in specs.values():  # every method's config loads with what it was given
         spec.config(Path("out"))
-    with pytest.raises(ConfigError, match="exposure.adaback.threshold=0.3: no run of this experiment"):
-        compare_specs(recipes, ["base", "opsd", "atesd"], ["exposure.adaback.threshold=0.3"], 1, 0.5)
-    with pytest.raises(ConfigError, match="exposure.hold_steps=1: no run of this experiment"):
-        sweep_specs(recipes / "opsd.yaml", ["exposure.hold_steps=1"], [0.5, 1.0], 1)  # a sweep's runs are fixed α
+    with pytest.raises(ConfigError, match="exposure.adaback.threshold=0.3: no run of the comparison"):
+        compare_specs(RECIPES, ["base", "opsd", "atesd"], ["exposure.adaback.threshold=0.3"], 1, 0.5)
+    with pytest.raises(ConfigError, match="exposure.hold_steps=1: no run of the sweep"):
+        sweep_specs(RECIPES / "opsd.yaml", ["exposure.hold_steps=1"], [0.5, 1.0], 1)  # a sweep's runs are fixed α
+
+
+def test_a_user_setting_inside_a_section_a_method_turns_on_merges_into_it():
+    from atesd.experiments.compare import compare_specs
+
+    specs = {spec.label: spec for spec in compare_specs(RECIPES, ["base", "opsd", "ar-opd"],
+                                                         ["teacher.anchored_residual.anchor_alpha=0.3"], 1, 0.5)}
+    assert specs["opsd"].config(Path("out")).teacher.anchored_residual is None  # OPSD stays OPSD
+    anchored = specs["ar-opd"].config(Path("out")).teacher.anchored_residual
+    assert anchored is not None and anchored.anchor_alpha == 0.3 and anchored.residual_weight == 0.6
+    with pytest.raises(ConfigError, match="no run of the comparison has an exposure policy or a teacher"):
+        compare_specs(RECIPES, ["base", "opsd"], ["teacher.anchored_residual.anchor_alpha=0.3"], 1, 0.5)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["exposure.alpha=0.5"], "it would make method 'opsd' of the comparison another method (exposure.alpha 0.5)"),
+    (["exposure.policy=random"], "it would make method 'opsd' of the comparison another method"),
+    (["teacher.anchored_residual={}"], ("it would make method 'opsd' of the comparison another method "
+                                        "(teacher.anchored_residual True)")),
+    (["method=grpo"], "it would make method 'opsd' of the comparison another method (method grpo)"),
+])
+def test_a_setting_that_makes_a_method_another_is_refused_naming_both(overrides, message):
+    from atesd.experiments.compare import compare_specs
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compare_specs(RECIPES, ["base", "opsd"], overrides, 1, 0.5)
+
+
+def _preset_settings():
+    from atesd.experiments.presets import methods
+
+    return [(label, own) for label, preset in methods(0.5).items() for own in preset.overrides]
+
+
+@pytest.mark.parametrize("label,own", _preset_settings())
+def test_a_user_setting_a_method_sets_itself_is_refused_naming_both(label, own):
+    """Every method preset × every setting it makes: the user's own value for it is refused, never silently replaced
+    by the method's (or the method's by the user's)."""
+    from atesd.experiments.compare import compare_specs
+
+    key = own.split("=", 1)[0]
+    with pytest.raises(ConfigError, match=re.escape(f"method '{label}' of the comparison sets it itself ({own})")):
+        compare_specs(RECIPES, [label], [f"{key}=0.3"], 1, 0.5)
+
+
+def test_a_sweeps_own_settings_are_refused_naming_both():
+    from atesd.experiments.sweep import sweep_specs
+
+    for override in ["exposure.policy=paint", "exposure.alpha=0.3"]:
+        with pytest.raises(ConfigError, match=re.escape(f"{override}: method 'alpha-0.5' of the sweep sets it itself")):
+            sweep_specs(RECIPES / "opsd.yaml", [override], [0.5, 1.0], 1)

@@ -326,8 +326,9 @@ class Config(Section):
 
 
 def apply_override(tree: dict[str, Any], dotted: str) -> None:
-    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``1e-4``, ``[1, 2]``). Naming another
-    ``exposure.policy`` drops the settings of the former policy that the new one does not take."""
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``1e-4``, ``[1, 2]``). A mapping
+    merges into the section it names (``teacher.anchored_residual={}`` turns it on and keeps what is set in it); naming
+    another ``exposure.policy`` drops the settings of the former policy that the new one does not take."""
     if "=" not in dotted:
         raise ConfigError(f"override '{dotted}' is not of the form key=value")
     key, raw = dotted.split("=", 1)
@@ -343,7 +344,8 @@ def apply_override(tree: dict[str, Any], dotted: str) -> None:
         # Another policy: the former one's settings that the new one does not take are dropped (they would not apply).
         for key in [key for key in node if key not in REGISTRY[value].model_fields]:
             del node[key]
-    node[parts[-1]] = value
+    below = node.get(parts[-1])
+    node[parts[-1]] = {**below, **value} if isinstance(value, dict) and isinstance(below, dict) else value
 
 
 def describe_validation_error(error: ValidationError, source: str) -> str:

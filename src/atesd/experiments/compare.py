@@ -96,7 +96,7 @@ def compare_specs(recipes: Path, chosen: Sequence[str], overrides: Sequence[str]
     with_alphas = [*chosen, *fixed, *(["opsd"] if 1 in alphas else [])]
     trained = [name for name in dict.fromkeys(with_alphas) if name != BASE_LABEL]
     taken = overrides_for_methods({name: (recipes / table[name].recipe, table[name].overrides)
-                                   for name in [BASE_LABEL, *trained]}, overrides)
+                                   for name in [BASE_LABEL, *trained]}, overrides, command="the comparison")
 
     def spec(name: str, base_seed: int | None, seed: int) -> RunSpec:
         return RunSpec(name, recipes / table[name].recipe, taken[name], seed, trains=name != BASE_LABEL,

@@ -81,31 +81,73 @@ class RunSpec:
                                               f"run.name={self.name}", f"run.seed={self.seed}"])
 
 
-def overrides_for_methods(methods: dict[str, tuple[Path, tuple[str, ...]]],
-                          overrides: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """Each method's overrides (`methods`: label -> (recipe, the method's own overrides)): the command's overrides
-    for all, then the method's own, except the command's exposure settings that the method's exposure policy does
-    not take (``exposure.controller.lookahead=2`` is for the methods with a controller). An exposure setting that no
-    method takes would do nothing: it is refused."""
-    def key(override: str) -> list[str]:
-        return override.split("=", 1)[0].strip().split(".")
+def setting_key(override: str) -> tuple[str, ...]:
+    """The dotted key of a ``key=value`` override, as a tuple."""
+    return tuple(override.split("=", 1)[0].strip().split("."))
 
-    names_policy = any(key(o)[:2] == ["exposure", "policy"] for o in overrides)  # then its settings are for all
-    policy_settings = [] if names_policy else [o for o in overrides if key(o)[0] == "exposure" and len(key(o)) > 1]
+
+def identity(config: Config) -> dict[str, Any]:
+    """What makes a run the method it is: the objective, the exposure policy with every setting of a fixed exposure,
+    and whether the teacher is AR-OPD's."""
+    exposure = config.exposure
+    return {"method": config.method, "exposure.policy": exposure.policy,
+            "exposure.alpha": getattr(exposure, "alpha", None),
+            "teacher.anchored_residual": config.teacher.anchored_residual is not None}
+
+
+def overlaps(user: tuple[str, ...], own: str) -> bool:
+    """Whether a user's setting `user` and a method's own override `own` set the same thing: the same key, one inside
+    the other's section, except a setting inside a section the method turns on with its defaults (``{}``)."""
+    defining = setting_key(own)
+    turns_on = own.split("=", 1)[1].strip() == "{}"
+    inside = user[:len(defining)] == defining and (len(user) == len(defining) or not turns_on)
+    return inside or defining[:len(user)] == user
+
+
+def overrides_for_methods(methods: dict[str, tuple[Path, tuple[str, ...]]], overrides: Sequence[str], *,
+                          command: str = "this experiment") -> dict[str, tuple[str, ...]]:
+    """Each method's overrides (`methods`: label -> (recipe, the method's own overrides)): the command's overrides
+    for all, then the method's own (docs/reliability.md#settings-that-merge). A setting of an exposure policy, or
+    of AR-OPD's teacher, goes only to the methods whose exposure policy, or teacher, takes it
+    (``exposure.controller.lookahead=2`` is for the methods with a controller); one that no method takes would do
+    nothing and is refused. A setting that defines a method (its objective, exposure policy, fixed α, whether its
+    teacher is AR-OPD's) or one the method sets itself is refused, naming both: the method would silently be
+    another, or the setting silently not apply."""
     taken: dict[str, tuple[str, ...]] = {}
     used: set[str] = set()
+    tuning = [o for o in overrides
+              if setting_key(o)[:1] == ("exposure",) and setting_key(o)[1:2] not in {("policy",), ("alpha",)}
+              or setting_key(o)[:2] == ("teacher", "anchored_residual") and len(setting_key(o)) > 2]
     for label, (recipe, own) in methods.items():
         try:
-            fields = set(type(load_config(recipe, own).exposure).model_fields)
+            config = load_config(recipe, own)
         except ConfigError:  # the method's own config is broken: its run will say so with every override
-            fields = {key(o)[1] for o in policy_settings}
-        kept = [o for o in overrides if o not in policy_settings or key(o)[1] in fields]
-        used.update(o for o in kept if o in policy_settings)
+            taken[label] = (*overrides, *own)
+            continue
+        fields = set(type(config.exposure).model_fields)
+        kept = []
+        for override in overrides:
+            key = setting_key(override)
+            if override in tuning and not (key[0] == "exposure" and key[1] in fields or key[0] == "teacher"
+                                           and config.teacher.anchored_residual is not None):
+                continue
+            clash = next((o for o in own if overlaps(key, o)), None)
+            if clash is not None:
+                raise ConfigError(f"{override}: method '{label}' of {command} sets it itself ({clash}); leave it out")
+            if label != BASE_LABEL:
+                changed = {name: value for name, value in identity(load_config(recipe, [override, *own])).items()
+                           if identity(config)[name] != value}
+                if changed:
+                    raise ConfigError(f"{override}: it would make method '{label}' of {command} another method "
+                                      f"({', '.join(f'{name} {value}' for name, value in changed.items())}); leave it "
+                                      "out, or compare the method it makes with --methods")
+            kept.append(override)
+        used.update(o for o in kept if o in tuning)
         taken[label] = (*kept, *own)
-    unused = [o for o in policy_settings if o not in used]
+    unused = [o for o in tuning if o not in used]
     if unused:
-        raise ConfigError(f"{', '.join(unused)}: no run of this experiment has an exposure policy that takes it, so it "
-                          "would do nothing; leave it out")
+        raise ConfigError(f"{', '.join(unused)}: no run of {command} has an exposure policy or a teacher that takes "
+                          "it, so it would do nothing; leave it out")
     return taken
 
 

@@ -47,7 +47,7 @@ def sweep_specs(config_path: Path, overrides: Sequence[str], alphas: Sequence[fl
     # The sweep's own overrides come last, so that an extra override cannot undo the α being swept.
     taken = overrides_for_methods({BASE_LABEL: (config_path, ()), **{
         alpha_label(alpha): (config_path, ("exposure.policy=fixed", f"exposure.alpha={alpha:g}")) for alpha in alphas}},
-        overrides)
+        overrides, command="the sweep")
     base = [RunSpec(BASE_LABEL, config_path, taken[BASE_LABEL], seed, trains=False) for seed in range(seeds)]
     trained = [RunSpec(alpha_label(alpha), config_path, taken[alpha_label(alpha)], seed)
                for seed in range(seeds) for alpha in alphas]
