@@ -145,3 +145,30 @@ def test_report_keeps_the_last_and_the_best_apart():
     # each benchmark's own best step, and how far above the last checkpoint it is
     assert "| aime24 | 25 | 58.0 | +3.0 |" in best and "| hmmt25 | 50 | 33.0 | +0.0 |" in best
     assert "optimistic" in best
+
+
+def test_report_of_a_run_resumed_with_another_number_of_samples_compares_only_the_latest():
+    """A resume may change eval.num_samples: the report (made after a finished run) compares the evaluations at the
+    latest k, and says how many it left out, instead of failing the run on a missing average@k."""
+    rows = [{"step": step, "benchmark": "embedded", "k": k, "seeds": 1, f"average@{k}": value, f"pass@{k}": value,
+             f"maj@{k}": value} for step, k, value in ((0, 4, 0.40), (2, 4, 0.42), (4, 2, 0.45), (6, 2, 0.47))]
+    report = along_training_report(rows, "r")
+    assert "Average@2" in report and "## Last checkpoint (step 6)" in report and "| embedded | 47.0 |" in report
+    assert "2 evaluations with another number of samples" in report and "\n| 2 |" not in report
+
+
+@pytest.mark.slow
+def test_a_report_that_cannot_be_made_is_a_warning_and_the_finished_run_ends_with_rc_0(tiny_config, tmp_path,
+                                                                                         monkeypatch, capsys):
+    from atesd.experiments import diagnose_report
+
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for -: 'list' and 'float'")
+
+    monkeypatch.setattr(diagnose_report, "run_section", broken)
+    path = tmp_path / "run.yaml"
+    save_config(tiny_config(tmp_path, "train.steps=2", "exposure.policy=random"), path)
+    assert main(["train", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "atesd: warning: the run's diagnosis could not be made (TypeError: unsupported operand" in err
+    assert (tmp_path / "runs" / "opsd-seed0" / "final_model").is_dir()

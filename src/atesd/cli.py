@@ -27,6 +27,7 @@ arguments. A user error (a setting, a data row, a file, a busy run directory) pr
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -65,21 +66,23 @@ RECIPES = "embedded"
 def _train(args: argparse.Namespace) -> None:
     from atesd.experiments.along_training import along_training_section
     from atesd.experiments.diagnose_report import run_section
+    from atesd.experiments.guards import report_or_warn
     from atesd.experiments.plots import exposure_summary, plot_run
     from atesd.train.recipe import Trainer
 
     config = load_config(resolve_config(args.config), args.overrides)
     trainer = Trainer(config, resume=args.resume)
     run_dir = trainer.train()
-    if trainer.accelerator.is_main_process:
-        plots = plot_run(run_dir, run_dir.name)
-        summary = exposure_summary(run_dir)
+    if trainer.accelerator.is_main_process:  # the run is finished and saved: what follows only reports on it
+        plots = report_or_warn("the run's plots", lambda: plot_run(run_dir, run_dir.name)) or []
+        summary = report_or_warn("the exposure summary", lambda: exposure_summary(run_dir))
         if summary:
             print(summary)
-        diagnosis = run_section(run_dir, args.command_line)
+        diagnosis = report_or_warn("the run's diagnosis", lambda: run_section(run_dir, args.command_line))
         if diagnosis:
             print(f"\n{diagnosis}")
-        along = along_training_section(run_dir)
+        along = report_or_warn("the report of the evaluations along training",
+                               lambda: along_training_section(run_dir))
         if along:
             print(f"\n{along}")
         print(f"run directory: {run_dir} (plots: {', '.join(p.name for p in plots)}"
@@ -146,6 +149,7 @@ def _demo(args: argparse.Namespace) -> None:
     from atesd.data.sources import benchmark_key
     from atesd.eval.runner import evaluate_model
     from atesd.experiments.diagnose_report import run_section
+    from atesd.experiments.guards import report_or_warn
     from atesd.experiments.plots import exposure_summary, plot_bucket_accuracy, plot_run
     from atesd.experiments.tables import evaluation_table
     from atesd.train.base_model import load_model
@@ -182,14 +186,14 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"[{_clock(started)}] evaluating the trained model")
     rows[f"{method} (student)"] = evaluate_model(config, trained_model, tokenizer, out_dir, "trained")
 
-    plots = plot_run(run_dir, f"{method} on embedded")
+    plots = report_or_warn("the run's plots", lambda: plot_run(run_dir, f"{method} on embedded")) or []
     report = [f"# {method} on the embedded task\n", f"Command: `atesd demo {config_name}"
               + "".join(f" {o}" for o in args.overrides) + "`\n"]
-    exposure = exposure_summary(run_dir)
+    exposure = report_or_warn("the exposure summary", lambda: exposure_summary(run_dir))
     if exposure:
         print(f"\n{exposure}")
         report.append(f"{exposure}\n")
-    diagnosis = run_section(run_dir, args.command_line)
+    diagnosis = report_or_warn("the run's diagnosis", lambda: run_section(run_dir, args.command_line))
     if diagnosis:
         print(f"\n{diagnosis}")
         report.append(diagnosis)
@@ -198,8 +202,10 @@ def _demo(args: argparse.Namespace) -> None:
         table = evaluation_table(per_label, k)
         report.append(f"## {benchmark}\n\n{table}\n")
         print(f"\nheld-out {benchmark}, Average@{k} per difficulty bucket:\n{table}")
-        plot_bucket_accuracy(per_label, f"average@{k}", run_dir / f"accuracy-{benchmark_key(benchmark)}.png",
-                             f"{benchmark}: Average@{k} per bucket")
+        plot = functools.partial(plot_bucket_accuracy, per_label, f"average@{k}",
+                                 run_dir / f"accuracy-{benchmark_key(benchmark)}.png",
+                                 f"{benchmark}: Average@{k} per bucket")
+        report_or_warn(f"the {benchmark} plot", plot)
     report.append(f"Versions: {versions_line()}\n")
     atomic_write_text(run_dir / "summary.md", "\n".join(report))
     atomic_write_text(run_dir / "summary.json", json.dumps(rows, indent=1))

@@ -61,8 +61,12 @@ def evaluate_checkpoints(config: Config, run_dir: Path, out_dir: Path) -> list[d
 
 def along_training_report(rows: list[dict[str, Any]], title: str) -> str:
     """Markdown: the last checkpoint, the best per benchmark (labelled as selected on the benchmark), and every
-    evaluation; Average@k with its std over seeds when there were several."""
-    k = rows[0]["k"]
+    evaluation; Average@k with its std over seeds when there were several. Only the evaluations at the latest
+    ``eval.num_samples`` are compared (a resume may change it); the others are counted in a note."""
+    k = rows[-1]["k"]
+    earlier = len(rows)
+    rows = [row for row in rows if row["k"] == k]
+    earlier -= len(rows)
     benchmarks = list(dict.fromkeys(row["benchmark"] for row in rows))
     by_key = {(row["step"], row["benchmark"]): row for row in rows}  # a redone evaluation replaces the older
     steps = sorted({step for step, _ in by_key})
@@ -86,6 +90,9 @@ def along_training_report(rows: list[dict[str, Any]], title: str) -> str:
         best.append([name, str(top["step"]), seeds_cell(top, f"average@{k}"),
                      f"{100 * (top[f'average@{k}'] - by_key.get((last, name), top)[f'average@{k}']):+.1f}"])
     lines.append(markdown(["benchmark", "best step", f"Average@{k}", "over the last checkpoint"], best))
+    if earlier:
+        lines.append(f"\n{earlier} evaluation{'s' * (earlier > 1)} with another number of samples (before a resume "
+                     "changed eval.num_samples) left out: Average@k of two k do not compare.\n")
     lines += ["\n## Every evaluation\n",
               markdown(["step", *benchmarks], [[str(step), *(seeds_cell(by_key.get((step, name)), f"average@{k}")
                                                              for name in benchmarks)] for step in steps]), ""]

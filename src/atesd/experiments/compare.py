@@ -45,7 +45,15 @@ from atesd.experiments.experiment_plots import (
     plot_method_accuracy,
     plot_paired_differences,
 )
-from atesd.experiments.guards import check_counts, distinct, existing_folder, guard_settings, read_json
+from atesd.experiments.guards import (
+    check_counts,
+    distinct,
+    existing_folder,
+    guard_settings,
+    made,
+    read_json,
+    report_or_warn,
+)
 from atesd.experiments.paired import Pair
 from atesd.experiments.plots import per_problem_rows, plot_alpha_by_difficulty
 from atesd.experiments.presets import (
@@ -215,25 +223,27 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
                                 "paired differences over base models × seeds (green: above 0, red: below 0)")
 
     runs_count = f"{len(base_seeds)} base model{'s' * (len(base_seeds) > 1)} × {seeds} seed{'s' * (seeds > 1)}"
-    plot_method_accuracy(rows, f"average@{k}", out / "accuracy.png", f"held-out Average@{k} per method ({runs_count})")
+    # The figures and the diagnosis only report on finished runs: one that cannot be made is a warning, and the
+    # report is written without it.
+    made("accuracy.png", lambda: plot_method_accuracy(
+        rows, f"average@{k}", out / "accuracy.png", f"held-out Average@{k} per method ({runs_count})"))
     curves = training_curves(finished)
-    if curves:
+    if curves and made("learning_curves.png", lambda: plot_learning_curves(
+            curves, out / "learning_curves.png", "learning curves (mean ± std over runs)")):
         written.append(out / "learning_curves.png")
-        plot_learning_curves(curves, written[-1], "learning curves (mean ± std over runs)")
     varying = {label: runs_rows for label, runs_rows in curves.items()
                if len({row.get("alpha") for rows in runs_rows.values() for row in rows} - {None}) > 1}
-    if varying:
+    if varying and made("alpha_trajectories.png", lambda: plot_alpha_trajectories(
+            varying, out / "alpha_trajectories.png", "exposure α used at each step (one line per run)")):
         written.append(out / "alpha_trajectories.png")
-        plot_alpha_trajectories(varying, written[-1], "exposure α used at each step (one line per run)")
-    diagnoses = method_diagnoses({label: [run.run.directory for run in finished
-                                          if run.run.spec.label == label and run.run.spec.trains]
-                                  for label in varying})
+    diagnoses = report_or_warn("the diagnosis of the runs whose α varied", lambda: method_diagnoses(
+        {label: [run.run.directory for run in finished if run.run.spec.label == label and run.run.spec.trains]
+         for label in varying})) or {}
     per_problem = per_problem_decisions(finished)
-    if per_problem:
+    if per_problem and made("alpha_by_difficulty.png", lambda: plot_alpha_by_difficulty(
+            {method: [row for rows in runs.values() for row in rows] for method, runs in per_problem.items()},
+            out / "alpha_by_difficulty.png", "exposure per problem: mean α by difficulty (runs pooled)")):
         written.append(out / "alpha_by_difficulty.png")
-        plot_alpha_by_difficulty({method: [row for rows in runs.values() for row in rows]
-                                  for method, runs in per_problem.items()},
-                                 written[-1], "exposure per problem: mean α by difficulty (runs pooled)")
     settings = {"recipes": str(recipes), "runs": runs_count, "train.steps": runs[-1].config.train.steps,
                 "quick": quick, "best fixed α": f"{fixed[best_label]:g} ({best_label})" if best_label else "none",
                 "sweep": str(sweep_dir) if sweep_dir else "none"}

@@ -15,14 +15,34 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from atesd.config import ConfigError
 from atesd.errors import UserError
 from atesd.files import atomic_write_text, temporary_path
 from atesd.train.run_dir import RunLock
+
+T = TypeVar("T")
+
+
+def report_or_warn(what: str, make: Callable[[], T]) -> T | None:
+    """`make()`, a report (a plot, a section, a diagnosis) made after a run or an experiment finished; if it fails, one
+    warning line with the reason instead, so that the end of a finished run never fails it
+    (docs/reliability.md#end-of-run-reports)."""
+    try:
+        return make()
+    except Exception as error:  # noqa: BLE001  (any failure of a report: the run's outputs are already written)
+        print(f"atesd: warning: {what} could not be made ({type(error).__name__}: {error}); the run's outputs "
+              "are complete", file=sys.stderr)
+        return None
+
+
+def made(what: str, make: Callable[[], object]) -> bool:
+    """Whether `make()` (a figure, a file) was made; a failure is one warning line (`report_or_warn`)."""
+    return report_or_warn(what, lambda: make() or True) is not None
 
 EXPERIMENT_LOCK = "experiment.lock"
 
