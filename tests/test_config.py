@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -258,3 +259,70 @@ def test_a_mapping_override_merges_into_its_section():
     assert config.teacher.anchored_residual is not None and config.teacher.anchored_residual.anchor_alpha == 0.3
     assert load_config(None, ["teacher.anchored_residual.anchor_alpha=0.3",
                               "teacher.anchored_residual=null"]).teacher.anchored_residual is None
+
+
+def _numeric_keys():
+    """(overrides that select the section, dotted key) of every int or float setting of the schema, the exposure
+    policies' included."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from atesd.exposure import REGISTRY
+    from atesd.settings import takes_a_number_not_a_boolean
+
+    found = []
+
+    def walk(model, prefix, select):
+        for name, field in model.model_fields.items():
+            subs = [a for a in (typing.get_args(field.annotation) or (field.annotation,))
+                    if isinstance(a, type) and issubclass(a, BaseModel)]
+            for sub in subs:
+                walk(sub, f"{prefix}{name}.", select)
+            if not subs and takes_a_number_not_a_boolean(field.annotation):
+                found.append((select, f"{prefix}{name}"))
+
+    for name, model in Config.model_fields.items():
+        if name != "exposure":
+            for sub in [a for a in (typing.get_args(model.annotation) or (model.annotation,)) if isinstance(a, type)]:
+                walk(sub, f"{name}.", ())
+    for policy, settings in REGISTRY.items():
+        walk(settings, "exposure.", (f"exposure.policy={policy}", *(["method=atesd"] if "atesd" in settings.methods
+                                                                     else [])))
+    return found
+
+
+@pytest.mark.parametrize("select,key", _numeric_keys())
+def test_no_number_takes_a_yaml_boolean(select, key):
+    with pytest.raises(ConfigError, match=re.escape(f"{key}: a number is expected, not the boolean true")):
+        load_config(None, [*select, f"{key}=on"])
+
+
+# Every setting that sizes a list, a batch or a tensor allocated up front: a value far beyond any real run is refused
+# (eval.seeds=1e9 used to be accepted and would have run a billion evaluations).
+LIST_SIZES = ["eval.seeds", "eval.num_samples", "eval.batch_size", "eval.max_problems", "eval.max_new_tokens",
+              "rollout.max_new_tokens", "train.batch_size", "train.micro_batch_size", "train.keep_checkpoints",
+              "grpo.group_size", "data.probe_size", "data.task.train_size", "data.task.test_size",
+              "model.embedded.health_problems", "model.embedded.health_samples", "model.embedded.warm_start_batch_size",
+              "model.embedded.hidden_size", "model.embedded.num_layers", "model.embedded.max_positions",
+              "eval.vllm.tensor_parallel_size", "eval.vllm.max_model_len"]
+CONTROLLER_SIZES = ["lookahead", "decisions_per_update", "baseline_window", "credited_problems",
+                    "style_probe_samples"]
+
+
+@pytest.mark.parametrize("select,key", [((), key) for key in LIST_SIZES]
+                         + [(("method=atesd", "exposure.policy=controller"), f"exposure.controller.{key}")
+                            for key in CONTROLLER_SIZES]
+                         + [(("exposure.policy=seele",), f"exposure.seele.{key}")
+                            for key in ("history", "min_points", "population_window")])
+def test_a_number_that_sizes_a_list_is_bounded(select, key):
+    with pytest.raises(ConfigError, match=re.escape(f"{key}: Input should be less than or equal to")):
+        load_config(None, [*select, f"{key}=1000000000"])
+
+
+def test_the_controllers_network_is_bounded():
+    with pytest.raises(ConfigError, match="exposure.controller.hidden_sizes"):
+        load_config(None, ["method=atesd", "exposure.policy=controller",
+                           f"exposure.controller.hidden_sizes={[8] * 17}"])
+    with pytest.raises(ConfigError, match="exposure.controller.hidden_sizes"):
+        load_config(None, ["method=atesd", "exposure.policy=controller", "exposure.controller.hidden_sizes=[1000000]"])

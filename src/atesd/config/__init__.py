@@ -29,7 +29,7 @@ from atesd.data.templates import PromptTemplates
 from atesd.errors import ConfigError
 from atesd.exposure import REGISTRY, ExposureSettings, default_policy
 from atesd.files import atomic_write_text, directory_name, read_config_tree, read_yaml
-from atesd.settings import Section
+from atesd.settings import FIELD_MARK, Section
 
 
 class RunConfig(Section):
@@ -46,12 +46,12 @@ class RunConfig(Section):
 class EmbeddedModelConfig(Section):
     """The tiny Qwen3-architecture model and its cached warm-start pretraining."""
 
-    hidden_size: int = 128
-    num_layers: int = 3
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 384
-    max_positions: int = 512
+    hidden_size: int = Field(128, ge=1, le=65_536)
+    num_layers: int = Field(3, ge=1, le=1024)
+    num_heads: int = Field(4, ge=1, le=1024)
+    num_kv_heads: int = Field(2, ge=1, le=1024)
+    intermediate_size: int = Field(384, ge=1, le=262_144)
+    max_positions: int = Field(512, ge=1, le=1_048_576)
     copy_pretrain_steps: int = Field(
         300, ge=0, description="Generic copy pre-training before the task (the assistant repeats a random string "
         "of the user's): forms the induction circuit a teacher needs to read its context, as pretraining does for "
@@ -64,7 +64,7 @@ class EmbeddedModelConfig(Section):
         "reaches this (checked every warm_start_check_every steps): seeds learn at different speeds, and a "
         "fixed step count leaves the student anywhere from 26% to 58%. None: run all warm_start_steps.")
     warm_start_check_every: int = Field(100, ge=1, description="Steps between the warm start's accuracy checks.")
-    warm_start_batch_size: int = Field(8, ge=1)
+    warm_start_batch_size: int = Field(8, ge=1, le=65_536)
     warm_start_lr: float = Field(2e-3, gt=0, description="Peak AdamW lr of the task warm start.")
     warm_start_warmup_steps: int = Field(50, ge=0, description="Linear lr warm-up, then cosine decay to 0.")
     teacher_format_share: float = Field(
@@ -84,8 +84,9 @@ class EmbeddedModelConfig(Section):
     health_check: bool = Field(
         True, description="After a warm start, evaluate student and teacher on held-out problems and refuse a "
         "base model outside the band (health_student_range, health_min_gap).")
-    health_problems: int = Field(100, ge=1, description="Held-out problems of the health check (its own split).")
-    health_samples: int = Field(4, ge=1, description="Samples per problem of the health check.")
+    health_problems: int = Field(100, ge=1, le=100_000,
+                                 description="Held-out problems of the health check (its own split).")
+    health_samples: int = Field(4, ge=1, le=1024, description="Samples per problem of the health check.")
     health_student_range: tuple[float, float] = Field(
         (0.20, 0.55), description="The student's accuracy must lie in this range: partly competent.")
     health_min_gap: float = Field(0.10, ge=0, description="The teacher at alpha = 1 must beat the student by this.")
@@ -146,7 +147,8 @@ class DataConfig(Section):
     skip_invalid_rows: bool = Field(
         False, description="Leave out rows with an empty field or no parseable answer (counted in a warning) "
         "instead of stopping; a column missing from the data is always an error.")
-    probe_size: int = Field(32, ge=0, description="Training problems held out for probe_nll (never trained on).")
+    probe_size: int = Field(32, ge=0, le=100_000,
+                            description="Training problems held out for probe_nll (never trained on).")
     probe_seed: int = Field(0, description="Chooses which problems of a file/dataset form the probe set.")
     task: EmbeddedTaskConfig = Field(default_factory=EmbeddedTaskConfig)
     answer: Literal["boxed", "last_number"] = Field(
@@ -165,7 +167,7 @@ class RolloutConfig(Section):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 disables top-k sampling.")
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int = Field(64, ge=1, le=1_048_576)
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
 
 
@@ -214,7 +216,7 @@ class GRPOConfig(Section):
     """GRPO (docs/method.md#grpo): G rollouts per prompt, graded 1/0, group-normalised advantages, PPO-style ratio
     clip."""
 
-    group_size: int = Field(8, ge=2, description="G: rollouts per prompt (train.batch_size counts prompts).")
+    group_size: int = Field(8, ge=2, le=1024, description="G: rollouts per prompt (train.batch_size counts prompts).")
     clip_epsilon: float = Field(0.2, gt=0, description="epsilon of the ratio clip [1 - eps, 1 + eps].")
     kl_coef: float = Field(
         0.0, ge=0, description="beta of the per-token KL (k3 estimator) to the teacher weights (`teacher.weights`, "
@@ -230,9 +232,9 @@ class GRPOConfig(Section):
 
 class TrainConfig(Section):
     steps: int = Field(100, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(32, ge=1, description="Prompts per step, over all processes.")
-    micro_batch_size: int = Field(32, ge=1, description="Sequences per forward/backward (gradient accumulation): "
-                                  "prompts, or completions for GRPO (prompts x group_size).")
+    batch_size: int = Field(32, ge=1, le=65_536, description="Prompts per step, over all processes.")
+    micro_batch_size: int = Field(32, ge=1, le=65_536, description="Sequences per forward/backward (gradient "
+                                  "accumulation): prompts, or completions for GRPO (prompts x group_size).")
     lr: float = Field(1e-4, ge=1e-10, description="Peak learning rate. Below 1e-10 an update changes no float32 "
                       "weight (docs/reliability.md#settings-that-cannot-learn).")
     weight_decay: float = Field(0.0, ge=0)
@@ -243,7 +245,7 @@ class TrainConfig(Section):
                                  "(docs/reliability.md#settings-that-cannot-learn).")
     bf16_autocast: bool = Field(False, description="bf16 autocast for scoring and the update.")
     checkpoint_every: int = Field(50, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, le=1000)
     probe_every: int = Field(1, ge=1, description="Measure probe_nll every this many steps.")
     teacher_ref_logp_every: int = Field(
         10, ge=0, description="Measure g_t (teacher_ref_logp) every this many steps for the log, when the exposure "
@@ -255,17 +257,17 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     benchmarks: Annotated[list[str], AfterValidator(check_benchmarks)] = Field(
         default_factory=lambda: ["embedded"], description="'embedded', aime24, aime25, hmmt25, champ, or JSONL paths.")
-    num_samples: int = Field(4, ge=1, description="k of Average@k / Pass@k / Maj@k.")
+    num_samples: int = Field(4, ge=1, le=1024, description="k of Average@k / Pass@k / Maj@k.")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
-    max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(64, ge=1, description="Prompts per generate call.")
-    max_problems: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(64, ge=1, le=1_048_576)
+    batch_size: int = Field(64, ge=1, le=65_536, description="Prompts per generate call.")
+    max_problems: int | None = Field(None, ge=1, le=10_000_000)
     teacher_alpha: float | None = Field(
         None, ge=0, le=1, description="Also evaluate the teacher prompt at this exposure (reference row).")
-    seeds: int = Field(1, ge=1, description="Repeat the k samples with this many seeds (run.seed, run.seed + 1, "
-                       "...); summaries give each metric's mean and its std over them.")
+    seeds: int = Field(1, ge=1, le=100, description="Repeat the k samples with this many seeds (run.seed, run.seed "
+                       "+ 1, ...); summaries give each metric's mean and its std over them.")
     every: int = Field(0, ge=0, description="Evaluate the student on eval.benchmarks before training and every "
                        "this many steps (and at the last): <run>/eval_along_training.jsonl. 0: never.")
     engine: Literal["hf", "vllm"] = Field(
@@ -355,8 +357,11 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
         loc = list(item["loc"])
         if loc[:1] == ["exposure"] and len(loc) > 1 and loc[1] in REGISTRY:
             del loc[1]  # the policy's own model, which pydantic names by its tag
-        key = ".".join(str(part) for part in loc) or "config"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
+        if message.startswith(FIELD_MARK):  # a section's check about one of its fields
+            field, message = message.removeprefix(FIELD_MARK).split(": ", 1)
+            loc.append(field)
+        key = ".".join(str(part) for part in loc) or "config"
         problems.append(f"{key}: {message}")
     return f"invalid config ({source}): " + "; ".join(problems)
 

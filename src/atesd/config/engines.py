@@ -16,7 +16,8 @@ class VLLMSettings(Section):
 
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="Share of GPU memory vLLM may take (on "
                                           "the CPU build, of the machine's memory, when kv_cache_gib is unset).")
-    max_model_len: int | None = Field(None, ge=1, description="Prompt + completion tokens; default: the model's.")
+    max_model_len: int | None = Field(None, ge=1, le=10_000_000,
+                                      description="Prompt + completion tokens; default: the model's.")
     enforce_eager: bool | None = Field(
         None, description="Skip graph capture and compilation (starts faster, samples slower on a GPU). Default: "
         "off on a GPU, on with the CPU build, whose compilation costs minutes at start.")
@@ -50,7 +51,8 @@ class EvalVLLMConfig(VLLMSettings):
     """vLLM for ``atesd eval`` (``eval.engine: vllm``): the GPU is evaluation's alone."""
 
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of GPU memory vLLM may take.")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs the model is split over (tensor parallelism).")
+    tensor_parallel_size: int = Field(1, ge=1, le=1024,
+                                      description="GPUs the model is split over (tensor parallelism).")
     lora: Literal["merge", "request"] = Field(
         "merge", description="How a LoRA adapter (a LoRA run's final_model) is served: merge (the run's "
         "final_model_merged, else the adapter merged into the base model in a temporary directory) or request "

@@ -39,18 +39,18 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from atesd.data.problem import DataError, Problem
+from atesd.settings import Section
 
 OPERATORS = "+-*"
 REFERENCE_STYLES = ("concise", "steps", "values")
 
 
-class EmbeddedTaskConfig(BaseModel):
+class EmbeddedTaskConfig(Section):
     """The settings of the generated arithmetic task (the config's ``data.task``)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     digits: int = Field(1, ge=1, description="Digits per operand.")
     min_ops: int = Field(2, ge=1, description="Fewest operations per problem.")
@@ -61,8 +61,8 @@ class EmbeddedTaskConfig(BaseModel):
         "operation; not the student's own format), 'concise' (several operations per line, intermediate values "
         "skipped) or 'steps' (the student's own format, one line per operation: imitating it is the whole "
         "solution).")
-    train_size: int = Field(4000, ge=1)
-    test_size: int = Field(200, ge=1)
+    train_size: int = Field(4000, ge=1, le=10_000_000)
+    test_size: int = Field(200, ge=1, le=1_000_000)
     seed: int = Field(1234, description="Seeds the problem generator (independent of run.seed).")
 
     @model_validator(mode="after")

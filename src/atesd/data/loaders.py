@@ -18,20 +18,20 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from atesd.data.boxed import extract_boxed
 from atesd.data.problem import DataError, Problem
+from atesd.settings import Section
 
 logger = logging.getLogger(__name__)
 # The config section that holds the training data's column map, named in errors about missing columns.
 COLUMNS_KEY = "data.columns"
 
 
-class ColumnMap(BaseModel):
+class ColumnMap(Section):
     """Which column of a data row holds each part of a problem."""
 
-    model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(
         "id", description="Column with a unique problem id; None (or absent) names rows <source>-<row>."

@@ -15,10 +15,11 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from atesd.data.problem import Problem
 from atesd.data.segments import SegmentUnit, exposed_reference
+from atesd.settings import Section
 
 _TRANSITION = (
     "After reading the reference solution above, make sure you truly understand the reasoning behind each "
@@ -28,10 +29,9 @@ _TRANSITION = (
 )
 
 
-class PromptTemplates(BaseModel):
+class PromptTemplates(Section):
     """The texts of the student and teacher prompts, and how reference solutions are segmented."""
 
-    model_config = ConfigDict(extra="forbid")
 
     instruction: str = Field(
         "Please reason step by step, and put your final answer within \\boxed{}.",

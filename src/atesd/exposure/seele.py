@@ -40,11 +40,11 @@ class SeeleConfig(Section):
 
     target_accuracy: float = Field(0.5, gt=0, lt=1, description="a*: the accuracy the chosen alpha is predicted "
                                    "to give (the paper: about 0.5).")
-    history: int = Field(8, ge=3, description="A problem's latest attempts its own curve is fitted on.")
-    min_points: int = Field(4, ge=3, description="Attempts a curve needs (3 parameters); a problem with fewer "
-                            "uses the population's curve, and a population with fewer draws alpha uniformly.")
-    population_window: int = Field(256, ge=3, description="Latest attempts of every problem the population's "
-                                   "curve is fitted on.")
+    history: int = Field(8, ge=3, le=10_000, description="A problem's latest attempts its own curve is fitted on.")
+    min_points: int = Field(4, ge=3, le=10_000, description="Attempts a curve needs (3 parameters); a problem with "
+                            "fewer uses the population's curve, and a population with fewer draws alpha uniformly.")
+    population_window: int = Field(256, ge=3, le=1_000_000, description="Latest attempts of every problem the "
+                                   "population's curve is fitted on.")
     explore: float = Field(0.2, ge=0, le=1, description="Share of decisions drawn uniformly in [alpha_min, "
                            "alpha_max] instead of from a curve: spread in alpha that the fits need (ours).")
 
