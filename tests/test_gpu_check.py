@@ -97,3 +97,10 @@ def test_agreement_compares_every_gradient():
     assert report["1.0"]["grad_rel_diff"] == pytest.approx(0.01)
     assert not report["agree"] and report["worst_rel_diff"] == pytest.approx(0.01)
     assert agreement.compare(cpu, dict(cpu))["agree"]
+
+
+def test_a_misspelled_part_is_an_error_naming_it():
+    """--parts with a part that does not exist used to run nothing and say nothing."""
+    done = subprocess.run([sys.executable, str(GPU / "check.py"), "--out", "unused", "--tiny", "--parts", "agrement"],
+                          check=False, capture_output=True, text=True)
+    assert done.returncode == 2 and "invalid choice: 'agrement'" in done.stderr

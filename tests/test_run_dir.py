@@ -86,7 +86,10 @@ def test_a_refused_start_releases_the_lock(tmp_path):
 
 @pytest.mark.parametrize("override", ["eval.num_samples=7", "eval.max_problems=3", "train.steps=500",
                                       "train.checkpoint_every=3", "train.keep_checkpoints=5",
-                                      "run.output_dir=/moved/elsewhere", "run.name=renamed"])
+                                      "run.output_dir=/moved/elsewhere", "run.name=renamed",
+                                      # how the HF engine samples, not what (every variant samples the same tokens)
+                                      "rollout.sampler=generate", "rollout.loop.cache=dynamic",
+                                      "rollout.loop.drop_finished=false"])
 def test_safe_changes_are_allowed_on_resume(tmp_path, override):
     saved = config(tmp_path)
     changed = check_resume(saved, config(tmp_path, override), tmp_path / "config.yaml")

@@ -43,6 +43,9 @@ ROOT = HERE.parents[1]
 PACKAGES = ("atesd", "torch", "transformers", "accelerate", "peft", "math_verify", "pydantic", "safetensors")
 
 
+PARTS = ("agreement", "eval", "fsdp", "sampling", "lora")  # the order they run in (`part_commands`)
+
+
 def part_commands(tiny: bool, model_dir: Path, scratch: Path) -> dict[str, tuple[list[str], int, dict]]:
     """Each part's command, its time limit in seconds and the environment it adds."""
     python = sys.executable
@@ -111,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and the parts' logs")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on a CPU (the smoke test)")
     parser.add_argument("--budget-s", type=float, default=450.0, help="the whole check's time, model build included")
-    parser.add_argument("--parts", nargs="+", default=None, help="only these parts (agreement eval fsdp sampling lora)")
+    parser.add_argument("--parts", nargs="+", default=None, choices=PARTS, metavar="PART",
+                        help=f"only these parts ({' '.join(PARTS)}); a misspelled one is an error, not a check of "
+                        "nothing")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() and not args.tiny:
         parser.error("no CUDA GPU: run with --tiny for the CPU smoke test")

@@ -12,6 +12,7 @@ change (docs/reliability.md).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -40,7 +41,10 @@ NON_FINITE_STOP = "non_finite_stop.json"  # written when non-finite steps stop a
 LOCATION_KEYS = ("run.output_dir", "run.name", "model.embedded.cache_dir")
 # Settings a resume may change: evaluation, checkpointing and location. train.steps may grow (a longer run),
 # train.lr may change after non-finite steps stopped the run (the remedy the stop message gives).
-RESUMABLE = ("eval.*", "train.checkpoint_every", "train.keep_checkpoints", *LOCATION_KEYS)
+# rollout.sampler and rollout.loop.* choose how the HF engine samples, not what: every variant samples the same tokens
+# (tests/test_decode.py), so a resume may switch between them.
+RESUMABLE = ("eval.*", "train.checkpoint_every", "train.keep_checkpoints", "rollout.sampler", "rollout.loop.*",
+             *LOCATION_KEYS)
 
 
 class RunDirectoryInUse(UserError):
@@ -143,7 +147,7 @@ def check_resume(saved: Config, config: Config, source: Path, non_finite_stop: b
     """The settings in which `config` differs from the run's `saved` config, when a resume may change them all;
     otherwise a ConfigError that lists the others with both values."""
     refused = [key for key in changed_keys(saved, config) if not (
-        key.split(".")[0] + ".*" in RESUMABLE or key in RESUMABLE
+        any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUMABLE)
         or (key == "train.steps" and config.train.steps > saved.train.steps)
         or (key == "train.lr" and non_finite_stop))]
     if refused:
