@@ -95,6 +95,16 @@ def test_eval_checkpoints_matches_evaluating_the_final_model(tiny_config, tmp_pa
     # the base model (step 0) is the run's starting point, not a trained one
     base = json.loads((out_dir / "step-0000000" / "student-embedded-seeds.json").read_text())
     assert base["summary"]["all"]["average@2"] == rows[0]["average@2"]
+    # the guards every command shares: the same folder with other settings, a setting that is not eval.*, a file
+    capsys.readouterr()
+    assert main(["eval", "--checkpoints", str(run), "eval.seeds=3"]) == 2
+    assert "was made with other settings (eval.seeds: 2 there, 3 now)" in capsys.readouterr().err
+    assert main(["eval", "--checkpoints", f"{run}/", "eval.seeds=2"]) == 0  # the same run, the same settings
+    assert main(["eval", "--checkpoints", str(run), "train.lr=0.1"]) == 2
+    assert "train.lr=0.1 would change it; give only eval.* overrides" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert main(["eval", "--checkpoints", str(run), "--out", str(tmp_path / "a-file")]) == 2
+    assert "--out" in capsys.readouterr().err
 
 
 def test_eval_checkpoints_errors_are_one_line(tmp_path, capsys):

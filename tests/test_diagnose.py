@@ -282,3 +282,22 @@ def test_a_torn_last_line_is_dropped_and_an_out_folder_keeps_its_varying_runs(tm
     assert "Note: left out, their α fixed or scheduled: opsd-seed0" in printed
     assert "| random-seed0 | random |" in printed
     assert (tmp_path / "compare" / "diagnose.md").is_file()
+
+
+def test_a_run_counts_once_and_two_runs_never_merge_by_name(tmp_path):
+    """A run given directly, through its out folder, through a symlink and with a trailing slash is one run; runs
+    named alike in two comparisons are two runs, each its own intercept."""
+    from atesd.experiments.diagnose_report import run_directories, run_labels
+
+    for out in ("compare-a", "compare-b"):
+        run = tmp_path / out / "runs" / "random-seed0"
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text('{"step": 1, "alpha": 0.5}\n')
+    (tmp_path / "link").symlink_to(tmp_path / "compare-a" / "runs" / "random-seed0")
+    found = run_directories([tmp_path / "compare-a", tmp_path / "compare-a" / "runs" / "random-seed0",
+                             tmp_path / "link", Path(f"{tmp_path / 'compare-a' / 'runs' / 'random-seed0'}/"),
+                             tmp_path / "compare-b"])
+    assert found == [(tmp_path / out / "runs" / "random-seed0").resolve() for out in ("compare-a", "compare-b")]
+    labels = run_labels(found)
+    assert sorted(labels.values()) == ["compare-a/runs/random-seed0", "compare-b/runs/random-seed0"]
+    assert run_labels(found[:1]) == {found[0]: "random-seed0"}

@@ -128,16 +128,24 @@ def _eval(args: argparse.Namespace) -> None:
 def _eval_checkpoints(args: argparse.Namespace) -> None:
     """The base model and every checkpoint of a run, with the run's own config (and eval.* overrides)."""
     from atesd.experiments.along_training import evaluate_checkpoints, write_along_training_report
+    from atesd.experiments.guards import experiment_lock, guard_settings, writable_folder
 
-    run_dir = Path(args.checkpoints)
+    run_dir = Path(args.checkpoints).resolve()
     if args.config or args.model or args.teacher_alpha is not None:
         raise ConfigError("--checkpoints evaluates the run's student with its own config.yaml: give only key=value "
                           "overrides (eval.*), not CONFIG, --model or --teacher-alpha")
+    others = [override for override in args.overrides if not override.strip().startswith("eval.")]
+    if others:
+        raise ConfigError(f"--checkpoints evaluates what the run trained, with its own config.yaml: "
+                          f"{', '.join(others)} would change it; give only eval.* overrides")
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"--checkpoints {run_dir}: no config.yaml there; give a run directory (atesd train's)")
     config = load_config(run_dir / "config.yaml", args.overrides)
-    out_dir = Path(args.out) if args.out else run_dir / "eval" / "checkpoints"
-    rows = evaluate_checkpoints(config, run_dir, out_dir)
+    out_dir = writable_folder(Path(args.out) if args.out else run_dir / "eval" / "checkpoints", "--out")
+    with experiment_lock(out_dir, "eval --checkpoints"):
+        # a folder holds one evaluation's results: another run or other eval.* settings go to another --out
+        guard_settings(out_dir / "eval_settings.json", {"run": str(run_dir), "eval": config.eval.model_dump(mode="json")})
+        rows = evaluate_checkpoints(config, run_dir, out_dir)
     save_config(config, out_dir / "config.yaml")
     print(write_along_training_report(rows, out_dir / "report.md", f"{run_dir.name}: the checkpoints evaluated"))
     print(f"per-problem results and report.md: {out_dir}")

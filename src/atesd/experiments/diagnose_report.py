@@ -31,12 +31,14 @@ MECHANICAL = ("G_gt's slope measures how the teacher reads the reference, not wh
 
 def run_directories(paths: Sequence[Path]) -> list[Path]:
     """The run directories among `paths`: each a run (holding metrics.jsonl) or an experiment's out folder
-    (a compare or sweep, whose runs are ``runs/*``)."""
-    found = []
+    (a compare or sweep, whose runs are ``runs/*``). Each is resolved (symlinks, ``..``, a trailing slash), and a run
+    given twice (directly and through its out folder) counts once."""
+    found: list[Path] = []
     for path in paths:
         if not path.is_dir():
             raise UserError(f"{path}: no such folder; pass a training run's directory (it holds metrics.jsonl) or "
                             "an atesd compare or sweep out folder")
+        path = path.resolve()
         if (path / "metrics.jsonl").is_file():
             found.append(path)
             continue
@@ -45,17 +47,31 @@ def run_directories(paths: Sequence[Path]) -> list[Path]:
         if not inner:
             raise UserError(f"{path}: no metrics.jsonl, nor runs/*/metrics.jsonl; pass a training run's directory "
                             "or an atesd compare or sweep out folder")
-        found += inner
-    return found
+        found += [d.resolve() for d in inner]
+    return list(dict.fromkeys(found))
 
 
-def run_logs(directory: Path, steps: int | None = None) -> RunLogs:
+def run_labels(directories: Sequence[Path]) -> dict[Path, str]:
+    """A name for each run that no other run of `directories` has (each run is its own intercept in the fits): its
+    directory's name, or with the out folder it is in when two runs share one (``random-seed0`` of two
+    comparisons), or its whole path."""
+    def label(directory: Path, depth: int) -> str:
+        return "/".join(directory.parts[-depth:]) if depth < len(directory.parts) else str(directory)
+
+    for depth in (1, 3):
+        labels = {directory: label(directory, depth) for directory in directories}
+        if len(set(labels.values())) == len(labels):
+            return labels
+    return {directory: str(directory) for directory in directories}
+
+
+def run_logs(directory: Path, steps: int | None = None, label: str | None = None) -> RunLogs:
     """A run's settings (from its config.yaml), metrics.jsonl and decisions.jsonl rows (with `steps`, only those of
     its first `steps` updates: what a run that stopped there would have logged)."""
     if not (directory / "config.yaml").is_file():
         raise UserError(f"{directory / 'config.yaml'}: missing; the diagnosis reads the run's L, γ, λ_gt and hold "
                         "from it (atesd train writes it): restore it or diagnose another run")
-    settings = RunSettings.from_config(directory.name, load_config(directory / "config.yaml"))
+    settings = RunSettings.from_config(label or directory.name, load_config(directory / "config.yaml"))
     metrics = read_metrics(directory / "metrics.jsonl")
     if not metrics:
         raise UserError(f"{directory / 'metrics.jsonl'}: no rows; the run logged no update: train it first")
@@ -83,13 +99,16 @@ def diagnose_paths(paths: Sequence[Path], steps: int | None = None) -> Diagnosis
     run given by its own directory must have varied α; the runs of an out folder that did not are left out with a
     note."""
     logs, left_out = [], []
-    for directory in run_directories(paths):
-        run = run_logs(directory, steps)
+    directories = run_directories(paths)
+    given = {path.resolve() for path in paths}
+    labels = run_labels(directories)
+    for directory in directories:
+        run = run_logs(directory, steps, labels[directory])
         reason = why_not(run)
-        if reason and directory in paths:
+        if reason and directory in given:
             raise UserError(f"{directory}: {reason}; diagnose a run with exposure.policy=random or controller")
         if reason:
-            left_out.append(directory.name)
+            left_out.append(labels[directory])
         else:
             logs.append(run)
     if not logs:
@@ -207,7 +226,8 @@ def method_diagnoses(runs: Mapping[str, Sequence[Path]]) -> dict[str, Diagnosis]
     run whose α varied apart from training progress; its other runs are left out with a note."""
     diagnoses = {}
     for method, directories in runs.items():
-        logs = [run_logs(directory) for directory in directories]
+        labels = run_labels([directory.resolve() for directory in directories])
+        logs = [run_logs(directory, label=labels[directory.resolve()]) for directory in directories]
         kept = [run for run in logs if why_not(run) is None]
         if kept:
             diagnoses[method] = diagnose(kept)
