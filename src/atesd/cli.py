@@ -144,7 +144,8 @@ def _eval_checkpoints(args: argparse.Namespace) -> None:
     out_dir = writable_folder(Path(args.out) if args.out else run_dir / "eval" / "checkpoints", "--out")
     with experiment_lock(out_dir, "eval --checkpoints"):
         # a folder holds one evaluation's results: another run or other eval.* settings go to another --out
-        guard_settings(out_dir / "eval_settings.json", {"run": str(run_dir), "eval": config.eval.model_dump(mode="json")})
+        guard_settings(out_dir / "eval_settings.json",
+                       {"run": str(run_dir), "eval": config.eval.model_dump(mode="json")})
         rows = evaluate_checkpoints(config, run_dir, out_dir)
     save_config(config, out_dir / "config.yaml")
     print(write_along_training_report(rows, out_dir / "report.md", f"{run_dir.name}: the checkpoints evaluated"))
@@ -263,13 +264,16 @@ def _testbed(args: argparse.Namespace) -> None:
 
 def _diagnose(args: argparse.Namespace) -> None:
     from atesd.experiments.diagnose_report import diagnose_paths, diagnosis_markdown, write_diagnosis
+    from atesd.experiments.guards import experiment_lock, writable_folder
 
     paths = [Path(path) for path in args.runs]
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps: at least 1 update, got {args.steps}")
-    diagnosis = diagnose_paths(paths, args.steps)
-    out = Path(args.out) if args.out else paths[0] if len(paths) == 1 else Path("runs/diagnose")
-    written = write_diagnosis(diagnosis, out, args.command_line)
+    diagnosis = diagnose_paths(paths, args.steps)  # reads only: every path is checked before anything is written
+    out = writable_folder(Path(args.out) if args.out else paths[0] if len(paths) == 1 else Path("runs/diagnose"),
+                          "--out")
+    with experiment_lock(out, "diagnose"):
+        written = write_diagnosis(diagnosis, out, args.command_line)
     print(diagnosis_markdown(diagnosis))
     print(f"written: {', '.join(str(p) for p in written)}")
 
