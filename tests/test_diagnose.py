@@ -158,12 +158,11 @@ def test_a_known_slope_on_alpha_is_recovered_with_its_t(tmp_path, capsys):
     assert g_gt["needed_for_t2"] == pytest.approx(600 * (2 / g_gt["t"]) ** 2)
     # the probe falls whatever α: its terms' t stay within noise
     assert abs(fits["lp_signed"]["t"]) < 4 and abs(fits["probe_drop"]["t"]) < 4
+    assert "no decisions.jsonl: windows at every 2 updates from step 1" in capsys.readouterr().out
     # --out naming a file is one line, as for every command
     (tmp_path / "a-file").write_text("")
-    capsys.readouterr()
     assert main(["diagnose", *map(str, runs), "--out", str(tmp_path / "a-file")]) == 2
     assert "--out" in capsys.readouterr().err
-    assert "no decisions.jsonl: windows at every 2 updates from step 1" in capsys.readouterr().out
 
 
 def _per_problem_decisions(rng: np.random.Generator, steps: int, slope: float) -> list[dict]:

@@ -123,3 +123,17 @@ def test_a_resume_with_fewer_steps_is_refused_and_config_yaml_is_kept(tmp_path):
     with pytest.raises(ConfigError, match="train.steps: 4 there, 2 now"):
         prepare_run_dir(run_dir, config(tmp_path, "train.steps=2"), resume=True)
     assert (run_dir / "config.yaml").read_text() == before
+
+
+def test_a_run_config_written_before_the_exposure_registry_reads_as_its_policy(tmp_path):
+    """atesd 0.1's config.yaml held every policy's settings in one exposure section; a run of it resumes, and
+    diagnose, compare and eval --checkpoints read it, with its own policy's settings."""
+    from atesd.config import load_run_config
+
+    old = {"method": "atesd", "exposure": {"policy": "controller", "alpha": 1.0, "alpha_min": 0.05, "alpha_max": 1.0,
+                                           "hold_steps": 2, "schedule_start": 1.0, "schedule_end": 0.05,
+                                           "per_problem": False, "controller": {"lookahead": 3},
+                                           "adaback": {"threshold": 0.5}, "seele": {"target_accuracy": 0.5}}}
+    (tmp_path / "config.yaml").write_text(json.dumps(old))
+    config = load_run_config(tmp_path / "config.yaml")
+    assert config.exposure.policy == "controller" and config.exposure.controller.lookahead == 3

@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from atesd import __version__
-from atesd.config import Config, ConfigError, load_config, save_config
+from atesd.config import Config, ConfigError, load_config, load_run_config, save_config
 from atesd.errors import UserError
 from atesd.experiments.presets import (
     DEFAULT_ALPHAS,
@@ -140,7 +140,7 @@ def _eval_checkpoints(args: argparse.Namespace) -> None:
                           f"{', '.join(others)} would change it; give only eval.* overrides")
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"--checkpoints {run_dir}: no config.yaml there; give a run directory (atesd train's)")
-    config = load_config(run_dir / "config.yaml", args.overrides)
+    config = load_run_config(run_dir / "config.yaml", args.overrides)
     out_dir = writable_folder(Path(args.out) if args.out else run_dir / "eval" / "checkpoints", "--out")
     with experiment_lock(out_dir, "eval --checkpoints"):
         # a folder holds one evaluation's results: another run or other eval.* settings go to another --out

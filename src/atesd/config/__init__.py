@@ -383,6 +383,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(describe_validation_error(exc, source)) from None
 
 
+def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The ``config.yaml`` a run wrote, as `load_config` reads it, except that one written before each exposure policy
+    had its settings of its own (atesd 0.1's runs hold every policy's settings in one ``exposure`` section, inert for
+    all but its own policy) keeps only its policy's."""
+    tree = read_config_tree(Path(path))
+    exposure = tree.get("exposure")
+    if isinstance(exposure, dict) and exposure.get("policy") in REGISTRY:
+        fields = REGISTRY[exposure["policy"]].model_fields
+        tree["exposure"] = {key: value for key, value in exposure.items() if key in fields}
+    for override in overrides:
+        apply_override(tree, override)
+    source = str(path) + (" with overrides " + " ".join(overrides) if overrides else "")
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source)) from None
+
+
 def changed_keys(left: Config, right: Config, ignore: Collection[str] = ()) -> list[str]:
     """The dotted keys whose values differ between two configs, sorted, leaving out the keys in `ignore`."""
     differing = _differing_keys(left.model_dump(mode="json"), right.model_dump(mode="json"))

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from atesd.config import load_config
+from atesd.config import load_run_config
 from atesd.errors import UserError
 from atesd.experiments.diagnose import CREDIT_SIGNALS, SIGNALS, Diagnosis, Fit, RunSettings, diagnose
 from atesd.experiments.diagnose_signals import ALIGNMENT_SIGNALS, EXTRA_SIGNALS
@@ -71,7 +71,7 @@ def run_logs(directory: Path, steps: int | None = None, label: str | None = None
     if not (directory / "config.yaml").is_file():
         raise UserError(f"{directory / 'config.yaml'}: missing; the diagnosis reads the run's L, γ, λ_gt and hold "
                         "from it (atesd train writes it): restore it or diagnose another run")
-    settings = RunSettings.from_config(label or directory.name, load_config(directory / "config.yaml"))
+    settings = RunSettings.from_config(label or directory.name, load_run_config(directory / "config.yaml"))
     metrics = read_metrics(directory / "metrics.jsonl")
     if not metrics:
         raise UserError(f"{directory / 'metrics.jsonl'}: no rows; the run logged no update: train it first")

@@ -30,7 +30,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, TypeVar
 
-from atesd.config import Config, ConfigError, changed_keys, load_config, save_config
+from atesd.config import Config, ConfigError, changed_keys, load_config, load_run_config, save_config
 from atesd.experiments.guards import read_json
 from atesd.experiments.presets import BASE_LABEL
 from atesd.files import atomic_write_text
@@ -367,7 +367,8 @@ def log_reaches_checkpoint(directory: Path) -> bool:
 def saved_runs(folder: Path, marker: str) -> list[tuple[Path, Config]]:
     """The run directories of an experiment's out `folder` that hold `marker` (``trained.json`` or
     ``result.json``) and their ``config.yaml``, with that config."""
-    return [(directory, load_config(directory / "config.yaml")) for directory in sorted((folder / RUNS_DIR).glob("*"))
+    return [(directory, load_run_config(directory / "config.yaml"))
+            for directory in sorted((folder / RUNS_DIR).glob("*"))
             if (directory / marker).is_file() and (directory / "config.yaml").is_file()]
 
 
@@ -383,7 +384,7 @@ def check_saved_config(run: Run) -> None:
     path = run.directory / "config.yaml"
     if not path.is_file():
         return
-    saved = load_config(path)
+    saved = load_run_config(path)
     changed = changed_keys(saved, run.config, ignore=LOCATION_KEYS)
     if changed == ["train.steps"] and run.config.train.steps > saved.train.steps and not (
             run.directory / TRAINED_FILE).is_file():

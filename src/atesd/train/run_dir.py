@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from atesd.config import Config, ConfigError, changed_keys, load_config, save_config
+from atesd.config import Config, ConfigError, changed_keys, load_run_config, save_config
 from atesd.errors import UserError
 from atesd.files import atomic_write_text, remove_strays
 from atesd.train.checkpoint import latest_checkpoint
@@ -127,7 +127,7 @@ def prepare_run_dir(run_dir: Path, config: Config, resume: bool) -> RunLock:
         remove_strays(run_dir)
         stop = run_dir / NON_FINITE_STOP
         if resume:
-            changed = check_resume(load_config(config_path), config, config_path, non_finite_stop=stop.is_file())
+            changed = check_resume(load_run_config(config_path), config, config_path, non_finite_stop=stop.is_file())
             if changed:
                 logger.warning("--resume changes %s", ", ".join(changed))
                 save_config(config, config_path)
