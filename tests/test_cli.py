@@ -142,7 +142,7 @@ def _bad_data(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("case", ["teacher alpha", "unknown benchmark", "csv file", "not utf-8", "probe size",
-                                  "missing model directory", "run directory in use"])
+                                  "missing model directory", "run directory in use", "demo engine"])
 def test_user_errors_are_one_line_with_exit_code_2(tiny_config, tmp_path, capsys, case):
     from atesd.train.run_dir import RunLock, run_directory
 
@@ -159,6 +159,8 @@ def test_user_errors_are_one_line_with_exit_code_2(tiny_config, tmp_path, capsys
         "missing model directory": (["eval", str(path), "--model", "runs/nowhere/final_model"],
                                     "--model: 'runs/nowhere/final_model' does not exist"),
         "run directory in use": (["train", str(path)], "is in use by PID"),
+        # the demo evaluates with HF: an eval.engine it would not use is refused, never recorded and ignored
+        "demo engine": (["demo", str(path), "eval.engine=vllm"], "atesd demo evaluates with transformers"),
     }[case]
     run_dir = run_directory(config)
     run_dir.mkdir(parents=True)

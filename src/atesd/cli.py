@@ -168,6 +168,10 @@ def _demo(args: argparse.Namespace) -> None:
 
     config_name = args.config or DEMO_CONFIG
     config = load_config(resolve_config(config_name), args.overrides)
+    if config.eval.engine != "hf":
+        raise ConfigError(f"atesd demo evaluates with transformers (eval.engine=hf), not eval.engine="
+                          f"{config.eval.engine}: leave eval.engine out, or train with atesd train and evaluate with "
+                          f"atesd eval CONFIG eval.engine={config.eval.engine}")
     started = time.perf_counter()
     run_dir = run_directory(config)
     out_dir = run_dir / "eval"

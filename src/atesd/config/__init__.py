@@ -272,7 +272,8 @@ class EvalConfig(Section):
                        "this many steps (and at the last): <run>/eval_along_training.jsonl. 0: never.")
     engine: Literal["hf", "vllm"] = Field(
         "hf", description="What `atesd eval` samples with: hf (transformers generate, eval.batch_size prompts at a "
-        "time) or vllm (eval.vllm; the model never loaded by transformers). The demo, sweeps and comparisons use hf.")
+        "time) or vllm (eval.vllm; the model never loaded by transformers), for atesd eval, eval --checkpoints, "
+        "eval.every and the runs of sweep and compare; atesd demo evaluates with hf only.")
     vllm: EvalVLLMConfig = Field(default_factory=EvalVLLMConfig)
 
 
