@@ -326,3 +326,22 @@ def test_the_controllers_network_is_bounded():
                            f"exposure.controller.hidden_sizes={[8] * 17}"])
     with pytest.raises(ConfigError, match="exposure.controller.hidden_sizes"):
         load_config(None, ["method=atesd", "exposure.policy=controller", "exposure.controller.hidden_sizes=[1000000]"])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    # AR-OPD's anchor at or above the exposure: OPSD at the cost of a second forward, or the method inverted
+    (["teacher.anchored_residual={}", "exposure.alpha=0.5"], "anchor_alpha 0.5 is not below the exposure (0.5)"),
+    (["teacher.anchored_residual.anchor_alpha=0.9", "exposure.policy=random", "exposure.alpha_max=0.8"],
+     "anchor_alpha 0.9 is not below the exposure (0.8)"),
+    # a SEELE whose population curve never forms draws at random
+    (["exposure.policy=seele", "exposure.seele.population_window=3"], "population_window 3 below min_points 4"),
+    # a setting that only changes the warm start's cache key
+    (["model.embedded.teacher_answer_above=0.5"], "teacher_answer_above places the examples teacher_answer_share"),
+    # decode-loop options that contradict each other
+    (["rollout.loop.compile=true"], "compile: true runs a static cache and keeps finished sequences"),
+    # a rule per problem given a method without a teacher prompt
+    (["exposure.policy=paint", "method=grpo"], "method 'grpo' takes exposure.policy fixed, not 'paint'"),
+])
+def test_settings_accepted_without_effect_are_refused_at_start(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, ["model.embedded.teacher_answer_share=0", *overrides])

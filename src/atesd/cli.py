@@ -331,8 +331,8 @@ def build_parser() -> CommandParser:
     _config_arguments(train, optional=False)
     train.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint; it may "
                        "change only eval.*, train.steps (upward), train.checkpoint_every, train.keep_checkpoints, "
-                       "rollout.sampler and rollout.loop.*, its location, and train.lr after non-finite steps "
-                       "stopped it")
+                       "rollout.sampler, rollout.loop.cache and .drop_finished, its location, and train.lr after "
+                       "non-finite steps stopped it")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a model on the config's benchmarks")

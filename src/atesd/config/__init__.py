@@ -94,6 +94,14 @@ class EmbeddedModelConfig(Section):
     cache_dir: str | None = Field(
         None, description="Where the warm-started base model is cached; default $ATESD_CACHE or ~/.cache/atesd.")
 
+    @model_validator(mode="after")
+    def _answer_above_needs_answer_examples(self) -> EmbeddedModelConfig:
+        if self.teacher_answer_above is not None and self.teacher_answer_share == 0:
+            raise ValueError("teacher_answer_above places the examples teacher_answer_share makes, and that share is "
+                             "0: it would only change the cache key (a warm start of the same model); unset it or "
+                             "set teacher_answer_share > 0")
+        return self
+
 
 class LoraConfig(Section):
     """LoRA adapters (peft). The teacher's `initial` weights are then the base model with the adapter disabled."""
@@ -316,6 +324,12 @@ class Config(Section):
                              "has none: unset it or use method opsd or atesd")
         if (reason := exposure.probe_needed()) and self.data.probe_size == 0:
             raise ValueError(f"{reason}: set data.probe_size > 0")
+        anchored = self.teacher.anchored_residual
+        highest = getattr(exposure, "alpha", getattr(exposure, "alpha_max", 1.0))
+        if anchored is not None and anchored.anchor_alpha >= highest:
+            raise ValueError(f"teacher.anchored_residual.anchor_alpha {anchored.anchor_alpha:g} is not below the "
+                             f"exposure ({highest:g}): the anchor would be the full teacher itself (OPSD at the cost "
+                             "of a second teacher forward) or above it (the method inverted); set it below")
         gym_users = [use for use, used in (("data.train", self.data.train == "reasoning-gym"),
                                            ("eval.benchmarks", "reasoning-gym" in self.eval.benchmarks)) if used]
         if gym_users and self.data.reasoning_gym is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from atesd.settings import Section
 
@@ -64,5 +64,12 @@ class DecodeLoopConfig(Section):
 
     cache: Literal["static", "dynamic"] = Field("static", description="static: preallocated for prompt + new tokens.")
     drop_finished: bool = Field(True, description="Finished sequences leave the batch (the tokens stay the same).")
-    compile: bool = Field(False, description="torch.compile the decode step, for GPUs (slower on CPU); implies a "
-                          "static cache and finished sequences kept.")
+    compile: bool = Field(False, description="torch.compile the decode step, for GPUs (slower on CPU); needs a "
+                          "static cache and finished sequences kept (drop_finished: false).")
+
+    @model_validator(mode="after")
+    def _compile_needs_what_it_implies(self) -> DecodeLoopConfig:
+        if self.compile and (self.cache != "static" or self.drop_finished):
+            raise ValueError("compile: true runs a static cache and keeps finished sequences: set cache: static and "
+                             "drop_finished: false (the other values would be ignored)")
+        return self

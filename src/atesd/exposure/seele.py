@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 from scipy.optimize import curve_fit
 
 from atesd.exposure.base import ClippedSettings, ExposurePolicy, Preset, ProblemView, register
@@ -47,6 +47,15 @@ class SeeleConfig(Section):
                                    "population's curve is fitted on.")
     explore: float = Field(0.2, ge=0, le=1, description="Share of decisions drawn uniformly in [alpha_min, "
                            "alpha_max] instead of from a curve: spread in alpha that the fits need (ours).")
+
+    @model_validator(mode="after")
+    def _windows_hold_a_curve(self) -> SeeleConfig:
+        # (history below min_points is legitimate: no problem gets a curve of its own, the population's decides)
+        if self.population_window < self.min_points:
+            raise ValueError(f"population_window {self.population_window} below min_points {self.min_points}: the "
+                             "population's curve would never be fitted, and every problem without a curve of its own "
+                             "would draw its alpha at random; raise it or lower min_points")
+        return self
 
 
 @register

@@ -41,10 +41,11 @@ NON_FINITE_STOP = "non_finite_stop.json"  # written when non-finite steps stop a
 LOCATION_KEYS = ("run.output_dir", "run.name", "model.embedded.cache_dir")
 # Settings a resume may change: evaluation, checkpointing and location. train.steps may grow (a longer run),
 # train.lr may change after non-finite steps stopped the run (the remedy the stop message gives).
-# rollout.sampler and rollout.loop.* choose how the HF engine samples, not what: every variant samples the same tokens
-# (tests/test_decode.py), so a resume may switch between them.
-RESUMABLE = ("eval.*", "train.checkpoint_every", "train.keep_checkpoints", "rollout.sampler", "rollout.loop.*",
-             *LOCATION_KEYS)
+# rollout.sampler, rollout.loop.cache and rollout.loop.drop_finished choose how the HF engine samples, not what: every
+# variant samples the same tokens (tests/test_decode.py), so a resume may switch between them (rollout.loop.compile is
+# not bit-identical to eager code, docs/performance.md).
+RESUMABLE = ("eval.*", "train.checkpoint_every", "train.keep_checkpoints", "rollout.sampler", "rollout.loop.cache",
+             "rollout.loop.drop_finished", *LOCATION_KEYS)
 
 
 class RunDirectoryInUse(UserError):
