@@ -341,6 +341,18 @@ def test_the_controllers_network_is_bounded():
     (["rollout.loop.compile=true"], "compile: true runs a static cache and keeps finished sequences"),
     # a rule per problem given a method without a teacher prompt
     (["exposure.policy=paint", "method=grpo"], "method 'grpo' takes exposure.policy fixed, not 'paint'"),
+    # settings the other branch reads: divergences, teachers, the controller's modes, a control run that learns nothing
+    (["loss.divergence=reverse_kl", "loss.beta=0.3"], "divergence 'reverse_kl' does not read it"),
+    (["teacher.ema_decay=0.9"], "weights 'initial' do not read it"),
+    (["method=atesd", "exposure.policy=controller", "exposure.controller.credited_problems=4"],
+     "controller.credited_problems: not read by the batch-level controller"),
+    (["method=atesd", "exposure.policy=controller", "exposure.per_problem=true", "exposure.controller.baseline=none"],
+     "controller.baseline: not read by the controller per problem"),
+    (["method=atesd", "exposure.policy=controller", "exposure.per_problem=true", "exposure.controller.credit=alignment",
+      "exposure.controller.lookahead=2"], "controller.lookahead: not read by the controller per problem"),
+    (["exposure.policy=random", "exposure.controller.lr=0.1", "exposure.controller.hidden_sizes=[8]"],
+     "controller.hidden_sizes, controller.lr: not read by random exposure"),
+    (["model.embedded.num_heads=3"], "num_heads (3) must divide hidden_size"),
 ])
 def test_settings_accepted_without_effect_are_refused_at_start(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -67,13 +67,13 @@ def per_problem_alphas(policy, learner: RevisitLearner, steps: int) -> dict[int,
 # ---------------------------------------------------------------------------------------- AdaBack
 
 def test_adaback_bisects_each_problem_on_its_last_attempt_by_hand():
-    policy = rule("adaback", "exposure.adaback.start_bounds=[0.2, 0.8]", "exposure.adaback.population_decay=0.5")
+    policy = rule("adaback", "exposure.adaback.start_bounds=[0.2, 0.8]")
     assert isinstance(policy, AdaBackExposure)
     (first,) = policy.alphas(0, [view(7)])  # no attempt yet: the population bounds
     assert 0.2 <= first <= 0.8 and policy.bounds[7] == [0.2, 0.8, 0.8]
     (second,) = policy.alphas(1, [view(7, correct=False)])  # the last share was not enough: reveal more
     assert policy.bounds[7] == [first, 0.8, 0.8] and first <= second <= 0.8
-    assert policy.population == pytest.approx([0.5 * 0.2 + 0.5 * first, 0.8])
+    assert policy.population == pytest.approx([0.8 * 0.2 + 0.2 * first, 0.8])  # the EMA at the decay of 0.8
     (third,) = policy.alphas(2, [view(7, correct=True)])  # it was: less, and the problem's max ratchets down
     assert policy.bounds[7] == [first, second, second] and first <= third <= second
     policy.alphas(3, [view(7, correct=False)])
@@ -237,6 +237,8 @@ def test_a_rule_interrupted_and_resumed_takes_the_same_decisions(name, tmp_path)
     (["exposure.policy=adaback", "exposure.adaback.threshold=1.5"], "exposure.adaback.threshold"),
     (["exposure.policy=adaback", "exposure.adaback.start_bounds=[0.9, 0.1]"], "exposure.adaback.start_bounds"),
     (["exposure.policy=adaback", "exposure.adaback.population_decay=1"], "exposure.adaback.population_decay"),
+    # the population's EMA is read only by first visits, which all come before any attempt completes
+    (["exposure.policy=adaback", "exposure.adaback.population_decay=0.5"], "cannot change a decision"),
     (["exposure.policy=seele", "exposure.seele.target_accuracy=0"], "exposure.seele.target_accuracy"),
     (["exposure.policy=seele", "exposure.seele.min_points=2"], "exposure.seele.min_points"),
     (["exposure.policy=seele", "exposure.seele.explore=-0.1"], "exposure.seele.explore"),

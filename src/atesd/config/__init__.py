@@ -95,6 +95,13 @@ class EmbeddedModelConfig(Section):
         None, description="Where the warm-started base model is cached; default $ATESD_CACHE or ~/.cache/atesd.")
 
     @model_validator(mode="after")
+    def _heads_divide_the_width(self) -> EmbeddedModelConfig:
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size}), and "
+                             f"num_kv_heads ({self.num_kv_heads}) must divide num_heads")
+        return self
+
+    @model_validator(mode="after")
     def _answer_above_needs_answer_examples(self) -> EmbeddedModelConfig:
         if self.teacher_answer_above is not None and self.teacher_answer_share == 0:
             raise ValueError("teacher_answer_above places the examples teacher_answer_share makes, and that share is "
@@ -197,15 +204,25 @@ class LossConfig(Section):
         if self.divergence == "sampled_token" and (self.top_k is not None or self.clip is not None):
             raise ValueError("top_k and clip act on the full distributions; divergence 'sampled_token' uses "
                              "the sampled token only: unset loss.top_k and loss.clip")
+        if self.divergence != "jsd" and self.beta != LossConfig.model_fields["beta"].default:
+            raise ValueError(f"beta weighs the generalized JSD; divergence '{self.divergence}' does not read it: "
+                             "set divergence: jsd, or leave beta out")
         return self
 
 
 class TeacherConfig(Section):
     weights: Literal["initial", "live", "ema"] = Field(
         "initial", description="initial: frozen starting weights; live: current weights; ema: moving average.")
-    ema_decay: float = Field(0.99, ge=0, lt=1)
+    ema_decay: float = Field(0.99, ge=0, lt=1, description="The EMA teacher's decay (weights: ema).")
     anchored_residual: AnchoredResidualConfig | None = Field(
         None, description="AR-OPD's anchored-residual teacher (docs/method.md#ar-opd); None: the plain teacher.")
+
+    @model_validator(mode="after")
+    def _decay_is_the_emas(self) -> TeacherConfig:
+        if self.weights != "ema" and self.ema_decay != TeacherConfig.model_fields["ema_decay"].default:
+            raise ValueError(f"ema_decay is the EMA teacher's; weights '{self.weights}' do not read it: set "
+                             "weights: ema, or leave ema_decay out")
+        return self
 
 
 # ``exposure``: the registered policies' settings models, told apart by ``policy`` (atesd.exposure.base). The

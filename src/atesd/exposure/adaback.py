@@ -31,17 +31,30 @@ class AdaBackConfig(Section):
 
     threshold: float = Field(
         0.5, ge=0, le=1, description="tau: a last attempt whose reward (the student's correctness on the problem at "
-        "its next visit) is below it reveals more next time, else less (the paper: 0.5; 0.125 in its scripts).")
+        "its next visit) is below it reveals more next time, else less (the paper: 0.5; 0.125 in its scripts). A "
+        "reward here is one rollout's grade, 0 or 1, so every tau in (0, 1] decides alike; 0 never reveals more.")
     start_bounds: tuple[float, float] = Field(
         (0.0, 0.9), description="[lower, upper] of the population bounds before any attempt; a problem with no "
         "attempt yet draws its share uniformly between the population bounds.")
-    population_decay: float = Field(0.8, ge=0, lt=1, description="EMA decay of the population bounds.")
+    population_decay: float = Field(
+        0.8, ge=0, lt=1, description="EMA decay of the population bounds (the paper's). Only a problem's first visit "
+        "reads them, and in atesd's loop every first visit comes before any attempt completes (an epoch visits every "
+        "problem once): the EMA never reaches a decision, so another value is refused.")
 
     @field_validator("start_bounds")
     @classmethod
     def _bounds_in_order(cls, value: tuple[float, float]) -> tuple[float, float]:
         if not 0.0 <= value[0] <= value[1] <= 1.0:
             raise ValueError(f"needs 0 <= lower <= upper <= 1, got {list(value)}")
+        return value
+
+    @field_validator("population_decay")
+    @classmethod
+    def _decay_cannot_act(cls, value: float) -> float:
+        if value != 0.8:
+            raise ValueError("the population bounds it moves are read only by a problem's first visit, and every first "
+                             "visit comes before any attempt completes (an epoch visits every problem once): it "
+                             "cannot change a decision; leave it out")
         return value
 
 

@@ -404,6 +404,35 @@ class ControllerConfig(Section):
             raise ValueError(f"(a, b) = 1 + softplus(.) is always above 1; got {list(value)}")
         return value
 
+    def keys_read(self, learns: bool, per_problem: bool) -> set[str]:
+        """The settings a run reads: a learning controller's (`learns`), per batch or per problem, or a control run's
+        (random exposure): the signals it logs and `atesd diagnose`'s reward windows. Every other one changed from
+        its default would do nothing (`refuse_unread`)."""
+        alignment = self.credit == "alignment"
+        style = self.progress_signal == "style_nll" or (alignment and self.alignment_probe != "reference")
+        read = {"alignment_probe", "alignment_refresh"} if alignment else set()
+        read |= {"style_probe_samples"} if style else set()
+        if not learns:
+            return read | {"credit", "progress_signal", "lookahead", "discount", "teacher_grounded_weight"}
+        read |= {"hidden_sizes", "initial_beta", "decisions_per_update", "lr", "entropy_coef", "entropy_target",
+                 "advantage_eps", "state_ema_decay", "feature_clip"}
+        if not per_problem:
+            return read | {"progress_signal", "lookahead", "discount", "teacher_grounded_weight", "baseline",
+                           "baseline_window"}
+        # per problem: advantages centred within a step (no baseline); a problem's grounding is its one g_i, whose
+        # discounted mean is itself (no discount); the alignment credit is a problem's reward at once (no window)
+        windows = set() if alignment else {"lookahead", "teacher_grounded_weight", "credited_problems"}
+        return read | {"credit"} | windows
+
+    def refuse_unread(self, learns: bool, per_problem: bool, who: str) -> None:
+        """One line naming the settings changed from their defaults that `who` does not read."""
+        defaults, read = ControllerConfig(), self.keys_read(learns, per_problem)
+        unread = [name for name in type(self).model_fields
+                  if name not in read and getattr(self, name) != getattr(defaults, name)]
+        if unread:
+            raise ValueError(f"{', '.join('controller.' + name for name in unread)}: not read by {who}; leave "
+                             f"{'them' if len(unread) > 1 else 'it'} out")
+
 
 @register
 class ControllerSettings(ClippedSettings):
@@ -435,6 +464,8 @@ class ControllerSettings(ClippedSettings):
     def _alignment_is_per_problem(self) -> ControllerSettings:
         if self.controller.credit == "alignment" and not self.per_problem:
             raise ValueError("controller.credit: alignment credits each problem's own alpha: set per_problem: true")
+        self.controller.refuse_unread(True, self.per_problem, "the controller per problem" if self.per_problem else
+                                      "the batch-level controller (per_problem: false)")
         return self
 
     def build(self, total_steps: int, seed: int) -> ExposurePolicy:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from atesd.exposure.base import (
     BatchPolicy,
@@ -42,6 +42,12 @@ class RandomSettings(ClippedSettings):
         # the control of exposure per problem (docs/controller.md#signals-with-power)
         "random-per-problem": Preset("opsd.yaml", ("exposure.policy=random", "exposure.per_problem=true")),
     }
+
+    @model_validator(mode="after")
+    def _controller_settings_read(self) -> RandomSettings:
+        self.controller.refuse_unread(False, self.per_problem, "random exposure, which learns nothing (only the "
+                                      "signals it logs and atesd diagnose's reward windows read them)")
+        return self
 
     def build(self, total_steps: int, seed: int) -> ExposurePolicy:
         if self.per_problem:
