@@ -71,9 +71,9 @@ def test_testbed_refuses_a_folder_measured_with_other_settings(recipes, tmp_path
 
 def test_compare_refuses_another_mismatch_problem_count(recipes, tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert main(compare(recipes, out)) == 0
+    assert main(compare(recipes, out, "--alphas", "0.5")) == 0
     capsys.readouterr()
-    assert main(compare(recipes, out, "--mismatch-problems", "5")) == 2
+    assert main(compare(recipes, out, "--alphas", "0.5", "--mismatch-problems", "5")) == 2
     assert "mismatch_problems: 64 there, 5 now" in one_line_error(capsys)
 
 
@@ -104,7 +104,7 @@ def test_a_refused_best_alpha_leaves_nothing_behind(recipes, tmp_path, capsys, b
     assert main(compare(recipes, out, "--best-alpha", bad)) == 2
     assert "--best-alpha" in one_line_error(capsys)
     assert not (out / "compare.json").exists()
-    assert main(compare(recipes, out, "--best-alpha", "0.5")) == 0
+    assert main(compare(recipes, out)) == 0
 
 
 # ---------------------------------------------------------------- 4. flags that silently meant something else
@@ -116,6 +116,11 @@ def test_a_refused_best_alpha_leaves_nothing_behind(recipes, tmp_path, capsys, b
     (["--continue-from", "no-such-folder"], "--continue-from no-such-folder: no such folder"),
     (["--seeds", "100000"], "at most 1000"),
     (["--mismatch-problems", "0"], "--mismatch-problems must be at least 1"),
+    (["--jobs", "100000"], "--jobs 100000: at most 256"),
+    (["--base-models", "5000"], "--base-models 5000: at most 1000"),
+    # flags that would do nothing with the others given
+    (["--mismatch-problems", "8"], "sizes the mismatch measured for the runs of --alphas: give --alphas too"),
+    (["--best-alpha", "0.3"], "--best-alpha is the α of fixed-best, which --methods base leaves out"),
 ])
 def test_compare_flags_mean_what_they_say(recipes, tmp_path, capsys, args, said):
     out = tmp_path / "cmp"

@@ -141,6 +141,9 @@ def test_diagnose_reports_the_alignment_credit_and_the_style_probes_estimators(t
     assert main(["diagnose", str(run), "--steps", "3", "--out", str(tmp_path / "first")]) == 0
     fits = json.loads((tmp_path / "first" / "diagnose.json").read_text())["fits"]
     assert next(row for row in fits if row["table"] == "alignment_within_step")["n"] == 3 * 4
+    capsys.readouterr()
+    assert main(["diagnose", str(run), "--steps", "60", "--out", str(tmp_path / "all")]) == 0  # a no-op, said so
+    assert "atesd: warning: --steps 60 keeps every update of these runs (the longest has 6)" in capsys.readouterr().out
 
 
 def test_the_contrast_probe_pushes_towards_the_right_solutions_and_away_from_the_wrong_ones(tiny_config, tmp_path):

@@ -380,9 +380,9 @@ def build_parser() -> CommandParser:
     compare.add_argument("--alphas", type=float, nargs="+", metavar="ALPHA",
                          help="also a run at each fixed exposure (alpha-<α>; 1 is opsd), with the mismatch per α "
                          "of each base model; the best of them is the 'best fixed α' the report compares with")
-    compare.add_argument("--mismatch-problems", type=int, default=DEFAULT_MISMATCH_PROBLEMS,
+    compare.add_argument("--mismatch-problems", type=int,
                          help="with --alphas: training problems whose rollouts measure the mismatch (default "
-                         "%(default)s)")
+                         f"{DEFAULT_MISMATCH_PROBLEMS})")
     compare.add_argument("--jobs", type=int, default=1, metavar="N",
                          help="runs at once, one thread each (default %(default)s)")
     compare.add_argument("--reuse", action="append", metavar="DIR",

@@ -136,15 +136,21 @@ def reuse_finished(runs: Sequence[Run], folders: Sequence[Path]) -> list[Run]:
     return reused
 
 
-def check_compare_arguments(recipes: Path, *, seeds: int, base_models: int | None, jobs: int, mismatch_problems: int,
-                            alphas: Sequence[float], best: float | None, sweep_dir: Path | None,
-                            continue_from: Path | None, reuse: Sequence[Path]) -> None:
-    """Refuse the arguments of `run_compare` that are invalid, before anything is planned: the recipe directory,
-    the counts, the fixed exposures, the best fixed α, and each folder given (`sweep_dir`, `continue_from`,
-    `reuse`) that is not an existing folder."""
+def check_compare_arguments(recipes: Path, chosen: Sequence[str], *, seeds: int, base_models: int | None, jobs: int,
+                            mismatch_problems: int | None, alphas: Sequence[float], best: float | None,
+                            sweep_dir: Path | None, continue_from: Path | None, reuse: Sequence[Path]) -> None:
+    """Refuse the arguments of `run_compare` that are invalid, or would do nothing, before anything is planned: the
+    recipe directory, the counts, the fixed exposures, the best fixed α, and each folder given (`sweep_dir`,
+    `continue_from`, `reuse`) that is not an existing folder."""
     if not recipes.is_dir():
         raise ConfigError(f"--recipes: {recipes} is not a directory of method configs")
     check_counts(seeds=seeds, base_models=base_models, jobs=jobs, mismatch_problems=mismatch_problems)
+    if mismatch_problems is not None and not alphas:
+        raise ConfigError("--mismatch-problems sizes the mismatch measured for the runs of --alphas: give --alphas "
+                          "too, or leave it out")
+    if best is not None and "fixed-best" not in chosen:
+        raise ConfigError(f"--best-alpha is the α of fixed-best, which --methods {' '.join(chosen)} leaves out: add "
+                          "fixed-best, or leave --best-alpha out")
     distinct(alphas, "--alphas")
     if any(not 0 <= alpha <= 1 for alpha in alphas):
         raise ConfigError(f"--alphas: every α must lie in [0, 1], got {' '.join(f'{a:g}' for a in alphas)}")
@@ -171,7 +177,7 @@ def take_earlier_runs(runs: list[Run], sources: Sequence[Path], continue_from: P
 
 def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], seeds: int, out: Path, *,
                 quick: bool, best: float | None, sweep_dir: Path | None, command: str, base_models: int | None = None,
-                alphas: Sequence[float] = (), jobs: int = 1, mismatch_problems: int = DEFAULT_MISMATCH_PROBLEMS,
+                alphas: Sequence[float] = (), jobs: int = 1, mismatch_problems: int | None = None,
                 reuse: Sequence[Path] = (), continue_from: Path | None = None) -> list[Path]:
     """Run (or continue) the comparison in `out` and write its tables, CSVs and plots; returns the files.
 
@@ -180,9 +186,10 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
     `sweep_dir`) that are runs of this comparison are taken from there; a run that `continue_from` holds with
     fewer updates starts from it (`runs.continue_shorter`).
     """
-    check_compare_arguments(recipes, seeds=seeds, base_models=base_models, jobs=jobs,
+    check_compare_arguments(recipes, chosen, seeds=seeds, base_models=base_models, jobs=jobs,
                             mismatch_problems=mismatch_problems, alphas=alphas, best=best, sweep_dir=sweep_dir,
                             continue_from=continue_from, reuse=reuse)
+    mismatch_problems = DEFAULT_MISMATCH_PROBLEMS if mismatch_problems is None else mismatch_problems
     if best is None:
         best = best_alpha(sweep_dir) if sweep_dir is not None else PAPER_BEST_ALPHA
     all_overrides = [*(quick_overrides() if quick else []), *overrides]

@@ -114,6 +114,11 @@ def diagnose_paths(paths: Sequence[Path], steps: int | None = None) -> Diagnosis
     if not logs:
         raise UserError(f"{', '.join(str(p) for p in paths)}: no run whose α varied ({len(left_out)} runs with fixed "
                         "or scheduled α); diagnose runs with exposure.policy=random or controller")
+    longest = max(max((row["step"] for row in metrics if isinstance(row.get("step"), int)), default=0)
+                  for _, metrics, _ in logs)
+    if steps is not None and steps >= longest:
+        print(f"atesd: warning: --steps {steps} keeps every update of these runs (the longest has {longest}): the "
+              "diagnosis is the whole runs'", flush=True)
     diagnosis = diagnose(logs)
     if left_out:
         diagnosis.notes.append(f"left out, their α fixed or scheduled: {', '.join(left_out)}")

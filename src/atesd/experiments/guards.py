@@ -5,7 +5,7 @@ while they work (docs/reliability.md#experiments-and-evaluation):
   validated, and refuses other settings with one line saying what differs;
 - `experiment_lock`: one command at a time per out folder;
 - `existing_folder` / `writable_folder`: a folder a flag names exists, or can be written, before any work;
-- `check_counts` / `distinct`: counts are at least 1 (and seeds not absurd); a flag's values given twice are
+- `check_counts` / `distinct`: counts are at least 1 and bounded; a flag's values given twice are
   refused rather than counted twice;
 - `read_json`: a result file that cannot be read is an error naming it, never a traceback.
 """
@@ -87,15 +87,17 @@ def experiment_lock(out: Path, command: str) -> Iterator[None]:
 
 
 MAX_SEEDS = 1000  # more would not finish; planning them alone takes minutes
+# The most each count flag accepts: each sizes a list of runs, processes or problems, and more would not finish.
+MAX_COUNTS = {"seeds": MAX_SEEDS, "base_models": 1000, "jobs": 256, "mismatch_problems": 100_000}
 
 
 def check_counts(**counts: int | None) -> None:
-    """Every count flag of an experiment at least 1 (None: not given) and seeds at most `MAX_SEEDS`."""
+    """Every count flag of an experiment at least 1 (None: not given) and at most its `MAX_COUNTS`."""
     for name, value in counts.items():
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if (counts.get("seeds") or 0) > MAX_SEEDS:
-        raise ConfigError(f"--seeds {counts['seeds']}: at most {MAX_SEEDS}")
+        if value is not None and value > MAX_COUNTS[name]:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: at most {MAX_COUNTS[name]}")
 
 
 def existing_folder(path: Path, flag: str) -> Path:
