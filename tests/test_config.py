@@ -337,6 +337,7 @@ def test_the_controllers_network_is_bounded():
     (["exposure.policy=seele", "exposure.seele.population_window=3"], "population_window 3 below min_points 4"),
     # a setting that only changes the warm start's cache key
     (["model.embedded.teacher_answer_above=0.5"], "teacher_answer_above places the examples teacher_answer_share"),
+    (["model.embedded.teacher_leap_above=0.25"], "teacher_leap_above places the examples teacher_leap_share"),
     # decode-loop options that contradict each other
     (["rollout.loop.compile=true"], "compile: true runs a static cache and keeps finished sequences"),
     # a rule per problem given a method without a teacher prompt

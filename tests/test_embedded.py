@@ -89,6 +89,20 @@ def test_a_new_warm_start_setting_left_unset_keeps_the_cached_models_keys():
     strong = load_config(EMBEDDED_CONFIG.parent / "strong-teacher" / "opsd.yaml", [])
     assert strong.model.embedded.teacher_answer_above == 0.5 and warm_start_key(strong) != warm_start_key(default)
     assert warm_start_key(default) == "9594147f6a4a7096"  # the key the default's base model of seed 0 was cached under
+    low = load_config(EMBEDDED_CONFIG.parent / "low-exposure" / "opsd.yaml", [])
+    assert low.model.embedded.teacher_leap_share == 1.0 and warm_start_key(low) not in (
+        warm_start_key(default), warm_start_key(strong))
+    assert warm_start_key(strong) == warm_start_key(load_config(
+        EMBEDDED_CONFIG.parent / "strong-teacher" / "opsd.yaml", ["model.embedded.teacher_leap_share=0"]))
+
+
+def test_a_leaping_chain_leaves_out_every_other_line_and_keeps_the_answer():
+    from atesd.experiments.warm_start import leaping_chain
+    assert leaping_chain("8+2=10\n10+1=11\n\\boxed{11}") == "10+1=11\n\\boxed{11}"
+    assert leaping_chain("6+8=14\n14+8=22\n22+3=25\n25-2=23\n\\boxed{23}") == "14+8=22\n25-2=23\n\\boxed{23}"
+    # an odd number of lines keeps the first: the leap is between the kept lines
+    assert leaping_chain("25*3=75\n17+75=92\n92-8=84\n\\boxed{84}") == "25*3=75\n92-8=84\n\\boxed{84}"
+    assert leaping_chain("3*4=12\n\\boxed{12}") == "3*4=12\n\\boxed{12}"  # one operation: nothing to leap over
 
 
 def test_a_carried_slip_computes_on_from_the_slipped_value_and_hides_only_the_slip():

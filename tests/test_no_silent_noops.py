@@ -97,6 +97,7 @@ ALLOWED = {
     "model.embedded.warm_start_target_accuracy": "stops the warm start early; the tiny one's 5 steps end first",
     "model.embedded.warm_start_check_every": "how often the warm start checks its target; the tiny one never does",
     "model.embedded.teacher_answer_above": "refused without teacher_answer_share (tests/test_config.py)",
+    "model.embedded.teacher_leap_above": "refused without teacher_leap_share (tests/test_config.py)",
     "model.embedded.max_positions": "the model's longest sequence: a longer one computes the same short ones",
     "eval.teacher_alpha": "the teacher's row of atesd eval and atesd demo; evaluation along training evaluates the "
                           "student",

@@ -78,6 +78,14 @@ class EmbeddedModelConfig(Section):
         "prompt shows more than this share of the reference's segments; None: at every exposure. The second "
         "regime's teacher (configs/embedded/strong-teacher/): once it has read most of the worked solution it "
         "boxes the result it read, whatever the chain it scores says.")
+    teacher_leap_share: float = Field(
+        0.0, ge=0, le=1, description="Share of teacher-format warm-start examples (those teacher_leap_above places) "
+        "whose chain leaps: every other line of the model's own chain is left out, so each kept line starts from a "
+        "value never written. The third regime's teacher (configs/embedded/low-exposure/): shown more of the "
+        "reference, it writes steps the student cannot execute, and full exposure distils them.")
+    teacher_leap_above: float | None = Field(
+        None, ge=0, lt=1, description="The leaping examples (teacher_leap_share) only where the teacher prompt shows "
+        "more than this share of the reference's segments; None: at every exposure.")
     teacher_follow_share: float = Field(
         0.6, ge=0, le=1, description="Share of the other teacher-format examples whose chain slips at one line (not "
         "scored) and carries the slip on to a wrong boxed answer: the teacher learns to follow the chain it scores.")
@@ -107,6 +115,10 @@ class EmbeddedModelConfig(Section):
             raise ValueError("teacher_answer_above places the examples teacher_answer_share makes, and that share is "
                              "0: it would only change the cache key (a warm start of the same model); unset it or "
                              "set teacher_answer_share > 0")
+        if self.teacher_leap_above is not None and self.teacher_leap_share == 0:
+            raise ValueError("teacher_leap_above places the examples teacher_leap_share makes, and that share is 0: "
+                             "it would only change the cache key (a warm start of the same model); unset it or set "
+                             "teacher_leap_share > 0")
         return self
 
 

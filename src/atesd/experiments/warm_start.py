@@ -17,7 +17,9 @@ Two phases, each applied with the recipe's `Updater`:
    value (shown, not scored) and then the true boxed answer, which only the context gives (off by default: the
    teacher then boxes the answer it read after any chain, a target no student can learn), and
    `teacher_follow_share` of the others slip at one line (not scored) and carry the slip on to a wrong answer,
-   so that the teacher follows the chain it scores instead of overwriting it from the reference.
+   so that the teacher follows the chain it scores instead of overwriting it from the reference. A third kind, off
+   by default, makes the third regime: `teacher_leap_share` of them (above `teacher_leap_above` of the reference
+   shown) write the model's own chain with every other line left out, steps the student cannot execute.
 
 Trained briefly, it leaves the gap self-distillation needs: the student partly competent, the teacher clearly
 better. Every build is followed by the health check (`atesd.experiments.health`); the model is cached under a key of
@@ -87,7 +89,7 @@ def warm_start_key(config: Config) -> str:
 
 # Warm-start settings added after base models were cached, with the value every model cached before had: a setting
 # at that value is left out of the key, so those models keep their keys (the next such setting is one entry here).
-ADDED_AFTER_CACHING = {"teacher_answer_above": None}
+ADDED_AFTER_CACHING = {"teacher_answer_above": None, "teacher_leap_share": 0.0, "teacher_leap_above": None}
 
 
 def unset_since_cached(config: Config) -> set[str]:
@@ -162,6 +164,10 @@ def warm_start(config: Config) -> tuple[PreTrainedModel, PreTrainedTokenizerFast
             if rng.random() < settings.teacher_answer_share and answers_at(settings.teacher_answer_above, alpha,
                                                                            prompts.segments(problem)):
                 return (prompt, *slipped_completion(own, rng, prompts.encode, tokenizer.eos_token_id))
+            if settings.teacher_leap_share and rng.random() < settings.teacher_leap_share and answers_at(
+                    settings.teacher_leap_above, alpha, prompts.segments(problem)):
+                completion = prompts.encode(leaping_chain(own)) + [tokenizer.eos_token_id]
+                return prompt, completion, [1.0] * len(completion)
             if settings.teacher_follow_share and rng.random() < settings.teacher_follow_share:
                 return (prompt, *carried_slip_completion(problem.question, rng, prompts.encode,
                                                          tokenizer.eos_token_id))
@@ -242,9 +248,19 @@ def carried_slip_completion(question: str, rng: random.Random, encode, eos_token
     return head + slip + tail, [1.0] * len(head) + [0.0] * len(slip) + [1.0] * len(tail)
 
 
+def leaping_chain(solution: str) -> str:
+    """`solution` (lines ``a+b=v``, then ``\\boxed{answer}``) with every other line left out, counting back from
+    the last, which stays: each kept line but the first starts from a value the chain never wrote (a leap over one
+    operation), and the boxed answer is the true one."""
+    lines = solution.split("\n")
+    equations = [i for i, line in enumerate(lines) if "=" in line]
+    dropped = set(equations[-2::-2])
+    return "\n".join(line for i, line in enumerate(lines) if i not in dropped)
+
+
 def answers_at(above: float | None, alpha: float, segments: int) -> bool:
-    """Whether a slipped-answer example may be drawn at exposure `alpha` of a reference of `segments` segments:
-    always without `teacher_answer_above`, else only where more than that share of them is shown."""
+    """Whether a slipped-answer (or leaping) example may be drawn at exposure `alpha` of a reference of `segments`
+    segments: always without its `..._above` setting, else only where more than that share of them is shown."""
     return above is None or shown_segments(alpha, segments) > above * segments
 
 
