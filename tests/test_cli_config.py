@@ -65,7 +65,8 @@ def test_every_packaged_config_loads_with_its_extends():
     (["train", "embedded/nope"], "CONFIG 'embedded/nope': no such file"),
     (["demo", "embedded"], "CONFIG 'embedded': not a file, and no packaged config"),
     (["compare", "--recipes", "nope"], ("--recipes 'nope': no such folder, and no packaged folder of configs of "
-                                        "that name (packaged: embedded, embedded/strong-teacher, qwen3-1.7b, ")),
+                                        "that name (packaged: embedded, embedded/{low-exposure,strong-teacher}, "
+                                        "qwen3-1.7b, ")),
 ])
 def test_an_unknown_config_is_one_line_and_exit_2(elsewhere, capsys, argv, said):
     if argv[0] == "demo":

@@ -233,10 +233,12 @@ def run(tiny_config, tmp_path_factory):
     folder = tmp_path_factory.mktemp("noops")
     done: dict[tuple[str, ...], tuple[Config, dict[str, Any]]] = {}
     tried: list[str] = []
+    # its own cache: each changed model.embedded.* setting warm-starts a tiny model, which no other test is to find
+    cache = f"model.embedded.cache_dir={folder / 'cache'}"
 
     def train(overrides: tuple[str, ...], name: str) -> dict[str, Any] | str:
         try:
-            config = tiny_config(folder, *RUN, *overrides, f"run.name={name}")
+            config = tiny_config(folder, *RUN, cache, *overrides, f"run.name={name}")
         except ConfigError as error:
             return f"refused: {error}"
         try:
@@ -250,7 +252,7 @@ def run(tiny_config, tmp_path_factory):
         if select not in done:
             outcome = train(select, f"base{len(done)}")
             assert isinstance(outcome, dict), outcome
-            done[select] = (tiny_config(folder, *RUN, *select), outcome)
+            done[select] = (tiny_config(folder, *RUN, cache, *select), outcome)
         return done[select][0]
 
     def compare(select: tuple[str, ...], key: str, value: Any) -> str:

@@ -27,9 +27,10 @@ SUFFIX = ".yaml"
 
 
 def packaged_configs() -> list[str]:
-    """The names of the packaged atesd configs (``embedded/opsd``: path in the configs folder, no suffix)."""
-    return sorted(_name(path) for path in PACKAGED.rglob(f"*{SUFFIX}")
-                  if path.relative_to(PACKAGED).parts[0] != LAUNCH_FOLDER)
+    """The names of the packaged atesd configs (``embedded/opsd``: path in the configs folder, no suffix), a folder's
+    configs before its subfolders'."""
+    return sorted((_name(path) for path in PACKAGED.rglob(f"*{SUFFIX}")
+                   if path.relative_to(PACKAGED).parts[0] != LAUNCH_FOLDER), key=lambda name: name.rpartition("/"))
 
 
 def packaged_folders() -> list[str]:
@@ -69,7 +70,8 @@ def packaged(name: str, folder: bool = False) -> Path | None:
 
 
 def listing(names: list[str]) -> str:
-    """`names` (sorted) in one short line: neighbours in one folder together, as ``embedded/{atesd,opsd}``."""
+    """`names` (a folder's together) in one short line: neighbours in one folder together, as
+    ``embedded/{atesd,opsd}``."""
     groups = []
     for parent, members in groupby(names, key=lambda name: name.rpartition("/")[0]):
         leaves = [name.rpartition("/")[2] for name in members]
