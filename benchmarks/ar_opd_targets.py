@@ -12,6 +12,9 @@ read, not the chain's (docs/method.md#the-strong-teacher-regime); this shows whe
 
     python benchmarks/ar_opd_targets.py --config configs/embedded/strong-teacher/adaptive.yaml model.embedded.seed=0
 
+``--quick`` (a smoke run): 8 problems on the tiny embedded model (harness.quick_overrides; key=value overrides still
+apply after it). A region without tokens (the tiny model seldom boxes an answer) shows dashes.
+
 Not a test: nothing is asserted; it prints the two regions and writes them as JSON with --out.
 """
 
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from harness import quick_overrides
 
 from atesd.config import load_config
 from atesd.experiments.mismatch import sample_base_rollouts
@@ -50,9 +54,12 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0, help="seeds the choice of problems and their rollouts (not "
                         "the base model: that is model.embedded.seed)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 8 problems on the tiny embedded model")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    config = load_config(args.config, args.overrides)
+    if args.quick:
+        args.problems = min(args.problems, 8)
+    config = load_config(args.config, [*quick_overrides(args.quick), *args.overrides])
     residual = config.teacher.anchored_residual
     if residual is None:
         parser.error(f"{args.config}: teacher.anchored_residual is not set")
@@ -87,9 +94,11 @@ def main() -> None:
     print(f"anchor α = {residual.anchor_alpha:g}, λ = {residual.residual_weight:g}, clip = {residual.residual_clip:g}; "
           f"{len(problems)} problems; overrides: {' '.join(args.overrides) or '(none)'}")
     print(f"{'region':8s} {'tokens':>7s} {'KL(full‖anchor)':>16s} {'KL(full‖q)':>11s} {'clipped mass':>13s}")
+    columns = (("kl_full_anchor", 16, 4), ("kl_full_q", 11, 4), ("clipped_mass", 13, 5))
     for region, row in rows.items():
-        print(f"{region:8s} {row['tokens']:7d} {row['kl_full_anchor']:16.4f} {row['kl_full_q']:11.4f} "
-              f"{row['clipped_mass']:13.5f}")
+        figures = [("–" if row[key] is None else f"{row[key]:.{digits}f}").rjust(width)
+                   for key, width, digits in columns]
+        print(f"{region:8s} {row['tokens']:7d} {' '.join(figures)}")
     if args.out:
         args.out.write_text(json.dumps({"config": args.config, "overrides": args.overrides, "rows": rows}, indent=1))
 

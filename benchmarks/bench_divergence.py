@@ -15,6 +15,8 @@ verdict on memory: chunked peak extra memory over direct's at the largest N wher
     python benchmarks/bench_divergence.py --out runs/bench/divergence.json
     python benchmarks/bench_divergence.py --vocab 4096 --positions 64 256 --out /tmp/small.json
 
+``--quick`` (a smoke run) measures N = 1,024 at V = 32,768, one timed round, and checks agreement at N = 256.
+
 Not a test: nothing is asserted; it prints a table and writes the figures as JSON.
 """
 
@@ -211,9 +213,9 @@ def main() -> None:
                              args.warmup, args.repeats, args.device)
         print(json.dumps(result))
         return
-    if args.quick:  # the issue's vocabulary; one N, two chunks of the default 512; a narrower hidden state
-        args.positions, args.check_positions = [1024], min(args.check_positions, 256)
-        args.hidden_dim = min(args.hidden_dim, 512)
+    if args.quick:  # a smoke run: a smaller vocabulary; one N, four chunks of the default 256; a narrower hidden state
+        args.vocab, args.positions = min(args.vocab, 32_768), [1024]
+        args.check_positions, args.hidden_dim = min(args.check_positions, 256), min(args.hidden_dim, 512)
         args.warmup, args.repeats = 0, 1
 
     results = []
@@ -222,7 +224,8 @@ def main() -> None:
           f"threads={args.threads or 'default'}\n{header}")
     # The children get the parsed sizes (--quick already applied), not --quick itself.
     child_argv = [arg for arg in sys.argv[1:] if arg != "--quick"] + [
-        "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--hidden-dim", str(args.hidden_dim)]
+        "--vocab", str(args.vocab), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+        "--hidden-dim", str(args.hidden_dim)]
     for positions in args.positions:
         for variant in args.variants:
             result = {"variant": variant, "N": positions, **run_child(child_argv, f"{variant}:{positions}")}

@@ -35,12 +35,17 @@ step so that effect can be told apart from the controller's cost.
 
     python benchmarks/bench_exposure.py --steps 30 --threads 1 --out runs/bench_exposure.json
 
+``--quick`` (a smoke run) trains every variant for 2 steps (1 timed) on the tiny embedded model
+(harness.quick_overrides); that model solves no problem, so the variants with the style probe grade by a stand-in
+that passes half the completions (`half_right`).
+
 Not a test: nothing is asserted; it prints a table and writes the figures as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -50,9 +55,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from harness import quick_overrides
 
 import atesd.experiments  # noqa: F401  (registers the embedded testbed's model)
 from atesd.config import load_config
+from atesd.eval.grading import grader_for
 from atesd.exposure import REGISTRY, ProblemView, build_exposure_policy
 from atesd.exposure.rules import ProblemRule
 from atesd.train.recipe import Trainer
@@ -81,11 +88,19 @@ RULES = [name for name, settings in REGISTRY.items() if isinstance(settings().bu
 REFERENCE = ("= 14", "= 22", "= 25", "= 23")  # an embedded 'values' reference, for PAINT's overlap
 
 
+def half_right(grade):
+    """`grade` with its verdict replaced by whether the completion's length is even (as in
+    tests/test_signals_training.py): --quick's tiny model solves no problem, and the style probe holds the base
+    model's right solutions (the contrast probe its wrong ones too)."""
+    return lambda text, gold: dataclasses.replace(grade(text, gold), correct=len(text) % 2 == 0)
+
+
 def run_variant(name: str, overrides: list[str], args: argparse.Namespace, output_dir: str) -> dict:
     config = load_config(REPO_ROOT / "configs/embedded/atesd.yaml", [
-        *overrides, f"run.output_dir={output_dir}", f"run.name={name}", f"train.steps={args.steps}",
-        f"run.seed={args.seed}", f"train.checkpoint_every={args.steps}"])
-    trainer = Trainer(config)
+        *quick_overrides(args.quick), *overrides, f"run.output_dir={output_dir}", f"run.name={name}",
+        f"train.steps={args.steps}", f"run.seed={args.seed}", f"train.checkpoint_every={args.steps}"])
+    style_probe = args.quick and config.exposure.uses_style_probe
+    trainer = Trainer(config, grader=half_right(grader_for(config.data.answer)) if style_probe else None)
     original_teacher = trainer.prompts.teacher
     teacher_tokens: list[int] = []
 
@@ -141,8 +156,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the training seed (run.seed) of every run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--quick", action="store_true", help="a smoke run: every variant for 2 steps on the tiny "
+                        "embedded model")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.warmup = 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -12,7 +12,8 @@ pools are timed twice: ``cold`` includes starting the pool (fresh processes, who
 builds its parser), as a caller that makes a pool per call pays; ``warm`` reuses that pool, the best case of
 a pool kept for a whole run. Workers are made by a fork server, as a torch process must (forking one that runs
 torch's thread pools can deadlock). Two batch sizes: the whole set (an evaluation's output) and 32 answers
-(one training step of the embedded default).
+(one training step of the embedded default). ``--quick`` (a smoke run): 32 answers alone (every third of the
+first 96, one wrong form per gold), the first two ``--workers`` (the calling process and a pool of 2), one round.
 
     python benchmarks/bench_grading.py --out runs/bench/grading.json
 """
@@ -113,12 +114,13 @@ def main() -> None:
     args = parser.parse_args()
     apply_threads(args.threads)
     completions, golds = answer_set(args.data, wrong_per_gold=1 if args.quick else 4)
+    batches = {"benchmark set": (completions, golds), "32 answers": (completions[:32], golds[:32])}
     if args.quick:
-        completions, golds = completions[::3], golds[::3]
-    step = (completions[:32], golds[:32])
+        batches = {"32 answers": (completions[:96:3], golds[:96:3])}
+        args.workers, args.repeats = args.workers[:2], 1
 
     results = []
-    for label, (batch, batch_golds) in (("benchmark set", (completions, golds)), ("32 answers", step)):
+    for label, (batch, batch_golds) in batches.items():
         for workers in args.workers:
             for row in time_grading(batch, batch_golds, workers, args.repeats):
                 results.append({"batch": label, **row})

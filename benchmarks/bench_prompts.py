@@ -4,7 +4,8 @@ A step of the embedded default needs 32 student prompts, 32 teacher prompts at t
 solutions (g_t). ``fresh`` builds them with a new `PromptBuilder` each step (no cache: what the trainer would
 pay if it tokenized every prompt every step); ``cached`` reuses one builder over steps whose α changes as the
 controller's does (a new α every 4 steps), on batches drawn from a pool of problems, so repeats are served
-from the cache as they are in training once a problem has been seen.
+from the cache as they are in training once a problem has been seen. ``--quick``: the tiny embedded model's
+problems and 4-prompt batches (harness.quick_overrides), ten steps.
 
     python benchmarks/bench_prompts.py --out runs/bench/prompts.json
 """
@@ -16,7 +17,7 @@ import random
 import time
 from pathlib import Path
 
-from harness import add_common_flags, apply_threads, markdown_table, summary, write_results
+from harness import add_common_flags, apply_threads, markdown_table, quick_overrides, summary, write_results
 from transformers import AutoTokenizer
 
 from atesd.config import load_config
@@ -35,7 +36,7 @@ def main() -> None:
     if args.quick:
         args.repeats = min(args.repeats, 10)
     apply_threads(args.threads)
-    config = load_config(CONFIG)
+    config = load_config(CONFIG, quick_overrides(args.quick))
     tokenizer = AutoTokenizer.from_pretrained(embedded_base_model(config))
     problems = embedded_splits(config.data.task, config.data.probe_size)["train"][: args.pool]
     rng = random.Random(0)

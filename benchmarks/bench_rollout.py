@@ -13,6 +13,8 @@ each does the same work, and a machine that gets busier or quieter weighs on all
 batches of the same size, one position of logits): the model's own cost for those tokens. Generated tokens per
 second are completion tokens / time. Time is given as wall time and as this process's CPU time; on a shared
 machine CPU time is the steadier of the two (it does not count the time other processes hold the cores).
+``--quick``: the tiny embedded model (harness.quick_overrides), batch sizes up to 32, at least 8 prompts and one
+timed round each.
 
     python benchmarks/bench_rollout.py --out runs/bench/rollout.json
 """
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import add_common_flags, apply_threads, markdown_table, write_results
+from harness import add_common_flags, apply_threads, markdown_table, quick_overrides, write_results
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from atesd.config import load_config
@@ -72,7 +74,7 @@ def main() -> None:
         args.min_prompts, args.repeats = 8, min(args.repeats, 1)
     apply_threads(args.threads)
 
-    config = load_config(CONFIG)
+    config = load_config(CONFIG, quick_overrides(args.quick))
     model_dir = embedded_base_model(config)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()

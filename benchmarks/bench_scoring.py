@@ -8,6 +8,7 @@ rollouts sampled once from the student prompts, the solutions; forward without g
 completion positions (what the trainer takes). The third way, ``shared_prompt`` (what the trainer does), runs the
 teacher prompts once and both continuations from their key/value cache (`shared_prompt_hidden_states`). It also
 reports how many of the teacher's tokens are prompt tokens, which the shared pass computes once instead of twice.
+``--quick``: the tiny embedded model and its 4-problem batch (harness.quick_overrides), three timed rounds.
 
     python benchmarks/bench_scoring.py --out runs/bench/scoring.json
 """
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import add_common_flags, apply_threads, markdown_table, summary, write_results
+from harness import add_common_flags, apply_threads, markdown_table, quick_overrides, summary, write_results
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from atesd.config import load_config
@@ -39,7 +40,7 @@ def main() -> None:
     if args.quick:
         args.repeats = min(args.repeats, 3)
     apply_threads(args.threads)
-    config = load_config(CONFIG)
+    config = load_config(CONFIG, quick_overrides(args.quick))
     model_dir = embedded_base_model(config)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()

@@ -17,7 +17,8 @@ uses the same rollouts as the float32 run (same seed, same weights, and sampling
 difference of the step-0 loss and mean KL is the numerical effect of autocast alone. Variants with ``+generate``
 sample with transformers' generate (``rollout.sampler=generate``, the sampler before issue 27) instead of atesd's
 decode loop: the same tokens, so the same steps, at another sampling cost. ``cpu_step_s`` is the step's CPU time
-in this process (steadier than wall time on a shared machine).
+in this process (steadier than wall time on a shared machine). ``--quick``: every variant on the tiny embedded
+model (harness.quick_overrides), one untimed step and at most three timed.
 
     python benchmarks/bench_step.py --out runs/bench/step.json
 """
@@ -30,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import add_common_flags, apply_threads, markdown_table, write_results
+from harness import add_common_flags, apply_threads, markdown_table, quick_overrides, write_results
 
 from atesd.config import load_config
 from atesd.train.recipe import Trainer
@@ -55,8 +56,8 @@ def build_trainer(name: str, args: argparse.Namespace, output_dir: str) -> Train
         return {"variant": name, "error": f"configs/embedded/{config_file} does not exist on this branch"}
     steps = args.warmup + args.repeats
     config = load_config(CONFIGS / config_file, [
-        *overrides, f"run.output_dir={output_dir}", f"run.name={name}", f"train.steps={steps}",
-        f"run.seed={args.seed}", f"train.checkpoint_every={steps}"])
+        *quick_overrides(args.quick), *overrides, f"run.output_dir={output_dir}", f"run.name={name}",
+        f"train.steps={steps}", f"run.seed={args.seed}", f"train.checkpoint_every={steps}"])
     trainer = Trainer(config)
     trainer.last_probe_nll = trainer.probe_nll()  # what train() does before its first step
     return trainer

@@ -29,6 +29,8 @@ atesd runs once per ``--samplers`` value (``rollout.sampler``: atesd's decode lo
 generate, the sampler before issue 27; both sample the same tokens), each against the same TRL run. Order: half of
 each sampler's steps, TRL's, then the other half of each in reverse order, so that a machine that gets busier or
 quieter during the run weighs on all of them. Each run's first `--warmup` steps (in each half) are not timed.
+``--quick`` (a smoke run): the tiny embedded model (harness.quick_overrides: 4 prompts of 16 new tokens), one untimed
+and two timed steps a side, SDFT without its default checkpointing only.
 
     pip install -e ".[bench]"   # trl, pinned
     python benchmarks/bench_trl.py --out runs/bench/trl.json
@@ -42,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import add_common_flags, apply_threads, markdown_table, timed, write_results
+from harness import add_common_flags, apply_threads, markdown_table, quick_overrides, timed, write_results
 
 from atesd.config import load_config
 from atesd.data.arithmetic import embedded_splits
@@ -147,8 +149,10 @@ def main() -> None:
     first = steps // 2 + args.warmup
     trainers, atesd_rows = {}, {name: [] for name in args.samplers}
     with tempfile.TemporaryDirectory() as output_dir:
+        # --quick: the tiny model and run sizes, the batch in one micro-batch (no accumulation) as in the full run
+        quick = [*quick_overrides(True), "train.batch_size=4", "train.micro_batch_size=4"] if args.quick else []
         configs = {name: load_config(CONFIG, [
-            f"run.output_dir={output_dir}", f"run.name=atesd-opsd-{name}", f"rollout.sampler={name}",
+            *quick, f"run.output_dir={output_dir}", f"run.name=atesd-opsd-{name}", f"rollout.sampler={name}",
             f"train.steps={2 * steps}", f"train.probe_every={10 * steps}", f"train.checkpoint_every={10 * steps}",
             f"train.lr={args.lr}"]) for name in args.samplers}
         config = configs[args.samplers[0]]

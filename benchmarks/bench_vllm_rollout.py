@@ -7,7 +7,8 @@ generators. With ``model.lora`` the model is the training model with its adapter
 training), and vLLM runs twice: ``vllm-request`` (the adapter as a LoRA request) and ``vllm-merge`` (merged); each
 vLLM call includes its sync and sync guard, as in training. Every timed round runs each engine once, in turn, so a
 machine that gets busier or quieter weighs on all of them. Runs in the real-vLLM environment (``make test-vllm``
-builds it)::
+builds it). ``--quick`` (a smoke run): 4 prompts, one timed round; an embedded config on the tiny model
+(harness.quick_overrides)::
 
     .venv-vllm/bin/python benchmarks/bench_vllm_rollout.py configs/embedded/opsd.yaml rollout.max_new_tokens=64 \\
         --out runs/bench/vllm-rollout-embedded.json
@@ -23,9 +24,8 @@ import statistics
 import time
 
 import torch
-from harness import add_common_flags, apply_threads, markdown_table, write_results
+from harness import add_common_flags, apply_threads, load_bench_config, markdown_table, write_results
 
-from atesd.config import load_config
 from atesd.data.prompts import PromptBuilder
 from atesd.models.loading import load_training_model
 from atesd.rollout import DecodeOptions, HFGenerateEngine, SamplingParams
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     apply_threads(args.threads)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    config = load_config(args.config, list(args.overrides))
+    config = load_bench_config(args.config, list(args.overrides), args.quick, vllm=True)
     batch, repeats = (4, 1) if args.quick else (args.batch, args.repeats)
     model, tokenizer = load_training_model(config, base_model_path(config))
     model.eval()

@@ -9,7 +9,8 @@ With ``rollout.vllm.lora=request`` the gap of vLLM's base weights without the re
 an adapter that never arrived). ``rollout.vllm.sync_check_tolerance`` is set from these
 (docs/scaling.md#the-sync-guard).
 
-Runs in the real-vLLM environment (``make test-vllm`` builds it)::
+Runs in the real-vLLM environment (``make test-vllm`` builds it). ``--quick`` (a smoke run): 2 updates; an embedded
+config on the tiny model (harness.quick_overrides)::
 
     .venv-vllm/bin/python benchmarks/bench_vllm_sync.py configs/embedded/opsd.yaml --out runs/bench/sync-embedded.json
     .venv-vllm/bin/python benchmarks/bench_vllm_sync.py configs/smollm2-135m/opsd.yaml \\
@@ -23,9 +24,8 @@ import os
 import statistics
 import tempfile
 
-from harness import add_common_flags, apply_threads, markdown_table, write_results
+from harness import add_common_flags, apply_threads, load_bench_config, markdown_table, write_results
 
-from atesd.config import load_config
 from atesd.rollout.vllm import served_logprobs
 from atesd.train.recipe import Trainer
 
@@ -41,8 +41,8 @@ def main() -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     steps = 2 if args.quick else args.steps
     with tempfile.TemporaryDirectory(prefix="atesd-sync-") as runs:
-        config = load_config(args.config, [*args.overrides, "rollout.engine=vllm", f"train.steps={steps}",
-                                           f"run.output_dir={runs}", "eval.every=0"])
+        config = load_bench_config(args.config, [*args.overrides, "rollout.engine=vllm", f"train.steps={steps}",
+                                                 f"run.output_dir={runs}", "eval.every=0"], args.quick, vllm=True)
         trainer = Trainer(config)
         engine = trainer.sampler.engine
         check = engine.sync_check

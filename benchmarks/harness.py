@@ -4,6 +4,11 @@ writing one result file.
 Every script takes ``--threads`` (torch and OpenMP threads; 1 gives steadier figures on a busy machine),
 ``--repeats`` (timed rounds), ``--quick`` (small sizes, for a smoke run) and ``--out FILE.json``, so that
 `run_all.py` can run them all the same way and the whole set can be re-run on a quiet machine.
+
+Where a benchmark runs the embedded model, ``--quick`` runs it at the test suite's tiny sizes (`quick_overrides`:
+tests/conftest.py's ``TINY_MODEL_OVERRIDES`` and ``TINY_RUN_OVERRIDES``), whose warm start takes seconds, so that a
+smoke run of every benchmark (`make bench-smoke`, benchmarks/smoke.sh) goes through the real code paths in a few
+minutes; its figures are not the embedded default's.
 """
 
 from __future__ import annotations
@@ -14,13 +19,24 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from atesd.config import Config, load_config
 from atesd.experiments.tables import markdown
+from atesd.models.loading import EMBEDDED
+
+# The tiny sizes are set in one place, the test suite's conftest.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import TINY_MODEL_OVERRIDES, TINY_RUN_OVERRIDES
+
+# vLLM's CPU attention needs a head size of at least 32 (tests/test_vllm_real.py), and a small KV cache starts faster.
+QUICK_VLLM_OVERRIDES = ("model.embedded.hidden_size=64", "rollout.vllm.kv_cache_gib=0.0625",
+                        "eval.vllm.kv_cache_gib=0.0625")
 
 
 def add_common_flags(parser: argparse.ArgumentParser, repeats: int) -> None:
@@ -29,6 +45,23 @@ def add_common_flags(parser: argparse.ArgumentParser, repeats: int) -> None:
     parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds per measurement")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of the benchmark")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+
+
+def quick_overrides(quick: bool, vllm: bool = False) -> list[str]:
+    """With --quick, the settings that put an embedded config on the test suite's tiny model and run sizes (with
+    `vllm`, at a size vLLM's CPU build serves); none without it. A script puts its own settings after these."""
+    if not quick:
+        return []
+    return [*TINY_MODEL_OVERRIDES, *TINY_RUN_OVERRIDES, *(QUICK_VLLM_OVERRIDES if vllm else ())]
+
+
+def load_bench_config(path: str | Path, overrides: list[str], quick: bool, vllm: bool = False) -> Config:
+    """The config at `path` with `overrides`; with --quick and the embedded model, on its tiny sizes
+    (`quick_overrides`, before `overrides`). Another model (SmolLM2) stays as configured."""
+    config = load_config(path, overrides)
+    if quick and config.model.name_or_path == EMBEDDED:
+        config = load_config(path, [*quick_overrides(quick, vllm), *overrides])
+    return config
 
 
 def apply_threads(threads: int) -> None:

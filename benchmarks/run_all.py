@@ -16,6 +16,8 @@ Parts (each its own script here, run in its own process with the same --threads 
     python benchmarks/run_all.py --out runs/bench/all.json            # the full set
     python benchmarks/run_all.py --quick --out runs/bench/quick.json  # a smoke run
     python benchmarks/run_all.py --parts step trl --threads 2 --out runs/bench/some.json
+
+A part that fails is a row of the table, the others still run, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -165,6 +167,9 @@ def main() -> None:
     args.out.write_text(json.dumps({"machine": machine(), "flags": {k: str(v) for k, v in vars(args).items()},
                                     "table": table, "parts": documents}, indent=1))
     print(f"wrote {args.out}")
+    failed = [part for part, document in documents.items() if "error" in document]
+    if failed:
+        sys.exit(f"run_all: failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

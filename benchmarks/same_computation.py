@@ -11,6 +11,10 @@ the evaluation files and the final weights are identical. Both runs must use the
     python benchmarks/same_computation.py run  --source /path/to/old/checkout --out runs/same/before
     python benchmarks/same_computation.py run  --source . --out runs/same/after
     python benchmarks/same_computation.py compare runs/same/before runs/same/after
+
+``run --quick`` (a smoke run) trains the same commands on the tiny embedded model (harness.quick_overrides) for
+3 updates each, evaluations included; `make bench-smoke` runs it twice on this tree and compares the two, which
+also checks that a run is repeatable.
 """
 
 from __future__ import annotations
@@ -23,22 +27,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness import quick_overrides
+
 RUNS = {
     "fixed": ["train", "configs/embedded/opsd.yaml", "exposure.alpha=0.5", "train.steps=30"],
     "aropd": ["train", "configs/embedded/adaptive.yaml", "train.steps=30"],
     "pp": ["train", "configs/embedded/atesd.yaml", "train.steps=30", "exposure.per_problem=true"],
 }
 TIMING = re.compile(r"_time$")
+QUICK_STEPS = 3
 
 
-def run(source: Path, out: Path, threads: int) -> None:
+def run(source: Path, out: Path, threads: int, quick: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "ATESD_CACHE": str((out / "cache").resolve()), "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": str((source / "src").resolve())}
     commands = {"demo": ["demo"], **RUNS}
+    quick_settings = [*quick_overrides(quick), f"train.steps={QUICK_STEPS}"] if quick else []
     for name, arguments in commands.items():
         with open(out / f"{name}.log", "w") as log:
-            subprocess.run([sys.executable, "-m", "atesd.cli", *arguments,
+            subprocess.run([sys.executable, "-m", "atesd.cli", *arguments, *quick_settings,
                             f"run.output_dir={(out / name).resolve()}"], cwd=source, env=env, stdout=log,
                            stderr=subprocess.STDOUT, check=True)
 
@@ -78,12 +86,14 @@ def main() -> None:
     trains.add_argument("--source", type=Path, required=True, help="a checkout of atesd (its src/ and configs/)")
     trains.add_argument("--out", type=Path, required=True, help="the folder the runs and their cache go to")
     trains.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every run (default %(default)s)")
+    trains.add_argument("--quick", action="store_true",
+                        help=f"a smoke run: the tiny embedded model, {QUICK_STEPS} updates a run")
     checks = commands.add_parser("compare", help="two run folders, bit for bit")
     checks.add_argument("before", type=Path, help="the first `run` out folder")
     checks.add_argument("after", type=Path, help="the second `run` out folder")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.source, args.out, args.threads)
+        run(args.source, args.out, args.threads, args.quick)
     else:
         sys.exit(0 if compare(args.before, args.after) else 1)
 

@@ -3,13 +3,17 @@
 Window signals: ``win-<base>-s0-steps100`` and ``-steps300`` (t at 50 and 150 decisions); each problem's
 alignment credit: ``pp-*`` (style probe), ``ppref-*`` (reference probe), ``ppcon-*`` (contrast probe), 100
 updates; t at 300 updates from ``ppcon300-*`` (the same runs trained to 300 updates) where it was measured, else
-scaled by √3 from 100. Writes ``power.csv`` there and prints it.
+scaled by √3 from 100. Writes ``power.csv`` there (or to ``--out``) and prints it.
 
     python benchmarks/signal_power.py
+
+It has no ``--quick``: it reads the committed diagnoses in about a second, so its smoke run (`make bench-smoke`) is
+the full run, written to a scratch file and compared with the committed ``power.csv``.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -52,8 +56,11 @@ def rows() -> list[dict]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "power.csv", help="the table's CSV (default: %(default)s)")
+    args = parser.parse_args()
     table = rows()
-    with open(ROOT / "power.csv", "w", newline="") as handle:
+    with open(args.out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)

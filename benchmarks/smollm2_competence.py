@@ -5,6 +5,7 @@ For each task and setting, ``--problems`` problems (reasoning-gym seed 1) get ``
 after atesd's student prompt (the chat template, the question, then "Please reason step by step, and put your final
 answer within \\boxed{}."). Each sample is graded twice by atesd's grader: by its boxed answer alone
 (``data.answer: boxed``) and by its last number where it has no boxed one (``data.answer: last_number``).
+``--quick`` (a smoke run): 2 problems of each task, 2 samples each of at most 64 tokens.
 
     .venv-vllm/bin/python benchmarks/smollm2_competence.py --temperature 0.7 --out runs/bench/smollm2-competence.json
 """
@@ -48,6 +49,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     add_common_flags(parser, repeats=1)
     args = parser.parse_args()
+    if args.quick:
+        args.problems, args.samples, args.max_new_tokens = 2, 2, 64
     apply_threads(args.threads)
     run_in_process("this benchmark")
     config = load_config(CONFIG)
@@ -57,14 +60,13 @@ def main() -> None:
                             config.model.teacher_chat_kwargs)
     vllm = import_vllm()
     llm = build_llm(vllm, path, config.eval.vllm, dtype="float32", seed=0, trust_remote_code=False)
-    problems, samples = (8, 2) if args.quick else (args.problems, args.samples)
     graders = {mode: grader_for(mode) for mode in ("boxed", "last_number")}
     rows = []
     for label, (task, settings) in TASKS.items():
-        entries = generate(task, settings, problems, seed=1)
+        entries = generate(task, settings, args.problems, seed=1)
         batch = [prompts.student(Problem(id=str(i), question=e["question"], solution="-", answer=str(e["answer"])))
                  for i, e in enumerate(entries)]
-        params = vllm.SamplingParams(n=samples, temperature=args.temperature, max_tokens=args.max_new_tokens,
+        params = vllm.SamplingParams(n=args.samples, temperature=args.temperature, max_tokens=args.max_new_tokens,
                                      seed=0, stop_token_ids=[tokenizer.eos_token_id], detokenize=False)
         started = time.perf_counter()
         outputs = llm.generate([{"prompt_token_ids": ids} for ids in batch], params, use_tqdm=False)

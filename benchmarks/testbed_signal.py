@@ -17,6 +17,9 @@ top-1 token is the true one (the teacher's learnable edge).
 
     python benchmarks/testbed_signal.py --problems 150 model.embedded.seed=0 model.embedded.teacher_answer_share=0
 
+``--quick`` (a smoke run): 8 problems on the tiny embedded model (harness.quick_overrides; key=value overrides still
+apply after it).
+
 Not a test: nothing is asserted; it prints a table and writes the figures as JSON with --out.
 """
 
@@ -29,6 +32,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from harness import quick_overrides
 
 import atesd.experiments  # noqa: F401  (registers the embedded testbed's model)
 from atesd.config import load_config
@@ -60,9 +64,12 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0, help="seeds the choice of problems and their rollouts (not "
                         "the base model: that is model.embedded.seed)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 8 problems on the tiny embedded model")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    config = load_config(args.config, args.overrides)
+    if args.quick:
+        args.problems = min(args.problems, 8)
+    config = load_config(args.config, [*quick_overrides(args.quick), *args.overrides])
     model, tokenizer = load_model(config)
     model.eval()
     prompts = PromptBuilder(tokenizer, config.templates, config.model.student_chat_kwargs,

@@ -3,7 +3,8 @@
 minus under HF: mean, 95 % interval, t and p of the paired t-test). The two engines draw different random streams,
 so they agree when the difference is within sampling noise, not to the token.
 
-Runs in the real-vLLM environment (``make test-vllm`` builds it)::
+Runs in the real-vLLM environment (``make test-vllm`` builds it). ``--quick`` (a smoke run): 8 problems; an
+embedded config on the tiny model (harness.quick_overrides)::
 
     .venv-vllm/bin/python benchmarks/vllm_eval_agreement.py configs/embedded/opsd.yaml --out runs/bench/agreement.json
 """
@@ -17,10 +18,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from harness import add_common_flags, apply_threads, markdown_table, write_results
+from harness import add_common_flags, apply_threads, load_bench_config, markdown_table, write_results
 from scipy import stats
 
-from atesd.config import load_config
 from atesd.eval.runner import evaluate_model
 from atesd.train.base_model import evaluation_engine
 
@@ -43,8 +43,8 @@ def main() -> None:
     accuracy, averages = {}, {}
     with tempfile.TemporaryDirectory(prefix="atesd-agreement-") as out:
         for engine_name in ("hf", "vllm"):
-            config = load_config(args.config, [*args.overrides, *quick, f"eval.engine={engine_name}",
-                                               "eval.teacher_alpha=null"])
+            config = load_bench_config(args.config, [*args.overrides, *quick, f"eval.engine={engine_name}",
+                                                     "eval.teacher_alpha=null"], args.quick, vllm=True)
             engine, tokenizer = evaluation_engine(config, args.model)
             folder = Path(out) / engine_name
             summaries = evaluate_model(config, None, tokenizer, folder, "student", engine=engine,
