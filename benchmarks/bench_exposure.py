@@ -13,7 +13,9 @@ seed, one after the other in one process:
   reference NLLs of the credited problems (8 of this step's, 8 of L steps ago) under the student prompt;
 - ``adaback``, ``seele``, ``paint``: the peers' exposure rules per problem (docs/method.md#the-peers-rules) on
   OPSD's settings;
-- ``ar-opd``: OPSD with AR-OPD's anchored-residual teacher: one more teacher forward, after the anchor's prompts.
+- ``ar-opd``: OPSD with AR-OPD's anchored-residual teacher: one more teacher forward, after the anchor's prompts;
+- ``agreement-gate``, ``entropy-gate``: the per-token teachers (docs/method.md#exposure-per-token): one more teacher
+  forward, after the second view's prompts, and the gate computed on every loss chunk.
 
 A short run on the embedded task's 4,000 problems never brings a problem back, and AdaBack's and SEELE's work grows
 with the problems that come back (SEELE fits a curve per problem with enough attempts). So the rules' own cost per
@@ -76,6 +78,8 @@ VARIANTS = {
     "seele": ["method=opsd", "exposure.policy=seele"],
     "paint": ["method=opsd", "exposure.policy=paint"],
     "ar-opd": [*OPSD, "teacher.anchored_residual={}"],
+    "agreement-gate": ["method=opsd", "exposure.policy=agreement_gate"],
+    "entropy-gate": ["method=opsd", "exposure.policy=entropy_gate"],
     "atesd-style": ["exposure.controller.progress_signal=style_nll"],
     "atesd-alignment": ["exposure.per_problem=true", "exposure.controller.credit=alignment",
                         "exposure.controller.alignment_probe=contrast"],

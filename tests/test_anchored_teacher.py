@@ -9,7 +9,7 @@ import torch
 
 from atesd.config import ConfigError, load_config
 from atesd.losses import DivergenceSpec, divergence_from_hidden, divergence_from_logits
-from atesd.train.forwards import AnchoredResidual, anchored_residual
+from atesd.train.forwards import AnchoredResidualMix, SecondPass, anchored_residual
 from atesd.train.metrics import read_metrics
 from atesd.train.recipe import Trainer
 
@@ -44,7 +44,7 @@ def test_the_loss_combines_two_teacher_passes_as_it_would_whole_logits(chunk_siz
     targets = torch.randint(0, vocab, (n,), generator=generator)
     spec = DivergenceSpec(chunk_size=chunk_size)
     mixed = divergence_from_hidden(student, full, head, head, targets, spec,
-                                   teacher_mix=AnchoredResidual(anchor, 0.6, 1.0))
+                                   teacher_mix=SecondPass(anchor, AnchoredResidualMix(0.5, 0.6, 1.0)))
     whole = divergence_from_logits(student @ head.T, anchored_residual(anchor @ head.T, full @ head.T, 0.6, 1.0),
                                    targets, spec)
     assert torch.allclose(mixed.loss_sum, whole.loss_sum) and torch.allclose(mixed.per_token_kl, whole.per_token_kl)
@@ -55,7 +55,7 @@ def test_the_loss_combines_two_teacher_passes_as_it_would_whole_logits(chunk_siz
     assert not torch.allclose(plain.loss_sum, mixed.loss_sum)
     with pytest.raises(ValueError, match="same positions"):
         divergence_from_hidden(student, full, head, head, targets, spec,
-                               teacher_mix=AnchoredResidual(anchor[:-1], 0.6, 1.0))
+                               teacher_mix=SecondPass(anchor[:-1], AnchoredResidualMix(0.5, 0.6, 1.0)))
 
 
 @pytest.mark.slow

@@ -354,6 +354,10 @@ class Config(Section):
         if (reason := exposure.probe_needed()) and self.data.probe_size == 0:
             raise ValueError(f"{reason}: set data.probe_size > 0")
         anchored = self.teacher.anchored_residual
+        if anchored is not None and exposure.token_mix() is not None:
+            raise ValueError(f"exposure.policy {exposure.policy} mixes its own second view per token, and "
+                             "teacher.anchored_residual mixes the anchor's: a teacher takes one second view; unset "
+                             "teacher.anchored_residual, or choose another policy")
         highest = getattr(exposure, "alpha", getattr(exposure, "alpha_max", 1.0))
         if anchored is not None and anchored.anchor_alpha >= highest:
             raise ValueError(f"teacher.anchored_residual.anchor_alpha {anchored.anchor_alpha:g} is not below the "

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
+import torch
 from pydantic import Field, model_validator
 
 from atesd.settings import Section
@@ -147,6 +148,31 @@ class DecisionReading:
     follows_progress: bool = False
 
 
+class TokenMix(Protocol):
+    """A teacher that mixes two exposures token by token (a per-token policy's `ExposureSettings.token_mix`): the
+    teacher also reads the rollouts after its prompt at `view_alpha`, and each token's target combines the two
+    passes."""
+
+    @property
+    def view_alpha(self) -> float:
+        """The exposure of the second view."""
+        ...
+
+    def combine(self, teacher_logits: torch.Tensor, view_logits: torch.Tensor) -> torch.Tensor:
+        """Each token's distilled log-probs [..., V] from the teacher's (at the step's α) and the view's logits."""
+        ...
+
+
+def clipped_log_ratio_mix(view_logits: torch.Tensor, teacher_logits: torch.Tensor, gate: torch.Tensor,
+                          clip: float) -> torch.Tensor:
+    """log q = log_softmax(log p_view + gate · clip(log p_teacher − log p_view, −clip, clip)) with `gate` [..., 1]
+    (at least float32): gate 0 is the view, 1 the teacher wherever the clip does not bind (AR-OPD's form with a
+    per-token weight)."""
+    dtype = torch.promote_types(teacher_logits.dtype, torch.float32)
+    view, teacher = view_logits.to(dtype).log_softmax(-1), teacher_logits.to(dtype).log_softmax(-1)
+    return (view + gate.to(dtype) * (teacher - view).clamp(-clip, clip)).log_softmax(-1)
+
+
 @dataclass(frozen=True)
 class Preset:
     """A method of ``atesd compare``: a recipe of the recipe folder and the overrides on top of it."""
@@ -172,6 +198,11 @@ class ExposureSettings(Section):
     def reading(self) -> DecisionReading:
         """How ``atesd diagnose`` reads this policy's decisions (`DecisionReading`)."""
         return DecisionReading(self.policy, 1, per_problem=True)
+
+    def token_mix(self) -> TokenMix | None:
+        """The per-token mix of this policy's teacher (`TokenMix`); None: each token's target is the teacher's at
+        the step's α."""
+        return None
 
     def signal_settings(self) -> Any | None:
         """The settings of the signals this policy has the recipe measure (`atesd.train.signals`: the style probe,

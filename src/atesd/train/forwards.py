@@ -13,7 +13,9 @@ teacher shown the reference at exposure α, the student's forwards, and what eac
   prompt, and the targets mix the two passes: log q = log_softmax(log p_anchor + λ · clip(log p_full −
   log p_anchor, −c, c)), the full teacher being the step's exposure. Ours, where the paper leaves it open:
   log-probability space (the residual of two log-softmaxes is a per-token log-ratio, which a clip at 5 bounds), the
-  final log_softmax that makes q a distribution again. The loss combines the two passes chunk by chunk
+  final log_softmax that makes q a distribution again. A per-token exposure policy's teacher
+  (`atesd.exposure.base.TokenMix`: the agreement and entropy gates) reads a second view the same way, and mixes the
+  two per token with its own weight. The loss combines the two passes chunk by chunk
   (`atesd.losses.divergence.TeacherMix`), so no [N, V] tensor is made.
 - `Student`: the student's view of ``[student prompt ; completion]`` (with gradients, for the loss), and the
   probes: ``probe_nll`` (the held-out references' per-token NLL, independent of α), each problem's reference NLL
@@ -34,9 +36,10 @@ from typing import Any, Protocol, cast
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from atesd.config import AnchoredResidualConfig
+from atesd.config import Config
 from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
+from atesd.exposure.base import TokenMix
 from atesd.models.causal_lm import CausalLM
 from atesd.models.sequences import (
     PackedSequences,
@@ -157,16 +160,37 @@ def anchored_residual(anchor_logits: torch.Tensor, full_logits: torch.Tensor, we
     return (anchor + weight * (full - anchor).clamp(-clip, clip)).log_softmax(-1)
 
 
-@dataclass
-class AnchoredResidual:
-    """The anchor's pass of one micro-batch and the residual's weight and clip, as the loss's `TeacherMix`."""
+@dataclass(frozen=True)
+class AnchoredResidualMix:
+    """AR-OPD's teacher as a per-token mix (`atesd.exposure.base.TokenMix`) whose weight is one λ at every token."""
 
-    hidden: torch.Tensor  # the anchor teacher's final hidden states at the rollout positions [N, D]
+    view_alpha: float  # the anchor's exposure
     weight: float
     clip: float
 
+    def combine(self, teacher_logits: torch.Tensor, view_logits: torch.Tensor) -> torch.Tensor:
+        return anchored_residual(view_logits, teacher_logits, self.weight, self.clip)
+
+
+def teacher_mix(config: Config) -> TokenMix | None:
+    """The second view the distillation teacher mixes per token: the exposure policy's (a per-token policy), AR-OPD's
+    anchor (``teacher.anchored_residual``; the config refuses both at once), or None."""
+    residual = config.teacher.anchored_residual
+    if residual is not None:
+        return AnchoredResidualMix(residual.anchor_alpha, residual.residual_weight, residual.residual_clip)
+    return config.exposure.token_mix()
+
+
+@dataclass
+class SecondPass:
+    """The second view's pass of one micro-batch and how it combines with the teacher's, as the loss's
+    `TeacherMix`."""
+
+    hidden: torch.Tensor  # the second view's final hidden states at the rollout positions [N, D]
+    mix: TokenMix
+
     def combine(self, teacher_logits: torch.Tensor, other_logits: torch.Tensor) -> torch.Tensor:
-        return anchored_residual(other_logits, teacher_logits, self.weight, self.clip)
+        return self.mix.combine(teacher_logits, other_logits)
 
 
 @dataclass
@@ -178,14 +202,15 @@ class TeacherTargets:
     bias: torch.Tensor | None
     reference_logp: float  # g_t: mean log-prob of the reference solutions, over all processes
     reference_logps: list[float]  # g_i: each of this process's problems' mean log-prob (NaN when not measured)
-    anchor_hidden: dict[int, torch.Tensor]  # AR-OPD: the anchor teacher's hidden states, by micro-batch (else empty)
-    residual: AnchoredResidualConfig | None = None
+    view_hidden: dict[int, torch.Tensor]  # the second view's hidden states, by micro-batch (else empty)
+    token_mix: TokenMix | None = None
 
-    def mix(self, start: int) -> AnchoredResidual | None:
-        """The second pass the loss combines with `hidden[start]` (AR-OPD's anchor), or None."""
-        if self.residual is None:
+    def mix(self, start: int) -> SecondPass | None:
+        """The second pass the loss combines with `hidden[start]` (AR-OPD's anchor, a per-token gate's view), or
+        None."""
+        if self.token_mix is None:
             return None
-        return AnchoredResidual(self.anchor_hidden[start], self.residual.residual_weight, self.residual.residual_clip)
+        return SecondPass(self.view_hidden[start], self.token_mix)
 
 
 class Teacher:
@@ -193,25 +218,24 @@ class Teacher:
     anchor), and its forwards (no gradients)."""
 
     def __init__(self, weights: TeacherWeights, prompts: PromptBuilder, processes: Processes, *, pad_token_id: int,
-                 micro_batch_size: int, chunk_size: int, bf16_autocast: bool,
-                 anchored_residual: AnchoredResidualConfig | None) -> None:
+                 micro_batch_size: int, chunk_size: int, bf16_autocast: bool, mix: TokenMix | None) -> None:
         self.weights, self.prompts, self.processes = weights, prompts, processes
         self.pad_token_id, self.micro_batch_size, self.chunk_size = pad_token_id, micro_batch_size, chunk_size
         self.bf16_autocast = bf16_autocast
-        self.anchored_residual = anchored_residual
+        self.token_mix = mix
 
     @torch.no_grad()
     def targets(self, problems: list[Problem], alphas: list[float], completions: list[list[int]],
                 with_references: bool, cost: StepCost) -> TeacherTargets:
         """The teacher at each problem's α: its hidden states at the rollouts' positions and, `with_references`,
         g_t (NaN otherwise); both continue the same teacher prompts, which run once for the two
-        (`shared_prompt_hidden_states`). With AR-OPD's anchored residual, the anchor's hidden states too (one
-        more teacher forward, after the prompts at ``anchor_alpha``)."""
+        (`shared_prompt_hidden_states`). With a second view (AR-OPD's anchor, a per-token gate's view), its hidden
+        states too (one more teacher forward, after the prompts at its exposure)."""
         prompts = [self.prompts.teacher(p, alpha) for p, alpha in zip(problems, alphas)]
         solutions = [self.prompts.solution(p) for p in problems] if with_references else None
-        residual = self.anchored_residual
-        anchors = [self.prompts.teacher(p, residual.anchor_alpha) for p in problems] if residual else None
-        hidden, anchor_hidden, total, count, per_problem = {}, {}, 0.0, 0, []
+        mix = self.token_mix
+        views = [self.prompts.teacher(p, mix.view_alpha) for p in problems] if mix is not None else None
+        hidden, view_hidden, total, count, per_problem = {}, {}, 0.0, 0, []
         with cost.timed("teacher"), self.weights.scoring() as teacher_model, self._precision():
             head, bias = output_head(teacher_model)
             for span in micro_batches(len(prompts), self.micro_batch_size):
@@ -222,10 +246,10 @@ class Teacher:
                                                       self.pad_token_id)
                 hidden[span.start] = outputs[0]
                 cost.count_forward(sum(len(ids) for part in (prompts[span], rollouts) for ids in part))
-                if anchors is not None:
-                    anchor_hidden[span.start] = shared_prompt_hidden_states(
-                        teacher_model, anchors[span], [rollouts], self.pad_token_id)[0]
-                    cost.count_forward(sum(len(ids) for part in (anchors[span], rollouts) for ids in part))
+                if views is not None:
+                    view_hidden[span.start] = shared_prompt_hidden_states(
+                        teacher_model, views[span], [rollouts], self.pad_token_id)[0]
+                    cost.count_forward(sum(len(ids) for part in (views[span], rollouts) for ids in part))
                 if references is None:
                     continue
                 targets = torch.tensor([token for ids in references for token in ids], device=self.processes.device)
@@ -235,11 +259,10 @@ class Teacher:
                 per_problem += [float(part.mean()) for part in logprobs.split([len(ids) for ids in references])]
                 cost.count_forward(sum(len(ids) for ids in references))
         if solutions is None:
-            return TeacherTargets(hidden, head, bias, float("nan"), [float("nan")] * len(prompts), anchor_hidden,
-                                  residual)
+            return TeacherTargets(hidden, head, bias, float("nan"), [float("nan")] * len(prompts), view_hidden, mix)
         sums = self.processes.sums({"total": total, "count": float(count)})
-        return TeacherTargets(hidden, head, bias, sums["total"] / max(sums["count"], 1.0), per_problem, anchor_hidden,
-                              residual)
+        return TeacherTargets(hidden, head, bias, sums["total"] / max(sums["count"], 1.0), per_problem, view_hidden,
+                              mix)
 
     def token_logprobs(self, batch: PackedSequences, cost: StepCost) -> torch.Tensor:
         """The teacher weights' log-probs of `batch`'s completion tokens (GRPO's KL reference)."""

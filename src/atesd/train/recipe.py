@@ -71,6 +71,7 @@ from atesd.train.forwards import (
     Student,
     Teacher,
     TeacherTargets,
+    teacher_mix,
 )
 from atesd.train.metrics import TRACKERS_DIR, MetricsLogger
 from atesd.train.preflight import learning_warnings
@@ -172,8 +173,7 @@ class Trainer:
         forwards = {"pad_token_id": self.tokenizer.pad_token_id, "micro_batch_size": train.micro_batch_size,
                     "chunk_size": config.loss.chunk_size, "bf16_autocast": train.bf16_autocast}
         self.student = Student(self.model, self.unwrapped, prompts, processes, **forwards)
-        self.teacher = Teacher(teacher_weights, prompts, processes, anchored_residual=config.teacher.anchored_residual,
-                               **forwards)
+        self.teacher = Teacher(teacher_weights, prompts, processes, mix=teacher_mix(config), **forwards)
         self.signals = ExposureSignals(config, self.student, self.probe_problems, processes.count)
         self.exposure = exposure_policy or build_exposure_policy(config.exposure, config.train.steps,
                                                                  config.run.seed)
