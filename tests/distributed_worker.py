@@ -46,6 +46,12 @@ class RecordingExposure:
     def measured(self, step: int, nll, teacher_logps) -> None:
         self.policy.measured(step, nll, teacher_logps)
 
+    def hinted_wanted(self, step: int) -> list[tuple[int, float]]:
+        return self.policy.hinted_wanted(step)
+
+    def relied(self, step: int, nll) -> None:
+        self.policy.relied(step, nll)
+
     def aligned(self, step: int, credits) -> None:
         self.policy.aligned(step, credits)
 

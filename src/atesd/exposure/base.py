@@ -74,6 +74,15 @@ class ExposurePolicy(Protocol):
         """Those NLLs, in the order of `nll_wanted(step)`, and each problem's g_i (NaN when not measured)."""
         ...
 
+    def hinted_wanted(self, step: int) -> list[tuple[int, float]]:
+        """(training-set index, α) of the problems whose reference NLL the student is to be measured on after the
+        teacher prompt at that α, before update `step`, after `measured` (empty: nothing to measure)."""
+        ...
+
+    def relied(self, step: int, nll: Sequence[float]) -> None:
+        """Those NLLs, in the order of `hinted_wanted(step)`."""
+        ...
+
     def aligned(self, step: int, credits: Sequence[float]) -> None:
         """Each problem's alignment credit (`atesd.train.signals`), when the run measures it, after the update."""
         ...
@@ -109,6 +118,12 @@ class PolicyBase:
         return []
 
     def measured(self, step: int, nll: Sequence[float], teacher_logps: Sequence[float]) -> None:
+        pass
+
+    def hinted_wanted(self, step: int) -> list[tuple[int, float]]:
+        return []
+
+    def relied(self, step: int, nll: Sequence[float]) -> None:
         pass
 
     def aligned(self, step: int, credits: Sequence[float]) -> None:

@@ -31,6 +31,10 @@ bottom; one student update t:
   reference at its α); `observe(t, stats)` moves the state and, once B groups are rewarded,
   R_i = (ℓ_i(t0) − ℓ_i(t0+L)) + λ_gt · g_i, advantages centred within each step (`grouped_advantages`), and
   one REINFORCE step with the entropy hinge updates φ with Adam.
+- with ``hint_reliance_weight`` μ > 0 (ours, after HiLL, arXiv 2604.00698): `hinted_wanted(t)` / `relied(t, nll)`
+  measure each credited problem's reference NLL under the teacher prompt at α_i with the student's weights as well,
+  and R_i loses μ · (ℓ_i(t0) − ℓ_i^hint(t0)): the hint reliance, how much of the reference the student reaches only
+  with the hint in its context.
 
 A problem is seen once per epoch, and the paper's budget (100 updates × 32 of 30k problems) is under one epoch:
 its own progress can only be measured on the step that trains it and L updates later, hence the two passes.
@@ -390,6 +394,10 @@ class ControllerConfig(Section):
         8, ge=1, le=65_536, description="Exposure per problem: problems of each step whose own reference NLL is "
         "measured before their update and after the look-ahead, to reward their alpha (the first of the batch; each "
         "costs two reference passes under the student prompt).")
+    hint_reliance_weight: float = Field(
+        0.0, ge=0, description="Exposure per problem with the own-NLL credit: mu, the weight of each credited "
+        "problem's hint reliance subtracted from its reward (ours, after HiLL, docs/method.md#hint-reliance): the drop "
+        "of the student's NLL of the reference when the teacher prompt's revealed part is in its context. 0: off.")
     credit: Literal["own_nll", "alignment"] = Field("own_nll", description="Exposure per problem's credit: own NLL "
                                                    "drop, or alignment (ours, docs/controller.md#signals-with-power).")
     alignment_probe: Literal["contrast", "style", "reference"] = Field(
@@ -421,7 +429,8 @@ class ControllerConfig(Section):
                            "baseline_window"}
         # per problem: advantages centred within a step (no baseline); a problem's grounding is its one g_i, whose
         # discounted mean is itself (no discount); the alignment credit is a problem's reward at once (no window)
-        windows = set() if alignment else {"lookahead", "teacher_grounded_weight", "credited_problems"}
+        windows = set() if alignment else {"lookahead", "teacher_grounded_weight", "credited_problems",
+                                           "hint_reliance_weight"}
         return read | {"credit"} | windows
 
     def refuse_unread(self, learns: bool, per_problem: bool, who: str) -> None:
@@ -538,6 +547,7 @@ class Group:
     teacher_logps: list[float] | None = None  # g_i at α_i, credited problems
     progress: list[float] | None = None  # G_lp per credited problem
     grounding: list[float] | None = None  # G_gt per credited problem
+    reliance: list[float] | None = None  # hint reliance per credited problem (with hint_reliance_weight)
     rewards: list[float] | None = None
 
     def row(self, logged_at: int | None) -> dict[str, Any]:
@@ -545,7 +555,8 @@ class Group:
         G_gt for the first ``credited`` only); steps are counted like ``metrics.jsonl``."""
         return {"step": self.step + 1, **problem_columns(self.keys, self.correct, self.segments, self.buckets),
                 "alpha": self.alphas, "mean": self.means, "credited": self.credited, "R": self.rewards,
-                "G_lp": self.progress, "G_gt": self.grounding, "state": dict(zip(STATE_FEATURES, self.state)),
+                "G_lp": self.progress, "G_gt": self.grounding, **({"reliance": self.reliance} if self.reliance else {}),
+                "state": dict(zip(STATE_FEATURES, self.state)),
                 "logged_at": logged_at}
 
 
@@ -567,6 +578,7 @@ class PerProblemExposure:
         self.alignment = self.settings.credit == "alignment"  # each problem credited the same step (ours)
         # G_gt needs each g_i; the alignment credit has no G_gt
         self.uses_teacher_ref_logp = self.settings.teacher_grounded_weight > 0 and not self.alignment
+        self.relies = self.settings.hint_reliance_weight > 0 and not self.alignment  # HiLL's penalty (ours)
         self.updates = 0
         self._rows: list[dict[str, Any]] = []
 
@@ -627,9 +639,28 @@ class PerProblemExposure:
         due.progress = [problem_progress(b, float(a)) for b, a in zip(due.before, after)]
         due.grounding = [teacher_grounding([g], self.settings.discount) for g in due.teacher_logps]
         due.rewards = [p + self.settings.teacher_grounded_weight * g for p, g in zip(due.progress, due.grounding)]
+        if self.relies:
+            assert due.reliance is not None  # measured at its own step (`relied`)
+            due.rewards = [r - self.settings.hint_reliance_weight * h for r, h in zip(due.rewards, due.reliance)]
         self.waiting.remove(due)
         self.rewarded.append(due)
         self._rows.append(due.row(logged_at=step + 1))
+
+    def hinted_wanted(self, step: int) -> list[tuple[int, float]]:
+        """With `hint_reliance_weight`: (key, α_i) of this step's credited problems, whose reference NLL the student
+        is to be measured on after the teacher prompt at α_i (the hint) as well."""
+        if not self.relies:
+            return []
+        current = self._group(step)
+        assert current is not None  # `alphas(step)` made it
+        return list(zip(current.keys[:current.credited], current.alphas[:current.credited]))
+
+    def relied(self, step: int, nll: Sequence[float]) -> None:
+        """Those hinted NLLs, in the order of `hinted_wanted(step)`, after `measured(step, ...)`: each credited
+        problem's hint reliance ℓ_i − ℓ_i^hint, how much likelier the reference is to the student with the hint."""
+        current = self._group(step)
+        assert current is not None and current.before is not None  # `measured` came first
+        current.reliance = [before - float(hinted) for before, hinted in zip(current.before, nll)]
 
     def aligned(self, step: int, credits: Sequence[float]) -> None:
         """The alignment credit (`controller.credit: alignment`, ours): each problem's first-order effect on the

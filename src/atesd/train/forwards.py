@@ -341,10 +341,14 @@ class Student:
         return gradient
 
     @torch.no_grad()
-    def reference_nlls(self, problems: list[Problem], cost: StepCost) -> list[float]:
-        """Each problem's mean per-token NLL of its reference solution under the student prompt (untimed: the
-        caller says whose cost it is)."""
-        return [float(-part.mean()) for batch, logprobs in self._logprobs([self.prompts.student(p) for p in problems],
+    def reference_nlls(self, problems: list[Problem], cost: StepCost,
+                       hints: Sequence[float] | None = None) -> list[float]:
+        """Each problem's mean per-token NLL of its reference solution under the student prompt, or with `hints`
+        under the teacher prompt at each problem's α there (the hinted NLL of the hint reliance), with the student's
+        weights (untimed: the caller says whose cost it is)."""
+        prompts = ([self.prompts.student(p) for p in problems] if hints is None
+                   else [self.prompts.teacher(p, alpha) for p, alpha in zip(problems, hints)])
+        return [float(-part.mean()) for batch, logprobs in self._logprobs(prompts,
                                                                           [self.prompts.solution(p) for p in problems],
                                                                           cost)
                 for part in logprobs.split(batch.completion_lengths)]

@@ -310,6 +310,9 @@ class Trainer:
             wanted = self.exposure.nll_wanted(step)
             self.exposure.measured(step, self.student.reference_nlls([self.train_problems[k] for k in wanted], cost),
                                    teacher.reference_logps)
+            if hinted := self.exposure.hinted_wanted(step):
+                self.exposure.relied(step, self.student.reference_nlls([self.train_problems[k] for k, _ in hinted],
+                                                                       cost, [alpha for _, alpha in hinted]))
         # 5. the update: the divergence of the student's distributions from the teacher's, per micro-batch
         outputs = []
 
