@@ -34,7 +34,7 @@ RUN = ("train.steps=2", "train.checkpoint_every=1", "eval.every=1", "eval.max_pr
 TIMING = re.compile(r"(_time|_seconds|_s)$")
 # Changes that would not bind in a tiny run (whose losses and gradients are small) at the value `changed_value` picks.
 VALUES = {"loss.clip": 1e-6, "train.max_grad_norm": 1e-4, "train.warmup_steps": 2,
-          "teacher.anchored_residual.residual_clip": 1e-3,
+          "teacher.anchored_residual.residual_clip": 1e-3, "exposure.clip": 1e-4,  # the per-token gates' clip
           # the untrained tiny teacher's NLL of a reference is about 4.6 nats: the gate's defaults show it everything
           "exposure.target_nll": 4.65, "exposure.rate": 0.05,
           # a reward is one rollout's grade, 0 or 1: thresholds in (0, 1] decide alike (AdaBackConfig says so)
