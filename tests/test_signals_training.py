@@ -13,7 +13,7 @@ import torch
 from atesd.cli import main
 from atesd.config import save_config
 from atesd.losses import divergence_from_hidden
-from atesd.train.forwards import AnchoredResidual, StepCost
+from atesd.train.forwards import AnchoredResidualMix, SecondPass, StepCost
 from atesd.train.metrics import read_metrics
 from atesd.train.recipe import Trainer
 from atesd.train.signals import unit, without_padding_rows
@@ -176,5 +176,5 @@ def test_the_alignment_credit_measures_the_objective_being_trained_with_ar_opds_
     spans = len(trainer.student.spans(config.train.batch_size))
     trainer.train()
     assert len(mixes) == 2 * spans  # the perturbed losses, then the update's
-    assert all(isinstance(mix, AnchoredResidual) for mix in mixes)
+    assert all(isinstance(mix, SecondPass) and isinstance(mix.mix, AnchoredResidualMix) for mix in mixes)
     assert read_metrics(trainer.run_dir / "metrics.jsonl")[0]["alignment_mean"] is not None
