@@ -178,14 +178,15 @@ class TokenMix(Protocol):
         ...
 
 
-def clipped_log_ratio_mix(view_logits: torch.Tensor, teacher_logits: torch.Tensor, gate: torch.Tensor,
+def clipped_log_ratio_mix(view_logits: torch.Tensor, teacher_logits: torch.Tensor, gate: torch.Tensor | float,
                           clip: float) -> torch.Tensor:
-    """log q = log_softmax(log p_view + gate · clip(log p_teacher − log p_view, −clip, clip)) with `gate` [..., 1]
-    (at least float32): gate 0 is the view, 1 the teacher wherever the clip does not bind (AR-OPD's form with a
-    per-token weight)."""
+    """log q = log_softmax(log p_view + gate · clip(log p_teacher − log p_view, −clip, clip)) with `gate` one weight
+    (AR-OPD's λ) or one per token [..., 1] (at least float32): gate 0 is the view, 1 the teacher wherever the clip
+    does not bind."""
     dtype = torch.promote_types(teacher_logits.dtype, torch.float32)
     view, teacher = view_logits.to(dtype).log_softmax(-1), teacher_logits.to(dtype).log_softmax(-1)
-    return (view + gate.to(dtype) * (teacher - view).clamp(-clip, clip)).log_softmax(-1)
+    weight = gate.to(dtype) if isinstance(gate, torch.Tensor) else gate
+    return (view + weight * (teacher - view).clamp(-clip, clip)).log_softmax(-1)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from transformers import PreTrainedTokenizerBase
 from atesd.config import Config
 from atesd.data.problem import Problem
 from atesd.data.prompts import PromptBuilder
-from atesd.exposure.base import TokenMix
+from atesd.exposure.base import TokenMix, clipped_log_ratio_mix
 from atesd.models.causal_lm import CausalLM
 from atesd.models.sequences import (
     PackedSequences,
@@ -155,9 +155,7 @@ def anchored_residual(anchor_logits: torch.Tensor, full_logits: torch.Tensor, we
                       clip: float) -> torch.Tensor:
     """AR-OPD's log q from both teachers' logits [..., V] (at least float32): λ = 0 gives the anchor, λ = 1 the
     full teacher wherever the clip does not bind."""
-    dtype = torch.promote_types(full_logits.dtype, torch.float32)
-    anchor, full = anchor_logits.to(dtype).log_softmax(-1), full_logits.to(dtype).log_softmax(-1)
-    return (anchor + weight * (full - anchor).clamp(-clip, clip)).log_softmax(-1)
+    return clipped_log_ratio_mix(anchor_logits, full_logits, weight, clip)
 
 
 @dataclass(frozen=True)
