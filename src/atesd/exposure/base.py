@@ -3,8 +3,10 @@
 **The protocol.** Every step the recipe asks the policy for the α of each problem of its batch (`alphas`, with
 each problem's `ProblemView`: what its rollout showed and its reference's segments); a batch-level policy
 (`BatchPolicy`) returns one α for all, and is asked on the main process only, which hands its answer to every
-process. Before the update the recipe measures what the policy asks for (`nll_wanted` → `measured`; the alignment
-credit → `aligned`), and after it hands over the step's statistics, averaged over processes (`observe`). The policy
+process. Before the update the recipe measures what the policy asks for (`nll_wanted` → `measured`; the hint
+reliance, `hinted_wanted` → `relied`; the alignment credit → `aligned`), and after it hands over the step's
+statistics, averaged over processes (`observe`). A policy whose teacher mixes two exposures per token says so in
+its settings (`ExposureSettings.token_mix`). The policy
 never sees the recipe. Its whole state goes into checkpoints, so that a resumed run takes the same decisions as an
 uninterrupted one.
 
