@@ -39,16 +39,19 @@ VALUES = {"loss.clip": 1e-6, "train.max_grad_norm": 1e-4, "train.warmup_steps": 
           "exposure.target_nll": 4.65, "exposure.rate": 0.05,
           # a reward is one rollout's grade, 0 or 1: thresholds in (0, 1] decide alike (AdaBackConfig says so)
           "exposure.adaback.threshold": 0.0,
-          # the population's window over the 16 attempts a 20-step run completes
+          # the population's window over the 16 attempts a 12-step run of 32 problems completes
           "exposure.seele.population_window": 5,
-          # bounds and windows that bind in a 20-step run of 4 problems a step
+          # the parity grader's accuracy near 0.5 already puts the population's alpha for a* = 0.5 at alpha_min
+          "exposure.seele.target_accuracy": 0.9,
+          # bounds and windows that bind in a 12-step run of 4 problems a step
           "exposure.alpha_min": 0.6, "exposure.hold_steps": 1, "exposure.controller.baseline_window": 3,
           "exposure.controller.feature_clip": 0.1, "exposure.controller.credited_problems": 1,
           # values `changed_value` cannot make: a list, pairs
           "exposure.controller.hidden_sizes": [32], "exposure.controller.initial_beta": [3.0, 1.5],
           "exposure.adaback.start_bounds": [0.2, 0.6]}
-# The rules per problem learn from a problem's next visit: their runs go round the 64 tiny problems (20 steps of 4).
-REVISITS = ("train.steps=20", "eval.every=20")
+# The rules per problem learn from a problem's next visit, and the controller first learns after 10 updates: their
+# runs take 12 updates of 4 problems from 32, so that every problem comes back after 8.
+REVISITS = ("train.steps=12", "eval.every=12", "data.task.train_size=32")
 
 # key (or key prefix ending in ".") -> why a change of it computes the same 2-step run
 ALLOWED = {
