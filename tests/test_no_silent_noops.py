@@ -46,8 +46,11 @@ VALUES = {"loss.clip": 1e-6, "train.max_grad_norm": 1e-4, "train.warmup_steps": 
           # bounds and windows that bind in a 12-step run of 4 problems a step
           "exposure.alpha_min": 0.6, "exposure.hold_steps": 1, "exposure.controller.baseline_window": 3,
           "exposure.controller.feature_clip": 0.1, "exposure.controller.credited_problems": 1,
+          # the tiny teacher's mismatch rises about 1.5x from the ladder's first rung to its second
+          "exposure.cap": 1.2,
           # values `changed_value` cannot make: a list, pairs
-          "exposure.controller.hidden_sizes": [32], "exposure.controller.initial_beta": [3.0, 1.5],
+          "exposure.rungs": [0.0, 0.5, 1.0], "exposure.controller.hidden_sizes": [32],
+          "exposure.controller.initial_beta": [3.0, 1.5],
           "exposure.adaback.start_bounds": [0.2, 0.6]}
 # The rules per problem learn from a problem's next visit, and the controller first learns after 10 updates: their
 # runs take 12 updates of 4 problems from 32, so that every problem comes back after 8.

@@ -16,6 +16,7 @@ from atesd.exposure import paint  # noqa: F401  (registry)
 from atesd.exposure import confidence_gate  # noqa: F401  (registry)
 from atesd.exposure import agreement_gate  # noqa: F401  (registry)
 from atesd.exposure import entropy_gate  # noqa: F401  (registry)
+from atesd.exposure import mismatch_ladder  # noqa: F401  (registry)
 # isort: on
 from atesd.exposure.base import (
     REGISTRY,

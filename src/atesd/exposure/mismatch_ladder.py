@@ -1,0 +1,126 @@
+"""The mismatch ladder (ours, docs/method.md#the-mismatch-ladder): climb the exposure while the teacher's targets
+stay within reach of the student, and stop at the first rung where they do not.
+
+The paper's premise is that a teacher shown too much of the reference gives targets the student cannot absorb, and
+its measure of that is the mismatch: the per-token KL from the teacher at α to the student on the student's own
+rollouts (docs/method.md#statistics), which every distillation step already computes for its loss (``kl_mean``).
+The ladder reads it and needs no forward of its own:
+
+- it trains ``hold_steps`` updates at each rung of ``rungs`` (ascending exposures), starting at the lowest, and
+  takes the mean ``kl_mean`` of those updates as the rung's mismatch m_k;
+- the lowest rung's m_0 is the mismatch the student lives with at the least exposure (the teacher prompt's format
+  and the smallest share of the reference);
+- a rung is accepted when m_k ≤ ``cap`` · m_0, and the ladder climbs to the next; at the first rung that is not,
+  it steps back to the highest accepted rung and stays there for the rest of the run (it also stays at the top).
+
+So the exposure ends at the largest rung whose mismatch is within ``cap`` times the least one: a regime where more
+of the reference only sharpens the targets climbs to the top, one where a rung makes the targets jump out of the
+student's reach (a teacher that writes steps the student cannot execute) stops below it after ``hold_steps`` updates
+at that rung. The defaults (rungs 0, 0.25, 0.5, 0.75, 1; 4 updates a rung; a cap of 3) are ours. Deterministic; the
+ladder's position and the rung's running window go into checkpoints.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from itertools import pairwise
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from atesd.exposure.base import BatchPolicy, DecisionReading, ExposurePolicy, ExposureSettings, Preset, register
+
+
+@register
+class MismatchLadderSettings(ExposureSettings):
+    """``exposure.policy: mismatch_ladder``."""
+
+    policy: Literal["mismatch_ladder"] = "mismatch_ladder"
+    rungs: list[float] = Field([0.0, 0.25, 0.5, 0.75, 1.0], min_length=2, max_length=101, description="The "
+                               "exposures tried, ascending, the lowest first: its mismatch is the yardstick.")
+    hold_steps: int = Field(4, ge=1, le=10_000, description="Updates trained at each rung; its mismatch is their mean "
+                            "kl_mean.")
+    cap: float = Field(3.0, gt=1, description="A rung is accepted while its mismatch is at most cap times the "
+                       "lowest rung's (ours).")
+
+    presets: ClassVar[dict[str, Preset]] = {"mismatch-ladder": Preset("opsd.yaml",
+                                                                      ("exposure.policy=mismatch_ladder",))}
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs_ascend_within_the_reference(cls, rungs: list[float]) -> list[float]:
+        if any(not 0 <= alpha <= 1 for alpha in rungs):
+            raise ValueError(f"rungs {rungs} leave [0, 1]: an exposure is a share of the reference")
+        if any(high <= low for low, high in pairwise(rungs)):
+            raise ValueError(f"rungs {rungs} do not ascend: the ladder climbs from the lowest exposure")
+        return rungs
+
+    def build(self, total_steps: int, seed: int) -> ExposurePolicy:
+        return MismatchLadder(self.rungs, self.hold_steps, self.cap)
+
+    def reading(self) -> DecisionReading:
+        return DecisionReading("mismatch_ladder", self.hold_steps)
+
+    def warnings(self, total_steps: int) -> list[str]:
+        if total_steps < 2 * self.hold_steps:
+            return [(f"exposure.hold_steps {self.hold_steps}: a run of {total_steps} updates ends before the "
+                     f"ladder measures its second rung, so it trains at alpha {self.rungs[0]:g} throughout; lower "
+                     "exposure.hold_steps or use exposure.policy=fixed")]
+        return []
+
+
+class MismatchLadder(BatchPolicy):
+    """One α for the batch: the current rung's, until the ladder settles."""
+
+    def __init__(self, rungs: list[float], hold_steps: int, cap: float) -> None:
+        self.rungs, self.hold_steps, self.cap = list(rungs), hold_steps, cap
+        self.rung = 0  # the index of the exposure trained now
+        self.accepted = 0  # the highest rung accepted so far
+        self.settled = False
+        self.least_mismatch: float | None = None  # m_0
+        self.window: list[float] = []  # the current rung's kl_mean so far
+        self._rows: list[dict[str, Any]] = []
+
+    def alpha(self, step: int) -> float:
+        return self.rungs[self.rung]
+
+    def observe(self, step: int, stats: Mapping[str, float]) -> dict[str, float]:
+        if self.settled:
+            return {}
+        self.window.append(float(stats["kl_mean"]))
+        if len(self.window) < self.hold_steps:
+            return {}
+        mismatch, self.window = statistics.fmean(self.window), []
+        tried = self.rung
+        if self.least_mismatch is None:
+            self.least_mismatch = mismatch
+        if self.least_mismatch > 0:
+            ratio = mismatch / self.least_mismatch
+        else:  # a lowest rung whose targets are the student's own: any mismatch above it is out of reach
+            ratio = float("inf") if mismatch > 0 else 1.0
+        if ratio <= self.cap:
+            self.accepted = tried
+            self.settled = tried == len(self.rungs) - 1
+            self.rung = tried if self.settled else tried + 1
+        else:
+            self.rung, self.settled = self.accepted, True
+        self._rows.append({"step": step + 1, "tried_alpha": self.rungs[tried], "mismatch": mismatch,
+                           "ratio": ratio, "accepted": ratio <= self.cap, "alpha": self.rungs[self.rung],
+                           "settled": self.settled, "logged_at": step + 1})
+        return {"ladder_ratio": ratio}
+
+    def drain_decisions(self) -> list[dict[str, Any]]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"policy": "mismatch_ladder", "rungs": self.rungs, "rung": self.rung, "accepted": self.accepted,
+                "settled": self.settled, "least_mismatch": self.least_mismatch, "window": list(self.window)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("policy") != "mismatch_ladder" or state.get("rungs") != self.rungs:
+            raise ValueError(f"checkpoint holds a '{state.get('policy')}' exposure policy with rungs "
+                             f"{state.get('rungs')}, config says the mismatch ladder with rungs {self.rungs}")
+        self.rung, self.accepted, self.settled = state["rung"], state["accepted"], state["settled"]
+        self.least_mismatch, self.window = state["least_mismatch"], list(state["window"])
