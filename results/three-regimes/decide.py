@@ -18,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from atesd.experiments.paired import Interval, base_model_differences, over_base_models
+from atesd.experiments.paired import Interval, base_model_differences, base_model_means, over_base_models
 
 REFERENCES = ("opsd", "alpha-0.25", "alpha-0.5")
 FIXED = ("alpha-0", "alpha-0.25", "alpha-0.5", "opsd")  # not adaptive: shown, never recommended
@@ -41,14 +41,7 @@ def read(folder: Path) -> tuple[dict[str, dict[tuple[int, int], float]], dict[st
 
 def overall(values: dict[tuple[int, int], float]) -> float:
     """The mean over base models of each base model's mean over seeds."""
-    by_base: dict[int, list[float]] = {}
-    for (base, _), value in values.items():
-        by_base.setdefault(base, []).append(value)
-    return statistics.fmean(statistics.fmean(group) for group in by_base.values())
-
-
-def cell(interval: Interval) -> str:
-    return f"{100 * interval.mean:+.1f} [{100 * interval.low:+.1f}, {100 * interval.high:+.1f}]"
+    return statistics.fmean(base_model_means(values).values())
 
 
 def main(folders: list[Path]) -> None:
@@ -73,7 +66,7 @@ def main(folders: list[Path]) -> None:
     print("| " + " | ".join([*header, "worst regime", "above random everywhere", "forward tokens (sum)"]) + " |")
     print("|" + "---|" * (len(header) + 3))
     for method in sorted(complete, key=lambda method: -worst[method]):
-        cells = [cell(complete[method][regime]) for regime in regimes]
+        cells = [complete[method][regime].cell() for regime in regimes]
         print(f"| {method} | " + " | ".join(cells) + f" | {100 * worst[method]:+.1f} | "
               f"{'yes' if all(above_random[method]) else 'no'} | {cost[method]:,.0f} |")
     eligible = [method for method in complete

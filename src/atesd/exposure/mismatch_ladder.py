@@ -99,14 +99,15 @@ class MismatchLadder(BatchPolicy):
             ratio = mismatch / self.least_mismatch
         else:  # a lowest rung whose targets are the student's own: any mismatch above it is out of reach
             ratio = float("inf") if mismatch > 0 else 1.0
-        if ratio <= self.cap:
+        accepted = ratio <= self.cap
+        if accepted:
             self.accepted = tried
             self.settled = tried == len(self.rungs) - 1
             self.rung = tried if self.settled else tried + 1
         else:
             self.rung, self.settled = self.accepted, True
         self._rows.append({"step": step + 1, "tried_alpha": self.rungs[tried], "mismatch": mismatch,
-                           "ratio": ratio, "accepted": ratio <= self.cap, "alpha": self.rungs[self.rung],
+                           "ratio": ratio, "accepted": accepted, "alpha": self.rungs[self.rung],
                            "settled": self.settled, "logged_at": step + 1})
         return {"ladder_ratio": ratio}
 
