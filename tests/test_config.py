@@ -330,9 +330,15 @@ def test_the_controllers_network_is_bounded():
 
 @pytest.mark.parametrize("overrides,message", [
     # AR-OPD's anchor at or above the exposure: OPSD at the cost of a second forward, or the method inverted
-    (["teacher.anchored_residual={}", "exposure.alpha=0.5"], "anchor_alpha 0.5 is not below the exposure (0.5)"),
+    (["teacher.anchored_residual={}", "exposure.alpha=0.5"],
+     "anchor_alpha 0.5 is not below the exposure (exposure.policy fixed gives 0.5)"),
     (["teacher.anchored_residual.anchor_alpha=0.9", "exposure.policy=random", "exposure.alpha_max=0.8"],
-     "anchor_alpha 0.9 is not below the exposure (0.8)"),
+     "anchor_alpha 0.9 is not below the exposure (exposure.policy random gives from 0.05 to 0.8)"),
+    # a policy that can choose an exposure below the anchor inverts AR-OPD at those steps
+    (["teacher.anchored_residual={}", "exposure.policy=random"], "random gives from 0.05 to 1"),
+    (["teacher.anchored_residual={}", "exposure.policy=mismatch_ladder"], "mismatch_ladder gives from 0 to 1"),
+    (["method=atesd", "exposure.policy=controller", "teacher.anchored_residual={}"], "controller gives from 0.05 to 1"),
+    (["teacher.anchored_residual={}", "exposure.policy=schedule"], "schedule gives from 0.05 to 1"),
     # a SEELE whose population curve never forms draws at random
     (["exposure.policy=seele", "exposure.seele.population_window=3"], "population_window 3 below min_points 4"),
     # a setting that only changes the warm start's cache key

@@ -358,11 +358,14 @@ class Config(Section):
             raise ValueError(f"exposure.policy {exposure.policy} mixes its own second view per token, and "
                              "teacher.anchored_residual mixes the anchor's: a teacher takes one second view; unset "
                              "teacher.anchored_residual, or choose another policy")
-        highest = getattr(exposure, "alpha", getattr(exposure, "alpha_max", 1.0))
-        if anchored is not None and anchored.anchor_alpha >= highest:
+        lowest, highest = exposure.alpha_range()
+        if anchored is not None and anchored.anchor_alpha >= lowest:
+            chooses = f"{lowest:g}" if lowest == highest else f"from {lowest:g} to {highest:g}"
             raise ValueError(f"teacher.anchored_residual.anchor_alpha {anchored.anchor_alpha:g} is not below the "
-                             f"exposure ({highest:g}): the anchor would be the full teacher itself (OPSD at the cost "
-                             "of a second teacher forward) or above it (the method inverted); set it below")
+                             f"exposure (exposure.policy {exposure.policy} gives {chooses}): at an exposure at or "
+                             "below the anchor, the anchor is the full teacher itself (OPSD at the cost of a second "
+                             "teacher forward) or shows more than it (the method inverted); set anchor_alpha below "
+                             f"{lowest:g}, or raise the policy's lowest exposure above it")
         gym_users = [use for use, used in (("data.train", self.data.train == "reasoning-gym"),
                                            ("eval.benchmarks", "reasoning-gym" in self.eval.benchmarks)) if used]
         if gym_users and self.data.reasoning_gym is None:

@@ -217,6 +217,10 @@ class ExposureSettings(Section):
         """How ``atesd diagnose`` reads this policy's decisions (`DecisionReading`)."""
         return DecisionReading(self.policy, 1, per_problem=True)
 
+    def alpha_range(self) -> tuple[float, float]:
+        """The lowest and the highest exposure this policy can give a step or a problem."""
+        raise NotImplementedError
+
     def token_mix(self) -> TokenMix | None:
         """The per-token mix of this policy's teacher (`TokenMix`); None: each token's target is the teacher's at
         the step's α."""
@@ -256,6 +260,9 @@ class ClippedSettings(ExposureSettings):
 
     alpha_min: float = Field(0.05, ge=0, le=1, description="Lower clip of the chosen exposures.")
     alpha_max: float = Field(1.0, ge=0, le=1, description="Upper clip of the chosen exposures.")
+
+    def alpha_range(self) -> tuple[float, float]:
+        return self.alpha_min, self.alpha_max
 
     @model_validator(mode="after")
     def _clip_range_is_ordered(self) -> ClippedSettings:

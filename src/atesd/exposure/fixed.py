@@ -22,6 +22,9 @@ class FixedSettings(ExposureSettings):
     def build(self, total_steps: int, seed: int) -> ExposurePolicy:
         return FixedExposure(self.alpha)
 
+    def alpha_range(self) -> tuple[float, float]:
+        return self.alpha, self.alpha
+
     def reading(self) -> DecisionReading:
         return DecisionReading("fixed", 1)
 

@@ -59,6 +59,9 @@ class MismatchLadderSettings(ExposureSettings):
     def build(self, total_steps: int, seed: int) -> ExposurePolicy:
         return MismatchLadder(self.rungs, self.hold_steps, self.cap)
 
+    def alpha_range(self) -> tuple[float, float]:
+        return self.rungs[0], self.rungs[-1]
+
     def reading(self) -> DecisionReading:
         return DecisionReading("mismatch_ladder", self.hold_steps)
 

@@ -24,6 +24,9 @@ class ScheduleSettings(ExposureSettings):
     def build(self, total_steps: int, seed: int) -> ExposurePolicy:
         return LinearScheduleExposure(self.schedule_start, self.schedule_end, total_steps)
 
+    def alpha_range(self) -> tuple[float, float]:
+        return min(self.schedule_start, self.schedule_end), max(self.schedule_start, self.schedule_end)
+
     def reading(self) -> DecisionReading:
         return DecisionReading("schedule", 1, follows_progress=True)
 
