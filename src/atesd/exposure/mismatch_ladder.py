@@ -120,7 +120,7 @@ class MismatchLadder(BatchPolicy):
             return logged
         self.at_rung += 1
         if self.accuracy_drop is not None:
-            logged |= self._guard(step)
+            logged |= self._guard(step, self.accuracy_drop)
         return logged
 
     def _climb(self, step: int, kl_mean: float) -> dict[str, float]:
@@ -152,15 +152,15 @@ class MismatchLadder(BatchPolicy):
         if self.accuracy_drop is not None and rung not in self.references and self.accuracies:
             self.references[rung] = statistics.fmean(self.accuracies)
 
-    def _guard(self, step: int) -> dict[str, float]:
+    def _guard(self, step: int, drop: float) -> dict[str, float]:
         """Step down one rung, and climb no more, when the accuracy since the ladder came to this rung has fallen
-        more than ``accuracy_drop`` below the accuracy before it first came."""
+        more than `drop` below the accuracy before it first came."""
         window = 2 * self.hold_steps
         reference = self.references.get(self.rung)
         if self.rung == 0 or reference is None or self.at_rung < window or self.at_rung % self.hold_steps:
             return {}
         accuracy = statistics.fmean(self.accuracies)
-        if accuracy >= reference - self.accuracy_drop:
+        if accuracy >= reference - drop:
             return {}
         tried, self.rung, self.settled = self.rung, self.rung - 1, True
         self.window = []
