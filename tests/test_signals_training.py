@@ -171,7 +171,9 @@ def test_the_alignment_credit_measures_the_objective_being_trained_with_ar_opds_
         mixes.append(teacher_mix)
         return divergence_from_hidden(*args, teacher_mix=teacher_mix, **kwargs)
 
-    config = tiny_config(tmp_path, "run.name=ar-opd", *ALIGNED, "teacher.anchored_residual={}", "train.steps=1")
+    # every exposure the policy draws above the anchor (0.5), where AR-OPD's residual points towards more exposure
+    config = tiny_config(tmp_path, "run.name=ar-opd", *ALIGNED, "exposure.alpha_min=0.6",
+                         "teacher.anchored_residual={}", "train.steps=1")
     trainer = Trainer(config, grader=even_length, divergence=recording)
     spans = len(trainer.student.spans(config.train.batch_size))
     trainer.train()
