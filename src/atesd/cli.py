@@ -299,7 +299,7 @@ def _config_list(args: argparse.Namespace) -> None:
 def _method_label(config: Config) -> str:
     """The trained method as the demo names it: its ``method``, with OPSD's exposure policy where it is not a fixed
     α and AR-OPD's teacher where that is on (their method is opsd, and a plain OPSD run must not read the same)."""
-    label = config.method
+    label: str = config.method
     if config.method == "opsd" and config.exposure.policy != "fixed":
         label += f" with exposure {config.exposure.policy}"
     return label + (" with the AR-OPD teacher" if config.teacher.anchored_residual is not None else "")
