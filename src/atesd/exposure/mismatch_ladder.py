@@ -163,7 +163,6 @@ class MismatchLadder(BatchPolicy):
         if accuracy >= reference - drop:
             return {}
         tried, self.rung, self.settled = self.rung, self.rung - 1, True
-        self.window = []
         self._moved_to(self.rung)
         self._rows.append({"step": step + 1, "tried_alpha": self.rungs[tried], "accuracy": accuracy,
                            "reference_accuracy": reference, "accepted": False, "alpha": self.rungs[self.rung],
