@@ -10,7 +10,7 @@ targets), KL(p_full ‖ q) (how much of that AR-OPD takes back) and the full tea
 vocabulary entries where the clip binds. On the strong-teacher regime the full teacher's answer is the one it
 read, not the chain's (docs/method.md#the-strong-teacher-regime); this shows where AR-OPD differs from it.
 
-    python benchmarks/ar_opd_targets.py --config configs/embedded/strong-teacher/adaptive.yaml model.embedded.seed=0
+    python benchmarks/ar_opd_targets.py --config configs/embedded/strong-teacher/opsd.yaml model.embedded.seed=0
 
 ``--quick`` (a smoke run): 8 problems on the tiny embedded model (harness.quick_overrides; key=value overrides still
 apply after it). A region without tokens (the tiny model seldom boxes an answer) shows dashes.
@@ -29,6 +29,7 @@ import torch
 from harness import quick_overrides
 
 from atesd.config import load_config
+from atesd.config.peers import AnchoredResidualConfig
 from atesd.experiments.mismatch import sample_base_rollouts
 from atesd.models.sequences import completion_hidden_states, output_head, pack_sequences
 from atesd.train.forwards import anchored_residual
@@ -49,8 +50,9 @@ def regions(pieces: list[str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    parser.add_argument("--config", default="configs/embedded/adaptive.yaml",
-                        help="a config with teacher.anchored_residual set (its weight, clip and anchor are used)")
+    parser.add_argument("--config", default="configs/embedded/opsd.yaml",
+                        help="the recipe whose model and task are read; its teacher.anchored_residual's weight, clip "
+                        "and anchor are used, AR-OPD's defaults when it has none")
     parser.add_argument("--problems", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0, help="seeds the choice of problems and their rollouts (not "
                         "the base model: that is model.embedded.seed)")
@@ -60,9 +62,7 @@ def main() -> None:
     if args.quick:
         args.problems = min(args.problems, 8)
     config = load_config(args.config, [*quick_overrides(args.quick), *args.overrides])
-    residual = config.teacher.anchored_residual
-    if residual is None:
-        parser.error(f"{args.config}: teacher.anchored_residual is not set")
+    residual = config.teacher.anchored_residual or AnchoredResidualConfig()
     model, tokenizer, prompts, problems, completions = sample_base_rollouts(config, args.problems, args.seed)
     micro = config.train.micro_batch_size
     with torch.no_grad():
