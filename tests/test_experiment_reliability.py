@@ -154,6 +154,13 @@ def test_a_controller_that_never_updates_is_warned_about_before_the_first_step()
     assert learning_warnings(load_config(Path("configs/embedded/atesd.yaml"))) == []
 
 
+def test_the_guards_chance_spread_counts_the_rollouts_of_an_update():
+    guarded = ["exposure.policy=mismatch_ladder", "exposure.accuracy_drop=0.06"]
+    assert learning_warnings(load_config(EMBEDDED, guarded)) == []  # 32 prompts an update: 256 rollouts a mean
+    (warning,) = learning_warnings(load_config(EMBEDDED, [*guarded, "train.batch_size=8", "train.micro_batch_size=8"]))
+    assert "two means of 64 graded rollouts" in warning
+
+
 # ---------------------------------------------------------------- 6. result files written whole or not at all
 
 def test_result_files_survive_a_failed_rewrite(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from atesd.config import ConfigError
-from atesd.exposure.mismatch_ladder import MismatchLadder, MismatchLadderSettings
+from atesd.exposure.mismatch_ladder import MismatchLadder, MismatchLadderSettings, guard_chance_spread
 from atesd.train.metrics import read_metrics
 from atesd.train.recipe import Trainer
 
@@ -106,10 +106,23 @@ def test_ladders_that_cannot_climb_are_refused(tiny_config, tmp_path, overrides,
 
 
 def test_a_run_too_short_for_the_second_rung_or_for_the_guard_is_warned_about():
-    assert MismatchLadderSettings(hold_steps=4).warnings(7)
-    assert not MismatchLadderSettings(hold_steps=4).warnings(8)
-    assert "accuracy_drop" in MismatchLadderSettings(hold_steps=4, accuracy_drop=0.06).warnings(12)[0]
-    assert not MismatchLadderSettings(hold_steps=4, accuracy_drop=0.06).warnings(13)
+    assert MismatchLadderSettings(hold_steps=4).warnings(7, 32)
+    assert not MismatchLadderSettings(hold_steps=4).warnings(8, 32)
+    assert "accuracy_drop" in MismatchLadderSettings(hold_steps=4, accuracy_drop=0.06).warnings(12, 32)[0]
+    assert not MismatchLadderSettings(hold_steps=4, accuracy_drop=0.06).warnings(13, 32)
+
+
+def test_a_guard_whose_drop_is_within_the_chance_spread_of_its_means_is_warned_about():
+    # two means of 2 x 4 x 32 = 256 rollouts differ by chance by sqrt(0.5 / 256) = 0.044 at most: 0.06 stands above
+    # it; with 8 rollouts an update (64 a mean: 0.088) it does not
+    assert guard_chance_spread(256) == pytest.approx(0.0442, abs=1e-4)
+    guarded = MismatchLadderSettings(hold_steps=4, accuracy_drop=0.06)
+    assert not guarded.warnings(100, 32)
+    (warning,) = guarded.warnings(100, 8)
+    assert warning.startswith("exposure.accuracy_drop 0.06:") and "two means of 64 graded rollouts" in warning
+    assert "0.088" in warning and "train.batch_size" in warning
+    assert not MismatchLadderSettings(hold_steps=16, accuracy_drop=0.06).warnings(100, 8)  # 256 a mean again
+    assert not MismatchLadderSettings(hold_steps=4).warnings(100, 1)  # no guard, nothing to say
 
 
 def test_a_run_decides_from_the_mismatch_its_steps_logged(tiny_config, tmp_path):

@@ -188,7 +188,7 @@ def cases() -> list[tuple[tuple[str, ...], str, Any, Any]]:
             if isinstance(kind, type) and issubclass(kind, BaseModel):
                 found += [((), key, leaf, default) for key, leaf, default in leaves(kind, f"{name}.")]
     for policy, settings in REGISTRY.items():
-        learns_late = isinstance(settings().build(1, 0), ProblemRule) or bool(settings().warnings(2))
+        learns_late = isinstance(settings().build(1, 0), ProblemRule) or bool(settings().warnings(2, 32))
         select = (f"exposure.policy={policy}", *(["method=atesd"] if "atesd" in settings.methods else []),
                   *(REVISITS if learns_late else ()))
         found += [(select, key, leaf, default) for key, leaf, default in leaves(settings, "exposure.")]

@@ -123,3 +123,14 @@ def test_the_full_fine_tuning_recipe_trains_every_parameter_in_float32():
     assert (config.model.dtype, config.train.bf16_autocast, config.train.lr) == ("float32", True, 1e-6)
     assert config.teacher.weights == "initial" and config.model.gradient_checkpointing
     assert config.loss == load_config(CONFIGS / "qwen3-8b" / "opsd.yaml").loss
+
+
+@pytest.mark.parametrize("regime", ["embedded", "embedded/strong-teacher", "embedded/low-exposure"])
+def test_every_recipe_of_an_embedded_regime_trains_that_regimes_base_model(regime):
+    # A regime is its base model: opsd.yaml defines it and every other recipe of the folder repeats its model
+    # section; one that drifted would compare methods on two regimes at once.
+    regime_model = load_config(CONFIGS / regime / "opsd.yaml").model
+    recipes = sorted((CONFIGS / regime).glob("*.yaml"))
+    assert len(recipes) == 5
+    for recipe in recipes:
+        assert load_config(recipe).model == regime_model, recipe.name

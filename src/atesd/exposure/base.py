@@ -231,8 +231,9 @@ class ExposureSettings(Section):
         the alignment credit) and diagnose's reward windows are read with; None: none."""
         return None
 
-    def warnings(self, total_steps: int) -> list[str]:
-        """One line for each way these settings make part of a run of `total_steps` learn nothing."""
+    def warnings(self, total_steps: int, rollouts_per_step: int) -> list[str]:
+        """One line for each way these settings make part of a run of `total_steps` updates, each on
+        `rollouts_per_step` graded rollouts, learn nothing (or act on chance)."""
         return []
 
     @property

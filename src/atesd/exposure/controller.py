@@ -501,7 +501,7 @@ class ControllerSettings(ClippedSettings):
         decision is taken at step (B − 1)·H and rewarded L updates later."""
         return (self.controller.decisions_per_update - 1) * self.hold_steps + self.controller.lookahead
 
-    def warnings(self, total_steps: int) -> list[str]:
+    def warnings(self, total_steps: int, rollouts_per_step: int) -> list[str]:
         if self.per_problem or total_steps >= self.first_update():
             return []
         return [(f"the exposure controller first learns after {self.first_update()} steps ((decisions_per_update - 1) "

@@ -31,6 +31,7 @@ go into checkpoints.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from collections.abc import Mapping
@@ -80,16 +81,31 @@ class MismatchLadderSettings(ExposureSettings):
     def reading(self) -> DecisionReading:
         return DecisionReading("mismatch_ladder", self.hold_steps)
 
-    def warnings(self, total_steps: int) -> list[str]:
+    def warnings(self, total_steps: int, rollouts_per_step: int) -> list[str]:
         if total_steps < 2 * self.hold_steps:
             return [(f"exposure.hold_steps {self.hold_steps}: a run of {total_steps} updates ends before the "
                      f"ladder measures its second rung, so it trains at alpha {self.rungs[0]:g} throughout; lower "
                      "exposure.hold_steps or use exposure.policy=fixed")]
-        if self.accuracy_drop is not None and total_steps <= 3 * self.hold_steps:
+        if self.accuracy_drop is None:
+            return []
+        if total_steps <= 3 * self.hold_steps:
             return [(f"exposure.accuracy_drop: the guard first checks a rung after 2 x hold_steps updates at it, so "
                      f"a run of {total_steps} updates (at most {3 * self.hold_steps} with hold_steps "
                      f"{self.hold_steps}) ends before it can act; lower exposure.hold_steps or unset the guard")]
+        window = 2 * self.hold_steps * rollouts_per_step
+        chance = guard_chance_spread(window)
+        if self.accuracy_drop < chance:
+            return [(f"exposure.accuracy_drop {self.accuracy_drop:g}: the guard compares two means of {window} graded "
+                     f"rollouts (2 x hold_steps updates of {rollouts_per_step}), which differ by chance alone by up to "
+                     f"{chance:.3f} (one standard deviation), more than the drop, so it may step down on noise; raise "
+                     "train.batch_size, exposure.hold_steps or exposure.accuracy_drop")]
         return []
+
+
+def guard_chance_spread(window: int) -> float:
+    """The standard deviation of the difference between two means of `window` graded rollouts each when nothing has
+    changed, at its largest (accuracy 0.5): sqrt(2 · 0.25 / window). The guard's drop should stand above it."""
+    return math.sqrt(0.5 / window)
 
 
 class MismatchLadder(BatchPolicy):
