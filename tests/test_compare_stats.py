@@ -222,6 +222,18 @@ def test_compare_over_base_models_with_fixed_alphas_in_two_jobs(tiny_config, tmp
     assert "reused: base-w0-seed0 ←" in printed and printed.count("finished earlier") == 8
     assert not (again / "runs").exists() and "| atesd | 4 |" in (again / "report.md").read_text()
 
+    # --first-base-model starts the base models further on: here base model 1 alone, whose runs are the ones above.
+    capfd.readouterr()
+    later = tmp_path / "later"
+    shifted = ["compare", "--recipes", str(recipes), "--seeds", "2", "--base-models", "1", "--first-base-model", "1",
+               "--reuse", str(out), "--out", str(later), "--methods", "base", "atesd"]
+    assert main(shifted) == 0
+    printed = capfd.readouterr().out
+    assert "reused: base-w1-seed0 ←" in printed and "w0" not in printed and printed.count("finished earlier") == 4
+    assert {row["base_model"] for row in read_csv(later / "results.csv")} == {"1"}
+    assert main([*shifted[:8], "0", *shifted[9:]]) == 2  # the folder was made with other base models
+    assert "first_base_model: 1 there, 0 now" in capfd.readouterr().err
+
     # A real model has no warm-start seeds: refused before anything runs.
     capfd.readouterr()
     assert main(["compare", "--recipes", str(recipes), "model.name_or_path=/models/qwen3", "--base-models", "2",

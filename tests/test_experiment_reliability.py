@@ -118,9 +118,11 @@ def test_a_refused_best_alpha_leaves_nothing_behind(recipes, tmp_path, capsys, b
     (["--mismatch-problems", "0"], "--mismatch-problems must be at least 1"),
     (["--jobs", "100000"], "--jobs 100000: at most 256"),
     (["--base-models", "5000"], "--base-models 5000: at most 1000"),
+    (["--base-models", "1", "--first-base-model", "-1"], "--first-base-model is a warm-start seed in [0, 1000]"),
     # flags that would do nothing with the others given
     (["--mismatch-problems", "8"], "sizes the mismatch measured for the runs of --alphas: give --alphas too"),
     (["--best-alpha", "0.3"], "--best-alpha is the α of fixed-best, which --methods base leaves out"),
+    (["--first-base-model", "5"], "starts the base models of --base-models: give --base-models N too"),
 ])
 def test_compare_flags_mean_what_they_say(recipes, tmp_path, capsys, args, said):
     out = tmp_path / "cmp"

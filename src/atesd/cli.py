@@ -5,9 +5,9 @@
     atesd eval --checkpoints RUN [key=value ...] [--out DIR]
     atesd demo [CONFIG] [key=value ...] [--resume]
     atesd sweep [CONFIG] [key=value ...] [--alphas A ...] [--seeds N] [--out DIR] [--mismatch-problems P]
-    atesd compare [key=value ...] [--recipes DIR] [--seeds N] [--base-models N] [--alphas A ...] [--jobs N]
-                  [--reuse DIR] [--continue-from DIR] [--out DIR] [--quick] [--methods M ...]
-                  [--best-alpha A | --sweep SWEEP_DIR]
+    atesd compare [key=value ...] [--recipes DIR] [--seeds N] [--base-models N [--first-base-model K]]
+                  [--alphas A ...] [--jobs N] [--reuse DIR] [--continue-from DIR] [--out DIR] [--quick]
+                  [--methods M ...] [--best-alpha A | --sweep SWEEP_DIR]
     atesd testbed [CONFIG] [key=value ...] [--base-models N] [--jobs N] [--out DIR]
     atesd diagnose RUN [RUN ...] [--out DIR] [--steps N]
     atesd config show CONFIG [key=value ...]
@@ -19,9 +19,9 @@ list``), and so is compare's --recipes folder (``embedded``): see `atesd.package
 keys (``train.steps=50``), before or after the options (``atesd train CONFIG --resume train.steps=50``), except
 after an option that takes several values (--alphas, --methods); every run writes its resolved config. --seeds
 is always training seeds (run.seed 0..N-1), --base-models always the embedded base models of warm-start seeds
-0..N-1. A sweep or comparison killed midway continues where it stopped when started again with the same
-arguments. A user error (a setting, a data row, a file, a busy run directory) prints one line, ``atesd: error:
-...``, and exits with status 2.
+0..N-1 (compare's --first-base-model K shifts them to K..K+N-1). A sweep or comparison killed midway continues
+where it stopped when started again with the same arguments. A user error (a setting, a data row, a file, a busy
+run directory) prints one line, ``atesd: error: ...``, and exits with status 2.
 """
 
 from __future__ import annotations
@@ -248,7 +248,8 @@ def _compare(args: argparse.Namespace) -> None:
     with experiment_lock(out, "atesd compare"):
         written = run_compare(recipes, args.methods, args.overrides, seeds, out, quick=args.quick,
                               best=args.best_alpha, sweep_dir=Path(args.sweep) if args.sweep else None,
-                              command=args.command_line, base_models=args.base_models, alphas=args.alphas or (),
+                              command=args.command_line, base_models=args.base_models,
+                              first_base_model=args.first_base_model, alphas=args.alphas or (),
                               jobs=args.jobs, mismatch_problems=args.mismatch_problems,
                               reuse=[Path(folder) for folder in args.reuse or ()],
                               continue_from=Path(args.continue_from) if args.continue_from else None)
@@ -380,6 +381,9 @@ def build_parser() -> CommandParser:
     compare.add_argument("--base-models", type=int, metavar="N",
                          help="every method on each of N embedded base models (warm-start seeds 0..N-1), paired "
                          "by base model and seed (default: the config's one base model)")
+    compare.add_argument("--first-base-model", type=int, default=0, metavar="K",
+                         help="with --base-models N: warm-start seeds K..K+N-1 instead, base models an earlier "
+                         "comparison did not use (default %(default)s)")
     compare.add_argument("--alphas", type=float, nargs="+", metavar="ALPHA",
                          help="also a run at each fixed exposure (alpha-<α>; 1 is opsd), with the mismatch per α "
                          "of each base model; the best of them is the 'best fixed α' the report compares with")

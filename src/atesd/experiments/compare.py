@@ -6,7 +6,8 @@ with ``--alphas`` a run at each fixed exposure); the extra overrides of the comm
 method's own, so that no extra override can turn one method into another. Every trained method must end up
 with the same ``train.steps`` (equal student updates), which is checked before anything runs. The base model
 is always evaluated: its per-problem accuracy makes the difficulty buckets. With ``--base-models N`` all of it
-runs on each of N embedded base models (warm-start seeds), and methods are compared pair by pair — same base
+runs on each of N embedded base models (warm-start seeds; ``--first-base-model K`` starts them at K, for a check
+on base models an earlier choice did not see), and methods are compared pair by pair — same base
 model, same training seed — with t-intervals over the pairs (`atesd.experiments.paired`).
 
 Outputs in the out folder: ``results.csv`` (one row per method × base model × seed × benchmark),
@@ -46,6 +47,7 @@ from atesd.experiments.experiment_plots import (
     plot_paired_differences,
 )
 from atesd.experiments.guards import (
+    MAX_COUNTS,
     check_counts,
     distinct,
     existing_folder,
@@ -136,15 +138,22 @@ def reuse_finished(runs: Sequence[Run], folders: Sequence[Path]) -> list[Run]:
     return reused
 
 
-def check_compare_arguments(recipes: Path, chosen: Sequence[str], *, seeds: int, base_models: int | None, jobs: int,
-                            mismatch_problems: int | None, alphas: Sequence[float], best: float | None,
-                            sweep_dir: Path | None, continue_from: Path | None, reuse: Sequence[Path]) -> None:
+def check_compare_arguments(recipes: Path, chosen: Sequence[str], *, seeds: int, base_models: int | None,
+                            first_base_model: int, jobs: int, mismatch_problems: int | None, alphas: Sequence[float],
+                            best: float | None, sweep_dir: Path | None, continue_from: Path | None,
+                            reuse: Sequence[Path]) -> None:
     """Refuse the arguments of `run_compare` that are invalid, or would do nothing, before anything is planned: the
-    recipe directory, the counts, the fixed exposures, the best fixed α, and each folder given (`sweep_dir`,
-    `continue_from`, `reuse`) that is not an existing folder."""
+    recipe directory, the counts, the first base model, the fixed exposures, the best fixed α, and each folder given
+    (`sweep_dir`, `continue_from`, `reuse`) that is not an existing folder."""
     if not recipes.is_dir():
         raise ConfigError(f"--recipes: {recipes} is not a directory of method configs")
     check_counts(seeds=seeds, base_models=base_models, jobs=jobs, mismatch_problems=mismatch_problems)
+    if first_base_model and base_models is None:
+        raise ConfigError(f"--first-base-model {first_base_model} starts the base models of --base-models: give "
+                          "--base-models N too, or leave it out")
+    if not 0 <= first_base_model <= MAX_COUNTS["base_models"]:
+        raise ConfigError(f"--first-base-model is a warm-start seed in [0, {MAX_COUNTS['base_models']}], got "
+                          f"{first_base_model}")
     if mismatch_problems is not None and not alphas:
         raise ConfigError("--mismatch-problems sizes the mismatch measured for the runs of --alphas: give --alphas "
                           "too, or leave it out")
@@ -177,23 +186,25 @@ def take_earlier_runs(runs: list[Run], sources: Sequence[Path], continue_from: P
 
 def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], seeds: int, out: Path, *,
                 quick: bool, best: float | None, sweep_dir: Path | None, command: str, base_models: int | None = None,
-                alphas: Sequence[float] = (), jobs: int = 1, mismatch_problems: int | None = None,
-                reuse: Sequence[Path] = (), continue_from: Path | None = None) -> list[Path]:
+                first_base_model: int = 0, alphas: Sequence[float] = (), jobs: int = 1,
+                mismatch_problems: int | None = None, reuse: Sequence[Path] = (),
+                continue_from: Path | None = None) -> list[Path]:
     """Run (or continue) the comparison in `out` and write its tables, CSVs and plots; returns the files.
 
-    `base_models` N runs everything on the embedded base models of warm-start seeds 0 … N−1; `jobs` runs that
-    many runs at once, in processes of one thread each; the finished runs of the `reuse` folders (and of
-    `sweep_dir`) that are runs of this comparison are taken from there; a run that `continue_from` holds with
-    fewer updates starts from it (`runs.continue_shorter`).
+    `base_models` N runs everything on the embedded base models of warm-start seeds K … K+N−1, K being
+    `first_base_model`; `jobs` runs that many runs at once, in processes of one thread each; the finished runs of
+    the `reuse` folders (and of `sweep_dir`) that are runs of this comparison are taken from there; a run that
+    `continue_from` holds with fewer updates starts from it (`runs.continue_shorter`).
     """
-    check_compare_arguments(recipes, chosen, seeds=seeds, base_models=base_models, jobs=jobs,
-                            mismatch_problems=mismatch_problems, alphas=alphas, best=best, sweep_dir=sweep_dir,
+    check_compare_arguments(recipes, chosen, seeds=seeds, base_models=base_models,
+                            first_base_model=first_base_model, jobs=jobs, mismatch_problems=mismatch_problems,
+                            alphas=alphas, best=best, sweep_dir=sweep_dir,
                             continue_from=continue_from, reuse=reuse)
     mismatch_problems = DEFAULT_MISMATCH_PROBLEMS if mismatch_problems is None else mismatch_problems
     if best is None:
         best = best_alpha(sweep_dir) if sweep_dir is not None else PAPER_BEST_ALPHA
     all_overrides = [*(quick_overrides() if quick else []), *overrides]
-    base_seeds = (None,) if base_models is None else tuple(range(base_models))
+    base_seeds = (None,) if base_models is None else tuple(range(first_base_model, first_base_model + base_models))
     runs = plan(compare_specs(recipes, chosen, all_overrides, seeds, best, alphas, base_seeds), out)
     check_equal_updates(runs)
     if base_models is not None and runs[0].config.model.name_or_path != "embedded":
@@ -203,8 +214,9 @@ def run_compare(recipes: Path, chosen: Sequence[str], overrides: Sequence[str], 
     guard_settings(out / SETTINGS_FILE, {
         "recipes": str(recipes.resolve()), "methods": list(chosen), "overrides": list(overrides), "seeds": seeds,
         "quick": quick, "best_alpha": best, "sweep": str(sweep_dir.resolve()) if sweep_dir else None,
-        "base_models": base_models, "alphas": list(alphas) or None, "mismatch_problems": mismatch_problems},
-        introduced={"mismatch_problems": DEFAULT_MISMATCH_PROBLEMS})
+        "base_models": base_models, "first_base_model": first_base_model, "alphas": list(alphas) or None,
+        "mismatch_problems": mismatch_problems},
+        introduced={"mismatch_problems": DEFAULT_MISMATCH_PROBLEMS, "first_base_model": 0})
     runs = take_earlier_runs(runs, [*([sweep_dir] if sweep_dir is not None else []), *reuse], continue_from, out)
     finished = run_all(runs, jobs)
     mismatch = base_mismatch([run for run in runs if not run.spec.trains], alphas, mismatch_problems, out, jobs)
