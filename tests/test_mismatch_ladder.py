@@ -9,6 +9,7 @@ import statistics
 import pytest
 
 from atesd.config import ConfigError
+from atesd.experiments.diagnose_report import method_diagnoses
 from atesd.exposure.mismatch_ladder import MismatchLadder, MismatchLadderSettings, guard_chance_spread
 from atesd.train.metrics import read_metrics
 from atesd.train.recipe import Trainer
@@ -136,6 +137,24 @@ def test_a_run_decides_from_the_mismatch_its_steps_logged(tiny_config, tmp_path)
     assert [row["mismatch"] for row in decisions] == pytest.approx(rungs)
     assert [row["ratio"] for row in decisions] == pytest.approx([1.0, rungs[1] / rungs[0], rungs[2] / rungs[0]])
     assert rungs[1] > rungs[0]  # the tiny teacher's targets move away from the student as it reads more
+
+
+def test_the_diagnosis_reads_the_ladders_verdicts_as_the_alpha_of_the_next_update(tiny_config, tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "exposure.policy=mismatch_ladder", "exposure.hold_steps=2",
+                                  "exposure.rungs=[0.0, 0.5, 1.0]", "exposure.cap=1000", "train.steps=10"))
+    run_dir = trainer.train()  # reward windows (the controller's L = 4) at steps 1, 3, 5 and 7
+    decisions = [json.loads(line) for line in (run_dir / "decisions.jsonl").read_text().splitlines()]
+    assert [(row["step"], row["alpha"]) for row in decisions] == [(2, 0.5), (4, 1.0), (6, 1.0)]
+    (run,) = method_diagnoses({"ladder": [run_dir]})["ladder"].runs
+    assert all("decisions.jsonl" not in line for line in run["warnings"])
+    assert "decisions.jsonl: 3 verdicts before the last window, each one's α is metrics.jsonl's at the next update" \
+        in run["checks"]
+    # a verdict whose α is not the one trained with next is said
+    decisions[1]["alpha"] = 0.5
+    (run_dir / "decisions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in decisions))
+    (run,) = method_diagnoses({"ladder": [run_dir]})["ladder"].runs
+    assert "decisions.jsonl: the α of the verdicts at steps [4] is not metrics.jsonl's α at the next update" \
+        in run["warnings"]
 
 
 def test_a_guarded_run_takes_the_decisions_its_logged_metrics_replay_to(tiny_config, tmp_path):

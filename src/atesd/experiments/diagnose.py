@@ -75,6 +75,7 @@ class RunSettings:
     per_problem: bool = False
     credits: bool = False  # decisions.jsonl logs each credited problem's reward (exposure per problem)
     follows_progress: bool = False  # α is a function of t/T (a schedule)
+    verdicts: bool = False  # decisions.jsonl logs verdicts, each with the α from the next update (the ladder)
 
     @classmethod
     def from_config(cls, name: str, config: Config) -> RunSettings:
@@ -84,7 +85,7 @@ class RunSettings:
         signals = config.exposure.signal_settings() or ControllerConfig()
         return cls(name, reading.label, reading.hold, signals.lookahead, signals.discount,
                    signals.teacher_grounded_weight, signals.progress_signal, config.train.steps,
-                   reading.per_problem, reading.credits, reading.follows_progress)
+                   reading.per_problem, reading.credits, reading.follows_progress, reading.verdicts)
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,9 @@ def hold_violations(settings: RunSettings, metrics: Sequence[Mapping[str, Any]])
 
 def check_decisions(settings: RunSettings, windows: Sequence[Window], decisions: Sequence[Mapping[str, Any]],
                     tolerance: float = 1e-9) -> tuple[str, bool]:
-    """How the rebuild agrees with decisions.jsonl — the decisions' steps and α, and for the controller its logged
-    R, G_lp and G_gt — as a line for the report, and whether it agrees."""
+    """How the rebuild agrees with decisions.jsonl — the decisions' steps and α (a policy's verdicts: the α each
+    moved to), and for the controller its logged R, G_lp and G_gt — as a line for the report, and whether it
+    agrees."""
     by_step = {w.step: w for w in windows}
     if settings.per_problem:
         mismatched = [row["step"] for row in decisions if row["step"] in by_step
@@ -191,6 +193,14 @@ def check_decisions(settings: RunSettings, windows: Sequence[Window], decisions:
         if mismatched:
             return f"decisions.jsonl: the mean α differs from metrics.jsonl at steps {mismatched[:5]}", False
         return f"decisions.jsonl: each step's mean α agrees with metrics.jsonl ({len(decisions)} steps)", True
+    if settings.verdicts:
+        checked = [row for row in decisions if row["step"] + 1 in by_step]
+        moved_off = [row["step"] for row in checked if abs(row["alpha"] - by_step[row["step"] + 1].alpha) > tolerance]
+        if moved_off:
+            return (f"decisions.jsonl: the α of the verdicts at steps {moved_off[:5]} is not metrics.jsonl's α at "
+                    "the next update"), False
+        return (f"decisions.jsonl: {len(checked)} verdicts before the last window, each one's α is metrics.jsonl's at "
+                "the next update"), True
     starts = window_starts(settings, max((w.step for w in windows), default=0))
     logged = sorted(row["step"] for row in decisions)
     if logged[:len(starts)] != starts[:len(logged)]:

@@ -156,13 +156,16 @@ class DecisionReading:
     """How ``atesd diagnose`` reads a run's decisions: `label` names the kind in its tables; `hold` is the updates
     each decision covers (1 where every step decides); `per_problem` whether each problem has its own α (its credits
     are then fitted on that α); `credits` whether decisions.jsonl logs each credited problem's reward;
-    `follows_progress` whether α is a function of training progress t/T (its effect cannot be told apart)."""
+    `follows_progress` whether α is a function of training progress t/T (its effect cannot be told apart);
+    `verdicts` whether decisions.jsonl logs the policy's own verdicts, each at the update it was taken after and
+    with the α that holds from the next update, rather than one decision a window at the window's first update."""
 
     label: str
     hold: int
     per_problem: bool = False
     credits: bool = False
     follows_progress: bool = False
+    verdicts: bool = False
 
 
 class TokenMix(Protocol):

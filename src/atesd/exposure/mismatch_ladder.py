@@ -79,7 +79,7 @@ class MismatchLadderSettings(ExposureSettings):
         return self.rungs[0], self.rungs[-1]
 
     def reading(self) -> DecisionReading:
-        return DecisionReading("mismatch_ladder", self.hold_steps)
+        return DecisionReading("mismatch_ladder", self.hold_steps, verdicts=True)
 
     def warnings(self, total_steps: int, rollouts_per_step: int) -> list[str]:
         if total_steps < 2 * self.hold_steps:
