@@ -210,7 +210,7 @@ def test_the_comparison_section_pools_each_methods_runs(tmp_path):
     g_gt = next(fit for fit in diagnoses["random"].windows if fit.signal == "G_gt")
     assert g_gt.n == 100 and "| random | G_gt | 100 |" in section and f"{g_gt.t:+.2f}" in section
     assert "G_gt's slope measures how the teacher reads the reference" in section
-    assert "the rebuild agrees with decisions.jsonl in 2 of 2 runs" in section
+    assert "Checks: 2 of 2 runs without a warning" in section
     assert diagnosis_section({}) == ""
     shorter = diagnose([(RunSettings("short", "random", 2, 4, 0.9, 0.1, "probe_nll", 3),
                          [{"step": step, "alpha": 0.1 * step} for step in (1, 2, 3)], [])])
@@ -234,7 +234,8 @@ def test_logs_that_disagree_with_the_rebuild_or_lack_g_are_said_in_the_report(tm
     fits = {fit.signal: fit for fit in diagnosis.windows}
     assert fits["G_gt"].n == 19 and fits["G_lp"].n == 20
     section = diagnosis_section({"random": diagnosis})
-    assert "in 0 of 1 runs · run: decisions.jsonl" in section
+    assert "0 of 1 runs without a warning (α held over each window, decisions.jsonl agrees with the rebuild, g " \
+        "logged at every step) · run: decisions.jsonl: " in section
 
 
 # ---------------------------------------------------------------------------------------- user errors: one line, rc 2

@@ -206,9 +206,9 @@ def diagnosis_section(diagnoses: Mapping[str, Diagnosis]) -> str:
     runs = [run for d in diagnoses.values() for run in d.runs]
     warnings = [f"{run['run']}: {'; '.join(run['warnings'])}" for run in runs if run["warnings"]]
     notes = [note for d in diagnoses.values() for note in d.notes]
-    parts.append(f"Checks: the windows follow the hold and the rebuild agrees with decisions.jsonl in "
-                 f"{len(runs) - len(warnings)} of {len(runs)} runs" + "".join(f" · {line}" for line in warnings + notes)
-                 + "\n")
+    parts.append(f"Checks: {len(runs) - len(warnings)} of {len(runs)} runs without a warning (α held over each "
+                 "window, decisions.jsonl agrees with the rebuild, g logged at every step)"
+                 + "".join(f" · {line}" for line in warnings + notes) + "\n")
     return "\n".join(parts)
 
 
