@@ -44,6 +44,11 @@ def overall(values: dict[tuple[int, int], float]) -> float:
     return statistics.fmean(base_model_means(values).values())
 
 
+def best_reference(scores: dict[str, dict[tuple[int, int], float]]) -> str:
+    """The rule's reference on one regime: the best of `REFERENCES` over the base models' means."""
+    return max((method for method in REFERENCES if method in scores), key=lambda method: overall(scores[method]))
+
+
 def main(folders: list[Path]) -> None:
     regimes = {folder.name: read(folder) for folder in folders}
     differences: dict[str, dict[str, Interval]] = {}
@@ -51,7 +56,7 @@ def main(folders: list[Path]) -> None:
     cost: dict[str, float] = {}
     header = ["policy"]
     for regime, (scores, tokens) in regimes.items():
-        best = max((method for method in REFERENCES if method in scores), key=lambda method: overall(scores[method]))
+        best = best_reference(scores)
         header.append(f"{regime} (best: {best}, {100 * overall(scores[best]):.1f})")
         for method, values in scores.items():
             if method == "base":

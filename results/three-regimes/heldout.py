@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from decide import GOAL_POINTS, REFERENCES, overall, read
+from decide import GOAL_POINTS, REFERENCES, best_reference, overall, read
 
 from atesd.experiments.paired import base_model_differences, over_base_models
 
@@ -29,7 +29,7 @@ Scores = dict[str, dict[tuple[int, int], float]]
 def row(regime: str, label: str, scores: Scores) -> str:
     """One Markdown row: the best reference, the policy's mean, its difference to the reference per base model and
     over them (t-interval), and whether the mean difference is within the goal."""
-    best = max((method for method in REFERENCES if scores.get(method)), key=lambda method: overall(scores[method]))
+    best = best_reference(scores)
     by_base_model = base_model_differences(scores[POLICY], scores[best])
     interval = over_base_models(by_base_model)
     each = " / ".join(f"{100 * by_base_model[base]:+.1f}" for base in sorted(by_base_model))
@@ -56,12 +56,11 @@ def main() -> None:
     for folder in args.folders:
         held_out, _ = read(folder)
         compared, _ = read(args.comparisons / folder.name)
-        if {pair[0] for pair in held_out[POLICY]} & {pair[0] for pair in compared[POLICY]}:
+        held_bases, compared_bases = ({base for base, _ in scores[POLICY]} for scores in (held_out, compared))
+        if held_bases & compared_bases:
             parser.error(f"{folder} shares base models with {args.comparisons / folder.name}: not held out")
-        seeds = sorted({pair[0] for pair in held_out[POLICY]})
-        print(row(folder.name, "held out: " + ", ".join(map(str, seeds)), held_out))
-        both = together(held_out, compared)
-        print(row(folder.name, f"all {len({pair[0] for pair in both[POLICY]})}", both))
+        print(row(folder.name, "held out: " + ", ".join(map(str, sorted(held_bases))), held_out))
+        print(row(folder.name, f"all {len(held_bases | compared_bases)}", together(held_out, compared)))
 
 
 if __name__ == "__main__":
